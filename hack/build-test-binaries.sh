@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
+# etcd, kube-apiserver, kube-controller-manager, helm, prometheus and promtool.
+#
+# There is no Docker engine and no download site on the build machines, but the Go
+# module proxy is reachable, so each tool is compiled from its published module into
+# a cache directory outside the repository, keyed by tool and version:
+#
+#   ${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}/<tool>-<version>/bin/
+#
+# A tool whose binaries are already there is not rebuilt, so this is a no-op on a warm
+# machine. `make test-env` and the test command call it; tests find the binaries via
+# `hack/build-test-binaries.sh --print-bindir`.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.313.5}"   # Prometheus 3.x
+TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
+
+export CGO_ENABLED=0 GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+
+log() { printf '[build-test-binaries] %s\n' "$*" >&2; }
+
+have() {  # have DIR BIN... : all binaries present and executable
+  local dir=$1; shift
+  for b in "$@"; do [[ -x "$dir/bin/$b" ]] || return 1; done
+}
+
+tools_module() {  # tools_module DIR MODULE_NAME: fresh scratch module
+  rm -rf "$1" && mkdir -p "$1" && (cd "$1" && go mod init "$2" >/dev/null 2>&1)
+}
+
+build_etcd() {
+  local out="$TOOLS_DIR/etcd-$ETCD_VERSION"
+  have "$out" etcd && { log "etcd $ETCD_VERSION cached"; return; }
+  log "building etcd $ETCD_VERSION"
+  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/etcdtool
+  # go.etcd.io/etcd/server/v3 carries replace lines, so `go install pkg@v` refuses it;
+  # a tools module that calls etcdmain resolves the published siblings instead.
+  mkdir -p "$w/cmd/etcd"
+  cat >"$w/cmd/etcd/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  (cd "$w" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" && go mod tidy \
+     && go build -trimpath -o "$out/bin/etcd" ./cmd/etcd)
+  rm -rf "$w"
+}
+
+build_kube() {
+  local out="$TOOLS_DIR/kubernetes-$K8S_VERSION"
+  have "$out" kube-apiserver kube-controller-manager && { log "kubernetes $K8S_VERSION cached"; return; }
+  log "building kube-apiserver and kube-controller-manager $K8S_VERSION"
+  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/kubetool
+  local staging="v0.${K8S_VERSION#v1.}"
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
+  # local paths; point each one at the published release instead. The list comes from
+  # the module's own go.mod so a version bump needs no edit here.
+  local gomod; gomod=$(cd "$w" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local mods; mods=$(grep -E '^\s*k8s\.io/[a-z0-9./-]+ v0\.0\.0\s*$' "$gomod" | awk '{print $1}' | sort -u)
+  (
+    cd "$w"
+    for m in $mods; do go mod edit -replace "$m=$m@$staging"; done
+    go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+    go mod tidy
+    local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+    local ld="-s -w"
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+      ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+    done
+    go build -trimpath -ldflags "$ld" -o "$out/bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+  )
+  rm -rf "$w"
+}
+
+build_helm() {
+  local out="$TOOLS_DIR/helm-$HELM_VERSION"
+  have "$out" helm && { log "helm $HELM_VERSION cached"; return; }
+  log "building helm $HELM_VERSION"
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w \
+    -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+build_prometheus() {
+  local out="$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION"
+  have "$out" prometheus promtool && { log "prometheus $PROMETHEUS_MODULE_VERSION cached"; return; }
+  log "building prometheus and promtool (module $PROMETHEUS_MODULE_VERSION)"
+  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/promtool
+  local gomod; gomod=$(cd "$w" && go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  (
+    cd "$w"
+    go mod edit -require "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION"
+    # Prometheus pins some dependencies with exclude/replace lines; only the main
+    # module's lines count, so copy them here.
+    python3 - "$gomod" <<'PY'
+import re, subprocess, sys
+text = open(sys.argv[1]).read()
+def entries(kind):
+    out = []
+    for block in re.findall(rf'^{kind}\s*\((.*?)^\)', text, re.S | re.M):
+        out += [l.split('//')[0].strip() for l in block.splitlines()]
+    out += [m.split('//')[0].strip() for m in re.findall(rf'^{kind}\s+([^(].*)$', text, re.M)]
+    return [e for e in out if e]
+for e in entries('exclude'):
+    mod, ver = e.split()
+    subprocess.check_call(['go', 'mod', 'edit', f'-exclude={mod}@{ver}'])
+for e in entries('replace'):
+    left, right = [s.strip() for s in e.split('=>')]
+    if right.startswith('.') or right.startswith('/'):
+        continue
+    l = left.replace(' ', '@'); r = right.replace(' ', '@')
+    subprocess.check_call(['go', 'mod', 'edit', f'-replace={l}={r}'])
+PY
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/prometheus/prometheus/cmd/prometheus"
+	_ "github.com/prometheus/prometheus/cmd/promtool"
+)
+GO
+    go mod tidy
+    local ver=${PROMETHEUS_MODULE_VERSION#v0.}
+    ld="-s -w -X github.com/prometheus/common/version.Version=3.${ver%%.*}.${ver#*.}"
+    go build -trimpath -ldflags "$ld" -o "$out/bin/" \
+      github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
+  )
+  rm -rf "$w"
+}
+
+print_bindirs() {
+  printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
+    "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" | paste -sd:
+}
+
+case "${1:-all}" in
+  --print-path) print_bindirs ;;
+  etcd) build_etcd ;;
+  kube) build_kube ;;
+  helm) build_helm ;;
+  prometheus) build_prometheus ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|--print-path]" >&2; exit 2 ;;
+esac

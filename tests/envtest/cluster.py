@@ -1,0 +1,656 @@
+"""etcd + kube-apiserver + kube-controller-manager as local processes.
+
+Everything the operator talks to is the real thing: the API server validates the CRD's
+structural schema and CEL rules, RBAC authorizes every request, the Job controller
+retries pods and applies ``podFailurePolicy``, and the garbage collector deletes a Job
+when the TranscriptionRequest that owns it goes away. Nothing runs pods except the
+fake kubelet (see ``kubelet.py``), which handles runner Jobs only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from . import find_tool, free_port, log_tail, wait_for
+
+# Controllers the tests need, and why:
+# job                 runner Jobs: pods, retries, backoffLimit, podFailurePolicy, conditions
+# garbagecollector    a deleted TranscriptionRequest takes its Job (ownerReferences) with it
+# ttl-after-finished  Jobs with ttlSecondsAfterFinished disappear like in a cluster
+# namespace           deleting a test namespace really empties and removes it
+# serviceaccount      every namespace gets its "default" ServiceAccount; without it the
+#                     ServiceAccount admission plugin rejects the Job controller's pods
+# serviceaccount-token, root-ca-cert-publisher
+#                     the token Secrets and kube-root-ca.crt ConfigMaps a pod expects
+DEFAULT_CONTROLLERS: tuple[str, ...] = (
+    "job",
+    "garbagecollector",
+    "ttl-after-finished",
+    "namespace",
+    "serviceaccount",
+    "serviceaccount-token",
+    "root-ca-cert-publisher",
+)
+
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+ADMIN_USER = "kubescribe-admin"
+
+
+class ClusterStartError(RuntimeError):
+    """A control-plane process did not come up; the message carries its log tail."""
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclass
+class _Pki:
+    dir: Path
+    ca_cert: Path = field(init=False)
+    ca_key: Path = field(init=False)
+    serving_cert: Path = field(init=False)
+    serving_key: Path = field(init=False)
+    admin_cert: Path = field(init=False)
+    admin_key: Path = field(init=False)
+    sa_key: Path = field(init=False)
+    sa_pub: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("ca", "serving", "admin"):
+            setattr(self, f"{name}_cert", self.dir / f"{name}.crt")
+            setattr(self, f"{name}_key", self.dir / f"{name}.key")
+        self.sa_key = self.dir / "sa.key"
+        self.sa_pub = self.dir / "sa.pub"
+
+
+def _generate_pki(directory: Path) -> _Pki:
+    """A throwaway CA, API server serving cert, admin client cert and SA key pair.
+
+    TLS keys are EC P-256 (milliseconds to make); the ServiceAccount signing key is RSA
+    because that is what clusters use and what token verifiers expect by default.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = _Pki(directory)
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=2)
+
+    def write_key(path: Path, key: Any) -> None:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+
+    def name(cn: str, org: Optional[str] = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attrs)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name("kubescribe-envtest-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_key(pki.ca_key, ca_key)
+
+    def leaf(cn: str, org: Optional[str], usage: x509.ObjectIdentifier, sans: Sequence[x509.GeneralName]):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn, org))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    service_ip = next(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE).hosts())  # 10.96.0.1
+    serving, serving_key = leaf(
+        "kube-apiserver",
+        None,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(service_ip),
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes"),
+            x509.DNSName("kubernetes.default"),
+            x509.DNSName("kubernetes.default.svc"),
+            x509.DNSName("kubernetes.default.svc.cluster.local"),
+        ],
+    )
+    pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
+    write_key(pki.serving_key, serving_key)
+
+    admin, admin_key = leaf(ADMIN_USER, "system:masters", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
+    write_key(pki.admin_key, admin_key)
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_key(pki.sa_key, sa_key)
+    pki.sa_pub.write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return pki
+
+
+def write_kubeconfig(
+    path: Path | str,
+    *,
+    server: str,
+    ca_path: Path | str,
+    user_name: str,
+    user: dict[str, Any],
+    namespace: Optional[str] = None,
+    context_name: str = "kubescribe-envtest",
+) -> str:
+    """Write a one-cluster, one-user kubeconfig and return its path."""
+    context: dict[str, Any] = {"cluster": "envtest", "user": user_name}
+    if namespace:
+        context["namespace"] = namespace
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "envtest", "cluster": {"server": server, "certificate-authority": str(ca_path)}}],
+        "users": [{"name": user_name, "user": user}],
+        "contexts": [{"name": context_name, "context": context}],
+        "current-context": context_name,
+        "preferences": {},
+    }
+    path = Path(path)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fork
+    """Ask Linux to SIGTERM the child if the test process dies without cleaning up."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class ManagedProcess:
+    """One long-running binary with its output in a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Optional[dict[str, str]] = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = env
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        try:
+            # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only ask for
+            # it from the main thread (where pytest fixtures run).
+            preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        finally:
+            log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ClusterStartError(
+                f"{self.name} exited with code {self.proc.returncode}\n"
+                f"command: {' '.join(self.argv)}\n--- {self.log_path} ---\n{log_tail(self.log_path)}"
+            )
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class KubeCluster:
+    """A real, single-machine Kubernetes control plane for tests.
+
+    Args:
+        controllers: kube-controller-manager controllers to run (``DEFAULT_CONTROLLERS``);
+            pass ``()`` to run without the controller manager at all.
+        apiserver_args: extra kube-apiserver flags, e.g. ``["--feature-gates=..."]``.
+        controller_manager_args: extra kube-controller-manager flags.
+        startup_timeout: seconds each component may take to report ready.
+        workdir: where data, certificates, kubeconfigs and logs go; a fresh temporary
+            directory (removed by ``stop()``) when not given.
+        keep_workdir: leave the working directory in place after ``stop()`` for post-mortem
+            reading of the logs; also switched on by ``KUBESCRIBE_ENVTEST_KEEP=1``.
+        verbosity: klog ``--v`` for the Kubernetes components' logs.
+
+    Use as a context manager or call ``start()`` / ``stop()``. After ``start()``:
+    ``server_url``, ``kubeconfig_path``, ``ca_path``, ``api_client()``, ``kubectl()``,
+    ``service_account_kubeconfig()``, and ``startup_seconds`` (per-component timings).
+    """
+
+    def __init__(
+        self,
+        *,
+        controllers: Sequence[str] = DEFAULT_CONTROLLERS,
+        apiserver_args: Sequence[str] = (),
+        controller_manager_args: Sequence[str] = (),
+        startup_timeout: float = 90.0,
+        workdir: Optional[os.PathLike[str] | str] = None,
+        keep_workdir: Optional[bool] = None,
+        verbosity: int = 1,
+    ) -> None:
+        self.controllers = tuple(controllers)
+        self.apiserver_args = list(apiserver_args)
+        self.controller_manager_args = list(controller_manager_args)
+        self.startup_timeout = startup_timeout
+        self.verbosity = verbosity
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kubescribe-envtest-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if keep_workdir is None:
+            keep_workdir = os.environ.get("KUBESCRIBE_ENVTEST_KEEP", "") not in ("", "0", "false")
+        self.keep_workdir = keep_workdir
+        self.logs_dir = self.workdir / "logs"
+        self.logs_dir.mkdir(exist_ok=True)
+
+        self.etcd: Optional[ManagedProcess] = None
+        self.apiserver: Optional[ManagedProcess] = None
+        self.controller_manager: Optional[ManagedProcess] = None
+        self.etcd_url = ""
+        self.server_url = ""
+        self.kubeconfig_path = ""
+        self.ca_path = ""
+        self.admin_cert_path = ""
+        self.admin_key_path = ""
+        self.pki: Optional[_Pki] = None
+        self.startup_seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._sa_kubeconfigs = 0
+        self._admin_ssl: Optional[ssl.SSLContext] = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> "KubeCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> "KubeCluster":
+        etcd_bin = find_tool("etcd")
+        apiserver_bin = find_tool("kube-apiserver")
+        cm_bin = find_tool("kube-controller-manager") if self.controllers else ""
+        atexit.register(self.stop)
+        t0 = time.monotonic()
+        try:
+            self.pki = _generate_pki(self.workdir / "pki")
+            self.ca_path = str(self.pki.ca_cert)
+            self.admin_cert_path = str(self.pki.admin_cert)
+            self.admin_key_path = str(self.pki.admin_key)
+            self.startup_seconds["certificates"] = time.monotonic() - t0
+
+            t = time.monotonic()
+            self._start_etcd(etcd_bin)
+            self.startup_seconds["etcd"] = time.monotonic() - t
+
+            t = time.monotonic()
+            self._start_apiserver(apiserver_bin)
+            self.startup_seconds["kube-apiserver"] = time.monotonic() - t
+
+            if self.controllers:
+                t = time.monotonic()
+                self._start_controller_manager(cm_bin)
+                self.startup_seconds["kube-controller-manager"] = time.monotonic() - t
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds["total"] = time.monotonic() - t0
+        return self
+
+    def stop(self) -> None:
+        """Terminate every process (SIGTERM, then SIGKILL) and remove the temp dir."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for proc in (self.controller_manager, self.apiserver, self.etcd):
+            if proc is not None:
+                proc.stop()
+        try:
+            atexit.unregister(self.stop)
+        except Exception:
+            pass
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- components
+
+    def _start_etcd(self, binary: str) -> None:
+        client_port, peer_port = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        self.etcd = ManagedProcess(
+            "etcd",
+            [
+                binary,
+                "--name=envtest",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=envtest={peer_url}",
+                "--initial-cluster-state=new",
+                # Test data is thrown away: skipping fsync is what makes etcd quick on
+                # a shared disk (controller-runtime's envtest does the same).
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            self.logs_dir / "etcd.log",
+        )
+        self.etcd.start()
+
+        def healthy() -> bool:
+            self.etcd.check_alive()  # type: ignore[union-attr]
+            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as resp:
+                return b'"health":"true"' in resp.read()
+
+        self._await("etcd", healthy, self.etcd)
+
+    def _start_apiserver(self, binary: str) -> None:
+        assert self.pki is not None
+        port = free_port()
+        self.server_url = f"https://127.0.0.1:{port}"
+        self.apiserver = ManagedProcess(
+            "kube-apiserver",
+            [
+                binary,
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={self.pki.serving_cert}",
+                f"--tls-private-key-file={self.pki.serving_key}",
+                f"--client-ca-file={self.pki.ca_cert}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={self.pki.sa_pub}",
+                f"--service-account-signing-key-file={self.pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--allow-privileged=true",
+                # The "kubernetes" Service's endpoint would be 127.0.0.1, which Endpoints
+                # validation rejects (loopback); without a reconciler the apiserver does
+                # not retry that write every few seconds. Nothing in-cluster dials it.
+                "--endpoint-reconciler-type=none",
+                f"--v={self.verbosity}",
+                *self.apiserver_args,
+            ],
+            self.logs_dir / "kube-apiserver.log",
+        )
+        self.apiserver.start()
+
+        def ready() -> bool:
+            self.apiserver.check_alive()  # type: ignore[union-attr]
+            # 500 while post-start hooks (RBAC bootstrap roles, priority levels...) finish
+            return self._admin_get("/readyz") == 200
+
+        self._await("kube-apiserver", ready, self.apiserver)
+
+        self.kubeconfig_path = write_kubeconfig(
+            self.workdir / "admin.kubeconfig",
+            server=self.server_url,
+            ca_path=self.pki.ca_cert,
+            user_name=ADMIN_USER,
+            user={"client-certificate": str(self.pki.admin_cert), "client-key": str(self.pki.admin_key)},
+        )
+
+    def _start_controller_manager(self, binary: str) -> None:
+        assert self.pki is not None
+        port = free_port()
+        self.controller_manager = ManagedProcess(
+            "kube-controller-manager",
+            [
+                binary,
+                f"--kubeconfig={self.kubeconfig_path}",
+                f"--authentication-kubeconfig={self.kubeconfig_path}",
+                f"--authorization-kubeconfig={self.kubeconfig_path}",
+                f"--controllers={','.join(self.controllers)}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={self.pki.sa_key}",
+                f"--root-ca-file={self.pki.ca_cert}",
+                "--cluster-name=kubescribe-envtest",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                f"--v={self.verbosity}",
+                *self.controller_manager_args,
+            ],
+            self.logs_dir / "kube-controller-manager.log",
+        )
+        self.controller_manager.start()
+
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; loopback only
+
+        def healthy() -> bool:
+            self.controller_manager.check_alive()  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=insecure, timeout=2) as resp:
+                    return resp.status == 200
+            except urllib.error.HTTPError:
+                return False
+
+        self._await("kube-controller-manager", healthy, self.controller_manager)
+
+        if "serviceaccount" in self.controllers:
+            # The controllers run once "default/default" exists: the ServiceAccount
+            # controller has synced and created it, so Job pods will be admitted.
+            def default_sa() -> bool:
+                self.controller_manager.check_alive()  # type: ignore[union-attr]
+                return self._admin_get("/api/v1/namespaces/default/serviceaccounts/default") == 200
+
+            self._await("kube-controller-manager (default ServiceAccount)", default_sa, self.controller_manager)
+
+    def _admin_get(self, path: str) -> int:
+        """HTTP status of an admin GET; the probe behind the readiness waits."""
+        assert self.pki is not None
+        if self._admin_ssl is None:
+            ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+            ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+            self._admin_ssl = ctx
+        try:
+            with urllib.request.urlopen(f"{self.server_url}{path}", context=self._admin_ssl, timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def _await(self, what: str, probe: Any, proc: ManagedProcess) -> None:
+        try:
+            wait_for(
+                probe,
+                timeout=self.startup_timeout,
+                interval=0.1,
+                description=f"{what} to become ready",
+                ignore=(OSError, urllib.error.URLError, ssl.SSLError),
+            )
+        except TimeoutError as exc:
+            raise ClusterStartError(f"{exc}\n--- {proc.log_path} ---\n{log_tail(proc.log_path)}") from None
+
+    # ----------------------------------------------------------------- clients
+
+    def api_client(self) -> Any:
+        """A new ``kubernetes.client.ApiClient`` authenticated as cluster admin."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=self.kubeconfig_path)
+
+    def kubectl(
+        self,
+        *args: str,
+        kubeconfig: Optional[str] = None,
+        input: Optional[str] = None,
+        check: bool = False,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``kubectl`` against this cluster (as admin unless ``kubeconfig``)."""
+        kubectl = shutil.which("kubectl")
+        if not kubectl:
+            raise RuntimeError("kubectl is not on PATH")
+        return subprocess.run(
+            [kubectl, f"--kubeconfig={kubeconfig or self.kubeconfig_path}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    def service_account_kubeconfig(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        expiration_seconds: int = 3600,
+        path: Optional[os.PathLike[str] | str] = None,
+    ) -> str:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name``.
+
+        The token comes from the TokenRequest API, exactly what a pod's projected token
+        is, so whatever this kubeconfig may do is what the ServiceAccount's RBAC allows.
+        """
+        from kubernetes import client
+
+        api = self.api_client()
+        try:
+            req = client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds)
+            )
+            resp = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, req)
+            token = resp.status.token
+        finally:
+            api.close()
+        with self._lock:
+            self._sa_kubeconfigs += 1
+            n = self._sa_kubeconfigs
+        target = Path(path) if path else self.workdir / f"sa-{namespace}-{name}-{n}.kubeconfig"
+        return write_kubeconfig(
+            target,
+            server=self.server_url,
+            ca_path=self.ca_path,
+            user_name=f"system:serviceaccount:{namespace}:{name}",
+            user={"token": token},
+            namespace=namespace,
+        )
+
+    def log_path(self, component: str) -> Path:
+        """``etcd``, ``kube-apiserver`` or ``kube-controller-manager``."""
+        return self.logs_dir / f"{component}.log"
+
+    def __repr__(self) -> str:
+        return f"KubeCluster(server_url={self.server_url!r}, workdir={str(self.workdir)!r})"
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m tests.envtest.cluster
+    with KubeCluster(keep_workdir=True) as c:
+        print(f"export KUBECONFIG={c.kubeconfig_path}", file=sys.stderr)
+        print({k: round(v, 2) for k, v in c.startup_seconds.items()}, file=sys.stderr)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
