@@ -51,10 +51,12 @@ class Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self._last = 0.0
+        self._total = 0.0
 
     def __call__(self, done: float, total: float) -> None:
         if not self.enabled or total <= 0:
             return
+        self._total = total
         now = time.monotonic()
         if now - self._last < 0.2 and done < total:
             return
@@ -65,7 +67,9 @@ class Progress:
         sys.stderr.flush()
 
     def finish(self) -> None:
-        if self.enabled:
+        if self.enabled and self._total:
+            self._last = 0.0
+            self(self._total, self._total)  # trailing silence has no segment: end at 100%
             sys.stderr.write("\n")
 
 
@@ -119,16 +123,8 @@ def cmd_transcribe(args) -> int:
         store = open_store(_redis_url(args), _password(), metrics=metrics)
         engine = Engine(metrics=metrics)
         progress = Progress(args.progress if args.progress is not None else sys.stderr.isatty())
-        # With the hash known up front, a repeat is answered before the audio is decoded
-        # or a model is loaded.
-        try:
-            outcome = run_task(store, engine, spec, metrics=metrics, progress=progress)
-        except TaskError as exc:
-            progress.finish()
-            if exc.reason == "AudioNotFound":  # the hash was not cached: transcribe the bytes
-                outcome = run_task(store, engine, spec, metrics=metrics, progress=progress, audio=data)
-            else:
-                raise
+        # The cache is consulted before the audio is decoded or a model is loaded.
+        outcome = run_task(store, engine, spec, metrics=metrics, progress=progress, audio=data)
         progress.finish()
     except TaskError as exc:
         print(f"kubescribe: {path}: {exc.message}", file=sys.stderr)

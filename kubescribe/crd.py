@@ -61,9 +61,21 @@ def _schema(model) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}))
 
 
+def _strip_defaults(node: dict[str, Any]) -> dict[str, Any]:
+    node.pop("default", None)
+    for sub in (node.get("properties") or {}).values():
+        _strip_defaults(sub)
+    if "items" in node:
+        _strip_defaults(node["items"])
+    return node
+
+
 def _status_schema() -> dict[str, Any]:
-    raw = TranscriptionStatus.model_json_schema(by_alias=True, mode="serialization")
-    return _structural(raw, raw.get("$defs", {}))
+    """Status is written only by the operator: no defaults, nothing required at the top."""
+    raw = TranscriptionStatus.model_json_schema(by_alias=True, mode="validation")
+    schema = _strip_defaults(_structural(raw, raw.get("$defs", {})))
+    schema.pop("required", None)
+    return schema
 
 
 PRINTER_COLUMNS = [

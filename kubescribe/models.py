@@ -47,17 +47,23 @@ class _Model(BaseModel):
 
 
 class Task(str, Enum):
+    """transcribe keeps the spoken language; translate outputs English."""
+
     transcribe = "transcribe"
     translate = "translate"
 
 
 class Device(str, Enum):
+    """Where the model runs."""
+
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
 class ComputeType(str, Enum):
+    """CTranslate2 compute type."""
+
     default = "default"
     auto = "auto"
     int8 = "int8"
@@ -71,6 +77,8 @@ class ComputeType(str, Enum):
 
 
 class OutputFormat(str, Enum):
+    """An output format: json, txt (plain text), srt or vtt (subtitles)."""
+
     json = "json"
     txt = "txt"
     srt = "srt"
@@ -78,6 +86,8 @@ class OutputFormat(str, Enum):
 
 
 class Phase(str, Enum):
+    """Lifecycle phase of a request."""
+
     Pending = "Pending"
     Queued = "Queued"
     Running = "Running"
@@ -328,6 +338,8 @@ class TranscriptionSpec(_Model):
 
 
 class ConditionStatus(str, Enum):
+    """Condition status."""
+
     true = "True"
     false = "False"
     unknown = "Unknown"

@@ -31,23 +31,25 @@ import yaml
 
 from . import find_tool, free_port, log_tail, wait_for
 
-# Controllers the tests need, and why:
-# job                 runner Jobs: pods, retries, backoffLimit, podFailurePolicy, conditions
-# garbagecollector    a deleted TranscriptionRequest takes its Job (ownerReferences) with it
-# ttl-after-finished  Jobs with ttlSecondsAfterFinished disappear like in a cluster
-# namespace           deleting a test namespace really empties and removes it
-# serviceaccount      every namespace gets its "default" ServiceAccount; without it the
-#                     ServiceAccount admission plugin rejects the Job controller's pods
-# serviceaccount-token, root-ca-cert-publisher
-#                     the token Secrets and kube-root-ca.crt ConfigMaps a pod expects
+# Controllers the tests need, and why (names as in `kube-controller-manager --help`):
+# job-controller                runner Jobs: pods, retries, backoffLimit, podFailurePolicy,
+#                               conditions
+# garbage-collector-controller  a deleted TranscriptionRequest takes its Job (ownerReferences)
+#                               with it
+# ttl-after-finished-controller Jobs with ttlSecondsAfterFinished disappear as in a cluster
+# namespace-controller          deleting a test namespace really empties and removes it
+# serviceaccount-controller     every namespace gets its "default" ServiceAccount; without it
+#                               the ServiceAccount admission plugin rejects Job pods
+# serviceaccount-token-controller, root-ca-certificate-publisher-controller
+#                               the token Secrets and kube-root-ca.crt ConfigMaps pods expect
 DEFAULT_CONTROLLERS: tuple[str, ...] = (
-    "job",
-    "garbagecollector",
-    "ttl-after-finished",
-    "namespace",
-    "serviceaccount",
-    "serviceaccount-token",
-    "root-ca-cert-publisher",
+    "job-controller",
+    "garbage-collector-controller",
+    "ttl-after-finished-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
 )
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -506,8 +508,9 @@ class KubeCluster:
             [
                 binary,
                 f"--kubeconfig={self.kubeconfig_path}",
-                f"--authentication-kubeconfig={self.kubeconfig_path}",
-                f"--authorization-kubeconfig={self.kubeconfig_path}",
+                # No --authentication/--authorization-kubeconfig: its own HTTPS endpoint
+                # only serves the /healthz probe below (always allowed), and delegated
+                # authentication would look for a request-header CA this cluster lacks.
                 f"--controllers={','.join(self.controllers)}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
@@ -538,7 +541,7 @@ class KubeCluster:
 
         self._await("kube-controller-manager", healthy, self.controller_manager)
 
-        if "serviceaccount" in self.controllers:
+        if {"serviceaccount", "serviceaccount-controller"} & set(self.controllers):
             # The controllers run once "default/default" exists: the ServiceAccount
             # controller has synced and created it, so Job pods will be admitted.
             def default_sa() -> bool:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what kubescribe and its tests need on a fresh Debian machine:
+# Debian packages (redis-server, espeak-ng, ffmpeg libraries come with PyAV wheels),
+# and kubescribe with its runner, operator and test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(redis-server espeak-ng)
+if ! dpkg -s "${DEBS[@]}" >/dev/null 2>&1; then
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${DEBS[@]}"
+fi
+# redis-server's Debian package starts a system service on :6379; the tests start their
+# own servers on free ports and do not need it.
+
+PY="${PYTHON:-python3}"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[all]"

@@ -1,0 +1,142 @@
+"""pytest fixtures for the real test environment (loaded by ``tests/conftest.py``).
+
+- ``kube_cluster`` (session): etcd + kube-apiserver + kube-controller-manager.
+- ``kube_api`` (session): an admin ``kubernetes.client.ApiClient`` for that cluster.
+- ``kube_namespace`` (function): a fresh namespace, deleted afterwards.
+- ``fake_kubelet`` (session): runs Job pods as local processes on a fake Node.
+- ``helm`` (session): the helm binary against the cluster, isolated homes.
+- ``prometheus_factory`` (function): ``factory(targets, **kwargs) -> PrometheusServer``.
+
+Missing binaries fail the test with the command that builds them; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from . import free_port, wait_for
+from .cluster import KubeCluster
+from .helm import Helm
+from .kubelet import FakeKubelet
+from .prometheus import PrometheusServer
+
+__all__ = [
+    "fake_kubelet",
+    "free_port",
+    "helm",
+    "kube_api",
+    "kube_cluster",
+    "kube_namespace",
+    "prometheus_factory",
+]
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """One real control plane for the whole session (a few seconds to start warm)."""
+    cluster = KubeCluster()
+    t0 = time.monotonic()
+    cluster.start()
+    cluster.startup_seconds.setdefault("fixture", time.monotonic() - t0)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_api(kube_cluster: KubeCluster) -> Iterator[Any]:
+    """Admin ``ApiClient``; build ``CoreV1Api(kube_api)`` etc. from it."""
+    api = kube_cluster.api_client()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: KubeCluster, kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of its own for one test, ready for pods (its ServiceAccount exists).
+
+    Deleted afterwards without waiting: the namespace controller empties it in the
+    background, and the fake kubelet stops any process still running in it.
+    """
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(kube_api)
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-") or "test"
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"kubescribe.io/test": "true"}}})
+    # Pods are rejected by the ServiceAccount admission plugin until the controller
+    # has created "default" in the new namespace.
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        interval=0.05,
+        description=f"ServiceAccount {name}/default",
+        ignore=(ApiException,),
+    )
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.fixture(scope="session")
+def fake_kubelet(kube_cluster: KubeCluster) -> Iterator[FakeKubelet]:
+    """The session's stand-in kubelet, on node ``kubescribe-fake-node``.
+
+    Substitute a command for one test with ``with fake_kubelet.override_command(fn):``
+    (``fn(pod_dict) -> argv | None``) so the change cannot leak into other tests.
+    """
+    kubelet = FakeKubelet(kube_cluster)
+    kubelet.start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
+
+
+@pytest.fixture(scope="session")
+def helm(kube_cluster: KubeCluster) -> Iterator[Helm]:
+    """``Helm`` bound to the session cluster's admin kubeconfig."""
+    h = Helm(kube_cluster)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def prometheus_factory() -> Iterator[Callable[..., PrometheusServer]]:
+    """``factory(targets, *, rule_files=(), **kwargs)`` starts a ``PrometheusServer``.
+
+    Every server started through it is stopped when the test ends.
+    """
+    servers: list[PrometheusServer] = []
+
+    def factory(targets: Any = (), **kwargs: Any) -> PrometheusServer:
+        server = PrometheusServer(targets, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    tools = os.environ.get("KUBESCRIBE_TOOLS_PATH")
+    return f"kubescribe envtest tools: {tools or 'hack/build-test-binaries.sh --print-path'}"

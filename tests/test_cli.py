@@ -1,0 +1,61 @@
+"""The kubescribe CLI, run as a user would run it."""
+
+import json
+import subprocess
+import sys
+
+from tests.support.core import SENTENCES, wer
+
+CLI = [sys.executable, "-m", "kubescribe.cli"]
+
+
+def kubescribe(*args, **kw):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_transcribe_bundled_sample_without_any_server():
+    proc = kubescribe("transcribe", "--sample")
+    assert proc.returncode == 0, proc.stderr
+    reference = "Welcome to kubescribe. This sample checks that speech to text works on your machine. " \
+                "The quick brown fox jumps over the lazy dog."
+    assert wer(reference, proc.stdout) <= 0.3, proc.stdout
+    assert "transcribed in" in proc.stderr
+
+
+def test_second_run_with_redis_is_a_cache_hit(redis_server, speech_dir):
+    redis_server.client().flushdb()
+    wav = str(speech_dir / "fox.wav")
+    first = kubescribe("transcribe", wav, "--redis", redis_server.url, "--format", "srt")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("1\n00:00:00,000 --> ")
+    second = kubescribe("transcribe", wav, "--redis", redis_server.url, "--format", "srt")
+    assert second.returncode == 0 and "from cache" in second.stderr
+    assert second.stdout == first.stdout
+    stats = json.loads(kubescribe("cache", "stats", "--redis", redis_server.url).stdout)
+    assert stats["hits"] == 1 and stats["results"] == 1 and stats["hitRate"] == 0.5
+    assert "deleted 1 keys" in kubescribe("cache", "clear", "--redis", redis_server.url).stdout
+    assert json.loads(kubescribe("cache", "stats", "--redis", redis_server.url).stdout)["results"] == 0
+
+
+def test_vtt_output_file_and_progress(tmp_path, speech_dir):
+    out = tmp_path / "out.vtt"
+    proc = kubescribe("transcribe", str(speech_dir / "library.wav"), "-f", "vtt", "-o", str(out), "--progress")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().startswith("WEBVTT\n\n")
+    assert wer(SENTENCES["library"], " ".join(out.read_text().splitlines()[3::3])) <= 0.3
+    assert "100.0%" in proc.stderr
+
+
+def test_clear_errors_for_bad_files(tmp_path):
+    missing = kubescribe("transcribe", str(tmp_path / "nope.wav"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"\x00\x01garbage" * 100)
+    bad = kubescribe("transcribe", str(junk))
+    assert bad.returncode == 65 and "not a readable audio file" in bad.stderr
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    e = kubescribe("transcribe", str(empty))
+    assert e.returncode == 65 and "empty" in e.stderr
+    lang = kubescribe("transcribe", "--sample", "--language", "de")
+    assert lang.returncode == 2 and "English-only models" in lang.stderr
