@@ -10,7 +10,7 @@
 #
 # A tool whose binaries are already there is not rebuilt, so this is a no-op on a warm
 # machine. `make test-env` and the test command call it; tests find the binaries via
-# `hack/build-test-binaries.sh --print-bindir`.
+# `hack/build-test-binaries.sh --print-path`.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
@@ -148,8 +148,9 @@ import (
 )
 GO
     go mod tidy
-    local ver=${PROMETHEUS_MODULE_VERSION#v0.}
-    ld="-s -w -X github.com/prometheus/common/version.Version=3.${ver%%.*}.${ver#*.}"
+    # Module v0.MNN.P is Prometheus M.NN.P (v0.313.5 is 3.13.5).
+    local ver=${PROMETHEUS_MODULE_VERSION#v0.}; local mn=${ver%%.*}
+    local ld="-s -w -X github.com/prometheus/common/version.Version=$((10#$mn / 100)).$((10#$mn % 100)).${ver#*.}"
     go build -trimpath -ldflags "$ld" -o "$out/bin/" \
       github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
   )

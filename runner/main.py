@@ -68,10 +68,13 @@ def cmd_run(settings: RunnerSettings) -> int:
     nvml = Nvml()
     server = None
     if settings.metrics_port >= 0:
-        server = MetricsServer(
-            metrics.registry, port=settings.metrics_port,
-            before_scrape=lambda: refresh_resource_gauges(metrics, nvml),
-        ).start()
+        try:
+            server = MetricsServer(
+                metrics.registry, port=settings.metrics_port,
+                before_scrape=lambda: refresh_resource_gauges(metrics, nvml),
+            ).start()
+        except OSError as exc:  # metrics are not worth failing a transcription over
+            log.warning("metrics server not started on :%d: %s", settings.metrics_port, exc)
     term = settings.termination_log
     try:
         try:

@@ -1,6 +1,7 @@
 """pytest fixtures for the real test environment (loaded by ``tests/conftest.py``).
 
-- ``kube_cluster`` (session): etcd + kube-apiserver + kube-controller-manager.
+- ``kube_cluster`` (session): etcd + kube-apiserver + kube-controller-manager;
+  ``kube_cluster_options`` (session) gives its ``KubeCluster`` keyword arguments.
 - ``kube_api`` (session): an admin ``kubernetes.client.ApiClient`` for that cluster.
 - ``kube_namespace`` (function): a fresh namespace, deleted afterwards.
 - ``fake_kubelet`` (session): runs Job pods as local processes on a fake Node.
@@ -31,15 +32,26 @@ __all__ = [
     "helm",
     "kube_api",
     "kube_cluster",
+    "kube_cluster_options",
     "kube_namespace",
     "prometheus_factory",
 ]
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+def kube_cluster_options() -> dict[str, Any]:
+    """Keyword arguments for the session's ``KubeCluster``; override in a conftest.
+
+    For example ``{"crds": [REPO_ROOT / "crds"]}`` to install CRDs before the
+    controller manager starts, so its garbage collector knows them from the start.
+    """
+    return {}
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(kube_cluster_options: dict[str, Any]) -> Iterator[KubeCluster]:
     """One real control plane for the whole session (a few seconds to start warm)."""
-    cluster = KubeCluster()
+    cluster = KubeCluster(**kube_cluster_options)
     t0 = time.monotonic()
     cluster.start()
     cluster.startup_seconds.setdefault("fixture", time.monotonic() - t0)

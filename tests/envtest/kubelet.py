@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +32,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
-
-from . import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +113,12 @@ class FakeKubelet:
         capacity: the Node's capacity and allocatable; defaults include 4 GPUs
             (``nvidia.com/gpu``) so GPU requests look schedulable.
         labels: extra Node labels.
-        workdir: where per-pod logs, working directories and termination logs go.
-        pythonpath: prepended to ``PYTHONPATH`` so ``python -m kubescribe...`` imports
-            the working tree even when it is not installed.
+        workdir: where per-pod logs, working directories and termination logs go; a
+            temporary directory, removed by ``stop()`` unless ``KUBESCRIBE_ENVTEST_KEEP=1``.
+        pythonpath: prepended to ``PYTHONPATH``. Empty by default: kubescribe is
+            installed (editable) into the test interpreter, and the repository root must
+            not go on the path, where its ``operator/`` folder would shadow the standard
+            library's ``operator`` module.
         extra_env: added to every process' environment (before the pod's own env).
         max_grace_seconds: cap on the SIGTERM-to-SIGKILL wait when a pod is deleted,
             so a deleted pod's 30 s default grace does not stall a test.
@@ -132,7 +134,7 @@ class FakeKubelet:
         capacity: Optional[dict[str, str]] = None,
         labels: Optional[dict[str, str]] = None,
         workdir: Optional[os.PathLike[str] | str] = None,
-        pythonpath: Sequence[os.PathLike[str] | str] = (REPO_ROOT,),
+        pythonpath: Sequence[os.PathLike[str] | str] = (),
         extra_env: Optional[dict[str, str]] = None,
         max_grace_seconds: float = 10.0,
         scheduler_name: str = "default-scheduler",
@@ -198,20 +200,33 @@ class FakeKubelet:
     def stop(self) -> None:
         """Stop watching, kill every process still running, close API clients."""
         self._stopping.set()
-        if self._watch is not None:
-            self._watch.stop()
+        deadline = time.monotonic() + 15
+        while self._watch_thread is not None and self._watch_thread.is_alive() and time.monotonic() < deadline:
+            self._unblock_watch()
+            self._watch_thread.join(0.1)
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
             run.request_kill("stopping", 1.0)
         for t in list(self._threads):
             t.join(timeout=15)
-        if self._watch_thread is not None:
-            self._watch_thread.join(timeout=15)
         for api in (self._api, self._watch_api):
             if api is not None:
                 with contextlib.suppress(Exception):
                     api.close()
+        if self._own_workdir and os.environ.get("KUBESCRIBE_ENVTEST_KEEP", "") in ("", "0", "false"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _unblock_watch(self) -> None:
+        """End the watch thread's blocking read now rather than at the watch timeout."""
+        w = self._watch
+        if w is None:
+            return
+        w.stop()
+        resp = getattr(w, "_resp", None)  # the streaming urllib3 response
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.shutdown()  # urllib3 >= 2.3: unblocks a read in another thread
 
     @contextlib.contextmanager
     def override_command(self, fn: CommandOverride) -> Iterator["FakeKubelet"]:
@@ -577,8 +592,9 @@ class FakeKubelet:
         # Commands resolve against the interpreter running the tests first, so
         # `python` and console scripts such as `kubescribe-runner` are this venv's.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        pp = [*self.pythonpath, env.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in pp if p)
+        pp = [p for p in [*self.pythonpath, env.get("PYTHONPATH", "")] if p]
+        if pp:
+            env["PYTHONPATH"] = os.pathsep.join(pp)
         env.pop("KUBECONFIG", None)  # a pod has no kubeconfig; the test's must not leak in
         env["HOSTNAME"] = pod["metadata"]["name"]
         env.update(self.extra_env)

@@ -1,0 +1,486 @@
+"""What the operator does with requests and Jobs. kopf wiring is in ``main``.
+
+Level-triggered throughout: every handler looks at the object as it is now (phase,
+generation, observedGeneration) and decides, so a missed or repeated event, or an
+operator restart at any point, leads to the same result. kopf's own progress
+annotations are not used: the request's status is the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from kubescribe import GROUP, PLURAL, VERSION
+from kubescribe.metrics import OperatorMetrics
+from kubescribe.models import TERMINAL_PHASES, InvalidSpec, TranscriptionSpec, now_rfc3339, parse_spec
+from kubescribe.settings import OperatorSettings
+from kubescribe.store import AUDIO_PREFIX, Store, StoreError, cache_key, result_key
+
+from . import status as st
+from .jobs import CONTAINER, LABEL_REQUEST_UID, build_job, job_name
+from .scheduler import Entry, Registry, entry_from_body, plan
+
+log = logging.getLogger("kubescribe.operator")
+
+#: Events are posted as this component (kubectl describe shows "From: kubescribe-operator").
+EVENT_SOURCE = "kubescribe-operator"
+
+
+def known_cache_key(spec: TranscriptionSpec) -> tuple[str | None, str | None]:
+    sha = spec.audio.sha256
+    if not sha and spec.audio.redis_key and spec.audio.redis_key.startswith(AUDIO_PREFIX):
+        tail = spec.audio.redis_key[len(AUDIO_PREFIX):]
+        if len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
+            sha = tail
+    return (cache_key(sha, spec.output_params()) if sha else None), sha
+
+
+def _age_seconds(created: str) -> float | None:
+    try:
+        t = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return max(0.0, (datetime.now(timezone.utc) - t).total_seconds())
+
+
+class Operator:
+    """The operator's state and actions. One instance per process.
+
+    Args:
+        settings: operator settings (environment).
+        store: the Redis store (result cache lookups at admission).
+        api_client: a configured ``kubernetes.client.ApiClient``.
+        metrics: operator metrics.
+    """
+
+    def __init__(self, settings: OperatorSettings, store: Store, api_client, metrics: OperatorMetrics):
+        from kubernetes import client
+
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.custom = client.CustomObjectsApi(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.registry = Registry()
+        self.in_flight: dict[str, tuple[int, int]] = {}  # uid -> (generation, slots), admitted, not yet seen Running
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.last_step = time.monotonic()
+        self.synced = False
+        metrics.gpu_budget.set(settings.gpu_budget)
+
+    # -- API helpers ------------------------------------------------------------------
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        except ApiException as exc:
+            if exc.status == 404:
+                return None  # deleted meanwhile: nothing to report to
+            raise
+
+    def get_request(self, namespace: str, name: str) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def event(self, body: dict, type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event on the request; never fails the caller."""
+        meta = body["metadata"]
+        now = datetime.now(timezone.utc)
+        ev = {
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                               "kind": body.get("kind", "TranscriptionRequest"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": EVENT_SOURCE, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], ev)
+        except Exception as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- requests ---------------------------------------------------------------------
+    def on_request(self, event_type: str | None, body: dict) -> None:
+        """Every watch event of a request: keep the registry, reconcile when needed."""
+        uid = body["metadata"]["uid"]
+        if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+            self.registry.remove(uid)
+            self.in_flight.pop(uid, None)
+            self.wake()
+            return
+        entry = entry_from_body(body)
+        self.registry.upsert(entry)
+        if entry.phase == "Running" and uid in self.in_flight:
+            self.in_flight.pop(uid, None)
+        if self.needs_reconcile(entry):
+            self.reconcile(body)
+        elif entry.phase in TERMINAL_PHASES or entry.phase == "Queued":
+            self.wake()
+
+    @staticmethod
+    def needs_reconcile(entry: Entry) -> bool:
+        return entry.phase in (None, "Pending") or not entry.current
+
+    def reconcile(self, body: dict) -> None:
+        """A new request, a changed spec, or one left Pending: validate, cache, queue."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        status = body.get("status") or {}
+        entry = entry_from_body(body)
+        if status.get("phase") == "Running" and status.get("jobName"):
+            # The spec changed under a running Job: that Job works on the old spec.
+            self.delete_job(ns, status["jobName"])
+            self.in_flight.pop(meta["uid"], None)
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec as exc:
+            self.finish_failed(body, "InvalidSpec", str(exc), count_model=(body.get("spec") or {}).get("model"))
+            return
+        key, sha = known_cache_key(spec)
+        if key and spec.cache.enabled:
+            try:
+                hit = self.store.get_result(key)
+            except StoreError as exc:
+                self.metrics.error("redis")
+                msg = f"cannot reach Redis to look up the result cache: {exc}; retrying"
+                if status.get("reason") != "RedisUnavailable":
+                    self.patch_status(ns, name, {
+                        "phase": "Pending", "reason": "RedisUnavailable", "message": msg,
+                        "conditions": st.set_condition(status.get("conditions"), st.READY, False,
+                                                       "RedisUnavailable", msg, meta.get("generation"))})
+                    self.event(body, "Warning", "RedisUnavailable", msg)
+                return  # the periodic resync retries Pending requests
+            if hit is not None:
+                self.finish_cached(body, spec, key, hit)
+                return
+        new = st.queued(body, cache_key=key, audio_sha=sha)
+        if self.patch_status(ns, name, new) is not None:
+            self.registry.upsert(Entry(**{**entry.__dict__, "phase": "Queued",
+                                          "observed_generation": entry.generation, "cache_key": key}))
+            self.event(body, "Normal", "Queued", f"queued for a runner (priority {spec.priority})")
+        self.wake()
+
+    def finish_cached(self, body: dict, spec: TranscriptionSpec, key: str, hit: dict) -> None:
+        meta = body["metadata"]
+        summary = st.summary_from_result(hit, key, result_key(key))
+        new = st.succeeded(body, summary, cached=True, message="answered from the result cache")
+        if self.patch_status(meta["namespace"], meta["name"], new) is None:
+            return
+        self.metrics.admission_cache_hits_total.inc()
+        self.metrics.transcriptions_total.labels(status="succeeded", model=spec.model).inc()
+        age = _age_seconds(meta.get("creationTimestamp", ""))
+        if age is not None:
+            self.metrics.queue_wait_seconds.observe(age)
+        self.registry.mark(meta["uid"], phase="Succeeded", observed_generation=meta.get("generation"))
+        self.event(body, "Normal", "CacheHit", f"answered from the result cache ({key[:12]})")
+        self.wake()
+
+    def finish_failed(self, body: dict, reason: str, message: str, *, count_model: str | None = None,
+                      error_type: str = "invalid_spec") -> None:
+        meta = body["metadata"]
+        if self.patch_status(meta["namespace"], meta["name"], st.failed(body, reason, message)) is None:
+            return
+        self.metrics.error(error_type)
+        self.metrics.transcriptions_total.labels(status="failed", model=str(count_model or "unknown")[:64]).inc()
+        self.registry.mark(meta["uid"], phase="Failed", observed_generation=meta.get("generation"))
+        self.event(body, "Warning", reason, message)
+        self.wake()
+
+    # -- admission --------------------------------------------------------------------
+    def step(self) -> None:
+        """One admission pass: admit what fits the budget, update queue positions."""
+        self.last_step = time.monotonic()
+        if not self.synced:
+            return
+        entries = self.registry.snapshot()
+        in_flight = {uid: slots for uid, (gen, slots) in self.in_flight.items()}
+        p = plan(entries, self.settings.gpu_budget, in_flight)
+        for e in p.admit:
+            try:
+                self.admit(e)
+            except Exception as exc:  # one bad request must not stop the queue
+                log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
+        for e in entries:
+            if e.phase != "Queued" or not e.current:
+                continue
+            pos = p.positions.get(e.uid)
+            if pos is not None and pos != e.queue_position:
+                try:
+                    reason = "WaitingForIdentical" if e.uid in p.waiting_for_identical else "Queued"
+                    msg = ("an identical request is running; its result will answer this one"
+                           if reason == "WaitingForIdentical" else f"position {pos} in the queue")
+                    if self.patch_status(e.namespace, e.name, {"queuePosition": pos, "reason": reason,
+                                                               "message": msg}) is not None:
+                        self.registry.mark(e.uid, queue_position=pos)
+                except Exception as exc:
+                    log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        entries = self.registry.snapshot()
+        counts = {ph: 0 for ph in ("Pending", "Queued", "Running", "Succeeded", "Failed")}
+        for e in entries:
+            counts[e.phase or "Pending"] = counts.get(e.phase or "Pending", 0) + 1
+        for ph, n in counts.items():
+            self.metrics.requests.labels(phase=ph).set(n)
+        self.metrics.queue_size.set(counts["Queued"])
+        running = counts["Running"] + sum(1 for uid in self.in_flight if (self.registry.get(uid) or Entry(
+            "", "", "", 0, None, None, 0, "", 1)).phase == "Queued")
+        self.metrics.active_workers.set(running)
+
+    def admit(self, e: Entry) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        body = self.get_request(e.namespace, e.name)
+        if body is None or body["metadata"]["uid"] != e.uid:
+            self.registry.remove(e.uid)
+            return
+        status = body.get("status") or {}
+        if status.get("phase") != "Queued" or status.get("observedGeneration") != body["metadata"].get("generation"):
+            self.registry.upsert(entry_from_body(body))
+            return
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec as exc:
+            self.finish_failed(body, "InvalidSpec", str(exc))
+            return
+        key = status.get("cacheKey")
+        if key and spec.cache.enabled:
+            # An identical request may have finished while this one waited.
+            try:
+                hit = self.store.get_result(key, count=False)
+            except StoreError:
+                hit = None
+            if hit is not None:
+                self.store.record_lookup(True)
+                self.finish_cached(body, spec, key, hit)
+                return
+        job = build_job(body, spec, self.settings)
+        name = job["metadata"]["name"]
+        self.in_flight[e.uid] = (e.generation, e.slots)
+        try:
+            self.batch.create_namespaced_job(e.namespace, job)
+            self.metrics.jobs_total.labels(outcome="created").inc()
+        except ApiException as exc:
+            if exc.status != 409:
+                self.in_flight.pop(e.uid, None)
+                raise
+            existing = self.batch.read_namespaced_job(name, e.namespace)
+            if (existing.metadata.labels or {}).get(LABEL_REQUEST_UID) != e.uid:
+                self.in_flight.pop(e.uid, None)
+                raise RuntimeError(f"Job {name} exists and belongs to another request") from None
+            if existing.metadata.deletion_timestamp:
+                self.in_flight.pop(e.uid, None)
+                return  # the old Job is still going away; the next pass recreates it
+            log.info("Job %s/%s already exists (operator restart): adopting it", e.namespace, name)
+        age = _age_seconds(body["metadata"].get("creationTimestamp", ""))
+        if age is not None:
+            self.metrics.queue_wait_seconds.observe(age)
+        gen = body["metadata"].get("generation")
+        conds = st.set_condition(status.get("conditions"), st.ADMITTED, True, "JobCreated",
+                                 f"runner Job {name} created", gen)
+        conds = st.set_condition(conds, st.READY, False, "Running", "transcribing", gen)
+        self.patch_status(e.namespace, e.name, {
+            "phase": "Running", "reason": "JobCreated", "message": f"runner Job {name} created",
+            "jobName": name, "startedAt": now_rfc3339(), "queuePosition": None, "attempts": 0,
+            "conditions": conds,
+        })
+        self.registry.mark(e.uid, phase="Running", job_name=name, queue_position=None)
+        self.in_flight.pop(e.uid, None)
+        self.event(body, "Normal", "JobCreated", f"runner Job {name} created")
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # -- jobs -------------------------------------------------------------------------
+    def on_job(self, event_type: str | None, job: dict) -> None:
+        meta = job["metadata"]
+        owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TranscriptionRequest"), None)
+        if owner is None:
+            return
+        body = self.get_request(meta["namespace"], owner["name"])
+        if body is None or body["metadata"]["uid"] != owner["uid"]:
+            return
+        status = body.get("status") or {}
+        if status.get("phase") != "Running" or status.get("jobName") != meta["name"]:
+            return  # finished already, or a Job of an older generation
+        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            self.requeue(body, "JobDeleted", f"runner Job {meta['name']} was deleted; queued again")
+            return
+        jstatus = job.get("status") or {}
+        conds = {c["type"]: c for c in jstatus.get("conditions") or [] if c.get("status") == "True"}
+        attempts = int(jstatus.get("failed") or 0) + int(jstatus.get("active") or 0) + int(jstatus.get("succeeded") or 0)
+        if "Complete" in conds:
+            self.job_succeeded(body, meta["name"], attempts)
+        elif "Failed" in conds:
+            self.job_failed(body, meta["name"], conds["Failed"], attempts, int(jstatus.get("failed") or 0))
+        elif attempts and attempts != status.get("attempts"):
+            failed = int(jstatus.get("failed") or 0)
+            self.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], {"attempts": attempts})
+            if failed > 0 and int(jstatus.get("active") or 0) > 0:
+                last = self.termination_summary(meta["namespace"], meta["name"])
+                why = (last or {}).get("message") or "the runner failed"
+                self.event(body, "Warning", "Retrying", f"attempt {failed} failed ({why}); retrying")
+
+    def requeue(self, body: dict, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        new = st.queued(body, cache_key=(body.get("status") or {}).get("cacheKey"),
+                        audio_sha=(body.get("status") or {}).get("audioSha256"))
+        new.update(reason=reason, message=message)
+        if self.patch_status(meta["namespace"], meta["name"], new) is not None:
+            self.registry.mark(meta["uid"], phase="Queued", job_name=None, queue_position=None)
+            self.event(body, "Warning", reason, message)
+        self.wake()
+
+    def termination_summary(self, namespace: str, job: str) -> dict[str, Any] | None:
+        """The runner's termination message from the Job's latest finished pod."""
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items
+        best, best_time = None, ""
+        for pod in pods:
+            for cs in (pod.status.container_statuses or []) if pod.status else []:
+                if cs.name != CONTAINER or not cs.state or not cs.state.terminated:
+                    continue
+                t = cs.state.terminated
+                finished = t.finished_at.isoformat() if t.finished_at else ""
+                if finished >= best_time:
+                    best_time = finished
+                    best = {"exitCode": t.exit_code, "raw": t.message or "", "reason": t.reason}
+        if best is None:
+            return None
+        try:
+            doc = json.loads(best["raw"])
+            if isinstance(doc, dict):
+                doc.setdefault("exitCode", best["exitCode"])
+                return doc
+        except ValueError:
+            pass
+        return {"ok": False, "reason": best["reason"] or "Error", "exitCode": best["exitCode"],
+                "message": (best["raw"] or f"runner exited with code {best['exitCode']}").strip()[-1024:]}
+
+    def job_succeeded(self, body: dict, job: str, attempts: int) -> None:
+        meta = body["metadata"]
+        summary = self.termination_summary(meta["namespace"], job) or {}
+        if not summary.get("ok"):
+            key = (body.get("status") or {}).get("cacheKey")
+            hit = self.store.read_result_key(result_key(key)) if key else None
+            if hit is None:
+                self.finish_failed(body, "NoResult", "the runner finished but left no result summary and "
+                                   "no result in Redis", error_type="internal")
+                return
+            summary = st.summary_from_result(hit, key, result_key(key))
+        new = st.succeeded(body, summary, cached=bool(summary.get("cached")), message=f"transcribed by Job {job}")
+        new["attempts"] = max(attempts, 1)
+        if self.patch_status(meta["namespace"], meta["name"], new) is None:
+            return
+        model = (body.get("spec") or {}).get("model", "unknown")
+        self.metrics.jobs_total.labels(outcome="succeeded").inc()
+        self.metrics.observe_transcription(model=model, status="succeeded",
+                                           seconds=summary.get("processingSeconds"),
+                                           audio_seconds=summary.get("audioDurationSeconds"))
+        self.registry.mark(meta["uid"], phase="Succeeded")
+        rtf = summary.get("realtimeFactor")
+        self.event(body, "Normal", "Succeeded",
+                   f"transcribed {summary.get('audioDurationSeconds') or 0:.1f}s of "
+                   f"{summary.get('language') or '?'} audio"
+                   + (f" at {rtf:.3f}x real time" if isinstance(rtf, (int, float)) else ""))
+        self.wake()
+
+    def job_failed(self, body: dict, job: str, cond: dict, attempts: int, failures: int) -> None:
+        summary = self.termination_summary(body["metadata"]["namespace"], job) or {}
+        runner_reason = summary.get("reason")
+        runner_msg = summary.get("message") or ""
+        cond_reason = cond.get("reason") or "Failed"
+        if cond_reason == "DeadlineExceeded":
+            reason, error_type = "Timeout", "timeout"
+            timeout = (body.get("spec") or {}).get("timeoutSeconds")
+            message = f"the runner did not finish within timeoutSeconds={timeout}"
+        elif cond_reason == "PodFailurePolicy":
+            reason, error_type = runner_reason or "BadInput", "bad_audio"
+            message = runner_msg or "the runner refused the input"
+        elif cond_reason == "BackoffLimitExceeded":
+            reason, error_type = runner_reason or "RunnerFailed", "job_failed"
+            message = f"failed {failures} time(s), retries exhausted" + (f": {runner_msg}" if runner_msg else "")
+        else:
+            reason, error_type = runner_reason or cond_reason, "job_failed"
+            message = runner_msg or cond.get("message") or "the runner Job failed"
+        if runner_reason == "AudioNotFound":
+            error_type = "audio_not_found"
+        elif runner_reason == "ModelLoadFailed":
+            error_type = "model_load"
+        new = st.failed(body, reason, message)
+        new["attempts"] = max(attempts, failures)
+        meta = body["metadata"]
+        if self.patch_status(meta["namespace"], meta["name"], new) is None:
+            return
+        self.metrics.jobs_total.labels(outcome="failed").inc()
+        self.metrics.error(error_type)
+        self.metrics.transcriptions_total.labels(status="failed", model=(body.get("spec") or {}).get("model", "unknown")).inc()
+        self.registry.mark(meta["uid"], phase="Failed")
+        self.event(body, "Warning", reason, message)
+        self.wake()
+
+    # -- resync -----------------------------------------------------------------------
+    def resync(self) -> None:
+        """List every request: rebuild the registry, retry Pending ones, find lost Jobs."""
+        if self.settings.namespace:
+            items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.settings.namespace, PLURAL)["items"]
+        else:
+            items = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        self.registry.replace_all(entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp"))
+        first = not self.synced
+        self.synced = True
+        for body in items:
+            entry = entry_from_body(body)
+            try:
+                if self.needs_reconcile(entry):
+                    self.reconcile(body)
+                elif entry.phase == "Running" and entry.job_name:
+                    self.check_job(body, entry.job_name, first)
+            except Exception as exc:
+                log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
+        self.wake()
+
+    def check_job(self, body: dict, name: str, first: bool) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        meta = body["metadata"]
+        try:
+            job = self.batch.read_namespaced_job(name, meta["namespace"])
+        except ApiException as exc:
+            if exc.status == 404:
+                self.requeue(body, "JobLost", f"runner Job {name} no longer exists; queued again")
+                return
+            raise
+        if first:  # the watch may have delivered the end while we were down
+            self.on_job("MODIFIED", self.batch.api_client.sanitize_for_serialization(job))
+
+    def healthy(self) -> tuple[bool, str]:
+        idle = time.monotonic() - self.last_step
+        ok = idle < 120
+        return ok, f"admission loop last ran {idle:.0f}s ago"

@@ -1,0 +1,156 @@
+"""The runner Job for a TranscriptionRequest, as a plain manifest (no API calls here)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from kubescribe import API_VERSION, KIND
+from kubescribe.models import TranscriptionSpec
+from kubescribe.settings import OperatorSettings
+
+#: The runner's exit code for bad input (EX_DATAERR); the podFailurePolicy fails the Job
+#: on it at once instead of burning retries on a file that will never decode.
+EXIT_BAD_INPUT = 65
+CONTAINER = "runner"
+RUNNER_UID = 10001
+
+LABEL_REQUEST = "kubescribe.io/request"
+LABEL_REQUEST_UID = "kubescribe.io/request-uid"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubescribe-operator"
+
+
+def job_name(request_name: str, uid: str, generation: int | None) -> str:
+    """Deterministic: the same request and generation always give the same name, so a
+    retried or restarted operator finds its Job (409) instead of making a second one."""
+    digest = hashlib.sha256(f"{uid}/{generation or 1}".encode()).hexdigest()[:8]
+    stem = re.sub(r"[^a-z0-9-]", "-", request_name.lower())[:63 - len("kubescribe--") - 8].strip("-")
+    return f"kubescribe-{stem}-{digest}" if stem else f"kubescribe-{digest}"
+
+
+def _label_value(value: str) -> str:
+    """Label values: 63 chars of [A-Za-z0-9._-]; long names are cut and hashed."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "-", value).strip("-._")
+    if len(clean) <= 63:
+        return clean
+    return clean[:54].rstrip("-._") + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
+
+
+def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorSettings) -> dict[str, Any]:
+    meta = body["metadata"]
+    name = job_name(meta["name"], meta["uid"], meta.get("generation"))
+    labels = {
+        "app.kubernetes.io/name": "kubescribe",
+        LABEL_COMPONENT: "runner",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_REQUEST: _label_value(meta["name"]),
+        LABEL_REQUEST_UID: meta["uid"],
+    }
+    env: list[dict[str, Any]] = [
+        {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
+                                                     separators=(",", ":"))},
+        {"name": "KUBESCRIBE_REQUEST", "value": f"{meta['namespace']}/{meta['name']}"},
+        {"name": "KUBESCRIBE_REDIS_URL", "value": settings.redis_url},
+        {"name": "KUBESCRIBE_METRICS_PORT", "value": str(settings.runner_metrics_port)},
+        {"name": "KUBESCRIBE_MAX_AUDIO_BYTES", "value": str(settings.max_audio_bytes)},
+        # Writable scratch for model downloads and caches on a read-only root filesystem.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if settings.redis_secret_name:
+        env.append({"name": "KUBESCRIBE_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
+            "name": settings.redis_secret_name, "key": settings.redis_secret_key}}})
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if settings.model_cache_pvc:
+        volumes.append({"name": "models", "persistentVolumeClaim": {
+            "claimName": settings.model_cache_pvc, "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": settings.model_cache_mount_path, "readOnly": True})
+        env.append({"name": "KUBESCRIBE_MODEL_DIR", "value": settings.model_cache_mount_path})
+    env += [{"name": k, "value": v} for k, v in sorted(settings.runner_env.items())]
+
+    resources = json.loads(json.dumps(settings.runner_resources))
+    gpus = spec.effective_gpus
+    if gpus > 0:
+        resources.setdefault("limits", {})[settings.gpu_resource_name] = str(gpus)
+        resources.setdefault("requests", {})[settings.gpu_resource_name] = str(gpus)
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; the Job retries instead
+        "automountServiceAccountToken": False,  # the runner talks to Redis, never to the API
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": settings.runner_image,
+                "imagePullPolicy": settings.runner_image_pull_policy,
+                "command": list(settings.runner_command),
+                "env": env,
+                "ports": [{"name": "metrics", "containerPort": settings.runner_metrics_port}],
+                "resources": resources,
+                "volumeMounts": mounts,
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    if settings.runner_service_account:
+        pod_spec["serviceAccountName"] = settings.runner_service_account
+    if settings.runner_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.runner_node_selector)
+    if settings.runner_tolerations:
+        pod_spec["tolerations"] = list(settings.runner_tolerations)
+    if settings.runner_runtime_class:
+        pod_spec["runtimeClassName"] = settings.runner_runtime_class
+    if settings.runner_priority_class:
+        pod_spec["priorityClassName"] = settings.runner_priority_class
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {"kubescribe.io/generation": str(meta.get("generation") or 1)},
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            "backoffLimit": spec.retries,
+            "activeDeadlineSeconds": spec.timeout_seconds,
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [EXIT_BAD_INPUT]}},
+                # Evictions, preemption and node drains are not the request's fault.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": dict(labels),
+                             "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER}},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,149 @@
+"""Admission under the GPU budget: who runs next, and where everyone is in the queue.
+
+The queue is not stored anywhere: it is derived from the TranscriptionRequests
+themselves (phase Queued, priority, creation time), so an operator restart loses
+nothing. ``plan`` is pure; :class:`Registry` is the operator's in-memory view of the
+requests, fed by watch events and re-listed periodically.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Entry:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    phase: str | None
+    observed_generation: int | None
+    priority: int
+    created: str  # RFC 3339, sorts chronologically
+    slots: int
+    cache_key: str | None = None
+    job_name: str | None = None
+    queue_position: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def current(self) -> bool:
+        return self.observed_generation == self.generation
+
+
+def entry_from_body(body: dict) -> Entry:
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    gpus = spec.get("gpus")
+    if gpus is None:
+        gpus = 0 if spec.get("device") == "cpu" else 1
+    try:
+        priority = int(spec.get("priority") or 0)
+    except (TypeError, ValueError):
+        priority = 0
+    return Entry(
+        namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
+        generation=meta.get("generation") or 1, phase=status.get("phase"),
+        observed_generation=status.get("observedGeneration"), priority=priority,
+        created=meta.get("creationTimestamp") or "", slots=max(1, int(gpus or 0)),
+        cache_key=status.get("cacheKey"), job_name=status.get("jobName"),
+        queue_position=status.get("queuePosition"),
+    )
+
+
+def queue_order(entry: Entry) -> tuple:
+    """Higher priority first, then oldest first; the name breaks ties deterministically."""
+    return (-entry.priority, entry.created, entry.namespace, entry.name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    admit: list[Entry]
+    positions: dict[str, int]  # uid -> 1-based position among those still queued
+    waiting_for_identical: set[str]  # uids held back: an identical request is running
+    used_slots: int
+
+
+def plan(entries: Iterable[Entry], budget: int, in_flight: dict[str, int] | None = None) -> Plan:
+    """Choose the queued requests to admit now.
+
+    ``in_flight`` maps uids admitted by this process whose Running status has not come
+    back through the watch yet to their slot counts; they count against the budget.
+
+    Strict order: when the head of the queue needs more slots than are free, nothing
+    behind it jumps ahead (no starvation of multi-GPU requests). A request whose cache
+    key matches a running one waits, and is answered from the cache when that finishes.
+    """
+    in_flight = dict(in_flight or {})
+    entries = list(entries)
+    running = [e for e in entries if e.phase == "Running" and e.uid not in in_flight]
+    used = sum(e.slots for e in running) + sum(in_flight.values())
+    busy_keys = {e.cache_key for e in running if e.cache_key}
+    queued = sorted((e for e in entries if e.phase == "Queued" and e.current and e.uid not in in_flight),
+                    key=queue_order)
+    admit: list[Entry] = []
+    held: set[str] = set()
+    free = budget - used
+    blocked = False
+    for e in queued:
+        if e.cache_key and e.cache_key in busy_keys:
+            held.add(e.uid)
+            continue
+        if not blocked and e.slots <= free:
+            admit.append(e)
+            free -= e.slots
+            if e.cache_key:
+                busy_keys.add(e.cache_key)
+        else:
+            blocked = True
+    admitted = {e.uid for e in admit}
+    positions = {}
+    pos = 0
+    for e in queued:
+        if e.uid not in admitted:
+            pos += 1
+            positions[e.uid] = pos
+    return Plan(admit, positions, held, used + sum(e.slots for e in admit))
+
+
+class Registry:
+    """Thread-safe map uid -> Entry, the operator's view of every request."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+
+    def upsert(self, entry: Entry) -> None:
+        with self._lock:
+            self._entries[entry.uid] = entry
+
+    def remove(self, uid: str) -> None:
+        with self._lock:
+            self._entries.pop(uid, None)
+
+    def replace_all(self, entries: Iterable[Entry]) -> None:
+        with self._lock:
+            self._entries = {e.uid: e for e in entries}
+
+    def snapshot(self) -> list[Entry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def get(self, uid: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get(uid)
+
+    def mark(self, uid: str, **changes) -> None:
+        with self._lock:
+            e = self._entries.get(uid)
+            if e is not None:
+                self._entries[uid] = replace(e, **changes)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,148 @@
+"""Run the real operator as a process against the test cluster, and talk to requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from tests.envtest import wait_for
+from tests.support.core import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "kubescribe.io_transcriptionrequests.yaml"
+
+
+class OperatorProcess:
+    """``kubescribe-operator`` as a child process, namespace-scoped, logs in a file."""
+
+    def __init__(self, kubeconfig: str, namespace: str, redis_url: str, workdir: Path, **settings: Any):
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.workdir = workdir
+        self.log_path = workdir / f"operator-{namespace}.log"
+        self.metrics_port = free_port()
+        self.env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_NAMESPACE=namespace,
+                        KUBESCRIBE_REDIS_URL=redis_url, KUBESCRIBE_METRICS_PORT=str(self.metrics_port),
+                        KUBESCRIBE_RUNNER_IMAGE="kubescribe-runner:test", KUBESCRIBE_LOG_LEVEL="INFO",
+                        KUBESCRIBE_RESYNC_SECONDS="3")
+        for k, v in settings.items():
+            self.env[f"KUBESCRIBE_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubescribe.operator.main"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        import urllib.request
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.logs()[-3000:]}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as r:
+                return r.status == 200
+
+        wait_for(healthy, timeout=60, interval=0.1, description="operator /healthz", ignore=(OSError,))
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as when a node dies."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+class Requests:
+    """TranscriptionRequests in one namespace, through the admin client."""
+
+    def __init__(self, api_client, namespace: str):
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict:
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def wait(self, name: str, predicate: Callable[[dict], bool], timeout: float = 180,
+             description: str = "") -> dict:
+        return wait_for(lambda: (lambda s: s if predicate(s) else None)(self.status(name)),
+                        timeout=timeout, interval=0.1, description=description or f"{name} status")
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 180) -> dict:
+        return self.wait(name, lambda s: s.get("phase") in phases, timeout,
+                         f"{name} in phase {'/'.join(phases)}")
+
+    def jobs(self) -> list:
+        return self.batch.list_namespaced_job(self.namespace).items
+
+    def events(self, name: str) -> list:
+        return [e for e in self.core.list_namespaced_event(self.namespace).items
+                if e.involved_object.name == name]
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kube_cluster):
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(CRD), check=True)
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                         f"crd/{PLURAL}.{GROUP}", check=True)
+    return True
+
+
+@pytest.fixture
+def operator_factory(kube_cluster, kube_namespace, redis_server, crd_installed, fake_kubelet, tmp_path):
+    started: list[OperatorProcess] = []
+
+    def factory(**settings: Any) -> OperatorProcess:
+        op = OperatorProcess(str(kube_cluster.kubeconfig_path), kube_namespace, redis_server.url, tmp_path,
+                             **settings)
+        started.append(op)
+        return op.start()
+
+    yield factory
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture
+def requests_api(kube_api, kube_namespace):
+    return Requests(kube_api, kube_namespace)

@@ -1,0 +1,165 @@
+"""The operator end to end: real kube-apiserver, Job controller, Redis and faster-whisper.
+
+Runner pods are run by the fake kubelet as local `kubescribe-runner run` processes; the
+Job controller, garbage collector, API validation and everything else are the real ones.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubescribe.store import Store
+from tests.support.core import SENTENCES, free_port, wer
+
+pytestmark = pytest.mark.kube
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def upload(redis_server, speech_dir, name) -> str:
+    return Store(redis_server.client()).put_audio((speech_dir / f"{name}.wav").read_bytes())
+
+
+def apply_example(kube_cluster, namespace, example, **replace):
+    text = (ROOT / "examples" / example).read_text()
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+
+
+def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
+        operator_factory, requests_api, kube_cluster, kube_namespace, redis_server, speech_dir):
+    redis_server.client().flushdb()
+    operator_factory(gpu_budget="2")
+    key = upload(redis_server, speech_dir, "fox")
+    proc = apply_example(kube_cluster, kube_namespace, "basic.yaml",
+                         **{"kubescribe:audio:" + "0" * 64: key})
+    assert proc.returncode == 0, proc.stderr
+
+    status = requests_api.wait_phase("hello-kubescribe", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    assert status["cached"] is False and status["language"] == "en"
+    assert status["audioDurationSeconds"] > 1 and status["realtimeFactor"] > 0
+    assert status["observedGeneration"] == 1 and status["attempts"] == 1
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["status"] == "True" and ready["reason"] == "Succeeded"
+    transcript = Store(redis_server.client()).read_result_key(status["resultKey"])
+    assert wer(SENTENCES["fox"], transcript["text"]) <= 0.25
+
+    jobs = requests_api.jobs()
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert job.metadata.name == status["jobName"]
+    assert job.metadata.owner_references[0].kind == "TranscriptionRequest"
+    assert job.spec.backoff_limit == 2 and job.spec.active_deadline_seconds == 3600
+    assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [65]
+    container = job.spec.template.spec.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert container.security_context.read_only_root_filesystem is True
+    reasons = [e.reason for e in requests_api.events("hello-kubescribe")]
+    assert {"Queued", "JobCreated", "Succeeded"} <= set(reasons), reasons
+
+    table = kube_cluster.kubectl("get", "tr", "-n", kube_namespace, check=True).stdout
+    assert re.search(r"hello-kubescribe\s+Succeeded\s+tiny.en\s+en\s+[\d.]+\s+false", table), table
+
+    # The same audio and settings again: answered from the cache, no Job.
+    requests_api.create("again", {"audio": {"redisKey": key}, "model": "tiny.en", "language": "en",
+                                  "formats": ["vtt"], "priority": 3})
+    again = requests_api.wait_phase("again", "Succeeded", "Failed", timeout=30)
+    assert again["phase"] == "Succeeded" and again["cached"] is True
+    assert again["resultKey"] == status["resultKey"]
+    assert len(requests_api.jobs()) == 1
+    assert "CacheHit" in [e.reason for e in requests_api.events("again")]
+
+
+def test_invalid_requests_are_refused_or_fail_with_a_reason(
+        operator_factory, requests_api, kube_cluster, kube_namespace, redis_server, speech_dir):
+    operator_factory()
+    bad = yaml.safe_dump({"apiVersion": "kubescribe.io/v1alpha1", "kind": "TranscriptionRequest",
+                          "metadata": {"name": "bad"},
+                          "spec": {"audio": {"redisKey": "k", "url": "https://x/y.wav"}, "beamSize": 99,
+                                   "device": "cpu", "gpus": 2}})
+    proc = kube_cluster.kubectl("apply", "-n", kube_namespace, "-f", "-", input=bad)
+    assert proc.returncode != 0
+    assert "set exactly one of audio.redisKey and audio.url" in proc.stderr
+    assert "spec.beamSize" in proc.stderr and "device cpu cannot request GPUs" in proc.stderr
+    unknown = bad.replace("beamSize: 99", "beamSize: 2\n  colour: blue").replace("gpus: 2", "gpus: 0")
+    unknown = unknown.replace("url: https://x/y.wav", "")
+    proc = kube_cluster.kubectl("apply", "-n", kube_namespace, "-f", "-", input=unknown)
+    assert proc.returncode != 0 and 'unknown field "spec.colour"' in proc.stderr
+
+    # Valid for the API server, but the audio was never uploaded.
+    requests_api.create("missing-audio", {"audio": {"redisKey": "kubescribe:audio:" + "9" * 64}, "device": "cpu"})
+    # Not audio at all: the runner refuses it and the Job fails at once, no retries.
+    junk = Store(redis_server.client()).put_audio(b"<html>this is a web page, not audio</html>" * 40)
+    requests_api.create("junk", {"audio": {"redisKey": junk}, "device": "cpu", "retries": 3})
+    missing = requests_api.wait_phase("missing-audio", "Succeeded", "Failed")
+    assert missing["phase"] == "Failed" and missing["reason"] == "AudioNotFound"
+    assert "upload it again" in missing["message"]
+    junk_status = requests_api.wait_phase("junk", "Succeeded", "Failed")
+    assert junk_status["phase"] == "Failed" and junk_status["reason"] == "BadAudio"
+    assert "not a readable audio file" in junk_status["message"]
+    assert junk_status["attempts"] == 1
+    assert {c["type"]: c for c in junk_status["conditions"]}["Ready"]["status"] == "False"
+    warnings = [e for e in requests_api.events("junk") if e.type == "Warning"]
+    assert warnings and "not a readable audio file" in warnings[-1].message
+
+
+def test_budget_of_one_queues_the_second_request(
+        operator_factory, requests_api, redis_server, speech_dir):
+    redis_server.client().flushdb()
+    op = operator_factory(gpu_budget="1")
+    k1, k2 = upload(redis_server, speech_dir, "weather"), upload(redis_server, speech_dir, "library")
+    requests_api.create("first", {"audio": {"redisKey": k1}, "priority": 5})
+    requests_api.create("second", {"audio": {"redisKey": k2}})
+    seen = requests_api.wait("second", lambda s: s.get("phase") == "Queued" and s.get("queuePosition") == 1,
+                             description="second Queued at position 1")
+    assert seen["reason"] in ("Queued",)
+    assert requests_api.status("first")["phase"] in ("Running", "Succeeded")
+    assert len(requests_api.jobs()) <= 1
+    assert requests_api.wait_phase("first", "Succeeded", "Failed")["phase"] == "Succeeded"
+    second = requests_api.wait_phase("second", "Succeeded", "Failed")
+    assert second["phase"] == "Succeeded"
+    jobs = sorted(requests_api.jobs(), key=lambda j: j.metadata.creation_timestamp)
+    assert len(jobs) == 2
+    # The second Job was created only after the first finished.
+    first_done = jobs[0].status.completion_time
+    assert first_done is not None and jobs[1].metadata.creation_timestamp >= first_done.replace(microsecond=0)
+    text = op.metrics_text()
+    assert 'kubescribe_transcriptions_total{model="tiny.en",status="succeeded"} 2.0' in text
+    assert "kubescribe_queue_wait_seconds_count 2.0" in text
+
+
+def test_transient_runner_failure_is_retried_then_reported(
+        operator_factory, requests_api, redis_server, speech_dir):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    operator_factory(runner_env={"KUBESCRIBE_REDIS_URL": dead})
+    key = upload(redis_server, speech_dir, "fox")
+    requests_api.create("flaky", {"audio": {"redisKey": key}, "retries": 1, "cache": {"enabled": False}})
+    status = requests_api.wait_phase("flaky", "Succeeded", "Failed")
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "RedisUnavailable"
+    assert "retries exhausted" in status["message"]
+    assert status["attempts"] == 2
+    reasons = [e.reason for e in requests_api.events("flaky")]
+    assert "Retrying" in reasons and "RedisUnavailable" in reasons
+
+
+def test_operator_killed_mid_flight_loses_nothing_and_duplicates_nothing(
+        operator_factory, requests_api, redis_server, speech_dir):
+    redis_server.client().flushdb()
+    op = operator_factory(gpu_budget="1")
+    names = ["a", "b", "c"]
+    for n, audio in zip(names, ["fox", "weather", "library"]):
+        requests_api.create(n, {"audio": {"redisKey": upload(redis_server, speech_dir, audio)}})
+    requests_api.wait("a", lambda s: s.get("phase") == "Running", description="a Running")
+    op.kill()
+    op.start()
+    for n in names:
+        assert requests_api.wait_phase(n, "Succeeded", "Failed", timeout=240)["phase"] == "Succeeded"
+    jobs = requests_api.jobs()
+    owners = [j.metadata.owner_references[0].name for j in jobs]
+    assert sorted(owners) == names, owners
