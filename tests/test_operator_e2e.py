@@ -163,3 +163,55 @@ def test_operator_killed_mid_flight_loses_nothing_and_duplicates_nothing(
     jobs = requests_api.jobs()
     owners = [j.metadata.owner_references[0].name for j in jobs]
     assert sorted(owners) == names, owners
+
+
+def test_cli_submit_waits_and_prints_the_transcript(
+        operator_factory, requests_api, kube_cluster, kube_namespace, redis_server, speech_dir):
+    import subprocess
+    import sys
+
+    redis_server.client().flushdb()
+    operator_factory()
+    base = [sys.executable, "-m", "kubescribe.cli"]
+    common = ["--redis", redis_server.url, "-n", kube_namespace, "--kubeconfig", str(kube_cluster.kubeconfig_path)]
+    proc = subprocess.run([*base, "submit", str(speech_dir / "weather.wav"), "--wait", "--format", "srt",
+                           "--name", "weather", "--device", "cpu", *common],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("1\n00:00:00,000 --> ")
+    assert wer(SENTENCES["weather"], " ".join(proc.stdout.splitlines()[2::4])) <= 0.25
+    assert requests_api.status("weather")["phase"] == "Succeeded"
+    vtt = subprocess.run([*base, "result", "weather", "--format", "vtt", *common[:2], *common[2:]],
+                         capture_output=True, text=True, timeout=60)
+    assert vtt.returncode == 0 and vtt.stdout.startswith("WEBVTT"), vtt.stderr
+    missing = subprocess.run([*base, "result", "nope", *common], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no TranscriptionRequest nope" in missing.stderr
+
+
+def test_deleting_a_running_request_deletes_its_job(
+        operator_factory, requests_api, kube_api, redis_server, speech_dir, fake_kubelet):
+    from kubernetes import client
+    from tests.envtest import wait_for
+
+    operator_factory()
+    key = upload(redis_server, speech_dir, "library")
+    # Hold the runner so the request is surely Running when it is deleted.
+    with fake_kubelet.override_command(lambda pod: ["python3", "-c", "import time; time.sleep(600)"]):
+        requests_api.create("doomed", {"audio": {"redisKey": key}, "cache": {"enabled": False}})
+        status = requests_api.wait("doomed", lambda s: s.get("phase") == "Running", description="Running")
+        job = status["jobName"]
+        run = wait_for(lambda: next((r for r in fake_kubelet.runs(requests_api.namespace) if r.pid), None),
+                       timeout=60, description="runner process started")
+        requests_api.delete("doomed")
+        batch = client.BatchV1Api(kube_api)
+
+        def job_gone():
+            try:
+                batch.read_namespaced_job(job, requests_api.namespace)
+                return False
+            except client.exceptions.ApiException as exc:
+                return exc.status == 404
+
+        wait_for(job_gone, timeout=60, description="Job garbage-collected")
+        # The pod went with the Job, and the kubelet stopped its process.
+        assert run.done.wait(60) and run.kill_reason == "deleted"
