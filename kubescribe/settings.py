@@ -83,7 +83,19 @@ class OperatorSettings(RedisSettings):
         0, ge=0, description="Cap on pooled runner Jobs; 0 means the GPU budget."
     )
     requests_per_runner: int = Field(
-        4, ge=1, description="Queued requests per pooled runner before another is started."
+        4, ge=1, description="Dispatched requests per pooled runner before another is started: "
+        "4 keeps a short backlog per runner without hoarding work one runner must do serially."
+    )
+    pool_command: list[str] = Field(
+        ["kubescribe-runner", "pool"], description="Pooled runner container command."
+    )
+    pool_namespace: str = Field(
+        "", description="Namespace of pooled runner Jobs; empty: the operator's own "
+        "(POD_NAMESPACE), else the watched namespace, else default."
+    )
+    pool_gpus: int = Field(1, ge=0, le=8, description="GPUs per pooled runner.")
+    pool_idle_seconds: float = Field(
+        60.0, description="A pooled runner exits after this long without work."
     )
     runner_image: str = Field(
         "ghcr.io/kubescribe/kubescribe-runner:0.1.0", description="Runner container image."

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,9 +23,20 @@ from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, TranscriptionSpec, now_rfc3339, parse_spec
 from kubescribe.settings import OperatorSettings
 from kubescribe.store import AUDIO_PREFIX, Store, StoreError, cache_key, result_key
+from kubescribe.streams import (
+    CLAIM_IDLE_MS,
+    DONE_STREAM,
+    MAXLEN,
+    OPERATOR_GROUP,
+    QUEUE_STREAM,
+    RUNNERS_GROUP,
+    WorkItem,
+    ensure_group,
+    parse_outcome,
+)
 
 from . import status as st
-from .jobs import CONTAINER, LABEL_REQUEST_UID, build_job, job_name
+from .jobs import CONTAINER, LABEL_POOL, LABEL_REQUEST_UID, build_job, build_pool_job
 from .scheduler import Entry, Registry, entry_from_body, plan
 
 log = logging.getLogger("kubescribe.operator")
@@ -38,6 +52,12 @@ def known_cache_key(spec: TranscriptionSpec) -> tuple[str | None, str | None]:
         if len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
             sha = tail
     return (cache_key(sha, spec.output_params()) if sha else None), sha
+
+
+def _error_type(reason: str) -> str:
+    return {"AudioNotFound": "audio_not_found", "ModelLoadFailed": "model_load", "RedisUnavailable": "redis",
+            "BadAudio": "bad_audio", "AudioTooLarge": "bad_audio", "AudioChecksumMismatch": "bad_audio",
+            "InvalidSpec": "invalid_spec", "Timeout": "timeout"}.get(reason, "job_failed")
 
 
 def _age_seconds(created: str) -> float | None:
@@ -73,7 +93,21 @@ class Operator:
         self._wake = threading.Event()
         self.last_step = time.monotonic()
         self.synced = False
+        self.pool = settings.mode == "pool"
+        self.pool_namespace = (settings.pool_namespace or os.environ.get("POD_NAMESPACE")
+                               or settings.namespace or "default")
+        self._pool_seq = 0
         metrics.gpu_budget.set(settings.gpu_budget)
+
+    @property
+    def max_pool_runners(self) -> int:
+        return self.settings.pool_size_max or self.settings.gpu_budget
+
+    def capacity(self) -> int:
+        """Admission budget: GPUs in job mode; dispatched requests in pool mode."""
+        if self.pool:
+            return self.max_pool_runners * self.settings.requests_per_runner
+        return self.settings.gpu_budget
 
     # -- API helpers ------------------------------------------------------------------
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict | None:
@@ -214,7 +248,10 @@ class Operator:
             return
         entries = self.registry.snapshot()
         in_flight = {uid: slots for uid, (gen, slots) in self.in_flight.items()}
-        p = plan(entries, self.settings.gpu_budget, in_flight)
+        if self.pool:  # every request is one unit of pool work, whatever it asked for
+            entries = [replace(e, slots=1) for e in entries]
+            in_flight = {uid: 1 for uid in in_flight}
+        p = plan(entries, self.capacity(), in_flight)
         for e in p.admit:
             try:
                 self.admit(e)
@@ -234,6 +271,11 @@ class Operator:
                         self.registry.mark(e.uid, queue_position=pos)
                 except Exception as exc:
                     log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
+        if self.pool:
+            try:
+                self.ensure_pool()
+            except Exception as exc:
+                log.warning("pool sizing failed: %s", exc)
         self.update_gauges()
 
     def update_gauges(self) -> None:
@@ -275,6 +317,9 @@ class Operator:
                 self.store.record_lookup(True)
                 self.finish_cached(body, spec, key, hit)
                 return
+        if self.pool:
+            self.dispatch(e, body, spec)
+            return
         job = build_job(body, spec, self.settings)
         name = job["metadata"]["name"]
         self.in_flight[e.uid] = (e.generation, e.slots)
@@ -308,6 +353,99 @@ class Operator:
         self.registry.mark(e.uid, phase="Running", job_name=name, queue_position=None)
         self.in_flight.pop(e.uid, None)
         self.event(body, "Normal", "JobCreated", f"runner Job {name} created")
+
+    # -- pooled mode ------------------------------------------------------------------
+    def dispatch(self, e: Entry, body: dict, spec: TranscriptionSpec) -> None:
+        """Send a request to the runner pool. XADD first, then the status: a crash in
+        between sends it twice (harmless: the second is a cache hit), never zero times."""
+        meta = body["metadata"]
+        item = WorkItem(meta["uid"], meta["namespace"], meta["name"], meta.get("generation") or 1,
+                        spec.model_dump(by_alias=True, mode="json"))
+        try:
+            ensure_group(self.store.client, QUEUE_STREAM, RUNNERS_GROUP)
+            self.store.client.xadd(QUEUE_STREAM, item.fields(), maxlen=MAXLEN, approximate=True)
+        except Exception as exc:
+            self.metrics.error("redis")
+            raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
+        self.in_flight[e.uid] = (e.generation, 1)
+        status = body.get("status") or {}
+        gen = meta.get("generation")
+        conds = st.set_condition(status.get("conditions"), st.ADMITTED, True, "Dispatched",
+                                 "sent to the runner pool", gen)
+        conds = st.set_condition(conds, st.READY, False, "Running", "waiting for a pooled runner", gen)
+        self.patch_status(e.namespace, e.name, {
+            "phase": "Running", "reason": "Dispatched", "message": "sent to the runner pool",
+            "jobName": None, "startedAt": now_rfc3339(), "queuePosition": None, "attempts": 0,
+            "conditions": conds,
+        })
+        self.registry.mark(e.uid, phase="Running", job_name=None, queue_position=None)
+        self.in_flight.pop(e.uid, None)
+        age = _age_seconds(meta.get("creationTimestamp", ""))
+        if age is not None:
+            self.metrics.queue_wait_seconds.observe(age)
+        self.event(body, "Normal", "Dispatched", "sent to the runner pool")
+
+    def ensure_pool(self) -> None:
+        """Size the pool from the work outstanding, within the GPU budget."""
+        outstanding = sum(1 for e in self.registry.snapshot() if e.phase == "Running" and not e.job_name)
+        desired = min(self.max_pool_runners, math.ceil(outstanding / self.settings.requests_per_runner))
+        if desired <= 0:
+            return
+        jobs = self.batch.list_namespaced_job(self.pool_namespace, label_selector=f"{LABEL_POOL}=true").items
+        active = [j for j in jobs if not any(c.type in ("Complete", "Failed") and c.status == "True"
+                                             for c in (j.status.conditions or []))]
+        for _ in range(desired - len(active)):
+            self._pool_seq += 1
+            name = f"kubescribe-pool-{int(time.time() * 1000):x}-{self._pool_seq}"
+            self.batch.create_namespaced_job(self.pool_namespace,
+                                             build_pool_job(self.settings, self.pool_namespace, name))
+            self.metrics.jobs_total.labels(outcome="created").inc()
+            log.info("pooled runner %s/%s started (%d outstanding)", self.pool_namespace, name, outstanding)
+
+    def consume_outcomes(self, stop: threading.Event) -> None:
+        """Apply runner outcomes from the done stream; pending ones first after a restart."""
+        client = self.store.client
+        cursor = "0"  # our own unacknowledged entries first
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                ensure_group(client, DONE_STREAM, OPERATOR_GROUP)
+                got = client.xreadgroup(OPERATOR_GROUP, "operator", {DONE_STREAM: cursor}, count=100,
+                                        block=None if cursor == "0" else 2000)
+                backoff = 0.5
+            except Exception as exc:
+                log.warning("reading outcomes failed (%s); retrying in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            entries = [item for _s, items in (got or []) for item in items if item[1]]
+            if cursor == "0" and not entries:
+                cursor = ">"
+                continue
+            for entry_id, fields in entries:
+                try:
+                    self.apply_outcome(parse_outcome(fields))
+                    client.xack(DONE_STREAM, OPERATOR_GROUP, entry_id)
+                except Exception as exc:  # left pending; retried after a restart
+                    log.exception("outcome %s not applied: %s", entry_id, exc)
+
+    def apply_outcome(self, outcome: dict[str, Any]) -> None:
+        body = self.get_request(outcome["namespace"], outcome["name"])
+        if body is None or body["metadata"]["uid"] != outcome["uid"]:
+            return
+        status = body.get("status") or {}
+        if (status.get("phase") != "Running" or status.get("jobName")
+                or body["metadata"].get("generation") != outcome["generation"]):
+            return  # finished already (a repeated outcome), or the spec changed since
+        summary = outcome["summary"]
+        if summary.get("ok"):
+            self.complete(body, summary, outcome["attempts"], "a pooled runner")
+        else:
+            reason = summary.get("reason") or "RunnerFailed"
+            message = summary.get("message") or "the runner failed"
+            if not summary.get("final", True):
+                message = f"failed {outcome['attempts']} time(s), retries exhausted: {message}"
+            self.fail_from_runner(body, reason, message, outcome["attempts"], _error_type(reason))
 
     def delete_job(self, namespace: str, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -394,12 +532,16 @@ class Operator:
                                    "no result in Redis", error_type="internal")
                 return
             summary = st.summary_from_result(hit, key, result_key(key))
-        new = st.succeeded(body, summary, cached=bool(summary.get("cached")), message=f"transcribed by Job {job}")
+        self.metrics.jobs_total.labels(outcome="succeeded").inc()
+        self.complete(body, summary, attempts, f"Job {job}")
+
+    def complete(self, body: dict, summary: dict[str, Any], attempts: int, by: str) -> None:
+        meta = body["metadata"]
+        new = st.succeeded(body, summary, cached=bool(summary.get("cached")), message=f"transcribed by {by}")
         new["attempts"] = max(attempts, 1)
         if self.patch_status(meta["namespace"], meta["name"], new) is None:
             return
         model = (body.get("spec") or {}).get("model", "unknown")
-        self.metrics.jobs_total.labels(outcome="succeeded").inc()
         self.metrics.observe_transcription(model=model, status="succeeded",
                                            seconds=summary.get("processingSeconds"),
                                            audio_seconds=summary.get("audioDurationSeconds"))
@@ -429,16 +571,17 @@ class Operator:
         else:
             reason, error_type = runner_reason or cond_reason, "job_failed"
             message = runner_msg or cond.get("message") or "the runner Job failed"
-        if runner_reason == "AudioNotFound":
-            error_type = "audio_not_found"
-        elif runner_reason == "ModelLoadFailed":
-            error_type = "model_load"
+        if runner_reason in ("AudioNotFound", "ModelLoadFailed", "RedisUnavailable"):
+            error_type = _error_type(runner_reason)
+        self.metrics.jobs_total.labels(outcome="failed").inc()
+        self.fail_from_runner(body, reason, message, max(attempts, failures), error_type)
+
+    def fail_from_runner(self, body: dict, reason: str, message: str, attempts: int, error_type: str) -> None:
         new = st.failed(body, reason, message)
-        new["attempts"] = max(attempts, failures)
+        new["attempts"] = attempts
         meta = body["metadata"]
         if self.patch_status(meta["namespace"], meta["name"], new) is None:
             return
-        self.metrics.jobs_total.labels(outcome="failed").inc()
         self.metrics.error(error_type)
         self.metrics.transcriptions_total.labels(status="failed", model=(body.get("spec") or {}).get("model", "unknown")).inc()
         self.registry.mark(meta["uid"], phase="Failed")
@@ -462,6 +605,8 @@ class Operator:
                     self.reconcile(body)
                 elif entry.phase == "Running" and entry.job_name:
                     self.check_job(body, entry.job_name, first)
+                elif entry.phase == "Running" and self.pool:
+                    self.check_dispatched(body)
             except Exception as exc:
                 log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
         self.wake()
@@ -479,6 +624,16 @@ class Operator:
             raise
         if first:  # the watch may have delivered the end while we were down
             self.on_job("MODIFIED", self.batch.api_client.sanitize_for_serialization(job))
+
+    def check_dispatched(self, body: dict) -> None:
+        """A pooled request past its timeout (plus the reclaim delay) ends as Timeout."""
+        status, spec = body.get("status") or {}, body.get("spec") or {}
+        age = _age_seconds(status.get("startedAt") or "")
+        limit = int(spec.get("timeoutSeconds") or 3600) + CLAIM_IDLE_MS / 1000
+        if age is not None and age > limit:
+            self.fail_from_runner(body, "Timeout", f"no pooled runner finished it within "
+                                  f"timeoutSeconds={spec.get('timeoutSeconds')}", status.get("attempts") or 0,
+                                  "timeout")
 
     def healthy(self) -> tuple[bool, str]:
         idle = time.monotonic() - self.last_step

@@ -40,20 +40,8 @@ def _label_value(value: str) -> str:
     return clean[:54].rstrip("-._") + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
 
 
-def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorSettings) -> dict[str, Any]:
-    meta = body["metadata"]
-    name = job_name(meta["name"], meta["uid"], meta.get("generation"))
-    labels = {
-        "app.kubernetes.io/name": "kubescribe",
-        LABEL_COMPONENT: "runner",
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_REQUEST: _label_value(meta["name"]),
-        LABEL_REQUEST_UID: meta["uid"],
-    }
+def _base_env(settings: OperatorSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
-                                                     separators=(",", ":"))},
-        {"name": "KUBESCRIBE_REQUEST", "value": f"{meta['namespace']}/{meta['name']}"},
         {"name": "KUBESCRIBE_REDIS_URL", "value": settings.redis_url},
         {"name": "KUBESCRIBE_METRICS_PORT", "value": str(settings.runner_metrics_port)},
         {"name": "KUBESCRIBE_MAX_AUDIO_BYTES", "value": str(settings.max_audio_bytes)},
@@ -65,22 +53,25 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
     if settings.redis_secret_name:
         env.append({"name": "KUBESCRIBE_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
             "name": settings.redis_secret_name, "key": settings.redis_secret_key}}})
+    if settings.model_cache_pvc:
+        env.append({"name": "KUBESCRIBE_MODEL_DIR", "value": settings.model_cache_mount_path})
+    return env
+
+
+def pod_spec(settings: OperatorSettings, command: list[str], env: list[dict[str, Any]], gpus: int) -> dict[str, Any]:
+    """The runner pod: restricted security context, GPU resources, scheduling settings."""
+    env = env + [{"name": k, "value": v} for k, v in sorted(settings.runner_env.items())]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if settings.model_cache_pvc:
         volumes.append({"name": "models", "persistentVolumeClaim": {
             "claimName": settings.model_cache_pvc, "readOnly": True}})
         mounts.append({"name": "models", "mountPath": settings.model_cache_mount_path, "readOnly": True})
-        env.append({"name": "KUBESCRIBE_MODEL_DIR", "value": settings.model_cache_mount_path})
-    env += [{"name": k, "value": v} for k, v in sorted(settings.runner_env.items())]
-
     resources = json.loads(json.dumps(settings.runner_resources))
-    gpus = spec.effective_gpus
     if gpus > 0:
         resources.setdefault("limits", {})[settings.gpu_resource_name] = str(gpus)
         resources.setdefault("requests", {})[settings.gpu_resource_name] = str(gpus)
-
-    pod_spec: dict[str, Any] = {
+    spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job retries instead
         "automountServiceAccountToken": False,  # the runner talks to Redis, never to the API
         "enableServiceLinks": False,
@@ -96,7 +87,7 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
                 "name": CONTAINER,
                 "image": settings.runner_image,
                 "imagePullPolicy": settings.runner_image_pull_policy,
-                "command": list(settings.runner_command),
+                "command": list(command),
                 "env": env,
                 "ports": [{"name": "metrics", "containerPort": settings.runner_metrics_port}],
                 "resources": resources,
@@ -114,16 +105,34 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
         "volumes": volumes,
     }
     if settings.runner_service_account:
-        pod_spec["serviceAccountName"] = settings.runner_service_account
+        spec["serviceAccountName"] = settings.runner_service_account
     if settings.runner_node_selector:
-        pod_spec["nodeSelector"] = dict(settings.runner_node_selector)
+        spec["nodeSelector"] = dict(settings.runner_node_selector)
     if settings.runner_tolerations:
-        pod_spec["tolerations"] = list(settings.runner_tolerations)
+        spec["tolerations"] = list(settings.runner_tolerations)
     if settings.runner_runtime_class:
-        pod_spec["runtimeClassName"] = settings.runner_runtime_class
+        spec["runtimeClassName"] = settings.runner_runtime_class
     if settings.runner_priority_class:
-        pod_spec["priorityClassName"] = settings.runner_priority_class
+        spec["priorityClassName"] = settings.runner_priority_class
+    return spec
 
+
+def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """One runner Job for one request, owned by it (deleting the request deletes the Job)."""
+    meta = body["metadata"]
+    name = job_name(meta["name"], meta["uid"], meta.get("generation"))
+    labels = {
+        "app.kubernetes.io/name": "kubescribe",
+        LABEL_COMPONENT: "runner",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_REQUEST: _label_value(meta["name"]),
+        LABEL_REQUEST_UID: meta["uid"],
+    }
+    env = [
+        {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
+                                                     separators=(",", ":"))},
+        {"name": "KUBESCRIBE_REQUEST", "value": f"{meta['namespace']}/{meta['name']}"},
+    ] + _base_env(settings)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -150,7 +159,40 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
             "template": {
                 "metadata": {"labels": dict(labels),
                              "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER}},
-                "spec": pod_spec,
+                "spec": pod_spec(settings, settings.runner_command, env, spec.effective_gpus),
+            },
+        },
+    }
+
+
+LABEL_POOL = "kubescribe.io/pool"
+
+
+def build_pool_job(settings: OperatorSettings, namespace: str, name: str) -> dict[str, Any]:
+    """A warm runner that takes requests from the Redis stream until it is idle.
+
+    Not owned by any request: it serves many. backoffLimit 0 because a crashed pooled
+    runner is replaced by the operator's pool sizing, and its unfinished entry is
+    reclaimed from the stream by another runner.
+    """
+    labels = {
+        "app.kubernetes.io/name": "kubescribe",
+        LABEL_COMPONENT: "runner",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_POOL: "true",
+    }
+    env = _base_env(settings) + [{"name": "KUBESCRIBE_POOL_IDLE_SECONDS", "value": str(settings.pool_idle_seconds)}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": min(settings.job_ttl_seconds, 600),
+            "template": {
+                "metadata": {"labels": dict(labels),
+                             "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER}},
+                "spec": pod_spec(settings, settings.pool_command, env, settings.pool_gpus),
             },
         },
     }

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import kopf
@@ -77,12 +78,17 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     server = MetricsServer(metrics.registry, port=conf.metrics_port, health=op.healthy).start()
     log.info("kubescribe operator: budget=%d mode=%s namespace=%s metrics=:%d", conf.gpu_budget, conf.mode,
              conf.namespace or "*", server.port)
-    _state.update(op=op, server=server, tasks=[asyncio.create_task(_admission_loop(op)),
-                                             asyncio.create_task(_resync_loop(op))])
+    tasks = [asyncio.create_task(_admission_loop(op)), asyncio.create_task(_resync_loop(op))]
+    stop = threading.Event()
+    if op.pool:
+        threading.Thread(target=op.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
+    _state.update(op=op, server=server, tasks=tasks, stop=stop)
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if "stop" in _state:
+        _state["stop"].set()
     for task in _state.get("tasks", []):
         task.cancel()
     if "server" in _state:

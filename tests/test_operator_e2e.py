@@ -215,3 +215,25 @@ def test_deleting_a_running_request_deletes_its_job(
         wait_for(job_gone, timeout=60, description="Job garbage-collected")
         # The pod went with the Job, and the kubelet stopped its process.
         assert run.done.wait(60) and run.kill_reason == "deleted"
+
+
+def test_pool_mode_transcribes_a_burst_with_warm_runners(
+        operator_factory, requests_api, redis_server, speech_dir, fake_kubelet):
+    redis_server.client().flushdb()
+    op = operator_factory(mode="pool", gpu_budget="2", requests_per_runner="2", pool_idle_seconds="3")
+    names = []
+    for i, audio in enumerate(["fox", "weather", "library", "fox"]):
+        name = f"pooled-{i}"
+        # the two fox requests are identical: transcribed once, the other one from the cache
+        requests_api.create(name, {"audio": {"redisKey": upload(redis_server, speech_dir, audio)}})
+        names.append(name)
+    statuses = {n: requests_api.wait_phase(n, "Succeeded", "Failed", timeout=240) for n in names}
+    assert all(s["phase"] == "Succeeded" for s in statuses.values()), statuses
+    assert wer(SENTENCES["weather"], statuses["pooled-1"]["textPreview"]) <= 0.25
+    assert statuses["pooled-0"]["resultKey"] == statuses["pooled-3"]["resultKey"]
+    assert [s["cached"] for s in (statuses["pooled-0"], statuses["pooled-3"])].count(True) == 1
+    pool_jobs = [j for j in requests_api.jobs() if (j.metadata.labels or {}).get("kubescribe.io/pool") == "true"]
+    assert 1 <= len(pool_jobs) <= 2, [j.metadata.name for j in pool_jobs]
+    # fewer runner processes than requests: the model stayed loaded between requests
+    assert len(fake_kubelet.runs(requests_api.namespace)) <= 2
+    assert "Dispatched" in [e.reason for e in requests_api.events("pooled-1")]

@@ -190,6 +190,7 @@ class FakeKubelet:
         self._watch_core = client.CoreV1Api(self._watch_api)
         self._register_node()
         self._stopping.clear()
+        self._synced.clear()
         self._watch_thread = threading.Thread(target=self._watch_loop, name="fake-kubelet-watch", daemon=True)
         self._watch_thread.start()
         if not self._synced.wait(timeout):

@@ -1,0 +1,27 @@
+"""kubescribe's benchmark suite: ``python -m benchmarks.run`` (``make bench``).
+
+Every benchmark runs the real parts (faster-whisper with the bundled tiny.en model, a
+real redis-server, a real kube-apiserver with the real operator) and compares kubescribe
+with a baseline measured in the same run, on the same machine, a moment apart:
+
+==========================  ==============================================================
+runner_overhead             runner.task.run_task vs plain faster-whisper, same audio/model
+batched_vs_sequential       batched pipeline (batchSize 4/8/16) vs sequential on ~60 s
+gzip_vs_zstd                result size and encode/decode speed of the two codecs
+cache_hit_latency           create -> watch sees Succeeded for a cached result
+pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
+burst_1000                  1,000 requests at once: time to admit/queue, operator CPU/RSS
+==========================  ==============================================================
+
+``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
+(for development: quick figures are not comparable with the targets).
+"""
+
+NAMES = (
+    "runner_overhead",
+    "batched_vs_sequential",
+    "gzip_vs_zstd",
+    "cache_hit_latency",
+    "pooled_vs_per_job",
+    "burst_1000",
+)

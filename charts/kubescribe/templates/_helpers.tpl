@@ -1,0 +1,118 @@
+{{/*
+Names and labels. Resource names are <fullname>[-suffix], cut to the 63 characters a
+label value or DNS label allows.
+*/}}
+{{- define "kubescribe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kubescribe.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kubescribe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "kubescribe.labels" -}}
+helm.sh/chart: {{ include "kubescribe.chart" . }}
+{{ include "kubescribe.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubescribe
+{{- end }}
+
+{{- define "kubescribe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubescribe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Selector of the operator pod and Service. */}}
+{{- define "kubescribe.operatorSelectorLabels" -}}
+{{ include "kubescribe.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kubescribe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kubescribe.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kubescribe.operatorImage" -}}
+{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) }}
+{{- end }}
+
+{{- define "kubescribe.runnerImage" -}}
+{{- printf "%s:%s" .Values.runner.image.repository (default .Chart.AppVersion .Values.runner.image.tag) }}
+{{- end }}
+
+{{- define "kubescribe.redisFullname" -}}
+{{- printf "%s-redis" (include "kubescribe.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The Redis URL the operator and runners use. The in-chart Redis is named by its
+namespace-qualified Service name, because runner pods may run in other namespaces.
+*/}}
+{{- define "kubescribe.redisUrl" -}}
+{{- if .Values.redis.internal.enabled }}
+{{- printf "redis://%s.%s.svc:6379/0" (include "kubescribe.redisFullname" .) .Release.Namespace }}
+{{- else }}
+{{- .Values.redis.url }}
+{{- end }}
+{{- end }}
+
+{{/* Secret and key holding the Redis password; empty name when there is none. */}}
+{{- define "kubescribe.redisSecretName" -}}
+{{- if .Values.redis.internal.enabled }}
+{{- include "kubescribe.redisFullname" . }}
+{{- else }}
+{{- .Values.redis.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "kubescribe.redisSecretKey" -}}
+{{- if .Values.redis.internal.enabled }}
+{{- print "redis-password" }}
+{{- else }}
+{{- .Values.redis.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+A map of maps with every leaf as a string, as JSON: the operator reads
+KUBESCRIBE_RUNNER_RESOURCES as dict[str, dict[str, str]], and `cpu: 1` in YAML is a number.
+*/}}
+{{- define "kubescribe.stringMapOfMaps" -}}
+{{- $out := dict }}
+{{- range $k, $v := . }}
+{{- $inner := dict }}
+{{- range $ik, $iv := $v }}
+{{- $_ := set $inner $ik (toString $iv) }}
+{{- end }}
+{{- $_ := set $out $k $inner }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* A flat map with every value as a string, as JSON. */}}
+{{- define "kubescribe.stringMap" -}}
+{{- $out := dict }}
+{{- range $k, $v := . }}
+{{- $_ := set $out $k (toString $v) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
