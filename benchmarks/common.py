@@ -87,6 +87,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     command: str = ""
     seconds: float = 0.0
+    foreign_load: float | None = None  # CPU share other processes used meanwhile (LoadMonitor)
     data: dict[str, Any] = field(default_factory=dict)  # raw figures, for the JSON dump
 
     def table(self, caption: str, header: list[str], rows: list[list[Any]]) -> None:
@@ -254,10 +255,12 @@ class Context:
             api.close()
         return name
 
-    def operator(self, stack: contextlib.ExitStack, namespace: str, *, script: Path | None = None, **settings: Any):
-        """The real operator as a process in ``namespace``; stopped with ``stack``."""
-        op = BenchOperator(str(self.cluster().kubeconfig_path), namespace, self.redis().url, self.workdir,
-                           script=script, **settings)
+    def operator(self, stack: contextlib.ExitStack, namespace: str, **settings: Any):
+        """The real operator (tests.support.operator.OperatorProcess) in ``namespace``; stopped with ``stack``."""
+        from tests.support.operator import OperatorProcess
+
+        op = OperatorProcess(str(self.cluster().kubeconfig_path), namespace, self.redis().url, self.workdir,
+                             **settings)
         stack.callback(op.stop)
         return op.start()
 
@@ -273,48 +276,76 @@ def install_signal_handlers() -> None:
         signal.signal(sig, stop)
 
 
-# ------------------------------------------------------------------------ operator
+# ------------------------------------------------------------------------ processes
 
 
-def _operator_base():
-    from tests.support.operator import OperatorProcess
+class LoadMonitor:
+    """How much CPU processes outside this run used while a benchmark ran.
 
-    return OperatorProcess
-
-
-class BenchOperator(_operator_base()):  # type: ignore[misc]
-    """tests.support.operator.OperatorProcess, optionally running another entry script.
-
-    ``script`` runs a file instead of ``-m kubescribe.operator.main`` (used for a
-    clearly labelled variant of the operator's kopf settings). A script path, not a
-    module on PYTHONPATH: the repository root must never be on the path, where its
-    ``operator/`` folder would shadow the standard library's ``operator``.
+    Every second it reads every process' CPU time; the increase of those that are not
+    this process or one of its descendants (and were alive at both reads) is counted as
+    foreign load. Short-lived foreign processes are missed, so the figure is a lower
+    bound. A benchmark measured next to a busy neighbour says so in the report.
     """
 
-    def __init__(self, *args: Any, script: Path | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.script = script
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.foreign = 0.0  # CPU-seconds
+        self.elapsed = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-monitor", daemon=True)
 
-    def start(self):
-        if self.script is None:
-            return super().start()
-        import subprocess
-        import urllib.request
+    @staticmethod
+    def _snapshot() -> dict[int, tuple[int, float]]:
+        import psutil
 
-        from tests.envtest import wait_for
+        snap = {}
+        for p in psutil.process_iter(["ppid", "cpu_times"]):
+            ct = p.info.get("cpu_times")
+            if ct is not None:
+                snap[p.pid] = (p.info.get("ppid") or 0, ct.user + ct.system)
+        return snap
 
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, str(self.script)], env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=self.workdir)
+    def _run(self) -> None:
+        me = os.getpid()
+        prev = self._snapshot()
+        t_prev = time.monotonic()
+        while not self._stop.wait(self.interval):
+            cur = self._snapshot()
+            t = time.monotonic()
+            ours: dict[int, bool] = {}
 
-        def healthy():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited: {self.logs()[-3000:]}")
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as r:
-                return r.status == 200
+            def is_ours(pid: int) -> bool:
+                seen = []
+                while pid not in ours:
+                    if pid == me:
+                        ours[pid] = True
+                        break
+                    if pid <= 1 or pid not in cur:
+                        ours[pid] = False
+                        break
+                    seen.append(pid)
+                    pid = cur[pid][0]
+                for s in seen:
+                    ours[s] = ours[pid]
+                return ours[pid]
 
-        wait_for(healthy, timeout=60, interval=0.1, description="operator /healthz", ignore=(OSError,))
+            for pid, (_ppid, cpu) in cur.items():
+                if pid in prev and not is_ours(pid):
+                    self.foreign += max(0.0, cpu - prev[pid][1])
+            self.elapsed += t - t_prev
+            prev, t_prev = cur, t
+
+    def start(self) -> "LoadMonitor":
+        self._thread.start()
         return self
+
+    def stop(self) -> float:
+        """Stop; returns foreign CPU use as a fraction of the machine's CPUs."""
+        self._stop.set()
+        self._thread.join(5)
+        cpus = os.cpu_count() or 1
+        return self.foreign / (self.elapsed * cpus) if self.elapsed else 0.0
 
 
 class RssSampler:

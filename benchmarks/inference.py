@@ -38,7 +38,7 @@ def runner_overhead(ctx: Context) -> Outcome:
     from tests.support.core import wer
 
     out = Outcome("runner_overhead", "Runner overhead: kubescribe's runner path vs plain faster-whisper")
-    rounds = 3 if ctx.quick else 7
+    rounds = 3 if ctx.quick else 11
     wav, ref, seconds = ctx.speech.joined(OVERHEAD_SENTENCES_QUICK if ctx.quick else OVERHEAD_SENTENCES, "paragraph")
 
     redis = ctx.redis()
@@ -99,7 +99,9 @@ def runner_overhead(ctx: Context) -> Outcome:
     out.table("Per round (seconds)", ["round", "kubescribe run_task", "plain faster-whisper", "ratio"],
               [[i + 1, f"{a:.3f}", f"{b:.3f}", f"{a / b:.3f}"]
                for i, (a, b) in enumerate(zip(times["kubescribe"], times["plain"]))])
-    out.notes.append(f"Median of the per-round ratios: {paired * 100:+.1f} %. "
+    out.notes.append(f"Median of the per-round ratios: {paired * 100:+.1f} %; fastest runs: kubescribe "
+                     f"{min(times['kubescribe']):.3f} s, plain {min(times['plain']):.3f} s "
+                     f"({(min(times['kubescribe']) / min(times['plain']) - 1) * 100:+.1f} %). "
                      f"Transcripts identical: {'yes' if same else 'no'}; "
                      f"WER vs the known text: kubescribe {wer(ref, texts['kubescribe']):.3f}, "
                      f"plain {wer(ref, texts['plain']):.3f}.")

@@ -42,7 +42,13 @@ def _redis_url(args) -> str | None:
 
 
 def _password() -> str | None:
+    """From the environment only: a password on the command line would land in shell
+    history and in `ps` output."""
     return os.environ.get("KUBESCRIBE_REDIS_PASSWORD") or None
+
+
+def _ca_file() -> str | None:
+    return os.environ.get("KUBESCRIBE_REDIS_CA_FILE") or None
 
 
 class Progress:
@@ -120,7 +126,7 @@ def cmd_transcribe(args) -> int:
 
         server = MetricsServer(metrics.registry, port=args.metrics_port, host="127.0.0.1").start()
     try:
-        store = open_store(_redis_url(args), _password(), metrics=metrics)
+        store = open_store(_redis_url(args), _password(), metrics=metrics, ca_file=_ca_file())
         engine = Engine(metrics=metrics)
         progress = Progress(args.progress if args.progress is not None else sys.stderr.isatty())
         # The cache is consulted before the audio is decoded or a model is loaded.
@@ -155,7 +161,7 @@ def cmd_cache(args) -> int:
     if not url:
         print("kubescribe: cache commands need --redis URL or KUBESCRIBE_REDIS_URL", file=sys.stderr)
         return EXIT_USAGE
-    store = open_store(url, _password())
+    store = open_store(url, _password(), ca_file=_ca_file())
     try:
         if args.cache_command == "stats":
             s = store.stats()
@@ -212,7 +218,7 @@ def cmd_submit(args) -> int:
         print("kubescribe: submit needs --redis URL or KUBESCRIBE_REDIS_URL (the Redis the operator uses)",
               file=sys.stderr)
         return EXIT_USAGE
-    store = open_store(url, _password())
+    store = open_store(url, _password(), ca_file=_ca_file())
     try:
         key = store.put_audio(data)
     except (StoreError, ValueError) as exc:
@@ -293,7 +299,7 @@ def cmd_result(args) -> int:
             print(f"kubescribe: no TranscriptionRequest {args.name} in {ns}", file=sys.stderr)
             return EXIT_FAILED
         raise
-    store = open_store(url, _password())
+    store = open_store(url, _password(), ca_file=_ca_file())
     if args.wait:
         return _wait_and_print(api, store, ns, args.name, args.format, args.timeout)
     return _print_result(store, obj, args.format)

@@ -36,6 +36,7 @@ from kubescribe.streams import (
 )
 
 from . import status as st
+from .kubeapi import Retrying
 from .jobs import CONTAINER, LABEL_POOL, LABEL_REQUEST_UID, build_job, build_pool_job
 from .scheduler import Entry, Registry, entry_from_body, plan
 
@@ -84,9 +85,9 @@ class Operator:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.custom = client.CustomObjectsApi(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
+        self.custom = Retrying(client.CustomObjectsApi(api_client))
+        self.batch = Retrying(client.BatchV1Api(api_client))
+        self.core = Retrying(client.CoreV1Api(api_client))
         self.registry = Registry()
         self.in_flight: dict[str, tuple[int, int]] = {}  # uid -> (generation, slots), admitted, not yet seen Running
         self._lock = threading.Lock()
@@ -518,8 +519,12 @@ class Operator:
                 return doc
         except ValueError:
             pass
-        return {"ok": False, "reason": best["reason"] or "Error", "exitCode": best["exitCode"],
-                "message": (best["raw"] or f"runner exited with code {best['exitCode']}").strip()[-1024:]}
+        code = best["exitCode"]
+        reason = best["reason"] if best["reason"] == "OOMKilled" else (
+            "RunnerKilled" if code in (137, 143) else "RunnerCrashed")
+        text = (best["raw"] or "").strip()[-1024:]
+        return {"ok": False, "reason": reason, "exitCode": code,
+                "message": f"runner exited with code {code}" + (f": {text}" if text else "")}
 
     def job_succeeded(self, body: dict, job: str, attempts: int) -> None:
         meta = body["metadata"]
@@ -622,8 +627,9 @@ class Operator:
                 self.requeue(body, "JobLost", f"runner Job {name} no longer exists; queued again")
                 return
             raise
-        if first:  # the watch may have delivered the end while we were down
-            self.on_job("MODIFIED", self.batch.api_client.sanitize_for_serialization(job))
+        # Level-triggered: a Job end whose event was missed (operator down, a failed
+        # status patch) is applied here.
+        self.on_job("MODIFIED", self.batch.api_client.sanitize_for_serialization(job))
 
     def check_dispatched(self, body: dict) -> None:
         """A pooled request past its timeout (plus the reclaim delay) ends as Timeout."""

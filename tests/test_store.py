@@ -142,3 +142,21 @@ def test_memory_store_behaves_like_redis():
     store.put_result("k", {"text": "t"})
     assert store.get_result("k") == {"text": "t"}
     assert store.stats().hit_rate == 0.5
+
+
+def test_rediss_tls_with_private_ca_and_password(tmp_path):
+    from tests.support.core import TlsRedisServer
+
+    server = TlsRedisServer(tmp_path, password="tls-pass").start()
+    try:
+        store = Store(connect(server.url, "tls-pass", ca_file=str(server.certs["ca"])))
+        key = store.put_audio(b"over tls")
+        assert store.get_audio(key) == b"over tls"
+        # Without the CA the server's certificate is not trusted: a clear, transient error.
+        with pytest.raises(StoreError, match="redis: ConnectionError"):
+            Store(connect(server.url, "tls-pass", socket_timeout=2)).get_audio(key)
+        # A plain redis:// client cannot talk to the TLS port.
+        with pytest.raises(StoreError):
+            Store(connect(server.url.replace("rediss://", "redis://"), "tls-pass", socket_timeout=2)).get_audio(key)
+    finally:
+        server.stop()

@@ -132,9 +132,9 @@ def crd_installed(kube_cluster):
 def operator_factory(kube_cluster, kube_namespace, redis_server, crd_installed, fake_kubelet, tmp_path):
     started: list[OperatorProcess] = []
 
-    def factory(**settings: Any) -> OperatorProcess:
-        op = OperatorProcess(str(kube_cluster.kubeconfig_path), kube_namespace, redis_server.url, tmp_path,
-                             **settings)
+    def factory(redis_url: str | None = None, **settings: Any) -> OperatorProcess:
+        op = OperatorProcess(str(kube_cluster.kubeconfig_path), kube_namespace, redis_url or redis_server.url,
+                             tmp_path, **settings)
         started.append(op)
         return op.start()
 
