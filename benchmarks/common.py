@@ -395,7 +395,7 @@ class RequestWatch:
     missed even if the connection opens a moment later.
     """
 
-    def __init__(self, cluster, namespace: str, on_event: Callable[[str, str | None, float], None] | None = None):
+    def __init__(self, cluster, namespace: str, on_event: Callable[[str, str | None, float, dict], None] | None = None):
         from kubernetes import client
 
         self.namespace = namespace
@@ -435,7 +435,7 @@ class RequestWatch:
             self.phase[name] = phase
             self.status[name] = status
             if self.on_event is not None:
-                self.on_event(name, phase, t)
+                self.on_event(name, phase, t, status)
             self.cond.notify_all()
 
     def _run(self) -> None:

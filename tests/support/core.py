@@ -32,10 +32,11 @@ def _require(binary: str, package: str) -> str:
 class RedisServer:
     """A real redis-server on a free loopback port, with an optional password."""
 
-    def __init__(self, workdir: Path, password: str | None = None):
+    def __init__(self, workdir: Path, password: str | None = None, persist: bool = False):
         self.binary = _require("redis-server", "redis-server")
         self.workdir = workdir
         self.password = password
+        self.persist = persist  # append-only file: data survives a restart
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -45,7 +46,8 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+                "--dir", str(self.workdir)]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -59,6 +59,11 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.runner.image.repository (default .Chart.AppVersion .Values.runner.image.tag) }}
 {{- end }}
 
+{{/* Namespace of pooled runner Jobs: set, else the watched namespace, else the release's. */}}
+{{- define "kubescribe.poolNamespace" -}}
+{{- default (default .Release.Namespace .Values.watchNamespace) .Values.operator.pool.namespace }}
+{{- end }}
+
 {{- define "kubescribe.redisFullname" -}}
 {{- printf "%s-redis" (include "kubescribe.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -1,0 +1,529 @@
+"""The Helm chart: lint, render, schema, and a real install whose RBAC runs the operator.
+
+The install tests put the chart into the real kube-apiserver, then run the real operator
+as a process with a token of the chart's ServiceAccount and the environment of the
+chart's Deployment, and have it handle a TranscriptionRequest end to end. Whatever the
+operator or kopf needs and the chart does not grant fails here, not in a user's cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubescribe.settings import OperatorSettings
+from tests.envtest import wait_for
+from tests.envtest.helm import Helm
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "kubescribe"
+CRD_NAME = "transcriptionrequests.kubescribe.io"
+
+#: Read by kubescribe.operator.main from the environment, not OperatorSettings fields.
+MAIN_ENV = {"KUBESCRIBE_LOG_LEVEL", "KUBESCRIBE_WORKERS", "KUBESCRIBE_RESYNC_SECONDS"}
+#: OperatorSettings fields the chart leaves at their default, and why.
+NOT_FROM_CHART = {
+    "runner_command": "the runner image's entrypoint; not a user choice",
+    "pool_command": "the runner image's entrypoint; not a user choice",
+    "redis_ca_file": "a private CA would also have to reach runner pods, which the operator cannot do yet",
+}
+
+ALL_ON = {
+    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                   "podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                   "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}},
+    "redis": {"internal": {"enabled": True}},
+}
+
+
+@pytest.fixture(scope="module")
+def offline_helm():
+    h = Helm(None)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def render(helm: Helm, values: dict | None = None, namespace: str = "media", **kw) -> list[dict]:
+    return helm.template_docs("ks", CHART, namespace=namespace, values=values, **kw)
+
+
+def kinds(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def deployment_env(docs: list[dict]) -> list[dict]:
+    dep = kinds(docs)[("Deployment", "ks-kubescribe-operator")]
+    return dep["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def test_lint_strict_with_defaults(offline_helm):
+    out = offline_helm.lint(CHART).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_lint_strict_with_monitoring_and_in_chart_redis(offline_helm):
+    out = offline_helm.lint(CHART, values={**ALL_ON, "watchNamespace": "media"}, kube_version="v1.29.0").stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_chart_refuses_clusters_older_than_1_29(offline_helm):
+    proc = offline_helm.template("ks", CHART, kube_version="v1.28.9", check=False)
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    ({"operatr": {}}, "operatr"),
+    ({"operator": {"gpuBudgets": 2}}, "gpuBudgets"),
+    ({"monitoring": {"serviceMonitor": {"enabled": True, "intervall": "5s"}}}, "intervall"),
+    ({"redis": {"internal": {"enabled": True, "persistence": True}}}, "persistence"),
+    ({"operator": {"gpuBudget": 0}}, "gpuBudget"),
+    ({"operator": {"mode": "batch"}}, "mode"),
+    ({"redis": {"url": "http://redis:6379"}}, "url"),
+])
+def test_schema_rejects_unknown_or_invalid_values(offline_helm, values, complaint):
+    proc = offline_helm.template("ks", CHART, values=values, check=False)
+    assert proc.returncode != 0, f"{values} was accepted"
+    assert "values don't meet the specifications of the schema" in proc.stderr and complaint in proc.stderr
+
+
+def test_default_render(offline_helm):
+    docs = render(offline_helm)
+    objs = kinds(docs)
+    assert set(objs) == {
+        ("ServiceAccount", "ks-kubescribe"), ("ClusterRole", "ks-kubescribe-operator"),
+        ("ClusterRoleBinding", "ks-kubescribe-operator"), ("ClusterRole", "ks-kubescribe-view"),
+        ("ClusterRole", "ks-kubescribe-edit"), ("Deployment", "ks-kubescribe-operator"),
+        ("Service", "ks-kubescribe-operator"),
+    }
+    dep = objs[("Deployment", "ks-kubescribe-operator")]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ks-kubescribe"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["command"] == ["kubescribe-operator"] and c["image"] == "ghcr.io/kubescribe/kubescribe-operator:0.1.0"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    svc = objs[("Service", "ks-kubescribe-operator")]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pod_labels["app.kubernetes.io/component"] == "operator"
+    # Nothing of the monitoring stack unless asked for: its CRDs may not exist.
+    assert not [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com")]
+
+
+def test_crds_come_from_the_generator(offline_helm):
+    from kubescribe.crd import crd
+
+    docs = offline_helm.template_docs("ks", CHART, extra_args=["--include-crds"])
+    (got,) = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert got == crd()
+
+
+def test_aggregated_user_roles(offline_helm):
+    objs = kinds(render(offline_helm))
+    view = objs[("ClusterRole", "ks-kubescribe-view")]
+    edit = objs[("ClusterRole", "ks-kubescribe-edit")]
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["rules"] == [{"apiGroups": ["kubescribe.io"], "resources": ["transcriptionrequests"],
+                              "verbs": ["get", "list", "watch"]}]
+    assert all("transcriptionrequests/status" not in r["resources"] for r in edit["rules"])
+    off = kinds(render(offline_helm, {"rbac": {"aggregateToDefaultRoles": False}}))
+    assert ("ClusterRole", "ks-kubescribe-view") not in off
+
+
+def test_namespaced_mode_has_no_cluster_wide_operator_rights(offline_helm):
+    docs = render(offline_helm, {"watchNamespace": "work"})
+    objs = kinds(docs)
+    role = objs[("Role", "ks-kubescribe-operator")]
+    binding = objs[("RoleBinding", "ks-kubescribe-operator")]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "work"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ks-kubescribe", "namespace": "media"}]
+    assert ("ClusterRole", "ks-kubescribe-operator") not in objs
+    assert ("ClusterRoleBinding", "ks-kubescribe-operator") not in objs
+    assert not [r for r in role["rules"] if "apiextensions.k8s.io" in r["apiGroups"]]
+    env = {e["name"]: e.get("value") for e in deployment_env(docs)}
+    assert env["KUBESCRIBE_NAMESPACE"] == "work"
+
+
+def test_operator_rbac_rules_are_each_commented():
+    text = (CHART / "templates" / "rbac.yaml").read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:") and "ks-kubescribe" not in line:
+            above = lines[i - 1].strip()
+            assert above.startswith("#") or above.startswith("{{- if") or "rules:" in above, (
+                f"rbac.yaml line {i + 1}: rule without a comment")
+
+
+def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
+    """The chart sets every OperatorSettings field (or says why not), with values the
+    operator parses into what values.yaml asked for."""
+    values = {
+        "watchNamespace": "work",
+        "operator": {"gpuBudget": 6, "mode": "pool", "maxAudioBytes": 1073741824, "resyncSeconds": 12.5,
+                     "pool": {"sizeMax": 3, "requestsPerRunner": 2, "gpus": 2, "idleSeconds": 45}},
+        "runner": {
+            "image": {"repository": "registry.example/kubescribe-runner", "tag": "0.1.0-cuda", "pullPolicy": "Always"},
+            "gpuResourceName": "amd.com/gpu",
+            "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "runtimeClassName": "nvidia", "priorityClassName": "batch-low", "serviceAccountName": "runner",
+            "resources": {"requests": {"cpu": 2, "memory": "4Gi"}, "limits": {"memory": "12Gi"}},
+            "env": {"KUBESCRIBE_OFFLINE": "1", "OMP_NUM_THREADS": 4, 'QUOTE"D': "a\"b'c"},
+            "modelCache": {"existingClaim": "whisper-models", "mountPath": "/mnt/models"},
+            "jobTtlSeconds": 600, "metricsPort": 9500,
+        },
+        "redis": {"url": "rediss://redis.cache.svc:6380/2", "existingSecret": "redis-auth",
+                  "existingSecretPasswordKey": "password"},
+    }
+    # The schema rightly refuses odd env names; drop that one for this check.
+    del values["runner"]["env"]['QUOTE"D']
+    values["runner"]["env"]["WEIRD_VALUE"] = "a\"b'c {\"x\": 1}"
+    env = deployment_env(render(offline_helm, values))
+    plain = {e["name"]: e["value"] for e in env if "value" in e}
+    refs = {e["name"]: e["valueFrom"] for e in env if "valueFrom" in e}
+    assert refs == {"KUBESCRIBE_REDIS_PASSWORD": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
+                    "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+
+    fields = set(OperatorSettings.model_fields)
+    for name in plain:
+        if name.startswith("KUBESCRIBE_") and name not in MAIN_ENV:
+            assert name[len("KUBESCRIBE_"):].lower() in fields, f"{name} is not an OperatorSettings field"
+    main_src = (ROOT / "operator" / "main.py").read_text()
+    for name in MAIN_ENV:
+        assert name in plain and f'"{name}"' in main_src, name
+    set_by_chart = {n[len("KUBESCRIBE_"):].lower() for n in {*plain, *refs} if n.startswith("KUBESCRIBE_")}
+    missing = fields - set_by_chart - set(NOT_FROM_CHART)
+    assert not missing, f"OperatorSettings fields the chart does not set: {sorted(missing)}"
+
+    for name in list(__import__("os").environ):
+        if name.startswith("KUBESCRIBE_"):
+            monkeypatch.delenv(name)
+    for name, value in plain.items():
+        monkeypatch.setenv(name, value)
+    s = OperatorSettings()
+    assert (s.namespace, s.gpu_budget, s.mode, s.pool_size_max, s.requests_per_runner) == ("work", 6, "pool", 3, 2)
+    assert (s.pool_gpus, s.pool_idle_seconds, s.pool_namespace) == (2, 45.0, "work")
+    assert s.max_audio_bytes == 1073741824 and s.redis_url == "rediss://redis.cache.svc:6380/2"
+    assert (s.redis_secret_name, s.redis_secret_key) == ("redis-auth", "password")
+    assert s.runner_image == "registry.example/kubescribe-runner:0.1.0-cuda" and s.runner_image_pull_policy == "Always"
+    assert s.gpu_resource_name == "amd.com/gpu"
+    assert s.runner_node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert s.runner_tolerations == values["runner"]["tolerations"]
+    assert (s.runner_runtime_class, s.runner_priority_class, s.runner_service_account) == ("nvidia", "batch-low", "runner")
+    assert s.runner_resources == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "12Gi"}}
+    assert s.runner_env == {"KUBESCRIBE_OFFLINE": "1", "OMP_NUM_THREADS": "4", "WEIRD_VALUE": "a\"b'c {\"x\": 1}"}
+    assert (s.model_cache_pvc, s.model_cache_mount_path) == ("whisper-models", "/mnt/models")
+    assert (s.job_ttl_seconds, s.runner_metrics_port, s.metrics_port) == (600, 9500, 8080)
+    assert float(plain["KUBESCRIBE_RESYNC_SECONDS"]) == 12.5
+
+    # Without a model volume, runners get a writable model directory.
+    s_default = {e["name"]: e.get("value") for e in deployment_env(render(offline_helm))}
+    assert json.loads(s_default["KUBESCRIBE_RUNNER_ENV"]) == {"KUBESCRIBE_MODEL_DIR": "/tmp/models"}
+
+
+def test_in_chart_redis(offline_helm):
+    docs = render(offline_helm, {"redis": {"internal": {"enabled": True}}})
+    objs = kinds(docs)
+    secret = objs[("Secret", "ks-kubescribe-redis")]
+    assert len(secret["data"]["redis-password"]) >= 40  # 32 random characters, base64
+    dep = objs[("Deployment", "ks-kubescribe-redis")]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"].startswith("redis:7")
+    assert c["args"][:3] == ["redis-server", "--requirepass", "$(REDIS_PASSWORD)"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in deployment_env(docs)}
+    assert env["KUBESCRIBE_REDIS_URL"]["value"] == "redis://ks-kubescribe-redis.media.svc:6379/0"
+    assert env["KUBESCRIBE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ks-kubescribe-redis", "key": "redis-password"}
+    assert env["KUBESCRIBE_REDIS_SECRET_NAME"]["value"] == "ks-kubescribe-redis"
+    svc = objs[("Service", "ks-kubescribe-redis")]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_monitoring_objects(offline_helm):
+    docs = render(offline_helm, ALL_ON)
+    objs = kinds(docs)
+    sm = objs[("ServiceMonitor", "ks-kubescribe-operator")]
+    svc = objs[("Service", "ks-kubescribe-operator")]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] in [p["name"] for p in svc["spec"]["ports"]] and ep["interval"] == "15s"
+    assert {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+            "targetLabel": "component"} in ep["relabelings"]
+
+    # The PodMonitor finds the pods of the Jobs the operator really builds.
+    from kubescribe.models import parse_spec
+    from kubescribe.operator.jobs import build_job
+
+    body = {"metadata": {"name": "talk", "namespace": "media", "uid": str(uuid.uuid4()), "generation": 1}}
+    job = build_job(body, parse_spec({"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}}), OperatorSettings())
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    pm = objs[("PodMonitor", "ks-kubescribe-runner")]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    (pep,) = pm["spec"]["podMetricsEndpoints"]
+    ports = job["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert pep["port"] in [p["name"] for p in ports] and pep["interval"] == "15s"
+    assert {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+            "targetLabel": "component"} in pep["relabelings"]
+    namespaced = kinds(render(offline_helm, {**ALL_ON, "watchNamespace": "work"}))
+    assert namespaced[("PodMonitor", "ks-kubescribe-runner")]["spec"]["namespaceSelector"] == {"matchNames": ["work"]}
+
+    rule = objs[("PrometheusRule", "ks-kubescribe")]
+    assert rule["spec"] == yaml.safe_load((ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml").read_text())
+    dash = objs[("ConfigMap", "ks-kubescribe-dashboard")]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["kubescribe.json"]) == json.loads(
+        (ROOT / "grafana" / "dashboards" / "kubescribe.json").read_text())
+    relabelled = kinds(render(offline_helm, {"monitoring": {"dashboard": {
+        "enabled": True, "labels": {"grafana_dashboard": "kubescribe"}, "namespace": "grafana",
+        "annotations": {"grafana_folder": "Speech"}}}}))
+    cm = relabelled[("ConfigMap", "ks-kubescribe-dashboard")]
+    assert cm["metadata"]["namespace"] == "grafana" and cm["metadata"]["labels"]["grafana_dashboard"] == "kubescribe"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Speech"}
+
+
+def test_every_value_is_documented():
+    """helm-docs style: a `# --` comment above every value (a documented map covers what
+    is inside it; an undocumented key is fine only as a section heading)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    significant = [i for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")]
+    indent_of = lambda i: len(lines[i]) - len(lines[i].lstrip())  # noqa: E731
+    stack: list[tuple[int, str, bool]] = []
+    undocumented = []
+    for n, i in enumerate(significant):
+        m = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", lines[i])
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
+            j -= 1
+        documented = j >= 0 and lines[j].strip().startswith("# --")
+        covered = documented or any(d for _, _, d in stack)
+        stack.append((indent, m.group(2), documented))
+        is_section = n + 1 < len(significant) and indent_of(significant[n + 1]) > indent
+        if not covered and not is_section:
+            undocumented.append(".".join(k for _, k, _ in stack))
+    assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+# --------------------------------------------------------------------------- a real cluster
+
+
+def _wait_crd(kube_cluster) -> None:
+    proc = kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    assert proc.returncode == 0, proc.stderr
+
+
+def _can_i(kube_cluster, sa: str, *args: str) -> bool:
+    proc = kube_cluster.kubectl("auth", "can-i", *args, f"--as={sa}")
+    assert proc.stdout.strip() in ("yes", "no"), proc.stderr
+    return proc.stdout.strip() == "yes"
+
+
+def _operator_settings(kube_api, namespace: str, name: str) -> dict[str, str]:
+    """The operator container's environment as the API server stored it, as keyword
+    arguments for OperatorProcess (which sets the metrics port, namespace and Redis URL)."""
+    from kubernetes import client
+
+    dep = client.AppsV1Api(kube_api).read_namespaced_deployment(name, namespace)
+    (c,) = dep.spec.template.spec.containers
+    out = {}
+    for e in c.env:
+        if e.name.startswith("KUBESCRIBE_") and e.value_from is None and e.name not in (
+                "KUBESCRIBE_METRICS_PORT", "KUBESCRIBE_NAMESPACE", "KUBESCRIBE_REDIS_URL"):
+            out[e.name[len("KUBESCRIBE_"):].lower()] = e.value or ""
+    return out
+
+
+def _run_request(requests_api, redis_server, speech_dir, name: str) -> dict:
+    from kubescribe.store import Store
+
+    key = Store(redis_server.client()).put_audio((speech_dir / "fox.wav").read_bytes())
+    requests_api.create(name, {"audio": {"redisKey": key}, "language": "en", "cache": {"enabled": False}})
+    return requests_api.wait_phase(name, "Succeeded", "Failed")
+
+
+def _assert_clean_logs(op) -> None:
+    logs = op.logs()
+    for bad in ("Forbidden", "403", "Not enough permissions", "Traceback"):
+        assert bad not in logs, f"operator log has {bad!r}:\n{logs[-4000:]}"
+
+
+@pytest.mark.kube
+def test_helm_install_cluster_wide_rbac_runs_the_operator_end_to_end(
+        helm, kube_cluster, kube_api, kube_namespace, fake_kubelet, redis_server, speech_dir, tmp_path):
+    from kubernetes import client
+
+    from tests.support.operator import OperatorProcess, Requests
+
+    ns, release = kube_namespace, f"ks-{uuid.uuid4().hex[:5]}"
+    full = f"{release}-kubescribe"
+    values = {"redis": {"url": redis_server.url}, "operator": {"gpuBudget": 4, "resyncSeconds": 3},
+              "runner": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}},
+              "monitoring": {"dashboard": {"enabled": True}}}
+    out = helm.install(release, CHART, ns, values).stdout
+    try:
+        assert "STATUS: deployed" in out and "every namespace" in out  # NOTES.txt rendered
+        # Helm installs crds/ when the CRD is absent and leaves it alone (no error) when a
+        # fixture or an earlier test already applied it server-side.
+        _wait_crd(kube_cluster)
+
+        rbac = client.RbacAuthorizationV1Api(kube_api)
+        role = rbac.read_cluster_role(f"{full}-operator")
+        assert {tuple(r.resources) for r in role.rules} >= {("transcriptionrequests",), ("jobs",), ("pods",)}
+        binding = rbac.read_cluster_role_binding(f"{full}-operator")
+        assert (binding.subjects[0].name, binding.subjects[0].namespace) == (full, ns)
+        for suffix in ("view", "edit"):
+            rbac.read_cluster_role(f"{full}-{suffix}")
+        core = client.CoreV1Api(kube_api)
+        core.read_namespaced_service_account(full, ns)
+        core.read_namespaced_service(f"{full}-operator", ns)
+        core.read_namespaced_config_map(f"{full}-dashboard", ns)
+        manifest_kinds = {d["kind"] for d in helm.get_manifest(release, ns)}
+        assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"} <= manifest_kinds
+
+        sa = f"system:serviceaccount:{ns}:{full}"
+        # What it needs...
+        assert _can_i(kube_cluster, sa, "watch", "transcriptionrequests.kubescribe.io", "-A")
+        assert _can_i(kube_cluster, sa, "patch", "transcriptionrequests.kubescribe.io", "--subresource=status", "-n", "x")
+        assert _can_i(kube_cluster, sa, "create", "jobs.batch", "-n", "anywhere")
+        assert _can_i(kube_cluster, sa, "list", "pods", "-n", "anywhere")
+        assert _can_i(kube_cluster, sa, "create", "events", "-n", "anywhere")
+        # ...and what it does not.
+        for args in (("list", "secrets", "-A"), ("get", "secrets", "-n", ns), ("delete", "namespaces"),
+                     ("create", "pods", "-n", ns), ("get", "pods", "--subresource=log", "-n", ns),
+                     ("create", "pods", "--subresource=exec", "-n", ns),
+                     ("patch", "transcriptionrequests.kubescribe.io", "-n", ns),
+                     ("update", "transcriptionrequests.kubescribe.io", "-n", ns),
+                     ("delete", "transcriptionrequests.kubescribe.io", "-n", ns),
+                     ("update", "jobs.batch", "-n", ns), ("patch", "events", "-n", ns),
+                     ("create", "deployments.apps", "-n", ns), ("create", "clusterrolebindings"),
+                     ("update", "customresourcedefinitions")):
+            assert not _can_i(kube_cluster, sa, *args), f"the operator may {' '.join(args)}"
+
+        kubeconfig = kube_cluster.service_account_kubeconfig(ns, full)
+        sa_api = __import__("kubernetes").config.new_client_from_config(config_file=kubeconfig)
+        try:
+            with pytest.raises(client.exceptions.ApiException) as refused:
+                client.CoreV1Api(sa_api).list_namespaced_secret(ns)
+            assert refused.value.status == 403
+        finally:
+            sa_api.close()
+
+        settings = _operator_settings(kube_api, ns, f"{full}-operator")
+        assert settings["runner_image"] == "ghcr.io/kubescribe/kubescribe-runner:0.1.0"
+        op = OperatorProcess(kubeconfig, "", redis_server.url, tmp_path, **settings).start()
+        try:
+            requests_api = Requests(kube_api, ns)
+            status = _run_request(requests_api, redis_server, speech_dir, "chart-rbac")
+            assert status["phase"] == "Succeeded", (status, op.logs()[-3000:])
+            assert status["language"] == "en" and status["cached"] is False
+            (job,) = requests_api.jobs()
+            c = job.spec.template.spec.containers[0]
+            assert c.resources.requests["memory"] == "1Gi" and c.resources.limits["memory"] == "3Gi"
+            assert job.spec.ttl_seconds_after_finished == 3600
+            assert {e.reason for e in requests_api.events("chart-rbac")} >= {"Queued", "JobCreated", "Succeeded"}
+            _assert_clean_logs(op)
+        finally:
+            op.stop()
+    finally:
+        helm.uninstall(release, ns)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    gone = wait_for(lambda: f"{full}-operator" not in [r.metadata.name for r in rbac.list_cluster_role().items],
+                    timeout=30, description="ClusterRoles removed by helm uninstall")
+    assert gone
+    _wait_crd(kube_cluster)  # helm never deletes crds/: requests elsewhere keep their CRD
+
+
+@pytest.mark.kube
+def test_helm_install_namespaced_mode_runs_with_a_role_only(
+        helm, kube_cluster, kube_api, kube_namespace, fake_kubelet, redis_server, speech_dir, tmp_path):
+    """watchNamespace: the operator lives in one namespace and serves another, with a Role
+    there and no cluster-wide rights at all."""
+    from kubernetes import client
+
+    from tests.support.operator import OperatorProcess, Requests
+
+    core = client.CoreV1Api(kube_api)
+    release_ns, work_ns = kube_namespace, f"{kube_namespace[:50]}-work"
+    core.create_namespace({"metadata": {"name": work_ns, "labels": {"kubescribe.io/test": "true"}}})
+    release = f"ks-{uuid.uuid4().hex[:5]}"
+    full = f"{release}-kubescribe"
+    try:
+        wait_for(lambda: core.read_namespaced_service_account("default", work_ns), timeout=30,
+                 description="default ServiceAccount", ignore=(client.exceptions.ApiException,))
+        helm.install(release, CHART, release_ns, {"watchNamespace": work_ns, "redis": {"url": redis_server.url},
+                                                  "operator": {"resyncSeconds": 3}})
+        try:
+            _wait_crd(kube_cluster)
+            rbac = client.RbacAuthorizationV1Api(kube_api)
+            rbac.read_namespaced_role(f"{full}-operator", work_ns)
+            assert f"{full}-operator" not in [r.metadata.name for r in rbac.list_cluster_role().items]
+
+            sa = f"system:serviceaccount:{release_ns}:{full}"
+            assert _can_i(kube_cluster, sa, "create", "jobs.batch", "-n", work_ns)
+            assert _can_i(kube_cluster, sa, "watch", "transcriptionrequests.kubescribe.io", "-n", work_ns)
+            for args in (("list", "jobs.batch", "-n", release_ns), ("list", "jobs.batch", "-A"),
+                         ("list", "transcriptionrequests.kubescribe.io", "-A"),
+                         ("list", "customresourcedefinitions"), ("list", "namespaces"),
+                         ("list", "secrets", "-n", work_ns)):
+                assert not _can_i(kube_cluster, sa, *args), f"the namespaced operator may {' '.join(args)}"
+
+            kubeconfig = kube_cluster.service_account_kubeconfig(release_ns, full)
+            settings = _operator_settings(kube_api, release_ns, f"{full}-operator")
+            op = OperatorProcess(kubeconfig, work_ns, redis_server.url, tmp_path, **settings).start()
+            try:
+                status = _run_request(Requests(kube_api, work_ns), redis_server, speech_dir, "namespaced")
+                assert status["phase"] == "Succeeded", (status, op.logs()[-3000:])
+                for bad in ("Forbidden", "Traceback"):
+                    assert bad not in op.logs(), op.logs()[-4000:]
+            finally:
+                op.stop()
+        finally:
+            helm.uninstall(release, release_ns)
+    finally:
+        core.delete_namespace(work_ns)
+
+
+@pytest.mark.kube
+def test_helm_install_accepts_an_existing_crd(helm, kube_cluster, kube_namespace, crd_installed):
+    """The CRD is cluster-scoped and the tests' `crd_installed` fixture applies it with
+    kubectl: a helm install on top of it succeeds and leaves it as it was."""
+    before = json.loads(kube_cluster.kubectl("get", "crd", CRD_NAME, "-o", "json", check=True).stdout)
+    release = f"ks-{uuid.uuid4().hex[:5]}"
+    try:
+        proc = helm.install(release, CHART, kube_namespace, {"rbac": {"aggregateToDefaultRoles": False}})
+        assert "STATUS: deployed" in proc.stdout
+        after = json.loads(kube_cluster.kubectl("get", "crd", CRD_NAME, "-o", "json", check=True).stdout)
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    finally:
+        helm.uninstall(release, kube_namespace)

@@ -1,0 +1,320 @@
+"""Alert rules, scrape configuration and the Grafana dashboard, checked for real.
+
+- promtool checks the rule file and prometheus/prometheus.yml, and runs the alert unit
+  tests in tests/promtool/.
+- Every metric a panel or an alert names is one the code exports, with the labels used.
+- A real Prometheus scrapes the real operator (handling real requests through the Job
+  controller and the fake kubelet) and an in-process runner that transcribed real audio,
+  with the component labels the chart's ServiceMonitor/PodMonitor add, and every panel's
+  query returns data. The GPU panels cannot have data on a machine without a GPU: their
+  queries must still evaluate without error.
+- The chart's copies of the dashboard and the rules are the same files as the top-level
+  ones (Helm cannot read outside the chart directory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.envtest import wait_for
+from tests.envtest.prometheus import promtool_check_config, promtool_check_rules, promtool_test_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "grafana" / "dashboards" / "kubescribe.json"
+RULES = ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml"
+SCRAPE_CONFIG = ROOT / "prometheus" / "prometheus.yml"
+CHART_FILES = ROOT / "charts" / "kubescribe" / "files"
+RULE_TESTS = ROOT / "tests" / "promtool" / "kubescribe.rules.test.yaml"
+
+INHERITED_PANELS = (
+    "Total transcriptions", "Success rate", "Average time", "Cache hit rate", "Transcriptions over time",
+    "Processing time p50 / p95 / p99", "Queue", "Active workers", "Total errors", "Errors by type",
+)
+GPU_OPS_PANELS = ("GPU utilisation", "GPU memory", "RAM", "Real-time factor", "Queue wait time", "Job failures")
+
+#: Grafana's variables, replaced by what Grafana would send for a short time range.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels() -> list[dict]:
+    out = []
+    for p in dashboard()["panels"]:
+        out.append(p)
+        out.extend(p.get("panels") or [])  # panels of collapsed rows
+    return [p for p in out if p["type"] != "row"]
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL with Grafana's variables substituted)."""
+    out = []
+    for p in panels():
+        for t in p["targets"]:
+            expr = t["expr"]
+            for var, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(var, value)
+            assert "$" not in expr, f"{p['title']}: unsubstituted variable in {expr!r}"
+            out.append((p["title"], expr))
+    return out
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    doc = yaml.safe_load(RULES.read_text())
+    return [(r.get("alert") or r.get("record"), r["expr"]) for g in doc["groups"] for r in g["rules"]]
+
+
+def exported_families(registry) -> dict[str, tuple[str, set[str]]]:
+    """Sample names a registry exports -> (family name, label names), from its metadata
+    (labelled families have no samples until first used)."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                "gauge": ("",), "summary": ("", "_sum", "_count", "_created")}
+    out: dict[str, tuple[str, set[str]]] = {}
+    for collector in list(registry._collector_to_names):  # noqa: SLF001 - labelnames live on collectors
+        labels = set(getattr(collector, "_labelnames", ()))
+        for fam in collector.describe():
+            for suffix in suffixes[fam.type]:
+                out[fam.name + suffix] = (fam.name, labels | ({"le"} if suffix == "_bucket" else set()))
+    return out
+
+
+SELECTOR = re.compile(r"\b(kubescribe_[a-z0-9_]+)\s*(\{[^}]*\})?")
+MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+#: Labels the scrape adds to every series: the chart's ServiceMonitor/PodMonitor and
+#: prometheus/prometheus.yml.
+TARGET_LABELS = {"component", "instance", "job", "namespace", "pod", "service", "container", "endpoint", "request"}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_chart_carries_the_same_dashboard_and_rules():
+    for top, copy in ((DASHBOARD, CHART_FILES / "kubescribe.json"), (RULES, CHART_FILES / "kubescribe.rules.yaml")):
+        assert copy.read_bytes() == top.read_bytes(), (
+            f"{copy.relative_to(ROOT)} differs from {top.relative_to(ROOT)}: edit the top-level file, then "
+            f"`cp {top.relative_to(ROOT)} {copy.relative_to(ROOT)}`")
+
+
+def test_promtool_checks_the_rules():
+    out = promtool_check_rules([RULES]).stdout
+    assert "SUCCESS" in out
+
+
+def test_promtool_checks_the_scrape_config_offline():
+    """kubernetes_sd_configs need a cluster only at run time; the file parses without one,
+    and its rule_files entry resolves to the rule file."""
+    out = promtool_check_config(SCRAPE_CONFIG).stdout
+    assert "SUCCESS" in out and "1 rule files found" in out
+    cfg = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    assert (SCRAPE_CONFIG.parent / cfg["rule_files"][0]).resolve() == RULES.resolve()
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert set(jobs) == {"kubescribe-operator", "kubescribe-runner"}
+    for job in jobs.values():
+        relabels = job["relabel_configs"]
+        keep = next(r for r in relabels if r["action"] == "keep")
+        assert "kubescribe" in keep["regex"] and "metrics" in keep["regex"]
+        component = [r for r in relabels if r.get("target_label") == "component"]
+        assert component and component[0]["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+
+
+def test_alert_unit_tests_pass():
+    """promtool test rules: the alerts fire on the series they are about, and only then."""
+    out = promtool_test_rules([RULE_TESTS]).stdout
+    assert "SUCCESS" in out
+
+
+def test_every_alert_is_documented_and_has_a_severity():
+    doc = yaml.safe_load(RULES.read_text())
+    alerts = [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 8
+    names = {a["alert"] for a in alerts}
+    assert {"KubescribeHighErrorRate", "KubescribeQueueBacklog", "KubescribeQueueWaitHigh",
+            "KubescribeJobFailures", "KubescribeGPUsIdleWhileQueued", "KubescribeGPUsSaturated",
+            "KubescribeCacheHitRateCollapse"} <= names
+    for a in alerts:
+        assert a["labels"]["severity"] in ("critical", "warning", "info"), a["alert"]
+        assert a["annotations"]["summary"] and a["annotations"]["description"], a["alert"]
+    tested = yaml.safe_load(RULE_TESTS.read_text())
+    fired = {a["alertname"] for t in tested["tests"] for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
+    assert names - fired == set(), f"alerts without a firing unit test: {sorted(names - fired)}"
+
+
+def test_dashboard_has_the_inherited_and_the_new_panels():
+    d = dashboard()
+    titles = [p["title"] for p in panels()]
+    for title in INHERITED_PANELS + GPU_OPS_PANELS:
+        assert title in titles, f"panel {title!r} is missing"
+    assert len(titles) == len(set(titles))
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for p in panels():
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"] and all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), p["title"]
+        assert p.get("description"), f"{p['title']} has no description"
+
+
+def test_dashboard_panels_do_not_overlap():
+    cells: dict[tuple[int, int], str] = {}
+    for p in dashboard()["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = p["title"]
+
+
+def test_totals_come_from_the_operator_and_resources_from_runners():
+    by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels()}
+    for title in ("Total transcriptions", "Success rate", "Average time", "Total errors", "Errors by type",
+                  "Transcriptions over time", "Processing time p50 / p95 / p99", "Queue", "Active workers",
+                  "Queue wait time", "Job failures", "Real-time factor"):
+        assert 'component="operator"' in by_title[title], title
+    for title in ("GPU utilisation", "GPU memory", "RAM"):
+        assert 'component="runner"' in by_title[title], title
+
+
+def test_every_metric_in_panels_and_alerts_is_exported_with_those_labels():
+    from kubescribe.metrics import Metrics, OperatorMetrics
+
+    registries = {"operator": exported_families(OperatorMetrics().registry),
+                  "runner": exported_families(Metrics().registry)}
+    everything = {**registries["runner"], **registries["operator"]}
+    used = set()
+    for where, expr in panel_queries() + rule_exprs():
+        for name, selector in SELECTOR.findall(expr):
+            matchers = dict((k, v) for k, _, v in MATCHER.findall(selector or ""))
+            component = matchers.get("component")
+            exported = registries[component] if component in registries else everything
+            assert name in exported, f"{where}: {name} is not exported by the {component or 'any'} component"
+            unknown = set(matchers) - exported[name][1] - TARGET_LABELS
+            assert not unknown, f"{where}: {name} has no label(s) {sorted(unknown)}"
+            used.add(exported[name][0])
+    # Every family of DESIGN.md §5 appears on the dashboard or in an alert.
+    for family in ("kubescribe_transcriptions", "kubescribe_transcription_duration_seconds",
+                   "kubescribe_cache_hit_rate", "kubescribe_queue_size", "kubescribe_active_workers",
+                   "kubescribe_gpu_utilization_percent", "kubescribe_ram_usage_bytes", "kubescribe_errors",
+                   "kubescribe_cache_operations"):
+        assert family in used, f"{family} is on no panel and in no alert"
+
+
+def test_grafana_provisioning_files():
+    ds = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    assert ds["apiVersion"] == 1 and ds["datasources"][0]["type"] == "prometheus"
+    prov = yaml.safe_load((ROOT / "grafana" / "provisioning" / "dashboards" / "kubescribe.yaml").read_text())
+    provider = prov["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+# --------------------------------------------------------------------------- a real Prometheus
+
+
+@pytest.fixture
+def runner_metrics(redis_server):
+    """An in-process runner: the real task code and metrics, served like a runner pod's."""
+    from kubescribe.metrics import Metrics
+    from kubescribe.runner.engine import Engine
+    from kubescribe.runner.main import refresh_resource_gauges
+    from kubescribe.runner.resources import Nvml
+    from kubescribe.serving import MetricsServer
+    from kubescribe.store import Store
+
+    metrics = Metrics()
+    nvml = Nvml()
+    server = MetricsServer(metrics.registry, port=0, host="127.0.0.1",
+                           before_scrape=lambda: refresh_resource_gauges(metrics, nvml)).start()
+    store = Store(redis_server.client(), metrics=metrics)
+    engine = Engine(metrics=metrics)
+    try:
+        yield server, store, engine, metrics
+    finally:
+        server.stop()
+
+
+def _finite(result: list[dict]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result if isinstance(r, dict))
+
+
+@pytest.mark.kube
+def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
+        operator_factory, requests_api, redis_server, speech_dir, prometheus_factory, runner_metrics):
+    from kubescribe.models import parse_spec
+    from kubescribe.runner.task import run_task
+    from kubescribe.store import Store
+
+    redis_server.client().flushdb()
+    server, runner_store, engine, metrics = runner_metrics
+    op = operator_factory(gpu_budget="2")
+    prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator"}),
+                               (f"127.0.0.1:{server.port}", {"component": "runner"})],
+                              rule_files=[RULES])
+    targets = prom.wait_for_targets_up()
+    assert {t["labels"]["component"] for t in targets} == {"operator", "runner"}
+
+    # The runner transcribes, then answers the same request from the cache.
+    spec = parse_spec({"audio": {"redisKey": runner_store.put_audio((speech_dir / "library.wav").read_bytes())},
+                       "model": "tiny.en", "language": "en"})
+    assert run_task(runner_store, engine, spec, metrics=metrics).cached is False
+    assert run_task(runner_store, engine, spec, metrics=metrics).cached is True
+
+    # The operator: two runner Jobs, one cache hit, one Job that fails (audio missing).
+    store = Store(redis_server.client())
+    fox, weather = (store.put_audio((speech_dir / f"{n}.wav").read_bytes()) for n in ("fox", "weather"))
+    requests_api.create("fox", {"audio": {"redisKey": fox}, "language": "en"})
+    assert requests_api.wait_phase("fox", "Succeeded", "Failed")["phase"] == "Succeeded"
+    time.sleep(2)  # a scrape between the two, so rates see the second one
+    requests_api.create("weather", {"audio": {"redisKey": weather}, "language": "en"})
+    requests_api.create("missing", {"audio": {"redisKey": "kubescribe:audio:" + "7" * 64}, "device": "cpu"})
+    assert requests_api.wait_phase("weather", "Succeeded", "Failed")["phase"] == "Succeeded"
+    assert requests_api.wait_phase("missing", "Succeeded", "Failed")["phase"] == "Failed"
+    requests_api.create("fox-again", {"audio": {"redisKey": fox}, "language": "en"})
+    assert requests_api.wait_phase("fox-again", "Succeeded", "Failed", timeout=30)["cached"] is True
+
+    prom.wait_for('sum(kubescribe_transcriptions_total{component="operator"})',
+                  lambda r: r and float(r[0]["value"][1]) >= 4, timeout=30)
+    prom.wait_for('sum(kubescribe_transcriptions_total{component="runner",status="succeeded"})',
+                  lambda r: r and float(r[0]["value"][1]) >= 1, timeout=30)
+    time.sleep(3)  # a few more scrapes after the last change
+
+    empty_gpu = []
+    for title, expr in panel_queries():
+        result = prom.query(expr)  # raises on a PromQL error
+        if re.search(r"kubescribe_gpu_(utilization_percent|memory_used_bytes)", expr):
+            empty_gpu.append(title)  # no GPU here: evaluated without error is all we can ask
+            continue
+        assert result, f"panel {title!r}: no data for {expr}"
+        assert _finite(result), f"panel {title!r}: only NaN for {expr}: {result}"
+    assert sorted(set(empty_gpu)) == ["GPU memory", "GPU utilisation"]
+
+    # Figures that must be exact, from the operator.
+    assert prom.query_value(
+        'sum(kubescribe_transcriptions_total{component="operator",status="succeeded"})') == 3
+    assert prom.query_value('sum(kubescribe_jobs_total{component="operator",outcome="failed"})') == 1
+    assert prom.query_value('sum(kubescribe_errors_total{component="operator",type="audio_not_found"})') == 1
+    assert prom.query_value('max(kubescribe_gpu_budget{component="operator"})') == 2
+    assert prom.query_value('sum(kubescribe_ram_usage_bytes{component="runner"})') > 50e6
+
+    # The alert rules evaluate on real series without errors, and none fires.
+    def evaluated():
+        rules = [r for g in prom.rules() for r in g["rules"]]
+        return rules if rules and not any(r["lastEvaluation"].startswith("0001") for r in rules) else None
+
+    rules = wait_for(evaluated, timeout=20, interval=0.25, description="rule evaluation")
+    assert len(rules) == len(rule_exprs())
+    for r in rules:
+        assert r["health"] == "ok", f"{r['name']}: {r.get('lastError')}"
+        assert r["state"] == "inactive", f"{r['name']} is {r['state']} on a healthy system"
