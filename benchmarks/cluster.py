@@ -475,9 +475,18 @@ def pooled_vs_per_job(ctx: Context) -> Outcome:
             f"{pool['jobs']} runners and dispatching. At this transcription speed pooled runners cannot be more "
             f"than {job['wall'] / floor:.1f}x faster than job mode here, however small their own overhead.")
         if out.status == "MISS":
-            out.notes.append(
-                "Missed: the pooled runners remove the per-request start-up, but what remains, the transcriptions "
-                "on 2 shared cores, is a large part of job mode's time for requests this short; the ratio grows "
-                "with a slower model load (larger models, GPU initialisation) and shrinks with longer audio.")
+            bound = job["wall"] / floor
+            own = pool["wall"] - floor
+            if bound < 3:
+                out.notes.append(
+                    f"Missed: the transcriptions alone bound the ratio at {bound:.1f}x: with requests this short, "
+                    "the work pooled runners remove (per-request start-up) is not large enough next to the work "
+                    "they keep, on 2 cores shared by both runners.")
+            else:
+                out.notes.append(
+                    f"Missed: pool mode spent {secs(own)} of its {secs(pool['wall'])} outside the transcriptions "
+                    f"(starting {pool['jobs']} runners: Job and pod creation, process start, imports, model load; "
+                    f"then dispatch through the Redis stream and status updates). With {n} requests that fixed "
+                    "start-up is spread thinly; it weighs more the fewer requests a pool serves.")
     out.data = {"runs": [{k: v for k, v in r.items() if k != "log"} for r in runs], "pool_available": available}
     return out

@@ -157,7 +157,9 @@ class CacheSpec(_Model):
 
     enabled: Annotated[
         bool,
-        Field(description="Answer from, and write to, the shared result cache."),
+        Field(description="Answer from the shared result cache when the same audio and settings "
+                    "were transcribed before; false always transcribes afresh (the result is still "
+                    "stored, so the client can read it)."),
     ] = True
     ttl_seconds: Annotated[
         int,

@@ -49,9 +49,6 @@ class RunnerSettings(RedisSettings):
         description="Where the summary JSON goes; the kubelet copies it into the pod "
         "status, where the operator reads it.",
     )
-    stream: str = Field(
-        "kubescribe:queue", description="Redis stream the pooled runner reads requests from."
-    )
     pool_idle_seconds: float = Field(
         60.0,
         description="A pooled runner exits after this long with no work: long enough to "
@@ -100,7 +97,10 @@ class OperatorSettings(RedisSettings):
     runner_image: str = Field(
         "ghcr.io/kubescribe/kubescribe-runner:0.1.0", description="Runner container image."
     )
-    runner_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    runner_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the runner image; the image is large (CUDA), "
+        "so pulling it once per node is the default."
+    )
     runner_command: list[str] = Field(
         ["kubescribe-runner", "run"], description="Runner container command."
     )

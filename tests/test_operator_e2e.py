@@ -33,7 +33,7 @@ def apply_example(kube_cluster, namespace, example, **replace):
 def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
         operator_factory, requests_api, kube_cluster, kube_namespace, redis_server, speech_dir):
     redis_server.client().flushdb()
-    operator_factory(gpu_budget="2")
+    op = operator_factory(gpu_budget="2")
     key = upload(redis_server, speech_dir, "fox")
     proc = apply_example(kube_cluster, kube_namespace, "basic.yaml",
                          **{"kubescribe:audio:" + "0" * 64: key})
@@ -73,6 +73,15 @@ def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
     assert again["resultKey"] == status["resultKey"]
     assert len(requests_api.jobs()) == 1
     assert "CacheHit" in [e.reason for e in requests_api.events("again")]
+
+    from tests.envtest import wait_for
+    wanted = ['kubescribe_admission_cache_hits_total 1.0', 'kubescribe_requests{phase="Succeeded"} 2.0',
+              'kubescribe_jobs_total{outcome="created"} 1.0', 'kubescribe_jobs_total{outcome="succeeded"} 1.0',
+              'kubescribe_transcriptions_total{model="tiny.en",status="succeeded"} 2.0',
+              'kubescribe_queue_size 0.0', 'kubescribe_gpu_budget 2.0']
+    text = wait_for(lambda: (lambda t: t if all(w in t for w in wanted) else None)(op.metrics_text()),
+                    timeout=30, description="operator metrics")
+    assert "kubescribe_queue_wait_seconds_count 2.0" in text
 
 
 def test_invalid_requests_are_refused_or_fail_with_a_reason(

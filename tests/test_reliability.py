@@ -271,3 +271,26 @@ def test_redis_password_only_from_a_secret_and_never_logged(
             assert text and password not in text, where
     finally:
         server.stop()
+
+
+def test_spec_changed_while_running_replaces_the_job(
+        operator_factory, requests_api, redis_server, speech_dir, fake_kubelet, tmp_path):
+    gate = tmp_path / "go"
+    with fake_kubelet.override_command(gated(gate)):
+        op = operator_factory()
+        requests_api.create("edited", {"audio": {"redisKey": upload(redis_server, speech_dir, "fox")},
+                                       "cache": {"enabled": False}})
+        first = requests_api.wait("edited", lambda s: s.get("phase") == "Running", description="Running")["jobName"]
+        requests_api.custom.patch_namespaced_custom_object(
+            "kubescribe.io", "v1alpha1", requests_api.namespace, "transcriptionrequests", "edited",
+            {"spec": {"beamSize": 1}})
+        second = requests_api.wait("edited", lambda s: s.get("observedGeneration") == 2 and s.get("jobName")
+                                   and s["jobName"] != first, description="a Job for generation 2")["jobName"]
+        gate.touch()
+        status = requests_api.wait_phase("edited", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded" and status["observedGeneration"] == 2
+    assert status["jobName"] == second
+    names = wait_for(lambda: (lambda n: n if first not in n else None)({j.metadata.name for j in requests_api.jobs()}),
+                     timeout=60, description="the generation-1 Job deleted")
+    assert names == {second}
+    assert healthy(op)
