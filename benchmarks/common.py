@@ -542,7 +542,7 @@ def machine_facts() -> list[tuple[str, str]]:
         ("Date (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")),
         ("CPU", model),
         ("CPUs", f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by this process"),
-        ("Memory", mib(psutil.virtual_memory().total).replace("MiB", "MiB total")),
+        ("Memory", f"{psutil.virtual_memory().total / (1 << 30):.1f} GiB"),
         ("Load average at start", load),
         ("OS", f"{platform.system()} {platform.release()}"),
         ("Python", platform.python_version()),

@@ -128,12 +128,12 @@ def runner_overhead(ctx: Context) -> Outcome:
               ["step", "time", "share of the plain median"],
               [[k, f"{v * 1000:.2f} ms", f"{v / pl * 100:.2f} %"] for k, v in steps.items()]
               + [["total", f"{extra * 1000:.2f} ms", f"{extra / pl * 100:.2f} %"]])
-    out.notes.append(f"The steps kubescribe adds cost {extra * 1000:.1f} ms ({extra / pl * 100:.1f} % of a plain "
+    out.notes.append(f"The steps kubescribe adds cost {extra * 1000:.1f} ms ({extra / pl * 100:.2f} % of a plain "
                      "transcription) when timed alone; a measured difference well beyond that between the two "
                      "medians is run-to-run variation (same model settings, same decoding), not kubescribe's work.")
     if out.status == "MISS":
         out.notes.append(f"Missed: the medians differ by {overhead * 100:+.1f} % while the added steps account for "
-                         f"{extra / pl * 100:.1f} %: the runs varied more than the overhead being measured (see the "
+                         f"{extra / pl * 100:.2f} %: the runs varied more than the overhead being measured (see the "
                          "per-round table and the CPU used by other processes).")
     out.data = {"times": times, "audio_seconds": seconds, "overhead": overhead, "paired_overhead": paired,
                 "steps": steps}

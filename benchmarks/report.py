@@ -52,6 +52,6 @@ def render(outcomes: list[Outcome], facts: list[tuple[str, str]], command: str, 
             lines += [f"*{caption}*", ""] + _table(header, rows) + [""]
         for note in o.notes:
             lines += [note, ""]
-        alone = "" if o.command == command else f"; alone: `{o.command}`"
+        alone = "" if sorted(o.command.split()) == sorted(command.split()) else f"; alone: `{o.command}`"
         lines += [f"Produced by `{command}`{alone}.", ""]
     return "\n".join(lines).rstrip() + "\n"

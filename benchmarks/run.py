@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                      + "".join(traceback.format_exception(exc))[-3000:] + "\n```")
             outcome.seconds = time.perf_counter() - t0
             outcome.foreign_load = monitor.stop()
-            outcome.command = f"python -m benchmarks.run --only {name}" + (" --quick" if args.quick else "")
+            outcome.command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + f" --only {name}"
             outcomes.append(outcome)
             log(f"{name}: {outcome.status} ({outcome.seconds:.0f}s) {outcome.headline} | {outcome.ratio}"
                 f" | other processes used {outcome.foreign_load * 100:.0f} % CPU")

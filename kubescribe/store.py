@@ -5,7 +5,6 @@ Key layout (DESIGN.md §4)::
     kubescribe:audio:<sha256>        audio bytes, with a TTL
     kubescribe:result:<cache key>    gzip-compressed JSON transcript, 24 h TTL by default
     kubescribe:stats:cache           hash {hits, misses}: hit rate shared by every process
-    kubescribe:inflight:<cache key>  who is transcribing this right now (dedupe)
 
 Redis is reached through a URL (``redis://`` or ``rediss://`` for TLS) and a password that
 comes from a Secret via the environment, never from a custom resource. ``MemoryStore``
@@ -31,7 +30,6 @@ PREFIX = "kubescribe"
 AUDIO_PREFIX = f"{PREFIX}:audio:"
 RESULT_PREFIX = f"{PREFIX}:result:"
 STATS_KEY = f"{PREFIX}:stats:cache"
-INFLIGHT_PREFIX = f"{PREFIX}:inflight:"
 
 #: Result TTL: 24 h, as the original service kept it.
 DEFAULT_RESULT_TTL = 86400
@@ -236,7 +234,7 @@ class Store:
 
     def clear(self, audio: bool = False) -> int:
         """Delete every cached result (and uploaded audio if asked) and reset the stats."""
-        patterns = [RESULT_PREFIX + "*", INFLIGHT_PREFIX + "*"] + ([AUDIO_PREFIX + "*"] if audio else [])
+        patterns = [RESULT_PREFIX + "*"] + ([AUDIO_PREFIX + "*"] if audio else [])
         deleted = 0
         for pattern in patterns:
             batch: list = []
@@ -250,28 +248,6 @@ class Store:
         self._call(self.client.delete, STATS_KEY)
         self._count("clear", "ok")
         return deleted
-
-    # -- in-flight dedupe -------------------------------------------------------------
-    def claim(self, key: str, owner: str, ttl: int) -> str | None:
-        """Claim the right to transcribe ``key``. Returns None if we hold it, else the holder.
-
-        Two identical requests in flight at once are transcribed once: the second finds
-        the claim and waits for the result instead. The TTL frees a claim whose holder died.
-        """
-        ikey = INFLIGHT_PREFIX + key
-        if self._call(self.client.set, ikey, owner.encode(), ex=ttl, nx=True):
-            return None
-        holder = self._call(self.client.get, ikey)
-        if holder is None:  # expired between the two calls; try once more
-            return None if self._call(self.client.set, ikey, owner.encode(), ex=ttl, nx=True) else "unknown"
-        holder_s = holder.decode() if isinstance(holder, bytes) else str(holder)
-        return None if holder_s == owner else holder_s
-
-    def release(self, key: str, owner: str) -> None:
-        ikey = INFLIGHT_PREFIX + key
-        holder = self._call(self.client.get, ikey)
-        if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == owner:
-            self._call(self.client.delete, ikey)
 
 
 class _MemoryBackend:

@@ -124,16 +124,6 @@ def test_bad_redis_url_is_refused():
         connect("http://localhost:6379")
 
 
-def test_claim_lets_one_owner_transcribe(redis_store):
-    assert redis_store.claim("k", "runner-a", ttl=30) is None
-    assert redis_store.claim("k", "runner-b", ttl=30) == "runner-a"
-    assert redis_store.claim("k", "runner-a", ttl=30) is None
-    redis_store.release("k", "runner-b")  # not the holder: no effect
-    assert redis_store.claim("k", "runner-b", ttl=30) == "runner-a"
-    redis_store.release("k", "runner-a")
-    assert redis_store.claim("k", "runner-b", ttl=30) is None
-
-
 def test_memory_store_behaves_like_redis():
     store = MemoryStore()
     key = store.put_audio(b"abc")
