@@ -158,3 +158,19 @@ def test_runner_exit_codes(case, expected_code, reason, redis_server, tmp_path):
     assert proc.returncode == expected_code, proc.stderr
     assert summary["ok"] is False and summary["reason"] == reason
     assert summary["message"]
+
+
+def test_runner_over_rediss_with_a_private_ca(speech_dir, tmp_path):
+    from tests.support.core import TlsRedisServer
+
+    server = TlsRedisServer(tmp_path, password="tls-secret").start()
+    try:
+        store = Store(server.client())
+        key = store.put_audio((speech_dir / "fox.wav").read_bytes())
+        proc, summary = run_runner({"KUBESCRIBE_REDIS_URL": server.url, "KUBESCRIBE_REDIS_PASSWORD": "tls-secret",
+                                    "KUBESCRIBE_REDIS_CA_FILE": str(server.certs["ca"])},
+                                   tmp_path, {"audio": {"redisKey": key}, "device": "cpu"})
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert wer(SENTENCES["fox"], store.read_result_key(summary["resultKey"])["text"]) <= 0.25
+    finally:
+        server.stop()

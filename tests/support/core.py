@@ -44,8 +44,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def listen_args(self) -> list[str]:
+        return ["--port", str(self.port)]
+
+    def client_kwargs(self) -> dict:
+        return {}
+
     def start(self) -> "RedisServer":
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        args = [self.binary, *self.listen_args(), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                 "--dir", str(self.workdir)]
         if self.password:
@@ -54,7 +60,7 @@ class RedisServer:
         deadline = time.monotonic() + 20
         while True:
             try:
-                connect(self.url, self.password, socket_timeout=1).ping()
+                connect(self.url, self.password, socket_timeout=1, **self.client_kwargs()).ping()
                 return self
             except Exception:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -71,7 +77,7 @@ class RedisServer:
         self.start()
 
     def client(self):
-        return connect(self.url, self.password)
+        return connect(self.url, self.password, **self.client_kwargs())
 
 
 @pytest.fixture(scope="session")
@@ -258,20 +264,10 @@ class TlsRedisServer(RedisServer):
     def url(self) -> str:
         return f"rediss://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "TlsRedisServer":
-        args = [self.binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
-                "--tls-cert-file", str(self.certs["cert"]), "--tls-key-file", str(self.certs["key"]),
-                "--tls-ca-cert-file", str(self.certs["ca"]), "--tls-auth-clients", "no",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                connect(self.url, self.password, ca_file=str(self.certs["ca"]), socket_timeout=1).ping()
-                return self
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"TLS redis-server did not start on {self.port}")
-                time.sleep(0.05)
+    def listen_args(self) -> list[str]:
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.certs["cert"]),
+                "--tls-key-file", str(self.certs["key"]), "--tls-ca-cert-file", str(self.certs["ca"]),
+                "--tls-auth-clients", "no"]
+
+    def client_kwargs(self) -> dict:
+        return {"ca_file": str(self.certs["ca"])}
