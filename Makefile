@@ -4,7 +4,7 @@ PY ?= python3
 .PHONY: demo test setup test-binaries bench crds lint
 
 demo: setup ## install, then transcribe the bundled sample locally (no cluster, no Redis)
-	kubescribe transcribe --sample --format srt
+	$(PY) -m kubescribe.cli transcribe --sample --format srt
 
 test: ## install everything (Debian and Python packages, Go-built Kubernetes binaries) and run all tests
 	hack/test.sh

@@ -165,6 +165,17 @@ def test_namespaced_mode_has_no_cluster_wide_operator_rights(offline_helm):
     assert not [r for r in role["rules"] if "apiextensions.k8s.io" in r["apiGroups"]]
     env = {e["name"]: e.get("value") for e in deployment_env(docs)}
     assert env["KUBESCRIBE_NAMESPACE"] == "work"
+    # Pooled runners default to the watched namespace, which the Role covers...
+    assert env["KUBESCRIBE_POOL_NAMESPACE"] == "work"
+    assert ("Role", "ks-kubescribe-pool") not in kinds(render(offline_helm, {"watchNamespace": "work",
+                                                                           "operator": {"mode": "pool"}}))
+    # ...and get a Role of their own elsewhere.
+    pool = kinds(render(offline_helm, {"watchNamespace": "work",
+                                       "operator": {"mode": "pool", "pool": {"namespace": "gpu-pool"}}}))
+    assert pool[("Role", "ks-kubescribe-pool")]["metadata"]["namespace"] == "gpu-pool"
+    assert pool[("RoleBinding", "ks-kubescribe-pool")]["subjects"][0]["namespace"] == "media"
+    cluster = {e["name"]: e.get("value") for e in deployment_env(render(offline_helm, {"operator": {"mode": "pool"}}))}
+    assert cluster["KUBESCRIBE_POOL_NAMESPACE"] == "media"
 
 
 def test_operator_rbac_rules_are_each_commented():
