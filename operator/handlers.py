@@ -42,6 +42,9 @@ from .scheduler import Entry, Registry, entry_from_body, plan
 
 log = logging.getLogger("kubescribe.operator")
 
+#: Queue-position status patches per admission pass (see Operator.step).
+POSITION_PATCHES_PER_STEP = 50
+
 #: Events are posted as this component (kubectl describe shows "From: kubescribe-operator").
 EVENT_SOURCE = "kubescribe-operator"
 
@@ -258,20 +261,27 @@ class Operator:
                 self.admit(e)
             except Exception as exc:  # one bad request must not stop the queue
                 log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
-        for e in entries:
-            if e.phase != "Queued" or not e.current:
-                continue
-            pos = p.positions.get(e.uid)
-            if pos is not None and pos != e.queue_position:
-                try:
-                    reason = "WaitingForIdentical" if e.uid in p.waiting_for_identical else "Queued"
-                    msg = ("an identical request is running; its result will answer this one"
-                           if reason == "WaitingForIdentical" else f"position {pos} in the queue")
-                    if self.patch_status(e.namespace, e.name, {"queuePosition": pos, "reason": reason,
-                                                               "message": msg}) is not None:
-                        self.registry.mark(e.uid, queue_position=pos)
-                except Exception as exc:
-                    log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
+        # Positions shift by one for everyone behind an admitted request; patching all of
+        # a long queue on every admission would be O(n^2) API writes. Update the front of
+        # the queue first and at most POSITION_PATCHES_PER_STEP per pass: the head is
+        # always exact, the tail catches up over the next passes.
+        stale = sorted(((p.positions[e.uid], e) for e in entries
+                        if e.phase == "Queued" and e.current and e.uid in p.positions
+                        and p.positions[e.uid] != e.queue_position), key=lambda t: t[0])
+        for pos, e in stale[:POSITION_PATCHES_PER_STEP]:
+            try:
+                reason = "WaitingForIdentical" if e.uid in p.waiting_for_identical else "Queued"
+                msg = ("an identical request is running; its result will answer this one"
+                       if reason == "WaitingForIdentical" else f"position {pos} in the queue")
+                if self.patch_status(e.namespace, e.name, {"queuePosition": pos, "reason": reason,
+                                                           "message": msg}) is not None:
+                    self.registry.mark(e.uid, queue_position=pos)
+                else:
+                    self.registry.remove(e.uid)
+            except Exception as exc:
+                log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
+        if len(stale) > POSITION_PATCHES_PER_STEP:
+            self.wake()  # more to refresh: another pass soon
         if self.pool:
             try:
                 self.ensure_pool()

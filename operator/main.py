@@ -103,6 +103,9 @@ async def _admission_loop(op: Operator) -> None:
             await asyncio.to_thread(op.step)
         except Exception as exc:
             log.exception("admission pass failed: %s", exc)
+        # Coalesce a burst of wake-ups into one pass; also bounds a pass loop that keeps
+        # waking itself while it works through a long queue.
+        await asyncio.sleep(0.05)
 
 
 async def _resync_loop(op: Operator) -> None:
