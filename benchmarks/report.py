@@ -47,7 +47,7 @@ def render(outcomes: list[Outcome], facts: list[tuple[str, str]], command: str, 
         lines += [""]
         if o.foreign_load is not None and o.foreign_load > 0.05:
             lines += [f"> Other processes on this machine used {o.foreign_load * 100:.0f} % of its CPUs while this "
-                      "benchmark ran: its figures are disturbed by that much.", ""]
+                      "benchmark ran: its timings are slower and noisier than on an idle machine.", ""]
         for caption, header, rows in o.tables:
             lines += [f"*{caption}*", ""] + _table(header, rows) + [""]
         for note in o.notes:

@@ -91,6 +91,8 @@ class Operator:
         self.custom = Retrying(client.CustomObjectsApi(api_client))
         self.batch = Retrying(client.BatchV1Api(api_client))
         self.core = Retrying(client.CoreV1Api(api_client))
+        # Events are best effort: one try, so a throttled API server does not slow admission.
+        self.events_api = client.CoreV1Api(api_client)
         self.registry = Registry()
         self.in_flight: dict[str, tuple[int, int]] = {}  # uid -> (generation, slots), admitted, not yet seen Running
         self._lock = threading.Lock()
@@ -150,7 +152,7 @@ class Operator:
             "reportingInstance": EVENT_SOURCE, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], ev)
+            self.events_api.create_namespaced_event(meta["namespace"], ev)
         except Exception as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
 
@@ -332,21 +334,28 @@ class Operator:
             self.dispatch(e, body, spec)
             return
         job = build_job(body, spec, self.settings)
-        name = job["metadata"]["name"]
         self.in_flight[e.uid] = (e.generation, e.slots)
+        try:
+            self._start_job(e, body, status, job)
+        finally:
+            # Whatever happened, this uid no longer waits for its Running status: on an
+            # error the next pass re-admits it and adopts the Job (409) or finds the cache.
+            self.in_flight.pop(e.uid, None)
+
+    def _start_job(self, e: Entry, body: dict, status: dict, job: dict) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        name = job["metadata"]["name"]
         try:
             self.batch.create_namespaced_job(e.namespace, job)
             self.metrics.jobs_total.labels(outcome="created").inc()
         except ApiException as exc:
             if exc.status != 409:
-                self.in_flight.pop(e.uid, None)
                 raise
             existing = self.batch.read_namespaced_job(name, e.namespace)
             if (existing.metadata.labels or {}).get(LABEL_REQUEST_UID) != e.uid:
-                self.in_flight.pop(e.uid, None)
                 raise RuntimeError(f"Job {name} exists and belongs to another request") from None
             if existing.metadata.deletion_timestamp:
-                self.in_flight.pop(e.uid, None)
                 return  # the old Job is still going away; the next pass recreates it
             log.info("Job %s/%s already exists (operator restart): adopting it", e.namespace, name)
         age = _age_seconds(body["metadata"].get("creationTimestamp", ""))
@@ -362,7 +371,6 @@ class Operator:
             "conditions": conds,
         })
         self.registry.mark(e.uid, phase="Running", job_name=name, queue_position=None)
-        self.in_flight.pop(e.uid, None)
         self.event(body, "Normal", "JobCreated", f"runner Job {name} created")
 
     # -- pooled mode ------------------------------------------------------------------
@@ -384,13 +392,15 @@ class Operator:
         conds = st.set_condition(status.get("conditions"), st.ADMITTED, True, "Dispatched",
                                  "sent to the runner pool", gen)
         conds = st.set_condition(conds, st.READY, False, "Running", "waiting for a pooled runner", gen)
-        self.patch_status(e.namespace, e.name, {
-            "phase": "Running", "reason": "Dispatched", "message": "sent to the runner pool",
-            "jobName": None, "startedAt": now_rfc3339(), "queuePosition": None, "attempts": 0,
-            "conditions": conds,
-        })
-        self.registry.mark(e.uid, phase="Running", job_name=None, queue_position=None)
-        self.in_flight.pop(e.uid, None)
+        try:
+            self.patch_status(e.namespace, e.name, {
+                "phase": "Running", "reason": "Dispatched", "message": "sent to the runner pool",
+                "jobName": None, "startedAt": now_rfc3339(), "queuePosition": None, "attempts": 0,
+                "conditions": conds,
+            })
+            self.registry.mark(e.uid, phase="Running", job_name=None, queue_position=None)
+        finally:
+            self.in_flight.pop(e.uid, None)
         age = _age_seconds(meta.get("creationTimestamp", ""))
         if age is not None:
             self.metrics.queue_wait_seconds.observe(age)

@@ -40,9 +40,19 @@ def _label_value(value: str) -> str:
     return clean[:54].rstrip("-._") + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
 
 
+def redis_url_without_credentials(url: str) -> str:
+    """Runners get the password from the Secret, never inside a URL written into a Job."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _base_env(settings: OperatorSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "KUBESCRIBE_REDIS_URL", "value": settings.redis_url},
+        {"name": "KUBESCRIBE_REDIS_URL", "value": redis_url_without_credentials(settings.redis_url)},
         {"name": "KUBESCRIBE_METRICS_PORT", "value": str(settings.runner_metrics_port)},
         {"name": "KUBESCRIBE_MAX_AUDIO_BYTES", "value": str(settings.max_audio_bytes)},
         # Writable scratch for model downloads and caches on a read-only root filesystem.

@@ -75,6 +75,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics = OperatorMetrics()
     store = open_store(conf.redis_url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
     op = Operator(conf, store, _api_client(), metrics)
+    if "@" in conf.redis_url.split("//", 1)[-1].split("/", 1)[0] and not conf.redis_secret_name:
+        log.warning("KUBESCRIBE_REDIS_URL carries credentials, which are not passed to runners; "
+                    "set KUBESCRIBE_REDIS_SECRET_NAME so runners can authenticate")
     server = MetricsServer(metrics.registry, port=conf.metrics_port, health=op.healthy).start()
     log.info("kubescribe operator: budget=%d mode=%s namespace=%s metrics=:%d", conf.gpu_budget, conf.mode,
              conf.namespace or "*", server.port)

@@ -83,7 +83,8 @@ def plan(entries: Iterable[Entry], budget: int, in_flight: dict[str, int] | None
     entries = list(entries)
     running = [e for e in entries if e.phase == "Running" and e.uid not in in_flight]
     used = sum(e.slots for e in running) + sum(in_flight.values())
-    busy_keys = {e.cache_key for e in running if e.cache_key}
+    busy_keys = {e.cache_key for e in entries
+                 if e.cache_key and (e.uid in in_flight or (e.phase == "Running" and e.current))}
     queued = sorted((e for e in entries if e.phase == "Queued" and e.current and e.uid not in in_flight),
                     key=queue_order)
     admit: list[Entry] = []

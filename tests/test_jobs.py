@@ -375,3 +375,11 @@ def test_manifests_are_json_serialisable_and_independent():
     assert pod(b)["nodeSelector"] == {"x": "y"}
     assert pod(b)["tolerations"] == [{"key": "a", "operator": "Exists"}]
     assert conf.runner_node_selector == {"x": "y"}
+
+
+def test_credentials_in_the_redis_url_never_reach_a_job():
+    from kubescribe.operator.jobs import redis_url_without_credentials
+
+    assert redis_url_without_credentials("redis://:pw@redis:6379/0") == "redis://redis:6379/0"
+    assert redis_url_without_credentials("rediss://user:p%40ss@r.example:6380/1") == "rediss://r.example:6380/1"
+    assert redis_url_without_credentials("redis://redis:6379/0") == "redis://redis:6379/0"

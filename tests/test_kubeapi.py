@@ -16,7 +16,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTResponse
 
-from kubescribe.operator import kubeapi
 from kubescribe.operator.kubeapi import MAX_ATTEMPTS, MAX_DELAY, RETRY_STATUSES, Retrying, _retry_after
 
 REASONS = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError",
@@ -289,11 +288,3 @@ def test_attributes_pass_through():
     with pytest.raises(AttributeError):
         api.no_such_method
 
-
-def test_default_sleep_is_time_sleep(monkeypatch):
-    slept = []
-    monkeypatch.setattr(kubeapi.time, "sleep", slept.append)
-    # the default is bound at definition time; the injected one is what the operator uses
-    api = Retrying(FakeApi(api_exception(503)), sleep=kubeapi.time.sleep)
-    assert api.read_namespaced_job("j", "ns") == "ok"
-    assert len(slept) == 1

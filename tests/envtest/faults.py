@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import random
@@ -216,7 +215,6 @@ class FaultProxy:
         self._streams: dict[Any, Any] = {}  # upstream response -> downstream request, while streaming
         self._ready = threading.Event()
         self._startup_error: Optional[BaseException] = None
-        self._seq = itertools.count(1)
 
     # ----------------------------------------------------------------- rules
 
@@ -270,7 +268,7 @@ class FaultProxy:
             return {"forwarded": self.forwarded, "requests": dict(self.requests), "injected": dict(by),
                     "errors": list(self.errors[-5:])}
 
-    def _choose(self, method: str, path: str, query: str) -> tuple[Optional[Fault], float]:
+    def _choose(self, method: str, path: str, query: str) -> tuple[Optional[Fault], float, Optional[Injection]]:
         with self._lock:
             self.requests[method] += 1
             chosen: Optional[Fault] = None
@@ -281,12 +279,22 @@ class FaultProxy:
                 delay = max(delay, rule.delay)
                 if rule.decide() and chosen is None:
                     chosen = rule
+            injection = None
             if chosen is not None:
                 chosen.fired += 1
-                self.injections.append(Injection(method, path, query, chosen.status, chosen))
+                injection = Injection(method, path, query, chosen.status, chosen)
+                self.injections.append(injection)
             else:
                 self.forwarded += 1
-            return chosen, delay
+            return chosen, delay, injection
+
+    def _not_injected(self, injection: Injection) -> None:
+        """An ``after_forward`` fault whose request failed upstream: the real answer went
+        back, so it does not count as injected."""
+        with self._lock:
+            self.injections = [i for i in self.injections if i is not injection]
+            injection.fault.fired -= 1
+            self.forwarded += 1
 
     # ----------------------------------------------------------------- kubeconfig
 
@@ -435,13 +443,14 @@ class FaultProxy:
         from aiohttp import web
 
         method, path, query = request.method, request.path, request.query_string
-        fault, delay = self._choose(method, path, query)
+        fault, delay, injection = self._choose(method, path, query)
         if delay:
             await asyncio.sleep(delay)
         if fault is not None and fault.after_forward:
-            lost = await self._forward_whole(request)
-            if lost is not None:
-                return lost  # the API server itself failed: that answer stands
+            real = await self._forward_whole(request)
+            if real is not None:  # the API server itself refused: that answer stands
+                self._not_injected(injection)
+                return real
         if fault is not None:
             headers = {"Content-Type": "application/json", "Cache-Control": "no-cache, private"}
             if fault.retry_after is not None:

@@ -80,9 +80,13 @@ namespace-qualified Service name, because runner pods may run in other namespace
 {{- end }}
 {{- end }}
 
-{{/* Secret and key holding the Redis password; empty name when there is none. */}}
+{{/*
+Secret and key holding the Redis password; empty name when there is none. The in-chart
+Redis uses redis.existingSecret when given (GitOps tools that render with `helm template`
+cannot keep a generated password), else a Secret the chart generates.
+*/}}
 {{- define "kubescribe.redisSecretName" -}}
-{{- if .Values.redis.internal.enabled }}
+{{- if and .Values.redis.internal.enabled (not .Values.redis.existingSecret) }}
 {{- include "kubescribe.redisFullname" . }}
 {{- else }}
 {{- .Values.redis.existingSecret }}
@@ -90,7 +94,7 @@ namespace-qualified Service name, because runner pods may run in other namespace
 {{- end }}
 
 {{- define "kubescribe.redisSecretKey" -}}
-{{- if .Values.redis.internal.enabled }}
+{{- if and .Values.redis.internal.enabled (not .Values.redis.existingSecret) }}
 {{- print "redis-password" }}
 {{- else }}
 {{- .Values.redis.existingSecretPasswordKey }}
