@@ -139,6 +139,17 @@ class Metrics:
             registry=r,
         )
 
+        self._zero_known_labels()
+
+    def _zero_known_labels(self) -> None:
+        """Export every known label set at 0 from the start: increase() and rate() cannot
+        see the first event of a series that appears with value 1."""
+        for kind in ERROR_TYPES:
+            self.errors_total.labels(type=kind)
+        for op, results in (("get", ("hit", "miss", "error")), ("set", ("ok", "error")), ("clear", ("ok",))):
+            for result in results:
+                self.cache_operations_total.labels(operation=op, result=result)
+
     def error(self, kind: str) -> None:
         self.errors_total.labels(type=kind).inc()
 
@@ -196,3 +207,10 @@ class OperatorMetrics(Metrics):
             "Configured maximum of runner GPUs (or Jobs) in use at once.",
             registry=r,
         )
+        self.queue_oldest_seconds = Gauge(
+            "kubescribe_queue_oldest_seconds",
+            "Age of the oldest request still Queued (0 when the queue is empty).",
+            registry=r,
+        )
+        for outcome in ("created", "succeeded", "failed"):
+            self.jobs_total.labels(outcome=outcome)

@@ -60,6 +60,11 @@ class RunnerSettings(RedisSettings):
 
 
 class OperatorSettings(RedisSettings):
+    instance: str = Field(
+        "",
+        description="Release name, copied to runner Jobs as app.kubernetes.io/instance so two "
+        "installs in one cluster scrape and manage only their own runners.",
+    )
     namespace: str = Field(
         "",
         description="Namespace to watch; empty watches the whole cluster (the chart's "

@@ -299,6 +299,8 @@ class Operator:
         for ph, n in counts.items():
             self.metrics.requests.labels(phase=ph).set(n)
         self.metrics.queue_size.set(counts["Queued"])
+        oldest = min((e.created for e in entries if e.phase == "Queued" and e.created), default=None)
+        self.metrics.queue_oldest_seconds.set((_age_seconds(oldest) or 0.0) if oldest else 0.0)
         running = counts["Running"] + sum(1 for uid in self.in_flight if (self.registry.get(uid) or Entry(
             "", "", "", 0, None, None, 0, "", 1)).phase == "Queued")
         self.metrics.active_workers.set(running)
@@ -660,6 +662,12 @@ class Operator:
             self.fail_from_runner(body, "Timeout", f"no pooled runner finished it within "
                                   f"timeoutSeconds={spec.get('timeoutSeconds')}", status.get("attempts") or 0,
                                   "timeout")
+
+    def refresh_process_gauges(self) -> None:
+        import psutil
+
+        self.metrics.ram_usage_bytes.set(psutil.Process().memory_info().rss)
+        self.update_gauges()
 
     def healthy(self) -> tuple[bool, str]:
         idle = time.monotonic() - self.last_step

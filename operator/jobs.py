@@ -50,6 +50,10 @@ def redis_url_without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+def _instance(settings: OperatorSettings) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": _label_value(settings.instance)} if settings.instance else {}
+
+
 def _base_env(settings: OperatorSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBESCRIBE_REDIS_URL", "value": redis_url_without_credentials(settings.redis_url)},
@@ -137,6 +141,7 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_REQUEST: _label_value(meta["name"]),
         LABEL_REQUEST_UID: meta["uid"],
+        **_instance(settings),
     }
     env = [
         {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
@@ -190,6 +195,7 @@ def build_pool_job(settings: OperatorSettings, namespace: str, name: str) -> dic
         LABEL_COMPONENT: "runner",
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_POOL: "true",
+        **_instance(settings),
     }
     env = _base_env(settings) + [{"name": "KUBESCRIBE_POOL_IDLE_SECONDS", "value": str(settings.pool_idle_seconds)}]
     return {

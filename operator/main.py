@@ -72,13 +72,18 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = int(os.environ.get("KUBESCRIBE_WORKERS", "16"))
 
     conf = OperatorSettings()
+    if conf.namespace:
+        # Namespaced installs get a Role only: kopf must not try to scan namespaces and
+        # CRDs cluster-wide (it would retry refused calls for about a minute first).
+        settings.scanning.disabled = True
     metrics = OperatorMetrics()
     store = open_store(conf.redis_url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
     op = Operator(conf, store, _api_client(), metrics)
     if "@" in conf.redis_url.split("//", 1)[-1].split("/", 1)[0] and not conf.redis_secret_name:
         log.warning("KUBESCRIBE_REDIS_URL carries credentials, which are not passed to runners; "
                     "set KUBESCRIBE_REDIS_SECRET_NAME so runners can authenticate")
-    server = MetricsServer(metrics.registry, port=conf.metrics_port, health=op.healthy).start()
+    server = MetricsServer(metrics.registry, port=conf.metrics_port, health=op.healthy,
+                           before_scrape=op.refresh_process_gauges).start()
     log.info("kubescribe operator: budget=%d mode=%s namespace=%s metrics=:%d", conf.gpu_budget, conf.mode,
              conf.namespace or "*", server.port)
     tasks = [asyncio.create_task(_admission_loop(op)), asyncio.create_task(_resync_loop(op))]

@@ -301,7 +301,11 @@ def test_monitoring_objects(offline_helm):
     from kubescribe.operator.jobs import build_job
 
     body = {"metadata": {"name": "talk", "namespace": "media", "uid": str(uuid.uuid4()), "generation": 1}}
-    job = build_job(body, parse_spec({"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}}), OperatorSettings())
+    deploy = next(o for (kind, _), o in objs.items() if kind == "Deployment")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBESCRIBE_INSTANCE"] == "ks"
+    job = build_job(body, parse_spec({"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}}),
+                    OperatorSettings(instance=env["KUBESCRIBE_INSTANCE"]))
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     pm = objs[("PodMonitor", "ks-kubescribe-runner")]
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
