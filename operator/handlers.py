@@ -95,7 +95,7 @@ class Operator:
         self.events_api = client.CoreV1Api(api_client)
         self.registry = Registry()
         self.in_flight: dict[str, tuple[int, int]] = {}  # uid -> (generation, slots), admitted, not yet seen Running
-        self._lock = threading.Lock()
+        self._stripes = [threading.RLock() for _ in range(64)]
         self._wake = threading.Event()
         self.last_step = time.monotonic()
         self.synced = False
@@ -159,8 +159,48 @@ class Operator:
     def wake(self) -> None:
         self._wake.set()
 
-    # -- requests ---------------------------------------------------------------------
+    # -- per-request serialisation ---------------------------------------------------------
+    # Watch events, the admission loop, the outcome consumer and the resync can all reach
+    # the same request at once; a striped re-entrant lock keyed by uid makes each request's
+    # transitions happen one at a time, so an outcome is counted and announced once.
+    def _lock_for(self, uid: str) -> threading.RLock:
+        return self._stripes[hash(uid) % len(self._stripes)]
+
     def on_request(self, event_type: str | None, body: dict) -> None:
+        with self._lock_for(body["metadata"]["uid"]):
+            self._on_request(event_type, body)
+
+    def reconcile(self, body: dict) -> None:
+        meta = body["metadata"]
+        with self._lock_for(meta["uid"]):
+            seen = self.registry.get(meta["uid"])
+            if (seen is not None and seen.current and seen.phase not in (None, "Pending")
+                    and seen.generation >= (meta.get("generation") or 1)):
+                return  # handled already by another path since this body was read
+            self._reconcile(body)
+
+    def admit(self, e: Entry) -> None:
+        with self._lock_for(e.uid):
+            self._admit(e)
+
+    def apply_outcome(self, outcome: dict[str, Any]) -> None:
+        with self._lock_for(outcome["uid"]):
+            self._apply_outcome(outcome)
+
+    def on_job(self, event_type: str | None, job: dict) -> None:
+        owner = next((o for o in job["metadata"].get("ownerReferences") or []
+                      if o.get("kind") == "TranscriptionRequest"), None)
+        if owner is None:
+            return
+        with self._lock_for(owner["uid"]):
+            self._on_job(event_type, job)
+
+    def check_dispatched(self, body: dict) -> None:
+        with self._lock_for(body["metadata"]["uid"]):
+            self._check_dispatched(body)
+
+    # -- requests ---------------------------------------------------------------------
+    def _on_request(self, event_type: str | None, body: dict) -> None:
         """Every watch event of a request: keep the registry, reconcile when needed."""
         uid = body["metadata"]["uid"]
         if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
@@ -169,7 +209,8 @@ class Operator:
             self.wake()
             return
         entry = entry_from_body(body)
-        self.registry.upsert(entry)
+        if not self.registry.upsert_if_newer(entry):
+            return  # an older view than one already handled (e.g. by the resync)
         if entry.phase == "Running" and uid in self.in_flight:
             self.in_flight.pop(uid, None)
         if self.needs_reconcile(entry):
@@ -181,7 +222,7 @@ class Operator:
     def needs_reconcile(entry: Entry) -> bool:
         return entry.phase in (None, "Pending") or not entry.current
 
-    def reconcile(self, body: dict) -> None:
+    def _reconcile(self, body: dict) -> None:
         """A new request, a changed spec, or one left Pending: validate, cache, queue."""
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
@@ -305,7 +346,7 @@ class Operator:
             "", "", "", 0, None, None, 0, "", 1)).phase == "Queued")
         self.metrics.active_workers.set(running)
 
-    def admit(self, e: Entry) -> None:
+    def _admit(self, e: Entry) -> None:
         from kubernetes.client.exceptions import ApiException
 
         body = self.get_request(e.namespace, e.name)
@@ -452,7 +493,7 @@ class Operator:
                 except Exception as exc:  # left pending; retried after a restart
                     log.exception("outcome %s not applied: %s", entry_id, exc)
 
-    def apply_outcome(self, outcome: dict[str, Any]) -> None:
+    def _apply_outcome(self, outcome: dict[str, Any]) -> None:
         body = self.get_request(outcome["namespace"], outcome["name"])
         if body is None or body["metadata"]["uid"] != outcome["uid"]:
             return
@@ -480,7 +521,7 @@ class Operator:
                 raise
 
     # -- jobs -------------------------------------------------------------------------
-    def on_job(self, event_type: str | None, job: dict) -> None:
+    def _on_job(self, event_type: str | None, job: dict) -> None:
         meta = job["metadata"]
         owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TranscriptionRequest"), None)
         if owner is None:
@@ -619,10 +660,13 @@ class Operator:
     def resync(self) -> None:
         """List every request: rebuild the registry, retry Pending ones, find lost Jobs."""
         if self.settings.namespace:
-            items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.settings.namespace, PLURAL)["items"]
+            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.settings.namespace, PLURAL)
         else:
-            items = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        self.registry.replace_all(entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp"))
+            listing = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        items = listing["items"]
+        list_rv = (listing.get("metadata") or {}).get("resourceVersion")
+        self.registry.replace_all((entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")),
+                                  list_version=int(list_rv) if str(list_rv or "").isdigit() else 0)
         first = not self.synced
         self.synced = True
         for body in items:
@@ -653,7 +697,7 @@ class Operator:
         # status patch) is applied here.
         self.on_job("MODIFIED", self.batch.api_client.sanitize_for_serialization(job))
 
-    def check_dispatched(self, body: dict) -> None:
+    def _check_dispatched(self, body: dict) -> None:
         """A pooled request past its timeout (plus the reclaim delay) ends as Timeout."""
         status, spec = body.get("status") or {}, body.get("spec") or {}
         age = _age_seconds(status.get("startedAt") or "")

@@ -27,6 +27,7 @@ class Entry:
     cache_key: str | None = None
     job_name: str | None = None
     queue_position: int | None = None
+    resource_version: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -53,7 +54,17 @@ def entry_from_body(body: dict) -> Entry:
         created=meta.get("creationTimestamp") or "", slots=max(1, int(gpus or 0)),
         cache_key=status.get("cacheKey"), job_name=status.get("jobName"),
         queue_position=status.get("queuePosition"),
+        resource_version=_rv(meta.get("resourceVersion")),
     )
+
+
+def _rv(value) -> int:
+    """resourceVersions are opaque strings by contract, but etcd's are increasing integers;
+    they only order events here, and an unparsable one simply never wins."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def queue_order(entry: Entry) -> tuple:
@@ -123,13 +134,32 @@ class Registry:
         with self._lock:
             self._entries[entry.uid] = entry
 
+    def upsert_if_newer(self, entry: Entry) -> bool:
+        """Apply a watched object unless the registry already holds that version or a
+        later one (a resync LIST can be ahead of a queued watch event)."""
+        with self._lock:
+            seen = self._entries.get(entry.uid)
+            if seen is not None and entry.resource_version and entry.resource_version <= seen.resource_version:
+                return False
+            self._entries[entry.uid] = entry
+            return True
+
     def remove(self, uid: str) -> None:
         with self._lock:
             self._entries.pop(uid, None)
 
-    def replace_all(self, entries: Iterable[Entry]) -> None:
+    def replace_all(self, entries: Iterable[Entry], list_version: int = 0) -> None:
+        """Merge a full LIST: newer entries win; an entry missing from the list is dropped
+        only if it is not newer than the list itself (else it was created after it)."""
         with self._lock:
-            self._entries = {e.uid: e for e in entries}
+            fresh = {e.uid: e for e in entries}
+            for uid, seen in self._entries.items():
+                if uid in fresh:
+                    if seen.resource_version > fresh[uid].resource_version:
+                        fresh[uid] = seen
+                elif list_version and seen.resource_version > list_version:
+                    fresh[uid] = seen
+            self._entries = fresh
 
     def snapshot(self) -> list[Entry]:
         with self._lock:

@@ -340,3 +340,24 @@ def test_plan_over_a_registry_snapshot_matches_the_operator_flow():
     r.mark("uid-q0", phase="Succeeded")
     p = plan(r.snapshot(), budget=2)
     assert names(p.admit) == ["q2"] and p.positions == {}
+
+
+def test_registry_keeps_the_newest_view_of_a_request():
+    from dataclasses import replace
+
+    from kubescribe.operator.scheduler import Entry, Registry
+
+    base = Entry("ns", "a", "uid-a", 1, "Queued", 1, 0, "2026-01-01T00:00:00Z", 1, resource_version=10)
+    reg = Registry()
+    assert reg.upsert_if_newer(base)
+    assert not reg.upsert_if_newer(replace(base, phase=None, resource_version=9))  # an older event
+    assert not reg.upsert_if_newer(replace(base, resource_version=10))  # the same version again
+    assert reg.upsert_if_newer(replace(base, phase="Running", resource_version=11))
+    # A LIST taken before version 11 does not roll the entry back; a request created after
+    # the LIST survives it; one missing from a newer LIST is gone.
+    late = replace(base, uid="uid-b", name="b", resource_version=20)
+    reg.upsert(late)
+    reg.replace_all([replace(base, phase="Queued", resource_version=10)], list_version=15)
+    assert reg.get("uid-a").phase == "Running" and reg.get("uid-b") is not None
+    reg.replace_all([], list_version=25)
+    assert len(reg) == 0
