@@ -667,22 +667,23 @@ class Operator:
         list_rv = (listing.get("metadata") or {}).get("resourceVersion")
         self.registry.replace_all((entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")),
                                   list_version=int(list_rv) if str(list_rv or "").isdigit() else 0)
-        first = not self.synced
-        self.synced = True
         for body in items:
             entry = entry_from_body(body)
             try:
                 if self.needs_reconcile(entry):
                     self.reconcile(body)
                 elif entry.phase == "Running" and entry.job_name:
-                    self.check_job(body, entry.job_name, first)
+                    self.check_job(body, entry.job_name)
                 elif entry.phase == "Running" and self.pool:
                     self.check_dispatched(body)
             except Exception as exc:
                 log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
+        # Admission starts only after the first full pass: every request found at startup
+        # is queued by then, so the budget goes by priority, not by watch-event order.
+        self.synced = True
         self.wake()
 
-    def check_job(self, body: dict, name: str, first: bool) -> None:
+    def check_job(self, body: dict, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
         meta = body["metadata"]
