@@ -15,6 +15,7 @@ Both streams are trimmed (approximately) to MAXLEN entries so Redis memory stays
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,11 @@ OPERATOR_GROUP = "operator"
 #: A runner's entry is reclaimable after this long without a heartbeat. Runners renew
 #: their claim every HEARTBEAT_SECONDS while they transcribe, so only a dead runner's
 #: entries go idle this long.
-CLAIM_IDLE_MS = 60_000
+CLAIM_IDLE_MS = int(os.environ.get("KUBESCRIBE_CLAIM_IDLE_MS", "60000"))
 HEARTBEAT_SECONDS = 10.0
+#: An entry delivered this many times took a runner down with it each time: it is
+#: answered as failed instead of crashing the next runner too.
+MAX_DELIVERIES = 3
 MAXLEN = 100_000
 
 

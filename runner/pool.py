@@ -27,6 +27,7 @@ from kubescribe.streams import (
     CLAIM_IDLE_MS,
     DONE_STREAM,
     HEARTBEAT_SECONDS,
+    MAX_DELIVERIES,
     MAXLEN,
     QUEUE_STREAM,
     RUNNERS_GROUP,
@@ -74,12 +75,35 @@ def _next_entry(client, consumer: str, block_ms: int):
     entries = claimed[1] if claimed and len(claimed) > 1 else []
     entries = [e for e in entries if e and e[1]]
     if entries:
+        entry_id, fields = entries[0]
+        pending = client.xpending_range(QUEUE_STREAM, RUNNERS_GROUP, min=entry_id, max=entry_id, count=1)
+        deliveries = pending[0]["times_delivered"] if pending else 1
+        if deliveries > MAX_DELIVERIES:
+            _give_up(client, entry_id, fields, deliveries)
+            return None
         return entries[0]
     got = client.xreadgroup(RUNNERS_GROUP, consumer, {QUEUE_STREAM: ">"}, count=1, block=block_ms)
     for _stream, items in got or []:
         for item in items:
             return item
     return None
+
+
+def _give_up(client, entry_id, fields, deliveries: int) -> None:
+    """A poison entry: report it failed and acknowledge it, so no more runners die on it."""
+    try:
+        item = WorkItem.from_fields(fields)
+    except (KeyError, ValueError):
+        client.xack(QUEUE_STREAM, RUNNERS_GROUP, entry_id)
+        return
+    summary = {"ok": False, "reason": "RunnerCrashed", "final": True,
+               "message": f"the request was taken by {deliveries} runners and none finished it "
+                          "(each crashed or was killed); giving up"}
+    pipe = client.pipeline()
+    pipe.xadd(DONE_STREAM, outcome_fields(item, summary, deliveries), maxlen=MAXLEN, approximate=True)
+    pipe.xack(QUEUE_STREAM, RUNNERS_GROUP, entry_id)
+    pipe.execute()
+    log.error("%s/%s given up after %d deliveries", item.namespace, item.name, deliveries)
 
 
 def process(client, store, engine: Engine, metrics: Metrics, consumer: str, entry_id, fields) -> None:
