@@ -33,7 +33,7 @@ def cache_hit_latency(ctx: Context) -> Outcome:
     from kubernetes import client
 
     from kubescribe.models import parse_spec
-    from kubescribe.operator.handlers import known_cache_key
+    from kubescribe.store import known_cache_key
     from kubescribe.store import Store
 
     out = Outcome("cache_hit_latency", "Cache-hit latency: create -> watch sees Succeeded")
@@ -100,7 +100,7 @@ def cache_hit_latency(ctx: Context) -> Outcome:
     seen = median(shipped["seen"])
     out.measured = (
         f"{n} TranscriptionRequests, created one at a time, whose result (a real tiny.en transcript) is already in "
-        "Redis under the cache key the operator computes (`operator.handlers.known_cache_key`). Latency is from "
+        "Redis under the cache key the operator computes (`kubescribe.store.known_cache_key`). Latency is from "
         "just before the create call to the moment a Kubernetes watch on the namespace, opened before the first "
         "create, reads the event with `phase: Succeeded` (and `cached: true`, checked). Real kube-apiserver "
         "and etcd, the real operator process (job mode, gpu budget 2), real redis-server; one warm-up request "

@@ -74,6 +74,43 @@ def cache_key(audio_sha256: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def audio_sha_from_key(key: str | None) -> str | None:
+    """The SHA-256 named by a ``kubescribe:audio:<sha256>`` key, or None for other keys."""
+    if key and key.startswith(AUDIO_PREFIX):
+        tail = key[len(AUDIO_PREFIX):]
+        if len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
+            return tail
+    return None
+
+
+def known_cache_key(spec) -> tuple[str | None, str | None]:
+    """(cache key, audio SHA-256) of a request when its audio hash is known without
+    fetching the audio (``audio.sha256``, or a content-addressed Redis key); else Nones.
+
+    ``spec`` is a :class:`kubescribe.models.TranscriptionSpec`.
+    """
+    sha = spec.audio.sha256 or audio_sha_from_key(spec.audio.redis_key)
+    return (cache_key(sha, spec.output_params()) if sha else None), sha
+
+
+def result_summary(result: Mapping[str, Any], cache_key: str, result_key: str, *, cached: bool) -> dict[str, Any]:
+    """The short summary of a result document: what a runner leaves in its termination
+    message and the operator copies into the request's status."""
+    return {
+        "ok": True,
+        "cached": cached,
+        "cacheKey": cache_key,
+        "resultKey": result_key,
+        "audioSha256": result.get("audio_sha256"),
+        "language": result.get("language"),
+        "languageProbability": result.get("language_probability"),
+        "audioDurationSeconds": result.get("audio_duration_seconds"),
+        "processingSeconds": result.get("processing_seconds"),
+        "realtimeFactor": result.get("realtime_factor"),
+        "textPreview": (result.get("text") or "")[:200],
+    }
+
+
 def encode_result(result: Mapping[str, Any], codec: str = "gzip", level: int = 6) -> bytes:
     raw = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
     if codec == "gzip":

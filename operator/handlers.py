@@ -22,7 +22,7 @@ from kubescribe import GROUP, PLURAL, VERSION
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, TranscriptionSpec, now_rfc3339, parse_spec
 from kubescribe.settings import OperatorSettings
-from kubescribe.store import AUDIO_PREFIX, Store, StoreError, cache_key, result_key
+from kubescribe.store import Store, StoreError, known_cache_key, result_key, result_summary
 from kubescribe.streams import (
     CLAIM_IDLE_MS,
     DONE_STREAM,
@@ -47,15 +47,6 @@ POSITION_PATCHES_PER_STEP = 50
 
 #: Events are posted as this component (kubectl describe shows "From: kubescribe-operator").
 EVENT_SOURCE = "kubescribe-operator"
-
-
-def known_cache_key(spec: TranscriptionSpec) -> tuple[str | None, str | None]:
-    sha = spec.audio.sha256
-    if not sha and spec.audio.redis_key and spec.audio.redis_key.startswith(AUDIO_PREFIX):
-        tail = spec.audio.redis_key[len(AUDIO_PREFIX):]
-        if len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
-            sha = tail
-    return (cache_key(sha, spec.output_params()) if sha else None), sha
 
 
 def _error_type(reason: str) -> str:
@@ -94,7 +85,6 @@ class Operator:
         # Events are best effort: one try, so a throttled API server does not slow admission.
         self.events_api = client.CoreV1Api(api_client)
         self.registry = Registry()
-        self.in_flight: dict[str, tuple[int, int]] = {}  # uid -> (generation, slots), admitted, not yet seen Running
         self._stripes = [threading.RLock() for _ in range(64)]
         self._wake = threading.Event()
         self.last_step = time.monotonic()
@@ -191,9 +181,9 @@ class Operator:
         owner = next((o for o in job["metadata"].get("ownerReferences") or []
                       if o.get("kind") == "TranscriptionRequest"), None)
         if owner is None:
-            return
+            return  # a pooled runner: it serves many requests and reports through Redis
         with self._lock_for(owner["uid"]):
-            self._on_job(event_type, job)
+            self._on_job(event_type, job, owner)
 
     def check_dispatched(self, body: dict) -> None:
         with self._lock_for(body["metadata"]["uid"]):
@@ -205,14 +195,11 @@ class Operator:
         uid = body["metadata"]["uid"]
         if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
             self.registry.remove(uid)
-            self.in_flight.pop(uid, None)
             self.wake()
             return
         entry = entry_from_body(body)
         if not self.registry.upsert_if_newer(entry):
             return  # an older view than one already handled (e.g. by the resync)
-        if entry.phase == "Running" and uid in self.in_flight:
-            self.in_flight.pop(uid, None)
         if self.needs_reconcile(entry):
             self.reconcile(body)
         elif entry.phase in TERMINAL_PHASES or entry.phase == "Queued":
@@ -231,7 +218,6 @@ class Operator:
         if status.get("phase") == "Running" and status.get("jobName"):
             # The spec changed under a running Job: that Job works on the old spec.
             self.delete_job(ns, status["jobName"])
-            self.in_flight.pop(meta["uid"], None)
         try:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as exc:
@@ -263,7 +249,7 @@ class Operator:
 
     def finish_cached(self, body: dict, spec: TranscriptionSpec, key: str, hit: dict) -> None:
         meta = body["metadata"]
-        summary = st.summary_from_result(hit, key, result_key(key))
+        summary = result_summary(hit, key, result_key(key), cached=True)
         new = st.succeeded(body, summary, cached=True, message="answered from the result cache")
         if self.patch_status(meta["namespace"], meta["name"], new) is None:
             return
@@ -294,11 +280,12 @@ class Operator:
         if not self.synced:
             return
         entries = self.registry.snapshot()
-        in_flight = {uid: slots for uid, (gen, slots) in self.in_flight.items()}
         if self.pool:  # every request is one unit of pool work, whatever it asked for
             entries = [replace(e, slots=1) for e in entries]
-            in_flight = {uid: 1 for uid in in_flight}
-        p = plan(entries, self.capacity(), in_flight)
+        # plan() fits this pass's admissions into the budget; each admission marks its
+        # request Running in the registry, so the next pass counts it before its watch
+        # event arrives.
+        p = plan(entries, self.capacity())
         for e in p.admit:
             try:
                 self.admit(e)
@@ -342,13 +329,9 @@ class Operator:
         self.metrics.queue_size.set(counts["Queued"])
         oldest = min((e.created for e in entries if e.phase == "Queued" and e.created), default=None)
         self.metrics.queue_oldest_seconds.set((_age_seconds(oldest) or 0.0) if oldest else 0.0)
-        running = counts["Running"] + sum(1 for uid in self.in_flight if (self.registry.get(uid) or Entry(
-            "", "", "", 0, None, None, 0, "", 1)).phase == "Queued")
-        self.metrics.active_workers.set(running)
+        self.metrics.active_workers.set(counts["Running"])
 
     def _admit(self, e: Entry) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         body = self.get_request(e.namespace, e.name)
         if body is None or body["metadata"]["uid"] != e.uid:
             self.registry.remove(e.uid)
@@ -376,14 +359,9 @@ class Operator:
         if self.pool:
             self.dispatch(e, body, spec)
             return
-        job = build_job(body, spec, self.settings)
-        self.in_flight[e.uid] = (e.generation, e.slots)
-        try:
-            self._start_job(e, body, status, job)
-        finally:
-            # Whatever happened, this uid no longer waits for its Running status: on an
-            # error the next pass re-admits it and adopts the Job (409) or finds the cache.
-            self.in_flight.pop(e.uid, None)
+        # On an error the request stays Queued: the next pass re-admits it and adopts the
+        # Job (409) or finds its result in the cache.
+        self._start_job(e, body, status, build_job(body, spec, self.settings))
 
     def _start_job(self, e: Entry, body: dict, status: dict, job: dict) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -429,21 +407,17 @@ class Operator:
         except Exception as exc:
             self.metrics.error("redis")
             raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
-        self.in_flight[e.uid] = (e.generation, 1)
         status = body.get("status") or {}
         gen = meta.get("generation")
         conds = st.set_condition(status.get("conditions"), st.ADMITTED, True, "Dispatched",
                                  "sent to the runner pool", gen)
         conds = st.set_condition(conds, st.READY, False, "Running", "waiting for a pooled runner", gen)
-        try:
-            self.patch_status(e.namespace, e.name, {
-                "phase": "Running", "reason": "Dispatched", "message": "sent to the runner pool",
-                "jobName": None, "startedAt": now_rfc3339(), "queuePosition": None, "attempts": 0,
-                "conditions": conds,
-            })
-            self.registry.mark(e.uid, phase="Running", job_name=None, queue_position=None)
-        finally:
-            self.in_flight.pop(e.uid, None)
+        self.patch_status(e.namespace, e.name, {
+            "phase": "Running", "reason": "Dispatched", "message": "sent to the runner pool",
+            "jobName": None, "startedAt": now_rfc3339(), "queuePosition": None, "attempts": 0,
+            "conditions": conds,
+        })
+        self.registry.mark(e.uid, phase="Running", job_name=None, queue_position=None)
         age = _age_seconds(meta.get("creationTimestamp", ""))
         if age is not None:
             self.metrics.queue_wait_seconds.observe(age)
@@ -521,11 +495,8 @@ class Operator:
                 raise
 
     # -- jobs -------------------------------------------------------------------------
-    def _on_job(self, event_type: str | None, job: dict) -> None:
+    def _on_job(self, event_type: str | None, job: dict, owner: dict) -> None:
         meta = job["metadata"]
-        owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TranscriptionRequest"), None)
-        if owner is None:
-            return
         body = self.get_request(meta["namespace"], owner["name"])
         if body is None or body["metadata"]["uid"] != owner["uid"]:
             return
@@ -599,7 +570,7 @@ class Operator:
                 self.finish_failed(body, "NoResult", "the runner finished but left no result summary and "
                                    "no result in Redis", error_type="internal")
                 return
-            summary = st.summary_from_result(hit, key, result_key(key))
+            summary = result_summary(hit, key, result_key(key), cached=False)
         self.metrics.jobs_total.labels(outcome="succeeded").inc()
         self.complete(body, summary, attempts, f"Job {job}")
 

@@ -109,18 +109,3 @@ def succeeded(body: dict, summary: dict[str, Any], *, cached: bool, message: str
     if out.get("textPreview"):
         out["textPreview"] = out["textPreview"][:200]
     return out
-
-
-def summary_from_result(result: dict[str, Any], cache_key: str, result_key: str) -> dict[str, Any]:
-    """The termination-message summary shape, built from a cached result document."""
-    return {
-        "cacheKey": cache_key,
-        "resultKey": result_key,
-        "audioSha256": result.get("audio_sha256"),
-        "language": result.get("language"),
-        "languageProbability": result.get("language_probability"),
-        "audioDurationSeconds": result.get("audio_duration_seconds"),
-        "processingSeconds": result.get("processing_seconds"),
-        "realtimeFactor": result.get("realtime_factor"),
-        "textPreview": (result.get("text") or "")[:200],
-    }

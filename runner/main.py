@@ -63,18 +63,22 @@ def refresh_resource_gauges(metrics: Metrics, nvml: Nvml) -> None:
         metrics.gpu_memory_used_bytes.labels(gpu=str(g.index)).set(g.memory_used_bytes)
 
 
+def start_metrics_server(settings: RunnerSettings, metrics: Metrics, nvml: Nvml) -> MetricsServer | None:
+    """Serve /metrics and /healthz on ``settings.metrics_port`` (-1: not at all)."""
+    if settings.metrics_port < 0:
+        return None
+    try:
+        return MetricsServer(metrics.registry, port=settings.metrics_port,
+                             before_scrape=lambda: refresh_resource_gauges(metrics, nvml)).start()
+    except OSError as exc:  # metrics are not worth failing a transcription over
+        log.warning("metrics server not started on :%d: %s", settings.metrics_port, exc)
+        return None
+
+
 def cmd_run(settings: RunnerSettings) -> int:
     metrics = Metrics()
     nvml = Nvml()
-    server = None
-    if settings.metrics_port >= 0:
-        try:
-            server = MetricsServer(
-                metrics.registry, port=settings.metrics_port,
-                before_scrape=lambda: refresh_resource_gauges(metrics, nvml),
-            ).start()
-        except OSError as exc:  # metrics are not worth failing a transcription over
-            log.warning("metrics server not started on :%d: %s", settings.metrics_port, exc)
+    server = start_metrics_server(settings, metrics, nvml)
     term = settings.termination_log
     try:
         try:

@@ -20,7 +20,6 @@ import time
 
 from kubescribe.metrics import Metrics
 from kubescribe.models import InvalidSpec, parse_spec
-from kubescribe.serving import MetricsServer
 from kubescribe.settings import RunnerSettings
 from kubescribe.store import StoreError, open_store
 from kubescribe.streams import (
@@ -142,19 +141,12 @@ def process(client, store, engine: Engine, metrics: Metrics, consumer: str, entr
 
 
 def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_tasks: int | None = None) -> int:
-    from .main import refresh_resource_gauges
+    from .main import start_metrics_server
 
     idle = settings.pool_idle_seconds if idle_seconds is None else idle_seconds
     consumer = settings.consumer or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     metrics = Metrics()
-    nvml = Nvml()
-    server = None
-    if settings.metrics_port >= 0:
-        try:
-            server = MetricsServer(metrics.registry, port=settings.metrics_port,
-                                   before_scrape=lambda: refresh_resource_gauges(metrics, nvml)).start()
-        except OSError as exc:
-            log.warning("metrics server not started on :%d: %s", settings.metrics_port, exc)
+    server = start_metrics_server(settings, metrics, Nvml())
     store = open_store(settings.redis_url, settings.redis_password, metrics=metrics, ca_file=settings.redis_ca_file)
     client = store.client
     engine = Engine(EngineOptions(), metrics=metrics)

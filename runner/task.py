@@ -16,7 +16,15 @@ from typing import Any
 
 from kubescribe.metrics import Metrics
 from kubescribe.models import TranscriptionSpec
-from kubescribe.store import AUDIO_PREFIX, AudioNotFound, Store, StoreError, cache_key, sha256_hex
+from kubescribe.store import (
+    AudioNotFound,
+    Store,
+    StoreError,
+    cache_key,
+    known_cache_key,
+    result_summary,
+    sha256_hex,
+)
 
 from .engine import BadAudio, Engine, ModelLoadError, ProgressFn
 
@@ -55,34 +63,7 @@ class TaskOutcome:
 
     def summary(self) -> dict[str, Any]:
         """The short JSON the runner leaves in its termination message."""
-        r = self.result
-        return {
-            "ok": True,
-            "cached": self.cached,
-            "cacheKey": self.cache_key,
-            "resultKey": self.result_key,
-            "audioSha256": self.audio_sha256,
-            "language": r.get("language"),
-            "languageProbability": r.get("language_probability"),
-            "audioDurationSeconds": r.get("audio_duration_seconds"),
-            "processingSeconds": r.get("processing_seconds"),
-            "realtimeFactor": r.get("realtime_factor"),
-            "textPreview": (r.get("text") or "")[:200],
-        }
-
-
-def sha_from_audio_key(key: str) -> str | None:
-    if key.startswith(AUDIO_PREFIX):
-        tail = key[len(AUDIO_PREFIX):]
-        if len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
-            return tail
-    return None
-
-
-def known_cache_key(spec: TranscriptionSpec) -> str | None:
-    """The cache key when the audio hash is known without fetching the audio."""
-    sha = spec.audio.sha256 or (sha_from_audio_key(spec.audio.redis_key) if spec.audio.redis_key else None)
-    return cache_key(sha, spec.output_params()) if sha else None
+        return result_summary(self.result, self.cache_key, self.result_key, cached=self.cached)
 
 
 def _download(url: str, limit: int) -> bytes:
@@ -141,7 +122,7 @@ def run_task(
     ``audio`` skips the fetch (the local CLI already holds the bytes).
     """
     try:
-        key = known_cache_key(spec) if audio is None else None
+        key = known_cache_key(spec)[0] if audio is None else None
         if key and spec.cache.enabled:
             hit = store.get_result(key)
             if hit is not None:

@@ -13,7 +13,6 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml

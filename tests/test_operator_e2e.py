@@ -237,7 +237,7 @@ def test_deleting_a_running_request_deletes_its_job(
 def test_pool_mode_transcribes_a_burst_with_warm_runners(
         operator_factory, requests_api, redis_server, speech_dir, fake_kubelet):
     redis_server.client().flushdb()
-    op = operator_factory(mode="pool", gpu_budget="2", requests_per_runner="2", pool_idle_seconds="3")
+    operator_factory(mode="pool", gpu_budget="2", requests_per_runner="2", pool_idle_seconds="3")
     names = []
     for i, audio in enumerate(["fox", "weather", "library", "fox"]):
         name = f"pooled-{i}"
