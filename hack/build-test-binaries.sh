@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
-# etcd, kube-apiserver, kube-controller-manager, helm, prometheus and promtool.
+# etcd, the Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool.
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -17,10 +18,11 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.313.5}"   # Prometheus 3.x
+COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 export CGO_ENABLED=0 GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
 log() { printf '[build-test-binaries] %s\n' "$*" >&2; }
 
@@ -59,8 +61,8 @@ GO
 
 build_kube() {
   local out="$TOOLS_DIR/kubernetes-$K8S_VERSION"
-  have "$out" kube-apiserver kube-controller-manager && { log "kubernetes $K8S_VERSION cached"; return; }
-  log "building kube-apiserver and kube-controller-manager $K8S_VERSION"
+  have "$out" "${KUBE_CMDS[@]}" && { log "kubernetes $K8S_VERSION cached"; return; }
+  log "building ${KUBE_CMDS[*]} $K8S_VERSION"
   local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/kubetool
   local staging="v0.${K8S_VERSION#v1.}"
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
@@ -80,6 +82,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
     go mod tidy
@@ -89,10 +94,18 @@ GO
       ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
       ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
     done
-    go build -trimpath -ldflags "$ld" -o "$out/bin/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    # One `go build` for all five: they share most packages, so the node costs little
+    # more than the control plane alone.
+    go build -trimpath -ldflags "$ld" -o "$out/bin/" "${KUBE_CMDS[@]/#/k8s.io/kubernetes/cmd/}"
   )
   rm -rf "$w"
+}
+
+build_coredns() {
+  local out="$TOOLS_DIR/coredns-$COREDNS_VERSION"
+  have "$out" coredns && { log "coredns $COREDNS_VERSION cached"; return; }
+  log "building coredns $COREDNS_VERSION"
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
 }
 
 build_helm() {
@@ -159,7 +172,8 @@ GO
 
 print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
-    "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
+    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -168,6 +182,7 @@ case "${1:-all}" in
   kube) build_kube ;;
   helm) build_helm ;;
   prometheus) build_prometheus ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|--print-path]" >&2; exit 2 ;;
+  coredns) build_coredns ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|--print-path]" >&2; exit 2 ;;
 esac

@@ -84,7 +84,12 @@ class _Pki:
         self.sa_pub = self.dir / "sa.pub"
 
 
-def _generate_pki(directory: Path) -> _Pki:
+def _generate_pki(
+    directory: Path,
+    *,
+    host: str = "127.0.0.1",
+    service_cidr: str = SERVICE_CLUSTER_IP_RANGE,
+) -> _Pki:
     """A throwaway CA, API server serving cert, admin client cert and SA key pair.
 
     TLS keys are EC P-256 (milliseconds to make); the ServiceAccount signing key is RSA
@@ -169,14 +174,14 @@ def _generate_pki(directory: Path) -> _Pki:
             builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
         return builder.sign(ca_key, hashes.SHA256()), key
 
-    service_ip = next(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE).hosts())  # 10.96.0.1
+    service_ip = next(ipaddress.ip_network(service_cidr).hosts())  # 10.96.0.1 by default
+    hosts = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(host), service_ip}
     serving, serving_key = leaf(
         "kube-apiserver",
         None,
         ExtendedKeyUsageOID.SERVER_AUTH,
         [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(service_ip),
+            *(x509.IPAddress(ip) for ip in sorted(hosts)),
             x509.DNSName("localhost"),
             x509.DNSName("kubernetes"),
             x509.DNSName("kubernetes.default"),
@@ -321,6 +326,13 @@ class KubeCluster:
             discovery at start and then only every 30 s, so a Job owned by a custom
             resource of a CRD installed later is collected up to ~30 s late; CRDs
             installed here are known to it from the start.
+        host: the address the API server binds and advertises. Loopback (the default)
+            for a control plane alone; a real node's pods reach the API server through
+            the ``kubernetes`` Service, whose endpoint must be this address, so the
+            real-node fixture passes its bridge address.
+        service_cidr: ``--service-cluster-ip-range``; the first address is the
+            ``kubernetes`` Service and is in the serving certificate.
+        api_port: the API server's port; a free one when not given.
 
     Use as a context manager or call ``start()`` / ``stop()``. After ``start()``:
     ``server_url``, ``kubeconfig_path``, ``ca_path``, ``api_client()``, ``kubectl()``,
@@ -338,8 +350,14 @@ class KubeCluster:
         keep_workdir: Optional[bool] = None,
         verbosity: int = 1,
         crds: Sequence[os.PathLike[str] | str] = (),
+        host: str = "127.0.0.1",
+        service_cidr: str = SERVICE_CLUSTER_IP_RANGE,
+        api_port: Optional[int] = None,
     ) -> None:
         self.crds = [str(p) for p in crds]
+        self.host = host
+        self.service_cidr = service_cidr
+        self.api_port = api_port
         self.controllers = tuple(controllers)
         self.apiserver_args = list(apiserver_args)
         self.controller_manager_args = list(controller_manager_args)
@@ -385,7 +403,7 @@ class KubeCluster:
         atexit.register(self.stop)
         t0 = time.monotonic()
         try:
-            self.pki = _generate_pki(self.workdir / "pki")
+            self.pki = _generate_pki(self.workdir / "pki", host=self.host, service_cidr=self.service_cidr)
             self.ca_path = str(self.pki.ca_cert)
             self.admin_cert_path = str(self.pki.admin_cert)
             self.admin_key_path = str(self.pki.admin_key)
@@ -466,15 +484,16 @@ class KubeCluster:
 
     def _start_apiserver(self, binary: str) -> None:
         assert self.pki is not None
-        port = free_port()
-        self.server_url = f"https://127.0.0.1:{port}"
+        port = self.api_port or free_port(self.host)
+        self.server_url = f"https://{self.host}:{port}"
+        loopback = ipaddress.ip_address(self.host).is_loopback
         self.apiserver = ManagedProcess(
             "kube-apiserver",
             [
                 binary,
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={self.pki.serving_cert}",
@@ -484,12 +503,16 @@ class KubeCluster:
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={self.pki.sa_pub}",
                 f"--service-account-signing-key-file={self.pki.sa_key}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--allow-privileged=true",
-                # The "kubernetes" Service's endpoint would be 127.0.0.1, which Endpoints
-                # validation rejects (loopback); without a reconciler the apiserver does
-                # not retry that write every few seconds. Nothing in-cluster dials it.
-                "--endpoint-reconciler-type=none",
+                # On loopback the "kubernetes" Service's endpoint would be 127.0.0.1, which
+                # Endpoints validation rejects; without a reconciler the apiserver does not
+                # retry that write every few seconds. Nothing in-cluster dials it there.
+                *(["--endpoint-reconciler-type=none"] if loopback else []),
+                # logs/exec: the API server calls the kubelet with the admin identity.
+                f"--kubelet-client-certificate={self.pki.admin_cert}",
+                f"--kubelet-client-key={self.pki.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--v={self.verbosity}",
                 *self.apiserver_args,
             ],
