@@ -7,14 +7,39 @@ what it is.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import ipaddress
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class _Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBESCRIBE_", extra="ignore")
+
+
+def _cidr_list(value: str) -> str:
+    """Comma-separated CIDRs, checked and normalised (``10.1.2.3/8`` -> ``10.0.0.0/8``)."""
+    nets = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            nets.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP range in CIDR notation (e.g. 10.0.0.0/8, fd00::/8)") from None
+    return ",".join(nets)
+
+
+#: Comma-separated CIDRs ("127.0.0.0/8,fd00::/8"); a bare address is a /32 or /128.
+CidrList = Annotated[str, AfterValidator(_cidr_list)]
+
+AUDIO_URL_ALLOW_CIDRS_HELP = (
+    "Comma-separated CIDRs that runners may download spec.audio.url from even though they "
+    "are refused by default (loopback, link-local and cloud metadata, unspecified, "
+    "multicast, the Kubernetes API server). Private ranges are allowed without it. Empty: "
+    "nothing refused is allowed."
+)
 
 
 class RedisSettings(_Settings):
@@ -34,7 +59,19 @@ class RedisSettings(_Settings):
     )
 
 
-class RunnerSettings(RedisSettings):
+class AudioUrlSettings(_Settings):
+    """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
+
+    audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
+    kubernetes_service_host: str | None = Field(
+        None,
+        validation_alias="KUBERNETES_SERVICE_HOST",
+        description="The API server's Service address, which the kubelet sets in every "
+        "container; audio URLs may not point at it. Unset outside a cluster.",
+    )
+
+
+class RunnerSettings(RedisSettings, AudioUrlSettings):
     spec: str | None = Field(
         None, description="The request spec as JSON; the operator sets it on the Job."
     )
@@ -153,3 +190,4 @@ class OperatorSettings(RedisSettings):
     max_audio_bytes: int = Field(
         512 * 1024 * 1024, description="Largest audio a runner accepts (512 MiB)."
     )
+    audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)

@@ -69,6 +69,8 @@ def _base_env(settings: OperatorSettings) -> list[dict[str, Any]]:
             "name": settings.redis_secret_name, "key": settings.redis_secret_key}}})
     if settings.model_cache_pvc:
         env.append({"name": "KUBESCRIBE_MODEL_DIR", "value": settings.model_cache_mount_path})
+    if settings.audio_url_allow_cidrs:
+        env.append({"name": "KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS", "value": settings.audio_url_allow_cidrs})
     return env
 
 

@@ -10,12 +10,13 @@ import hashlib
 import logging
 import os
 import time
-import urllib.request
+import urllib.error
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubescribe.metrics import Metrics
 from kubescribe.models import TranscriptionSpec
+from kubescribe.settings import AudioUrlSettings
 from kubescribe.store import (
     AudioNotFound,
     Store,
@@ -27,6 +28,7 @@ from kubescribe.store import (
 )
 
 from .engine import BadAudio, Engine, ModelLoadError, ProgressFn
+from .url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,13 @@ class TaskOutcome:
         return result_summary(self.result, self.cache_key, self.result_key, cached=self.cached)
 
 
-def _download(url: str, limit: int) -> bytes:
-    req = urllib.request.Request(url, headers={"User-Agent": "kubescribe-runner"})
+def _download(url: str, limit: int, guard: UrlGuard | None = None) -> bytes:
+    """GET ``url`` from a destination the guard allows (by default: settings from the
+    environment, see kubescribe.runner.url_guard)."""
+    if guard is None:
+        guard = UrlGuard.from_settings(AudioUrlSettings())
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (http/https only, CRD pattern)
+        with open_url(url, guard, timeout=60, headers={"User-Agent": "kubescribe-runner"}) as resp:
             chunks, total = [], 0
             while chunk := resp.read(1 << 20):
                 total += len(chunk)
@@ -80,6 +85,13 @@ def _download(url: str, limit: int) -> bytes:
             return b"".join(chunks)
     except TaskError:
         raise
+    except URLRefused as exc:
+        via = f" (redirected to {exc.url})" if exc.url and exc.url != url else ""
+        raise TaskError("AudioURLForbidden", f"GET {url}{via}: {exc.message}", final=True,
+                        error_type="invalid_spec") from None
+    except TooManyRedirects as exc:
+        raise TaskError("AudioDownloadFailed", f"GET {url}: {exc}", final=True,
+                        error_type="audio_not_found") from None
     except urllib.error.HTTPError as exc:
         final = 400 <= exc.code < 500 and exc.code not in (408, 429)
         raise TaskError("AudioDownloadFailed", f"GET {url}: HTTP {exc.code}", final=final,

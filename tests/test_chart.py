@@ -90,6 +90,8 @@ def test_chart_refuses_clusters_older_than_1_29(offline_helm):
     ({"operator": {"gpuBudget": 0}}, "gpuBudget"),
     ({"operator": {"mode": "batch"}}, "mode"),
     ({"redis": {"url": "http://redis:6379"}}, "url"),
+    ({"runner": {"audioUrlAllowCidrs": ["localhost"]}}, "audioUrlAllowCidrs"),
+    ({"runner": {"audioUrlAllowCidrs": "127.0.0.0/8"}}, "audioUrlAllowCidrs"),
 ])
 def test_schema_rejects_unknown_or_invalid_values(offline_helm, values, complaint):
     proc = offline_helm.template("ks", CHART, values=values, check=False)
@@ -205,6 +207,7 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
             "env": {"KUBESCRIBE_OFFLINE": "1", "OMP_NUM_THREADS": 4, "WEIRD_VALUE": "a\"b'c {\"x\": 1}"},
             "modelCache": {"existingClaim": "whisper-models", "mountPath": "/mnt/models"},
             "jobTtlSeconds": 600, "metricsPort": 9500,
+            "audioUrlAllowCidrs": ["127.0.0.0/8", "10.1.2.3/32", "fd00:ec2::254/128"],
         },
         "redis": {"url": "rediss://redis.cache.svc:6380/2", "existingSecret": "redis-auth",
                   "existingSecretPasswordKey": "password"},
@@ -246,10 +249,13 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
     assert (s.model_cache_pvc, s.model_cache_mount_path) == ("whisper-models", "/mnt/models")
     assert (s.job_ttl_seconds, s.runner_metrics_port, s.metrics_port) == (600, 9500, 8080)
     assert float(plain["KUBESCRIBE_RESYNC_SECONDS"]) == 12.5
+    assert s.audio_url_allow_cidrs == "127.0.0.0/8,10.1.2.3/32,fd00:ec2::254/128"
 
     # Without a model volume, runners get a writable model directory.
     s_default = {e["name"]: e.get("value") for e in deployment_env(render(offline_helm))}
     assert json.loads(s_default["KUBESCRIBE_RUNNER_ENV"]) == {"KUBESCRIBE_MODEL_DIR": "/tmp/models"}
+    # Nothing refused by default is allowed by default.
+    assert s_default["KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS"] == ""
 
 
 def test_in_chart_redis(offline_helm):

@@ -288,6 +288,15 @@ def test_password_from_environment_is_not_copied_into_the_job(monkeypatch):
     assert env(job_for(conf=conf))["KUBESCRIBE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis"
 
 
+def test_audio_url_allow_list_reaches_job_and_pooled_runners(monkeypatch):
+    assert "KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS" not in env(job_for())
+    monkeypatch.setenv("KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS", "10.0.0.5/32, 127.0.0.1/8")
+    conf = OperatorSettings()
+    for job in (job_for(conf=conf), build_pool_job(conf, "ns", "pool-1")):
+        e = {x["name"]: x for x in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert e["KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS"]["value"] == "10.0.0.5/32,127.0.0.0/8"
+
+
 # -- volumes ----------------------------------------------------------------------------
 
 

@@ -134,6 +134,7 @@ def test_runner_process_writes_result_and_termination_message(redis_server, spee
         ("invalid_spec", EXIT_BAD_INPUT, "InvalidSpec"),
         ("redis_down", EXIT_TRANSIENT, "RedisUnavailable"),
         ("bad_model", EXIT_BAD_INPUT, "ModelLoadFailed"),
+        ("metadata_url", EXIT_BAD_INPUT, "AudioURLForbidden"),
     ],
 )
 def test_runner_exit_codes(case, expected_code, reason, redis_server, tmp_path):
@@ -154,10 +155,15 @@ def test_runner_exit_codes(case, expected_code, reason, redis_server, tmp_path):
         from pathlib import Path
         from tests.support.core import speak
         spec["audio"]["redisKey"] = store.put_audio(speak("hello", Path(tmp_path) / "h.wav").read_bytes())
+    elif case == "metadata_url":  # refused before any socket is opened
+        spec["audio"] = {"url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}
+        env["KUBERNETES_SERVICE_HOST"] = ""  # no API server lookup from the test machine
     proc, summary = run_runner({"KUBESCRIBE_REDIS_URL": url, **env}, tmp_path, spec)
     assert proc.returncode == expected_code, proc.stderr
     assert summary["ok"] is False and summary["reason"] == reason
     assert summary["message"]
+    if case == "metadata_url":
+        assert summary["final"] is True and "169.254.169.254 is the cloud metadata service" in summary["message"]
 
 
 def test_runner_over_rediss_with_a_private_ca(speech_dir, tmp_path):
