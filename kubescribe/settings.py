@@ -185,6 +185,14 @@ class OperatorSettings(RedisSettings):
         description="ttlSecondsAfterFinished of runner Jobs: an hour to read logs, then "
         "the Job and its pod are garbage collected.",
     )
+    image_pull_grace_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a runner pod may wait in ErrImagePull/ImagePullBackOff (or a "
+        "container config error) before its request fails. A registry outage of a few "
+        "minutes should not fail work; a typo in the image should not leave a request "
+        "Pending for ever. ErrImageNeverPull and InvalidImageName fail at once.",
+    )
     runner_metrics_port: int = Field(9400, description="Runner /metrics port (named `metrics`).")
     metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
     max_audio_bytes: int = Field(

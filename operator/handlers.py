@@ -38,6 +38,7 @@ from kubescribe.streams import (
 from . import status as st
 from .kubeapi import Retrying
 from .jobs import CONTAINER, LABEL_POOL, LABEL_REQUEST_UID, build_job, build_pool_job
+from .pods import stuck_pod
 from .scheduler import Entry, Registry, entry_from_body, plan
 
 log = logging.getLogger("kubescribe.operator")
@@ -513,6 +514,8 @@ class Operator:
             self.job_succeeded(body, meta["name"], attempts)
         elif "Failed" in conds:
             self.job_failed(body, meta["name"], conds["Failed"], attempts, int(jstatus.get("failed") or 0))
+        elif int(jstatus.get("active") or 0) > int(jstatus.get("ready") or 0) and self.fail_if_stuck(body, meta):
+            return
         elif attempts and attempts != status.get("attempts"):
             failed = int(jstatus.get("failed") or 0)
             self.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], {"attempts": attempts})
@@ -520,6 +523,21 @@ class Operator:
                 last = self.termination_summary(meta["namespace"], meta["name"])
                 why = (last or {}).get("message") or "the runner failed"
                 self.event(body, "Warning", "Retrying", f"attempt {failed} failed ({why}); retrying")
+
+    def fail_if_stuck(self, body: dict, job_meta: dict) -> bool:
+        """Fail the request, and delete its Job, when a runner pod can never start."""
+        pods = self.core.list_namespaced_pod(job_meta["namespace"],
+                                             label_selector=f"batch.kubernetes.io/job-name={job_meta['name']}")
+        stuck = stuck_pod(self.core.api_client.sanitize_for_serialization(pods.items), container=CONTAINER,
+                          now=datetime.now(timezone.utc), grace=self.settings.image_pull_grace_seconds)
+        if stuck is None:
+            return False
+        attempts = int((body.get("status") or {}).get("attempts") or 1)
+        self.metrics.jobs_total.labels(outcome="failed").inc()
+        self.fail_from_runner(body, stuck.reason, stuck.message, attempts, "job_failed")
+        # The pod would back off and retry the pull for ever; the request is over.
+        self.delete_job(job_meta["namespace"], job_meta["name"])
+        return True
 
     def requeue(self, body: dict, reason: str, message: str) -> None:
         meta = body["metadata"]

@@ -7,6 +7,8 @@
 - ``fake_kubelet`` (session): runs Job pods as local processes on a fake Node.
 - ``helm`` (session): the helm binary against the cluster, isolated homes.
 - ``prometheus_factory`` (function): ``factory(targets, **kwargs) -> PrometheusServer``.
+- ``real_node`` (session): a second control plane with a real kubelet on containerd,
+  kube-proxy and CoreDNS, and the images built from our Dockerfiles imported.
 
 Missing binaries fail the test with the command that builds them; nothing here skips.
 """
@@ -25,6 +27,7 @@ from .cluster import KubeCluster
 from .helm import Helm
 from .kubelet import FakeKubelet
 from .prometheus import PrometheusServer
+from .realnode import RealNode, image_manifest
 
 __all__ = [
     "fake_kubelet",
@@ -35,6 +38,7 @@ __all__ = [
     "kube_cluster_options",
     "kube_namespace",
     "prometheus_factory",
+    "real_node",
 ]
 
 
@@ -147,6 +151,23 @@ def prometheus_factory() -> Iterator[Callable[..., PrometheusServer]]:
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node() -> Iterator[RealNode]:
+    """One real node for the session (~15 s to start with the images built).
+
+    It needs root, containerd, runc, the CNI plugins and the images from
+    ``hack/build-images.sh``; a machine without them fails here with what is missing.
+    """
+    from . import REPO_ROOT
+
+    node = RealNode(image_manifest(), crds=[REPO_ROOT / "crds"])
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

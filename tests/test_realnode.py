@@ -1,0 +1,434 @@
+"""kubescribe as a user runs it: `helm install` on a real node, images from our Dockerfiles.
+
+The node is a real kubelet on containerd + runc with CNI networking, kube-proxy and
+CoreDNS (``tests/envtest/realnode.py``). The chart installs the operator and the in-chart
+Redis from the images ``hack/build-images.sh`` built; runner pods are real containers from
+the runner image, transcribing with the model baked into it. Both namespaces enforce the
+``restricted`` Pod Security Standard, checked by the API server's own admission.
+
+The tests share one release and run in file order; a test that needs other settings
+upgrades the release (as a user would) and the next one sets what it needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe.store import Store, connect
+from tests.envtest import REPO_ROOT, wait_for
+from tests.envtest.helm import Helm
+from tests.envtest.realnode import RealNode
+from tests.support.core import SENTENCES, wer, write_wav
+
+pytestmark = [pytest.mark.kube, pytest.mark.realnode]
+
+CHART = REPO_ROOT / "charts" / "kubescribe"
+SYSTEM_NS = "kubescribe-system"
+USER_NS = "transcribe"
+RELEASE = "ks"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+#: Everything the chart's pods and the runner pods need to start on a 2-core node.
+SMALL = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "2Gi"}}
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
+
+
+@dataclass
+class Release:
+    node: RealNode
+    helm: Helm
+    values: dict[str, Any]
+    redis_url: str  # reachable from the host through kube-proxy (the Service's ClusterIP)
+    redis_password: str
+    install_seconds: float
+
+    def store(self) -> Store:
+        return Store(connect(self.redis_url, self.redis_password))
+
+    def upgrade(self, **changes: Any) -> None:
+        """``helm upgrade`` with ``changes`` merged into the values; waits for the rollout."""
+        values = json.loads(json.dumps(self.values))
+        for dotted, value in changes.items():
+            *path, leaf = dotted.split(".")
+            node = values
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        self.helm.run("upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "-f", self.helm.values_file(values),
+                      "--wait", "--timeout=5m")
+        self.values = values
+        self.wait_operator_ready()
+
+    def wait_operator_ready(self) -> dict:
+        """The operator pod of the newest ReplicaSet, Ready through its probes."""
+        def ready() -> dict | None:
+            pods = kubectl_json(self.node, "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator")
+            live = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+            if len(live) != 1:
+                return None
+            conds = {c["type"]: c["status"] for c in live[0]["status"].get("conditions") or []}
+            return live[0] if conds.get("Ready") == "True" else None
+
+        return wait_for(ready, timeout=180, interval=0.5, description="operator pod Ready")
+
+
+def kubectl_json(node: RealNode, *args: str) -> dict:
+    proc = node.kubectl(*args, "-o", "json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def create_namespace(node: RealNode, name: str) -> None:
+    labels = ",".join(f"{k}={v}" for k, v in RESTRICTED.items())
+    node.kubectl("create", "namespace", name, check=True)
+    node.kubectl("label", "namespace", name, *labels.split(","), "--overwrite", check=True)
+    wait_for(lambda: node.kubectl("get", "serviceaccount", "default", "-n", name).returncode == 0,
+             timeout=60, description=f"ServiceAccount {name}/default")
+
+
+@pytest.fixture(scope="module")
+def release(real_node: RealNode, tmp_path_factory) -> Any:
+    for ns in (SYSTEM_NS, USER_NS):
+        create_namespace(real_node, ns)
+    images = real_node.images
+    op_repo, op_tag = split_ref(images["operator"])
+    run_repo, run_tag = split_ref(images["runner"])
+    redis_repo, redis_tag = split_ref(images["redis"])
+    values = {
+        "operator": {"image": {"repository": op_repo, "tag": op_tag}, "gpuBudget": 2,
+                     "resyncSeconds": 3, "resources": SMALL},
+        "runner": {"image": {"repository": run_repo, "tag": run_tag}, "resources": SMALL,
+                   "imagePullGraceSeconds": 20},
+        "redis": {"internal": {"enabled": True, "image": {"repository": redis_repo, "tag": redis_tag},
+                               "resources": SMALL, "maxmemory": "256mb"}},
+    }
+    helm = Helm(real_node.cluster, workdir=tmp_path_factory.mktemp("helm"))
+    t0 = time.monotonic()
+    helm.run("install", RELEASE, str(CHART), "-n", SYSTEM_NS, "-f", helm.values_file(values),
+             "--wait", "--timeout=5m")
+    rel = Release(real_node, helm, values, "", "", 0.0)
+    rel.wait_operator_ready()
+    rel.install_seconds = time.monotonic() - t0
+    svc = kubectl_json(real_node, "get", "service", f"{RELEASE}-kubescribe-redis", "-n", SYSTEM_NS)
+    secret = kubectl_json(real_node, "get", "secret", f"{RELEASE}-kubescribe-redis", "-n", SYSTEM_NS)
+    rel.redis_url = f"redis://{svc['spec']['clusterIP']}:6379/0"
+    rel.redis_password = base64.b64decode(secret["data"]["redis-password"]).decode()
+    # As the README says for cluster-wide installs with a password: the runner pods read it
+    # from a Secret of the same name in their own namespace.
+    copy = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": secret["data"],
+            "metadata": {"name": secret["metadata"]["name"], "namespace": USER_NS}}
+    real_node.kubectl("apply", "-f", "-", input=json.dumps(copy), check=True)
+    print(f"\nhelm install -> operator Ready: {rel.install_seconds:.1f}s")
+    yield rel
+    helm.run("uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout=2m", check=False)
+    helm.close()
+
+
+def request_body(name: str, spec: dict[str, Any]) -> dict:
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": USER_NS}, "spec": spec}
+
+
+def create_request(rel: Release, name: str, spec: dict[str, Any]) -> None:
+    proc = rel.node.kubectl("apply", "-f", "-", input=json.dumps(request_body(name, spec)))
+    assert proc.returncode == 0, proc.stderr
+
+
+def status_of(rel: Release, name: str) -> dict:
+    return kubectl_json(rel.node, "get", f"{PLURAL}.{GROUP}", name, "-n", USER_NS).get("status") or {}
+
+
+def wait_phase(rel: Release, name: str, *phases: str, timeout: float = 300) -> dict:
+    return wait_for(lambda: (lambda s: s if s.get("phase") in phases else None)(status_of(rel, name)),
+                    timeout=timeout, interval=0.5, description=f"{name} in {'/'.join(phases)}")
+
+
+def job_pods(rel: Release, job: str, namespace: str = USER_NS) -> list[dict]:
+    return kubectl_json(rel.node, "get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={job}")["items"]
+
+
+def jobs_of(rel: Release, name: str) -> list[dict]:
+    uid = kubectl_json(rel.node, "get", f"{PLURAL}.{GROUP}", name, "-n", USER_NS)["metadata"]["uid"]
+    items = kubectl_json(rel.node, "get", "jobs", "-n", USER_NS)["items"]
+    return [j for j in items if any(o.get("uid") == uid for o in j["metadata"].get("ownerReferences") or [])]
+
+
+def upload(rel: Release, path: Path) -> str:
+    return rel.store().put_audio(path.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def long_speech(speech_dir: Path, tmp_path_factory) -> Path:
+    """About 40 s of speech: long enough that a runner is still busy when a test kills it."""
+    import wave
+
+    chunks = []
+    for name in ("fox", "weather", "library") * 3:
+        with wave.open(str(speech_dir / f"{name}.wav")) as w:
+            chunks.append(np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767)
+            chunks.append(np.zeros(8000, dtype=np.float32))
+    return write_wav(tmp_path_factory.mktemp("long") / "long.wav", np.concatenate(chunks))
+
+
+# ------------------------------------------------------------------------------ the node
+
+
+def test_runner_image_pods_start_restricted_on_the_real_node(real_node: RealNode):
+    """Ten pods from the runner image under the restricted profile: all run, as uid 10001,
+    with seccomp on and no capabilities; prints create -> Running p50/p90."""
+    ns = f"pods-{uuid.uuid4().hex[:6]}"
+    create_namespace(real_node, ns)
+    names = [f"p{i}" for i in range(10)]
+    created: dict[str, float] = {}
+    for name in names:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+               "spec": {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "c", "image": real_node.images["runner"],
+                                        "command": ["python", "-c",
+                                                    "import os,time; print(os.getuid(), open('/proc/self/status').read()"
+                                                    ".split('Seccomp:')[1].split()[0], flush=True); time.sleep(30)"],
+                                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                                        "securityContext": {"allowPrivilegeEscalation": False,
+                                                            "capabilities": {"drop": ["ALL"]}}}]}}
+        created[name] = time.monotonic()
+        real_node.kubectl("apply", "-f", "-", input=json.dumps(pod), check=True)
+    started: dict[str, float] = {}
+
+    def all_running() -> bool:
+        for p in kubectl_json(real_node, "get", "pods", "-n", ns)["items"]:
+            if p["status"].get("phase") == "Running":
+                started.setdefault(p["metadata"]["name"], time.monotonic())
+        return len(started) == len(names)
+
+    wait_for(all_running, timeout=180, interval=0.2, description="10 runner-image pods Running")
+    latencies = sorted(started[n] - created[n] for n in names)
+    print(f"\npod create -> Running over {len(latencies)} pods: p50 {latencies[4]:.1f}s p90 {latencies[8]:.1f}s")
+    logs = wait_for(lambda: real_node.kubectl("logs", "-n", ns, "p0", timeout=30).stdout.split(), timeout=60,
+                    description="p0 logs")
+    assert logs == ["10001", "2"]  # the image's user; seccomp mode 2 (filter) = RuntimeDefault applied
+    real_node.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# ------------------------------------------------------------------------------ install
+
+
+def test_helm_install_runs_the_operator_from_the_built_image_through_its_probes(release: Release):
+    pod = release.wait_operator_ready()
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == release.node.images["operator"]
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] is True and status["restartCount"] == 0
+    # Restricted: non-root, read-only root filesystem, the ServiceAccount token mounted by
+    # the kubelet (in-cluster config talks to the API server through the kubernetes Service).
+    exec_ = release.node.kubectl("exec", "-n", SYSTEM_NS, pod["metadata"]["name"], "--", "python", "-c",
+                                 "import os; print(os.getuid()); open('/x','w')", timeout=60)
+    assert exec_.stdout.split()[0] == "10001"
+    assert "Read-only file system" in exec_.stderr
+    token = release.node.kubectl("exec", "-n", SYSTEM_NS, pod["metadata"]["name"], "--", "ls",
+                                 "/var/run/secrets/kubernetes.io/serviceaccount/", timeout=60)
+    assert "token" in token.stdout.split()
+    logs = release.node.kubectl("logs", "-n", SYSTEM_NS, pod["metadata"]["name"], timeout=60).stdout
+    assert "kubescribe operator: budget=2 mode=job" in logs
+
+
+def test_the_namespaces_really_enforce_the_restricted_profile(release: Release):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged", "namespace": USER_NS},
+           "spec": {"containers": [{"name": "c", "image": release.node.images["operator"],
+                                    "securityContext": {"privileged": True}}]}}
+    proc = release.node.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr and "restricted" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ requests
+
+
+def test_submit_wait_from_the_host_runs_a_real_runner_pod_with_the_baked_in_model(release: Release, speech_dir: Path):
+    env = dict(os.environ, KUBESCRIBE_REDIS_PASSWORD=release.redis_password)
+    name = f"fox-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubescribe.cli", "submit", str(speech_dir / "fox.wav"), "--name", name,
+         "-n", USER_NS, "--kubeconfig", release.node.cluster.kubeconfig_path, "--redis", release.redis_url,
+         "--wait", "--timeout", "300"],
+        capture_output=True, text=True, env=env, timeout=330)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert wer(SENTENCES["fox"], proc.stdout) <= 0.25, proc.stdout
+    print(f"\nsubmit --wait on the real node: {elapsed:.1f}s")
+
+    status = status_of(release, name)
+    assert status["phase"] == "Succeeded" and status["cached"] is False and status["attempts"] == 1
+    pods = job_pods(release, status["jobName"])
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["spec"]["containers"][0]["image"] == release.node.images["runner"]
+    assert pod["spec"]["nodeName"] == "kubescribe-node"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0
+    summary = json.loads(terminated["message"])  # the runner's termination message, via the kubelet
+    assert summary["ok"] is True and summary["language"] == "en"
+    logs = release.node.kubectl("logs", "-n", USER_NS, pod["metadata"]["name"], timeout=60)
+    assert "tiny.en" in logs.stdout + logs.stderr
+
+
+def test_a_repeat_is_answered_from_the_cache_without_a_pod(release: Release, speech_dir: Path):
+    key = upload(release, speech_dir / "fox.wav")
+    create_request(release, "fox-again", {"audio": {"redisKey": key}})
+    status = wait_phase(release, "fox-again", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded" and status["cached"] is True
+    assert jobs_of(release, "fox-again") == []
+
+
+@pytest.fixture
+def audio_server(release: Release, speech_dir: Path):
+    """An HTTP server pod in the cluster serving weather.wav, behind a Service."""
+    wav = (speech_dir / "weather.wav").read_bytes()
+    manifests = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "audio", "namespace": USER_NS},
+         "binaryData": {"weather.wav": base64.b64encode(wav).decode()}},
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "audio", "namespace": USER_NS, "labels": {"app": "audio"}},
+         "spec": {
+             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+             "terminationGracePeriodSeconds": 1,
+             "containers": [{
+                 "name": "http", "image": release.node.images["operator"],
+                 "command": ["python", "-m", "http.server", "8000", "--directory", "/audio"],
+                 "ports": [{"containerPort": 8000, "name": "http"}],
+                 "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
+                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}},
+                 "volumeMounts": [{"name": "audio", "mountPath": "/audio"}],
+             }],
+             "volumes": [{"name": "audio", "configMap": {"name": "audio"}}],
+         }},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "audio", "namespace": USER_NS},
+         "spec": {"selector": {"app": "audio"}, "ports": [{"port": 80, "targetPort": "http"}]}},
+    ]
+    proc = release.node.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+    assert proc.returncode == 0, proc.stderr
+    release.node.kubectl("wait", "--for=condition=Ready", "pod/audio", "-n", USER_NS, "--timeout=120s", check=True,
+                         timeout=130)
+    yield f"http://audio.{USER_NS}.svc/weather.wav"
+    release.node.kubectl("delete", "-f", "-", "--wait=false", input="\n---\n".join(json.dumps(m) for m in manifests))
+
+
+def test_an_audio_url_served_by_a_pod_is_fetched_through_service_dns(release: Release, audio_server: str):
+    create_request(release, "from-url", {"audio": {"url": audio_server}})
+    status = wait_phase(release, "from-url", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    text = release.store().read_result_key(status["resultKey"])["text"]
+    assert wer(SENTENCES["weather"], text) <= 0.25, text
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+    ("https://kubernetes.default.svc/api", "API server"),
+])
+def test_the_runner_refuses_urls_that_reach_metadata_or_the_api_server(release: Release, url: str, refused: str):
+    name = f"refused-{uuid.uuid4().hex[:6]}"
+    create_request(release, name, {"audio": {"url": url}})
+    status = wait_phase(release, name, "Failed", "Succeeded")
+    assert status["phase"] == "Failed" and status["reason"] == "AudioURLForbidden", status
+    assert refused in status["message"]
+    assert status["attempts"] == 1  # final: the Job's podFailurePolicy does not retry it
+
+
+# ------------------------------------------------------------------------------ faults
+
+
+def test_deleting_the_operator_pod_mid_request_leaves_one_job_and_one_result(release: Release, long_speech: Path):
+    key = upload(release, long_speech)
+    create_request(release, "survives-operator", {"audio": {"redisKey": key}})
+    wait_phase(release, "survives-operator", "Running")
+    old = release.wait_operator_ready()["metadata"]["name"]
+    release.node.kubectl("delete", "pod", old, "-n", SYSTEM_NS, "--wait=false", check=True)
+    new = wait_for(lambda: (lambda p: p if p["metadata"]["name"] != old else None)(release.wait_operator_ready()),
+                   timeout=180, interval=0.5, description="a replacement operator pod")
+    assert new["metadata"]["name"] != old
+    status = wait_phase(release, "survives-operator", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    assert len(jobs_of(release, "survives-operator")) == 1
+
+
+def test_deleting_a_running_runner_pod_retries_and_gives_one_result(release: Release, long_speech: Path):
+    store = release.store()
+    key = upload(release, long_speech)
+    create_request(release, "loses-pod", {"audio": {"redisKey": key}, "beamSize": 4})
+    job = wait_phase(release, "loses-pod", "Running")["jobName"]
+
+    def running_pod() -> str | None:
+        for p in job_pods(release, job):
+            for cs in p["status"].get("containerStatuses") or []:
+                if cs["state"].get("running"):
+                    return p["metadata"]["name"]
+        return None
+
+    first = wait_for(running_pod, timeout=180, interval=0.2, description="runner container running")
+    release.node.kubectl("delete", "pod", first, "-n", USER_NS, "--grace-period=1", "--wait=false", check=True)
+    status = wait_phase(release, "loses-pod", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    names = {p["metadata"]["name"] for p in job_pods(release, job)}
+    assert first not in names or len(names) >= 2  # a second pod did the work
+    assert len(jobs_of(release, "loses-pod")) == 1
+    results = [k for k in store.client.scan_iter("kubescribe:result:*")]
+    assert status["resultKey"].encode() in results or status["resultKey"] in results
+
+
+def test_a_missing_runner_image_fails_naming_the_image_in_bounded_time(release: Release, speech_dir: Path):
+    repo, _ = split_ref(release.node.images["runner"])
+    release.upgrade(**{"runner.image.tag": "does-not-exist"})
+    key = upload(release, speech_dir / "library.wav")
+    t0 = time.monotonic()
+    create_request(release, "bad-image", {"audio": {"redisKey": key}})
+    status = wait_phase(release, "bad-image", "Failed", "Succeeded", timeout=180)
+    assert status["phase"] == "Failed" and status["reason"] == "ImagePullFailed", status
+    assert f"{repo}:does-not-exist" in status["message"]
+    print(f"\nmissing image -> Failed in {time.monotonic() - t0:.1f}s")
+    wait_for(lambda: jobs_of(release, "bad-image") == [], timeout=60, description="the stuck Job deleted")
+
+
+def test_a_runner_over_its_memory_limit_ends_failed_oomkilled(release: Release, speech_dir: Path):
+    release.upgrade(**{"runner.image.tag": split_ref(release.node.images["runner"])[1],
+                       "runner.resources": {"requests": {"cpu": "100m", "memory": "32Mi"},
+                                            "limits": {"memory": "48Mi"}}})
+    key = upload(release, speech_dir / "weather.wav")
+    create_request(release, "oom", {"audio": {"redisKey": key}, "retries": 0, "beamSize": 3})
+    status = wait_phase(release, "oom", "Failed", "Succeeded", timeout=240)
+    assert status["phase"] == "Failed" and status["reason"] == "OOMKilled", status
+
+
+def test_pool_mode_runs_warm_runners_as_real_pods(release: Release, speech_dir: Path):
+    release.upgrade(**{"runner.resources": SMALL, "operator.mode": "pool"})
+    names = []
+    for sentence in ("fox", "weather", "library"):
+        key = upload(release, speech_dir / f"{sentence}.wav")
+        name = f"pool-{sentence}"
+        create_request(release, name, {"audio": {"redisKey": key}, "beamSize": 2})
+        names.append((name, sentence))
+    for name, sentence in names:
+        status = wait_phase(release, name, "Succeeded", "Failed")
+        assert status["phase"] == "Succeeded" and status["cached"] is False, status
+        text = release.store().read_result_key(status["resultKey"])["text"]
+        assert wer(SENTENCES[sentence], text) <= 0.25, text
+    pool_pods = kubectl_json(release.node, "get", "pods", "-n", SYSTEM_NS, "-l", "kubescribe.io/pool")["items"]
+    assert pool_pods, "no pooled runner pod ran"
+    assert all(p["spec"]["containers"][0]["image"] == release.node.images["runner"] for p in pool_pods)
+    assert len(pool_pods) < len(names) + 1  # warm runners took several requests
