@@ -186,14 +186,17 @@ def test_cli_submit_waits_and_prints_the_transcript(
         operator_factory, requests_api, kube_cluster, kube_namespace, redis_server, speech_dir):
     import subprocess
     import sys
+    import time
 
     redis_server.client().flushdb()
     operator_factory()
     base = [sys.executable, "-m", "kubescribe.cli"]
     common = ["--redis", redis_server.url, "-n", kube_namespace, "--kubeconfig", str(kube_cluster.kubeconfig_path)]
+    t0 = time.monotonic()
     proc = subprocess.run([*base, "submit", str(speech_dir / "weather.wav"), "--wait", "--format", "srt",
                            "--name", "weather", "--device", "cpu", *common],
                           capture_output=True, text=True, timeout=300)
+    print(f"\nsubmit --wait with the stand-in kubelet: {time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("1\n00:00:00,000 --> ")
     assert wer(SENTENCES["weather"], " ".join(proc.stdout.splitlines()[2::4])) <= 0.25
