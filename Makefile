@@ -1,7 +1,7 @@
 # kubescribe: the two quick-start targets are `make demo` and `make test`.
 PY ?= python3
 
-.PHONY: demo test setup test-binaries bench crds lint
+.PHONY: demo test setup test-binaries images bench crds lint
 
 demo: setup ## install, then transcribe the bundled sample locally (no cluster, no Redis)
 	$(PY) -m kubescribe.cli transcribe --sample --format srt
@@ -14,6 +14,9 @@ setup:
 
 test-binaries: ## build etcd, kube-apiserver, kube-controller-manager, helm, prometheus (cached)
 	hack/build-test-binaries.sh all
+
+images: ## build the operator, runner, redis and pause images with buildah, no registry (cached OCI archives)
+	hack/build-images.sh all
 
 bench: setup test-binaries ## run the benchmarks and write BENCHMARKS.md
 	$(PY) -m benchmarks.run --output BENCHMARKS.md
