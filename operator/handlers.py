@@ -22,18 +22,13 @@ from kubescribe import GROUP, PLURAL, VERSION
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, TranscriptionSpec, now_rfc3339, parse_spec
 from kubescribe.settings import OperatorSettings
-from kubescribe.store import Store, StoreError, known_cache_key, result_key, result_summary
-from kubescribe.streams import (
-    CLAIM_IDLE_MS,
-    DONE_STREAM,
-    MAXLEN,
-    OPERATOR_GROUP,
-    QUEUE_STREAM,
-    RUNNERS_GROUP,
-    WorkItem,
-    ensure_group,
-    parse_outcome,
-)
+from kubescribe.outcomes import RunnerOutcome
+from kubescribe.store import Store, StoreError, known_cache_key, result_key
+
+def result_summary(hit, key, rkey, cached):
+    return RunnerOutcome.from_result(hit, key, rkey, cached=cached).model_dump(by_alias=True)
+
+from kubescribe.streams import WorkItem, WorkQueue
 
 from . import status as st
 from .kubeapi import Retrying
@@ -403,8 +398,7 @@ class Operator:
         item = WorkItem(meta["uid"], meta["namespace"], meta["name"], meta.get("generation") or 1,
                         spec.model_dump(by_alias=True, mode="json"))
         try:
-            ensure_group(self.store.client, QUEUE_STREAM, RUNNERS_GROUP)
-            self.store.client.xadd(QUEUE_STREAM, item.fields(), maxlen=MAXLEN, approximate=True)
+            WorkQueue(self.store.client).dispatch(item)
         except Exception as exc:
             self.metrics.error("redis")
             raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
@@ -443,28 +437,29 @@ class Operator:
 
     def consume_outcomes(self, stop: threading.Event) -> None:
         """Apply runner outcomes from the done stream; pending ones first after a restart."""
-        client = self.store.client
+        queue = WorkQueue(self.store.client)
         cursor = "0"  # our own unacknowledged entries first
         backoff = 0.5
         while not stop.is_set():
             try:
-                ensure_group(client, DONE_STREAM, OPERATOR_GROUP)
-                got = client.xreadgroup(OPERATOR_GROUP, "operator", {DONE_STREAM: cursor}, count=100,
-                                        block=None if cursor == "0" else 2000)
+                got = queue.outcomes("operator", pending=cursor == "0", block_ms=2000)
                 backoff = 0.5
             except Exception as exc:
                 log.warning("reading outcomes failed (%s); retrying in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
-            entries = [item for _s, items in (got or []) for item in items if item[1]]
+            entries = got
             if cursor == "0" and not entries:
                 cursor = ">"
                 continue
-            for entry_id, fields in entries:
+            for entry_id, fin in entries:
                 try:
-                    self.apply_outcome(parse_outcome(fields))
-                    client.xack(DONE_STREAM, OPERATOR_GROUP, entry_id)
+                    if fin is not None:
+                        self.apply_outcome({"uid": fin.uid, "namespace": fin.namespace, "name": fin.name,
+                                            "generation": fin.generation, "attempts": fin.attempts,
+                                            "summary": fin.outcome.model_dump(by_alias=True)})
+                    queue.ack_outcome(entry_id)
                 except Exception as exc:  # left pending; retried after a restart
                     log.exception("outcome %s not applied: %s", entry_id, exc)
 
@@ -691,7 +686,7 @@ class Operator:
         """A pooled request past its timeout (plus the reclaim delay) ends as Timeout."""
         status, spec = body.get("status") or {}, body.get("spec") or {}
         age = _age_seconds(status.get("startedAt") or "")
-        limit = int(spec.get("timeoutSeconds") or 3600) + CLAIM_IDLE_MS / 1000
+        limit = int(spec.get("timeoutSeconds") or 3600) + self.settings.claim_idle_ms / 1000
         if age is not None and age > limit:
             self.fail_from_runner(body, "Timeout", f"no pooled runner finished it within "
                                   f"timeoutSeconds={spec.get('timeoutSeconds')}", status.get("attempts") or 0,
