@@ -76,6 +76,20 @@ class RedisSettings(_Settings):
     )
 
 
+class CliSettings(RedisSettings):
+    """What the ``kubescribe`` command line reads from the environment."""
+
+    kubeconfig: str | None = Field(
+        None, validation_alias="KUBECONFIG", description="kubeconfig of the cluster commands."
+    )
+
+    @property
+    def redis_url_given(self) -> bool:
+        """KUBESCRIBE_REDIS_URL is set: ``transcribe`` then shares that Redis's cache
+        instead of its in-process store."""
+        return "redis_url" in self.model_fields_set
+
+
 class AudioUrlSettings(_Settings):
     """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
 

@@ -10,6 +10,10 @@ Against a cluster running the operator::
 
     kubescribe submit talk.mp3 --wait --format vtt      # upload, create the request, print
     kubescribe result my-request --format srt
+
+Every error is one line on stderr and an exit code from kubescribe.outcomes: 1 the
+request failed (or is not there), 2 usage, 65 bad input, 75 transient (Redis or the API
+server out of reach: retry).
 """
 
 from __future__ import annotations
@@ -24,31 +28,43 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION, __version__
+from kubescribe.metrics import Metrics
 from kubescribe.models import DEFAULT_MODEL, TERMINAL_PHASES, InvalidSpec, parse_spec
+from kubescribe.outcomes import EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
 from kubescribe.render import FORMATS, render
-from kubescribe.store import StoreError, open_store
+from kubescribe.settings import CliSettings
+from kubescribe.store import Store, StoreError, open_store
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
+
+class CliError(Exception):
+    """An error for the user: one line, and the exit code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def sample_path() -> Path:
     return Path(str(resources.files("kubescribe") / "samples" / "sample.wav"))
 
 
-def _redis_url(args) -> str | None:
-    return args.redis or os.environ.get("KUBESCRIBE_REDIS_URL")
-
-
-def _password() -> str | None:
-    """From the environment only: a password on the command line would land in shell
-    history and in `ps` output."""
-    return os.environ.get("KUBESCRIBE_REDIS_PASSWORD") or None
-
-
-def _ca_file() -> str | None:
-    return os.environ.get("KUBESCRIBE_REDIS_CA_FILE") or None
+def _store(args, *, local_default: bool = False, metrics: Metrics | None = None) -> Store:
+    """The store of ``--redis``, else of KUBESCRIBE_REDIS_URL, else: for ``transcribe``
+    (``local_default``) the in-process store, for the other commands the documented
+    default Redis URL. The password comes from the environment only: on the command line
+    it would land in shell history and in `ps` output."""
+    conf = CliSettings()
+    if args.redis:
+        url = args.redis
+    elif conf.redis_url_given or not local_default:
+        url = conf.redis_url
+    else:
+        url = None
+    try:
+        return open_store(url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
+    except ValueError as exc:  # a URL without a scheme
+        raise CliError(f"--redis: {exc}", EXIT_USAGE) from None
 
 
 class Progress:
@@ -99,7 +115,6 @@ def _spec_from_args(args, audio: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_transcribe(args) -> int:
-    from kubescribe.metrics import Metrics
     from kubescribe.runner.engine import Engine
     from kubescribe.runner.task import TaskError, run_task
 
@@ -126,18 +141,17 @@ def cmd_transcribe(args) -> int:
 
         server = MetricsServer(metrics.registry, port=args.metrics_port, host="127.0.0.1").start()
     try:
-        store = open_store(_redis_url(args), _password(), metrics=metrics, ca_file=_ca_file())
+        store = _store(args, local_default=True, metrics=metrics)
         engine = Engine(metrics=metrics)
         progress = Progress(args.progress if args.progress is not None else sys.stderr.isatty())
         # The cache is consulted before the audio is decoded or a model is loaded.
-        outcome = run_task(store, engine, spec, metrics=metrics, progress=progress, audio=data)
+        try:
+            outcome = run_task(store, engine, spec, metrics=metrics, progress=progress, audio=data)
+        except TaskError as exc:
+            metrics.observe_outcome(spec.model, exc.outcome())
+            raise CliError(f"{path}: {exc.message}", exc.outcome().exit_code or EXIT_TRANSIENT) from None
+        metrics.observe_outcome(spec.model, outcome.outcome)
         progress.finish()
-    except TaskError as exc:
-        print(f"kubescribe: {path}: {exc.message}", file=sys.stderr)
-        return 65 if exc.final else 75
-    except StoreError as exc:
-        print(f"kubescribe: {exc}", file=sys.stderr)
-        return 75
     finally:
         if server is not None:
             server.stop()
@@ -153,28 +167,20 @@ def cmd_transcribe(args) -> int:
         + ("from cache" if outcome.cached else f"transcribed in {r.get('processing_seconds', 0):.2f}s"),
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_cache(args) -> int:
-    url = _redis_url(args)
-    if not url:
-        print("kubescribe: cache commands need --redis URL or KUBESCRIBE_REDIS_URL", file=sys.stderr)
-        return EXIT_USAGE
-    store = open_store(url, _password(), ca_file=_ca_file())
-    try:
-        if args.cache_command == "stats":
-            s = store.stats()
-            doc = {"hits": s.hits, "misses": s.misses, "hitRate": round(s.hit_rate, 4),
-                   "results": s.results, "audio": s.audio}
-            print(json.dumps(doc, indent=2))
-        else:
-            n = store.clear(audio=args.audio)
-            print(f"deleted {n} keys")
-    except StoreError as exc:
-        print(f"kubescribe: {exc}", file=sys.stderr)
-        return 75
-    return 0
+    store = _store(args)
+    if args.cache_command == "stats":
+        s = store.stats()
+        doc = {"hits": s.hits, "misses": s.misses, "hitRate": round(s.hit_rate, 4),
+               "results": s.results, "audio": s.audio, "clears": s.clears}
+        print(json.dumps(doc, indent=2))
+    else:
+        n = store.clear(audio=args.audio)
+        print(f"deleted {n} keys")
+    return EXIT_OK
 
 
 # -- cluster commands ---------------------------------------------------------------
@@ -184,8 +190,11 @@ def _custom_api(args):
 
     try:
         config.load_kube_config(config_file=args.kubeconfig, context=args.context)
-    except Exception:
-        config.load_incluster_config()
+    except Exception as exc:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise CliError(f"no cluster to talk to: {exc}", EXIT_USAGE) from None
     return client.CustomObjectsApi()
 
 
@@ -213,17 +222,13 @@ def cmd_submit(args) -> int:
     except OSError as exc:
         print(f"kubescribe: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    url = _redis_url(args)
-    if not url:
-        print("kubescribe: submit needs --redis URL or KUBESCRIBE_REDIS_URL (the Redis the operator uses)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    store = open_store(url, _password(), ca_file=_ca_file())
+    store = _store(args)
     try:
         key = store.put_audio(data)
-    except (StoreError, ValueError) as exc:
-        print(f"kubescribe: upload failed: {exc}", file=sys.stderr)
-        return 75
+    except StoreError as exc:
+        raise CliError(f"upload failed: {exc}", EXIT_TRANSIENT) from None
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}", EXIT_USAGE) from None
     sha = key.rsplit(":", 1)[1]
     spec = _spec_from_args(args, {"redisKey": key, "sha256": sha})
     spec["priority"] = args.priority
@@ -239,7 +244,7 @@ def cmd_submit(args) -> int:
     api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
     print(f"transcriptionrequest.{GROUP}/{name} created in {ns}", file=sys.stderr)
     if not args.wait:
-        return 0
+        return EXIT_OK
     return _wait_and_print(api, store, ns, name, args.format, args.timeout)
 
 
@@ -280,14 +285,11 @@ def _print_result(store, obj: dict, fmt: str) -> int:
         print(f"kubescribe: the result of {name} has expired from Redis ({status['resultKey']})", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.write(render(result, fmt))
-    return 0
+    return EXIT_OK
 
 
 def cmd_result(args) -> int:
-    url = _redis_url(args)
-    if not url:
-        print("kubescribe: result needs --redis URL or KUBESCRIBE_REDIS_URL", file=sys.stderr)
-        return EXIT_USAGE
+    store = _store(args)
     api = _custom_api(args)
     ns = _namespace(args)
     from kubernetes.client.exceptions import ApiException
@@ -296,10 +298,8 @@ def cmd_result(args) -> int:
         obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, args.name)
     except ApiException as exc:
         if exc.status == 404:
-            print(f"kubescribe: no TranscriptionRequest {args.name} in {ns}", file=sys.stderr)
-            return EXIT_FAILED
+            raise CliError(f"no TranscriptionRequest {args.name} in {ns}", EXIT_FAILED) from None
         raise
-    store = open_store(url, _password(), ca_file=_ca_file())
     if args.wait:
         return _wait_and_print(api, store, ns, args.name, args.format, args.timeout)
     return _print_result(store, obj, args.format)
@@ -309,7 +309,7 @@ def cmd_crd(args) -> int:
     from kubescribe.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())
-    return 0
+    return EXIT_OK
 
 
 def _add_request_options(p: argparse.ArgumentParser) -> None:
@@ -330,6 +330,7 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubescribe", description="Kubernetes-native speech to text.")
+    parser.add_argument("--version", action="version", version=f"kubescribe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("transcribe", help="transcribe a file here, no cluster needed")
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--redis", metavar="URL")
             p.add_argument("--wait", action="store_true")
         p.add_argument("--namespace", "-n")
-        p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+        p.add_argument("--kubeconfig", default=CliSettings().kubeconfig)
         p.add_argument("--context")
         p.add_argument("--timeout", type=float, default=3600, help="seconds to wait (with --wait)")
         p.set_defaults(func=cmd_submit if name == "submit" else cmd_result)
@@ -376,13 +377,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _api_error(exc) -> CliError:
+    """A Kubernetes API error as one line: refusals and absences are the request's
+    failure; throttling and server errors are worth a retry."""
+    try:
+        detail = json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        detail = exc.reason
+    code = EXIT_TRANSIENT if exc.status in (429,) or (exc.status or 0) >= 500 else EXIT_FAILED
+    return CliError(f"API server: {exc.status} {detail}", code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except CliError as exc:
+        error = exc
+    except StoreError as exc:
+        error = CliError(str(exc), EXIT_TRANSIENT)
+    except Exception as exc:  # no traceback reaches a user: one line, the documented code
+        if type(exc).__name__ == "ApiException" and hasattr(exc, "status"):
+            error = _api_error(exc)
+        elif isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3"):
+            error = CliError(f"cannot reach the API server: {exc}", EXIT_TRANSIENT)
+        else:
+            error = CliError(f"unexpected error: {type(exc).__name__}: {exc}", EXIT_FAILED)
+    print(f"kubescribe: {error}", file=sys.stderr)
+    return error.code
 
-
-if __name__ == "__main__":
-    sys.exit(main())
