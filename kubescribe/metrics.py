@@ -31,9 +31,6 @@ RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 #: Queue wait buckets (seconds) from creation to runner Job.
 WAIT_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600)
 
-STATUSES = ("succeeded", "failed")
-
-
 @dataclass
 class RunnerMetrics:
     """Live gauges of one process: what a runner pod exports.

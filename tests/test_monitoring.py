@@ -205,7 +205,7 @@ def test_every_metric_in_panels_and_alerts_is_exported_with_those_labels():
             unknown = set(matchers) - exported[name][1] - TARGET_LABELS
             assert not unknown, f"{where}: {name} has no label(s) {sorted(unknown)}"
             used.add(exported[name][0])
-    # Every family of DESIGN.md §5 appears on the dashboard or in an alert.
+    # Every inherited family (README, Metrics) appears on the dashboard or in an alert.
     for family in ("kubescribe_transcriptions", "kubescribe_transcription_duration_seconds",
                    "kubescribe_cache_hit_rate", "kubescribe_queue_size", "kubescribe_active_workers",
                    "kubescribe_gpu_utilization_percent", "kubescribe_ram_usage_bytes", "kubescribe_errors",
