@@ -24,6 +24,7 @@ from kubescribe.settings import OperatorSettings
 from kubescribe.store import open_store
 
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
+from .admitter import Admitter
 from .kube import Kube
 from .reconciler import Reconciler
 
@@ -87,7 +88,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.reconciler = rec
     memo.server = server
     memo.stop = stop
-    memo.tasks = [asyncio.create_task(_admission_loop(rec)),
+    memo.tasks = [asyncio.create_task(_admission_loop(rec, Admitter(rec))),
                   asyncio.create_task(_resync_loop(rec, conf.resync_seconds))]
 
 
@@ -101,12 +102,12 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.server.stop()
 
 
-async def _admission_loop(rec: Reconciler) -> None:
+async def _admission_loop(rec: Reconciler, admitter: Admitter) -> None:
     while True:
         await asyncio.to_thread(rec.wakeup.wait, STEP_SECONDS)
         rec.wakeup.clear()
         try:
-            await asyncio.to_thread(rec.step)
+            await asyncio.to_thread(admitter.step)
         except Exception as exc:
             log.exception("admission pass failed: %s", exc)
         # Coalesce a burst of wake-ups into one pass; also bounds a pass loop that keeps

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 
 from kubescribe.metrics import OperatorMetrics
@@ -20,15 +19,15 @@ from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, Transcription
 from kubescribe.outcomes import RunnerOutcome
 from kubescribe.settings import OperatorSettings
 from kubescribe.store import Store, StoreError, known_cache_key, result_key
-from kubescribe.streams import Finished, WorkItem, WorkQueue
+from kubescribe.streams import Finished, WorkQueue
 
 from . import admission, outcomes
 from .admission import NOT_ASKED, CacheAnswer
-from .jobs import CONTAINER, build_job, build_pool_job
-from .kube import JobGoingAway, Kube
+from .jobs import CONTAINER
+from .kube import Kube
 from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, stale_job
 from .pods import stuck_pod
-from .scheduler import Registry, entry_from_body, plan
+from .scheduler import Registry, entry_from_body
 
 log = logging.getLogger("kubescribe.operator")
 
@@ -52,19 +51,10 @@ class Reconciler:
         self.registry = Registry()
         self._stripes = [threading.RLock() for _ in range(64)]
         self.wakeup = threading.Event()
-        self.last_step = time.monotonic()
         self.synced = False
         self.pool = settings.mode == "pool"
-        self.pool_namespace = settings.pool_namespace or settings.pod_namespace or settings.namespace or "default"
-        self.max_pool_runners = settings.pool_size_max or settings.gpu_budget
-        self._pool_seq = 0
+        self.last_step = time.monotonic()  # the admission loop's last pass (liveness)
         metrics.gpu_budget.set(settings.gpu_budget)
-
-    def capacity(self) -> int:
-        """Admission budget: GPUs in job mode; dispatched requests in pool mode."""
-        if self.pool:
-            return self.max_pool_runners * self.settings.requests_per_runner
-        return self.settings.gpu_budget
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -106,7 +96,7 @@ class Reconciler:
         if t.cache_lookup is not None:
             self.store.record_lookup(t.cache_lookup)
 
-    def _cache(self, key: str | None, spec: TranscriptionSpec) -> CacheAnswer:
+    def cache_answer(self, key: str | None, spec: TranscriptionSpec) -> CacheAnswer:
         if not key or not spec.cache.enabled:
             return NOT_ASKED
         try:
@@ -119,14 +109,14 @@ class Reconciler:
     # Watch events, the admission loop, the outcome consumer and the resync can all reach
     # the same request at once; a striped re-entrant lock keyed by uid makes each request's
     # transitions happen one at a time, so an outcome is counted and announced once.
-    def _lock_for(self, uid: str) -> threading.RLock:
+    def lock_for(self, uid: str) -> threading.RLock:
         return self._stripes[hash(uid) % len(self._stripes)]
 
     # -- requests ---------------------------------------------------------------------
     def on_request(self, event_type: str | None, body: dict) -> None:
         """Every watch event of a request: keep the registry, reconcile when needed."""
         uid = body["metadata"]["uid"]
-        with self._lock_for(uid):
+        with self.lock_for(uid):
             if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
                 self.registry.remove(uid)
                 self.wake()
@@ -142,7 +132,7 @@ class Reconciler:
     def reconcile(self, body: dict) -> None:
         """A new request, a changed spec, or one left Pending: validate, cache, queue."""
         meta = body["metadata"]
-        with self._lock_for(meta["uid"]):
+        with self.lock_for(meta["uid"]):
             seen = self.registry.get(meta["uid"])
             if (seen is not None and seen.current and seen.phase not in (None, Phase.Pending.value)
                     and seen.generation >= (meta.get("generation") or 1)):
@@ -155,116 +145,8 @@ class Reconciler:
             except InvalidSpec as exc:
                 spec = exc
             key, sha = known_cache_key(spec) if isinstance(spec, TranscriptionSpec) else (None, None)
-            cache = self._cache(key, spec) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
+            cache = self.cache_answer(key, spec) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
             self.apply(body, admission.on_seen(body, spec, key, sha, cache))
-
-    # -- admission --------------------------------------------------------------------
-    def step(self) -> None:
-        """One admission pass: admit what fits the budget, update queue positions."""
-        self.last_step = time.monotonic()
-        if not self.synced:
-            return
-        entries = self.registry.snapshot()
-        if self.pool:  # every request is one unit of pool work, whatever it asked for
-            entries = [replace(e, slots=1) for e in entries]
-        # plan() fits this pass's admissions into the budget; each admission marks its
-        # request Running in the registry, so the next pass counts it before its watch
-        # event arrives.
-        p = plan(entries, self.capacity())
-        for e in p.admit:
-            try:
-                with self._lock_for(e.uid):
-                    self.admit(e.namespace, e.name, e.uid)
-            except Exception as exc:  # one bad request must not stop the queue
-                log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
-        updates, more = admission.position_updates(entries, p)
-        for e, doc in updates:
-            try:
-                if self.kube.patch_status(e.namespace, e.name, doc) is not None:
-                    self.registry.mark(e.uid, queue_position=doc["queuePosition"])
-                else:
-                    self.registry.remove(e.uid)
-            except Exception as exc:
-                log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
-        if more:
-            self.wake()  # more to refresh: another pass soon
-        if self.pool:
-            try:
-                self.ensure_pool()
-            except Exception as exc:
-                log.warning("pool sizing failed: %s", exc)
-        self.update_gauges()
-
-    def admit(self, namespace: str, name: str, uid: str) -> None:
-        body = self.kube.get_request(namespace, name)
-        if body is None or body["metadata"]["uid"] != uid:
-            self.registry.remove(uid)
-            return
-        status = body.get("status") or {}
-        if status.get("phase") != Phase.Queued.value or status.get("observedGeneration") != body["metadata"].get("generation"):
-            self.registry.upsert(entry_from_body(body))
-            return
-        try:
-            spec: TranscriptionSpec | InvalidSpec = parse_spec(body.get("spec") or {})
-        except InvalidSpec as exc:
-            self.apply(body, admission.on_admitted(body, exc, NOT_ASKED, job_name=None))
-            return
-        # An identical request may have finished while this one waited.
-        cache = self._cache(status.get("cacheKey"), spec)
-        if cache.state == "hit":
-            self.apply(body, admission.on_admitted(body, spec, cache, job_name=None))
-            return
-        if self.pool:
-            self.dispatch(body, spec)
-        else:
-            # On an error the request stays Queued: the next pass re-admits it and adopts
-            # the Job (409) or finds its result in the cache.
-            job = build_job(body, spec, self.settings)
-            try:
-                if self.kube.create_job(namespace, job, uid):
-                    self.metrics.jobs_total.labels(outcome="created").inc()
-            except JobGoingAway:
-                return  # the old Job is still going away; the next pass recreates it
-            self.apply(body, admission.on_admitted(body, spec, cache, job_name=job["metadata"]["name"]))
-
-    def dispatch(self, body: dict, spec: TranscriptionSpec) -> None:
-        """Send a request to the runner pool. The stream first, then the status: a crash in
-        between sends it twice (harmless: the second is a cache hit), never zero times."""
-        meta = body["metadata"]
-        item = WorkItem(meta["uid"], meta["namespace"], meta["name"], meta.get("generation") or 1,
-                        spec.model_dump(by_alias=True, mode="json"))
-        try:
-            self.queue.dispatch(item)
-        except Exception as exc:
-            self.metrics.error("redis")
-            raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
-        self.apply(body, admission.on_admitted(body, spec, CacheAnswer("miss"), job_name=None))
-
-    def ensure_pool(self) -> None:
-        """Size the pool from the work outstanding, within the GPU budget."""
-        entries = self.registry.snapshot()
-        if not any(e.phase == Phase.Running.value and not e.job_name for e in entries):
-            return
-        active = admission.active_pool_jobs(self.kube.pool_jobs(self.pool_namespace))
-        for _ in range(admission.pool_shortfall(entries, active, self.max_pool_runners,
-                                                self.settings.requests_per_runner)):
-            self._pool_seq += 1
-            name = f"kubescribe-pool-{int(time.time() * 1000):x}-{self._pool_seq}"
-            self.kube.create_pool_job(self.pool_namespace, build_pool_job(self.settings, self.pool_namespace, name))
-            self.metrics.jobs_total.labels(outcome="created").inc()
-            log.info("pooled runner %s/%s started", self.pool_namespace, name)
-
-    def update_gauges(self) -> None:
-        entries = self.registry.snapshot()
-        counts = {ph.value: 0 for ph in Phase}
-        for e in entries:
-            counts[e.phase or Phase.Pending.value] = counts.get(e.phase or Phase.Pending.value, 0) + 1
-        for ph, n in counts.items():
-            self.metrics.requests.labels(phase=ph).set(n)
-        self.metrics.queue_size.set(counts[Phase.Queued.value])
-        oldest = min((e.created for e in entries if e.phase == Phase.Queued.value and e.created), default=None)
-        self.metrics.queue_oldest_seconds.set((age_seconds(oldest) or 0.0) if oldest else 0.0)
-        self.metrics.active_workers.set(counts[Phase.Running.value])
 
     # -- Jobs and runner outcomes -----------------------------------------------------
     def on_job(self, event_type: str | None, job: dict) -> None:
@@ -272,7 +154,7 @@ class Reconciler:
                       if o.get("kind") == "TranscriptionRequest"), None)
         if owner is None:
             return  # a pooled runner: it serves many requests and reports through Redis
-        with self._lock_for(owner["uid"]):
+        with self.lock_for(owner["uid"]):
             meta = job["metadata"]
             body = self.kube.get_request(meta["namespace"], owner["name"])
             if body is None or body["metadata"]["uid"] != owner["uid"] or not outcomes.owns(body, job):
@@ -322,7 +204,7 @@ class Reconciler:
                     log.exception("outcome %s not applied: %s", entry_id, exc)
 
     def on_pool_outcome(self, done: Finished) -> None:
-        with self._lock_for(done.uid):
+        with self.lock_for(done.uid):
             body = self.kube.get_request(done.namespace, done.name)
             if body is not None:
                 self.apply(body, outcomes.on_pool_outcome(body, done))
@@ -343,7 +225,7 @@ class Reconciler:
                 elif entry.phase == Phase.Running.value and entry.job_name:
                     self.check_job(body, entry.job_name)
                 elif entry.phase == Phase.Running.value and self.pool:
-                    with self._lock_for(entry.uid):
+                    with self.lock_for(entry.uid):
                         self.apply(body, outcomes.on_pool_timeout(body, datetime.now(timezone.utc),
                                                                   self.settings.claim_idle_ms / 1000))
             except Exception as exc:
@@ -359,10 +241,22 @@ class Reconciler:
         meta = body["metadata"]
         job = self.kube.read_job(meta["namespace"], name)
         if job is None:
-            with self._lock_for(meta["uid"]):
+            with self.lock_for(meta["uid"]):
                 self.apply(body, requeue(body, "JobLost", f"runner Job {name} no longer exists; queued again"))
             return
         self.on_job("MODIFIED", job)
+
+    def update_gauges(self) -> None:
+        entries = self.registry.snapshot()
+        counts = {ph.value: 0 for ph in Phase}
+        for e in entries:
+            counts[e.phase or Phase.Pending.value] = counts.get(e.phase or Phase.Pending.value, 0) + 1
+        for ph, n in counts.items():
+            self.metrics.requests.labels(phase=ph).set(n)
+        self.metrics.queue_size.set(counts[Phase.Queued.value])
+        oldest = min((e.created for e in entries if e.phase == Phase.Queued.value and e.created), default=None)
+        self.metrics.queue_oldest_seconds.set((age_seconds(oldest) or 0.0) if oldest else 0.0)
+        self.metrics.active_workers.set(counts[Phase.Running.value])
 
     # -- health -----------------------------------------------------------------------
     def refresh_gauges(self) -> None:

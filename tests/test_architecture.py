@@ -30,7 +30,7 @@ def installed_layout(dest: Path) -> Path:
 def test_import_linter_contracts_hold(tmp_path):
     tree = installed_layout(tmp_path / "src")
     lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    proc = subprocess.run([lint, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
+    proc = subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
                           env={"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -57,7 +57,7 @@ def test_a_broken_layer_is_caught(tmp_path):
     models = tree / "kubescribe" / "models.py"
     models.write_text(models.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
     lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    proc = subprocess.run([lint, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
+    proc = subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
                           env={"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "kubescribe.models -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
