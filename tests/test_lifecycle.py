@@ -415,3 +415,48 @@ def test_a_runners_outcome_is_counted_by_the_operator_with_its_file_size():
     assert value("kubescribe_transcription_duration_seconds_count", {"model": "tiny.en"}) == 1
     assert value("kubescribe_cache_operations_total", {"operation": "set", "result": "ok"}) == 1
     assert json.loads(DONE.to_json())["sizeBytes"] == 64000
+
+
+# --------------------------------------------------------------------------- the admission pass
+
+
+class FakeCluster(FakeKube):
+    """Requests by name, and Jobs created."""
+
+    def __init__(self, bodies):
+        super().__init__()
+        self.bodies = {b["metadata"]["name"]: b for b in bodies}
+        self.jobs = []
+
+    def get_request(self, ns, name):
+        return self.bodies.get(name)
+
+    def create_job(self, ns, job, uid):
+        self.jobs.append(job["metadata"]["name"])
+        return True
+
+
+def queued_request(name, created):
+    body = request("Queued", cacheKey=None)
+    body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=created)
+    return body
+
+
+def test_the_admission_pass_starts_what_fits_and_numbers_the_rest():
+    from kubescribe.operator.admitter import Admitter
+
+    bodies = [queued_request("first", "2026-01-01T00:00:01Z"), queued_request("second", "2026-01-01T00:00:02Z")]
+    kube = FakeCluster(bodies)
+    rec = reconciler(kube)
+    for b in bodies:
+        rec.registry.upsert(entry_from_body(b))
+    rec.synced = True
+    Admitter(rec).step()
+    assert len(kube.jobs) == 1 and kube.jobs[0].startswith("kubescribe-first-")
+    running, position = kube.patches
+    assert running["phase"] == "Running" and running["jobName"] == kube.jobs[0]
+    assert position == {"queuePosition": 1, "reason": "Queued", "message": "position 1 in the queue"}
+    assert rec.registry.get("uid-first").phase == "Running" and rec.registry.get("uid-second").queue_position == 1
+    assert kube.events == ["JobCreated"]
+    assert rec.metrics.registry.get_sample_value("kubescribe_jobs_total", {"outcome": "created"}) == 1
+    assert rec.metrics.registry.get_sample_value("kubescribe_queue_size") == 1
