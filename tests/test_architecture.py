@@ -27,12 +27,16 @@ def installed_layout(dest: Path) -> Path:
     return dest
 
 
-def test_import_linter_contracts_hold(tmp_path):
-    tree = installed_layout(tmp_path / "src")
+def lint_imports(tree: Path) -> subprocess.CompletedProcess:
+    """lint-imports with the contracts of pyproject.toml, on the copy at ``tree``."""
     lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    proc = subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
+    return subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree.parent,
                           env={"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)},
                           capture_output=True, text=True, timeout=300)
+
+
+def test_import_linter_contracts_hold(tmp_path):
+    proc = lint_imports(installed_layout(tmp_path / "src"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout, proc.stdout
 
@@ -56,10 +60,7 @@ def test_a_broken_layer_is_caught(tmp_path):
     tree = installed_layout(tmp_path / "src")
     models = tree / "kubescribe" / "models.py"
     models.write_text(models.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
-    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    proc = subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
-                          env={"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)},
-                          capture_output=True, text=True, timeout=300)
+    proc = lint_imports(tree)
     assert proc.returncode != 0 and "kubescribe.models -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
 
 
