@@ -24,5 +24,5 @@ bench: setup test-binaries ## run the benchmarks and write BENCHMARKS.md
 crds: ## regenerate the CRD from kubescribe/models.py into crds/ and the chart
 	$(PY) -m kubescribe.crd_write
 
-lint: ## architecture and CRD drift checks only
-	$(PY) -m pytest -q tests/test_architecture.py tests/test_crd.py
+lint: ## architecture (import-linter), docs and CRD drift checks only
+	$(PY) -m pytest -q tests/test_architecture.py tests/test_docs.py tests/test_crd.py

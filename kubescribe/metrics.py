@@ -1,11 +1,12 @@
 """Prometheus metrics, shared by the operator, the runner and the local CLI.
 
 Every family of the original transcription service is kept under the same name with the
-``kubescribe_`` prefix. Both processes export the whole set, so that a single runner (or
-``kubescribe transcribe --metrics-port``) is observable on its own; in a cluster the
-scrape configuration adds a ``component`` label (operator or runner) and the dashboard
-takes exact totals from the operator, which sees every request end, and live resource use
-(RAM, GPU) from the runners, whose pods may be gone before the next scrape.
+``kubescribe_`` prefix. The operator sees every request end, so it records the
+per-request counters and histograms, from each runner's outcome (:class:`Metrics`);
+runners export live gauges only (:class:`RunnerMetrics`: RAM, GPU, work in progress),
+because a runner Job may be gone before the next scrape. ``kubescribe transcribe
+--metrics-port`` is a process that sees all its requests end and exports the whole set.
+In a cluster the scrape configuration adds a ``component`` label (operator or runner).
 
 Help texts list every label value, so ``curl /metrics`` documents itself.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kubescribe.outcomes import ERROR_TYPES, RunnerOutcome
 
 #: Processing time buckets (seconds): a few hundred ms for a cache-warm short clip up to
 #: an hour-long recording on CPU.
@@ -28,31 +31,59 @@ RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 #: Queue wait buckets (seconds) from creation to runner Job.
 WAIT_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600)
 
-STATUSES = ("succeeded", "failed")
-ERROR_TYPES = (
-    "invalid_spec",
-    "bad_audio",
-    "audio_not_found",
-    "redis",
-    "model_load",
-    "transcription",
-    "job_failed",
-    "timeout",
-    "internal",
-)
-
-
 @dataclass
-class Metrics:
-    """One set of kubescribe metric families in its own registry.
+class RunnerMetrics:
+    """Live gauges of one process: what a runner pod exports.
 
     A registry per instance (not the global one) keeps tests independent and lets the
-    operator and an in-process runner live side by side in one test.
+    operator and an in-process runner live side by side in one test. Runner Jobs are
+    short-lived and a scrape can miss them, so a runner exports only what is true while it
+    lives (resource use, work in progress); per-request counters and histograms are
+    recorded by the operator from each runner's outcome.
     """
 
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
 
     def __post_init__(self) -> None:
+        r = self.registry
+        self.active_workers = Gauge(
+            "kubescribe_active_workers",
+            "Runner Jobs running (operator) or requests being transcribed (runner).",
+            registry=r,
+        )
+        self.gpu_utilization_percent = Gauge(
+            "kubescribe_gpu_utilization_percent",
+            "GPU utilisation reported by NVML, 0..100. gpu: device index.",
+            ["gpu"],
+            registry=r,
+        )
+        self.gpu_memory_used_bytes = Gauge(
+            "kubescribe_gpu_memory_used_bytes",
+            "GPU memory in use reported by NVML, in bytes. gpu: device index.",
+            ["gpu"],
+            registry=r,
+        )
+        self.ram_usage_bytes = Gauge(
+            "kubescribe_ram_usage_bytes",
+            "Resident memory of this process (psutil RSS), in bytes.",
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "kubescribe_model_load_seconds",
+            "Time to load a faster-whisper model. model: model name.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+
+
+@dataclass
+class Metrics(RunnerMetrics):
+    """The whole set: live gauges plus per-request totals, for a process that sees every
+    request end (the operator, or ``kubescribe transcribe --metrics-port``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         r = self.registry
         self.transcriptions_total = Counter(
             "kubescribe_transcriptions_total",
@@ -81,41 +112,20 @@ class Metrics:
         )
         self.cache_operations_total = Counter(
             "kubescribe_cache_operations_total",
-            "Result cache operations. operation: get|set|clear. result: hit|miss|ok|error.",
+            "Result cache operations. operation: get|set. result: hit|miss|ok|error. "
+            "One get per request.",
             ["operation", "result"],
             registry=r,
         )
         self.cache_hit_rate = Gauge(
             "kubescribe_cache_hit_rate",
-            "Share of result-cache lookups that hit (0..1), across every operator and runner "
-            "(counts kept in Redis).",
+            "Share of result-cache lookups that hit (0..1), across every operator, runner and "
+            "CLI (counts kept in Redis, reset by a cache clear).",
             registry=r,
         )
         self.queue_size = Gauge(
             "kubescribe_queue_size",
             "Requests waiting for a GPU budget slot (phase Queued).",
-            registry=r,
-        )
-        self.active_workers = Gauge(
-            "kubescribe_active_workers",
-            "Runner Jobs running (operator) or requests being transcribed (runner).",
-            registry=r,
-        )
-        self.gpu_utilization_percent = Gauge(
-            "kubescribe_gpu_utilization_percent",
-            "GPU utilisation reported by NVML, 0..100. gpu: device index.",
-            ["gpu"],
-            registry=r,
-        )
-        self.gpu_memory_used_bytes = Gauge(
-            "kubescribe_gpu_memory_used_bytes",
-            "GPU memory in use reported by NVML, in bytes. gpu: device index.",
-            ["gpu"],
-            registry=r,
-        )
-        self.ram_usage_bytes = Gauge(
-            "kubescribe_ram_usage_bytes",
-            "Resident memory of this process (psutil RSS), in bytes.",
             registry=r,
         )
         self.errors_total = Counter(
@@ -131,14 +141,6 @@ class Metrics:
             buckets=RTF_BUCKETS,
             registry=r,
         )
-        self.model_load_seconds = Histogram(
-            "kubescribe_model_load_seconds",
-            "Time to load a faster-whisper model. model: model name.",
-            ["model"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-
         self._zero_known_labels()
 
     def _zero_known_labels(self) -> None:
@@ -146,31 +148,33 @@ class Metrics:
         see the first event of a series that appears with value 1."""
         for kind in ERROR_TYPES:
             self.errors_total.labels(type=kind)
-        for op, results in (("get", ("hit", "miss", "error")), ("set", ("ok", "error")), ("clear", ("ok",))):
+        for op, results in (("get", ("hit", "miss", "error")), ("set", ("ok", "error"))):
             for result in results:
                 self.cache_operations_total.labels(operation=op, result=result)
 
     def error(self, kind: str) -> None:
         self.errors_total.labels(type=kind).inc()
 
-    def observe_transcription(
-        self,
-        *,
-        model: str,
-        status: str,
-        seconds: float | None = None,
-        audio_seconds: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
+    def observe_outcome(self, model: str, outcome: RunnerOutcome) -> None:
+        """Count one finished request: its status, and for a transcription (not a cache
+        answer) its processing time, audio length, real-time factor and file size; for a
+        failure, its error type from the reason table."""
+        status = "succeeded" if outcome.ok else "failed"
         self.transcriptions_total.labels(status=status, model=model).inc()
+        if not outcome.ok:
+            self.error(outcome.error_type)
+            return
+        if outcome.cached:
+            return
+        seconds, audio_seconds = outcome.processing_seconds, outcome.audio_duration_seconds
         if seconds is not None:
             self.transcription_duration_seconds.labels(model=model).observe(seconds)
         if audio_seconds is not None and audio_seconds > 0:
             self.audio_duration_seconds.observe(audio_seconds)
             if seconds is not None:
                 self.realtime_factor.labels(model=model).observe(seconds / audio_seconds)
-        if size_bytes is not None:
-            self.file_size_bytes.observe(size_bytes)
+        if outcome.size_bytes is not None:
+            self.file_size_bytes.observe(outcome.size_bytes)
 
 
 class OperatorMetrics(Metrics):
@@ -212,5 +216,28 @@ class OperatorMetrics(Metrics):
             "Age of the oldest request still Queued (0 when the queue is empty).",
             registry=r,
         )
+        self.cache_clears_total = Counter(
+            "kubescribe_cache_clears_total",
+            "Result cache clears by anyone (CLI, admin API); counted in Redis, exported here.",
+            registry=r,
+        )
+        self._clears_seen = 0
         for outcome in ("created", "succeeded", "failed"):
             self.jobs_total.labels(outcome=outcome)
+
+    def sync_cache_stats(self, hit_rate: float, clears: int) -> None:
+        """Copy the shared figures kept in Redis: the hit rate, and the clears made by
+        processes Prometheus never scrapes (a CLI)."""
+        self.cache_hit_rate.set(hit_rate)
+        if clears > self._clears_seen:
+            self.cache_clears_total.inc(clears - self._clears_seen)
+        self._clears_seen = clears
+
+    def observe_runner_cache(self, outcome: RunnerOutcome) -> None:
+        """The cache traffic of a runner, from its outcome: the lookup it made when the
+        operator could not (the audio hash was unknown before the download), and the
+        result it wrote."""
+        if outcome.cache_lookup:
+            self.cache_operations_total.labels(operation="get", result=outcome.cache_lookup).inc()
+        if outcome.ok and not outcome.cached:
+            self.cache_operations_total.labels(operation="set", result="ok").inc()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -93,10 +93,6 @@ class Phase(str, Enum):
     Running = "Running"
     Succeeded = "Succeeded"
     Failed = "Failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Phase.Succeeded, Phase.Failed)
 
 
 TERMINAL_PHASES = frozenset({Phase.Succeeded.value, Phase.Failed.value})
@@ -457,5 +453,3 @@ def parse_spec(raw: dict[str, Any]) -> TranscriptionSpec:
 class InvalidSpec(ValueError):
     """The request cannot run as written. Final: retrying will not help."""
 
-
-FinalPhase = Literal["Succeeded", "Failed"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,23 @@ AUDIO_URL_ALLOW_CIDRS_HELP = (
 )
 
 
+class ProcessSettings(_Settings):
+    log_level: str = Field(
+        "INFO", description="Log level of the process: DEBUG, INFO, WARNING or ERROR."
+    )
+
+
+class StreamSettings(_Settings):
+    claim_idle_ms: int = Field(
+        60000,
+        ge=0,
+        description="Pool mode: a runner's queue entry may be reclaimed by another after "
+        "this long without a heartbeat (runners renew it every 10 s while they work), and a "
+        "dispatched request times out this long after its timeoutSeconds. A minute rides out "
+        "a long garbage collection without handing live work to a second runner.",
+    )
+
+
 class RedisSettings(_Settings):
     redis_url: str = Field(
         "redis://localhost:6379/0",
@@ -59,6 +76,20 @@ class RedisSettings(_Settings):
     )
 
 
+class CliSettings(RedisSettings):
+    """What the ``kubescribe`` command line reads from the environment."""
+
+    kubeconfig: str | None = Field(
+        None, validation_alias="KUBECONFIG", description="kubeconfig of the cluster commands."
+    )
+
+    @property
+    def redis_url_given(self) -> bool:
+        """KUBESCRIBE_REDIS_URL is set: ``transcribe`` then shares that Redis's cache
+        instead of its in-process store."""
+        return "redis_url" in self.model_fields_set
+
+
 class AudioUrlSettings(_Settings):
     """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
 
@@ -71,7 +102,32 @@ class AudioUrlSettings(_Settings):
     )
 
 
-class RunnerSettings(RedisSettings, AudioUrlSettings):
+class AudioInputSettings(AudioUrlSettings):
+    """What the runner accepts as audio."""
+
+    max_audio_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="Largest audio a runner accepts, checked before decoding: a 2 GiB upload "
+        "would need several times that in RAM once decoded to float32 samples (512 MiB).",
+    )
+
+
+class EngineSettings(_Settings):
+    """How the runner's engine finds and runs models (kubescribe.runner.engine)."""
+
+    model_dir: str | None = Field(
+        None, description="Model volume: models are looked up and downloaded here."
+    )
+    offline: Annotated[bool, BeforeValidator(lambda v: v or False)] = Field(
+        False, description="Never contact a model hub (air-gapped clusters); empty is false."
+    )
+    cpu_threads: int = Field(
+        0, ge=0, description="CTranslate2 intra-op threads; 0 lets it use every core."
+    )
+
+
+class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessSettings):
     spec: str | None = Field(
         None, description="The request spec as JSON; the operator sets it on the Job."
     )
@@ -94,9 +150,13 @@ class RunnerSettings(RedisSettings, AudioUrlSettings):
     consumer: str | None = Field(
         None, description="Consumer name in the stream group; defaults to the pod name."
     )
+    pod_name: str | None = Field(
+        None, validation_alias="POD_NAME",
+        description="The runner pod's name (downward API), the default consumer name.",
+    )
 
 
-class OperatorSettings(RedisSettings):
+class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
     instance: str = Field(
         "",
         description="Release name, copied to runner Jobs as app.kubernetes.io/instance so two "
@@ -131,6 +191,10 @@ class OperatorSettings(RedisSettings):
     pool_namespace: str = Field(
         "", description="Namespace of pooled runner Jobs; empty: the operator's own "
         "(POD_NAMESPACE), else the watched namespace, else default."
+    )
+    pod_namespace: str = Field(
+        "", validation_alias="POD_NAMESPACE",
+        description="The operator's own namespace (downward API), where pooled runners go by default.",
     )
     pool_gpus: int = Field(1, ge=0, le=8, description="GPUs per pooled runner.")
     pool_idle_seconds: float = Field(
@@ -196,6 +260,17 @@ class OperatorSettings(RedisSettings):
     runner_metrics_port: int = Field(9400, description="Runner /metrics port (named `metrics`).")
     metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
     max_audio_bytes: int = Field(
-        512 * 1024 * 1024, description="Largest audio a runner accepts (512 MiB)."
+        512 * 1024 * 1024, ge=1, description="Largest audio a runner accepts (512 MiB)."
+    )
+    resync_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between full re-lists of the requests. The watch delivers changes "
+        "at once; the resync retries requests left Pending (Redis down) and finds Jobs deleted "
+        "while the operator was down. 30 s bounds that recovery without loading the API server.",
+    )
+    workers: int = Field(
+        16, ge=1, description="kopf's handler thread pool: watch events of many requests are "
+        "handled at once while one waits on the API server."
     )
     audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)

@@ -1,10 +1,11 @@
 """The Redis store: audio by SHA-256, transcripts in a gzip result cache, shared stats.
 
-Key layout (DESIGN.md §4)::
+Key layout (docs/architecture.md)::
 
     kubescribe:audio:<sha256>        audio bytes, with a TTL
     kubescribe:result:<cache key>    gzip-compressed JSON transcript, 24 h TTL by default
     kubescribe:stats:cache           hash {hits, misses}: hit rate shared by every process
+    kubescribe:stats:clears          how many times the cache was cleared (not reset by a clear)
 
 Redis is reached through a URL (``redis://`` or ``rediss://`` for TLS) and a password that
 comes from a Secret via the environment, never from a custom resource. ``MemoryStore``
@@ -30,6 +31,7 @@ PREFIX = "kubescribe"
 AUDIO_PREFIX = f"{PREFIX}:audio:"
 RESULT_PREFIX = f"{PREFIX}:result:"
 STATS_KEY = f"{PREFIX}:stats:cache"
+CLEARS_KEY = f"{PREFIX}:stats:clears"
 
 #: Result TTL: 24 h, as the original service kept it.
 DEFAULT_RESULT_TTL = 86400
@@ -93,24 +95,6 @@ def known_cache_key(spec) -> tuple[str | None, str | None]:
     return (cache_key(sha, spec.output_params()) if sha else None), sha
 
 
-def result_summary(result: Mapping[str, Any], cache_key: str, result_key: str, *, cached: bool) -> dict[str, Any]:
-    """The short summary of a result document: what a runner leaves in its termination
-    message and the operator copies into the request's status."""
-    return {
-        "ok": True,
-        "cached": cached,
-        "cacheKey": cache_key,
-        "resultKey": result_key,
-        "audioSha256": result.get("audio_sha256"),
-        "language": result.get("language"),
-        "languageProbability": result.get("language_probability"),
-        "audioDurationSeconds": result.get("audio_duration_seconds"),
-        "processingSeconds": result.get("processing_seconds"),
-        "realtimeFactor": result.get("realtime_factor"),
-        "textPreview": (result.get("text") or "")[:200],
-    }
-
-
 def encode_result(result: Mapping[str, Any], codec: str = "gzip", level: int = 6) -> bytes:
     raw = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
     if codec == "gzip":
@@ -140,6 +124,7 @@ class CacheStats:
     misses: int
     results: int
     audio: int
+    clears: int = 0
 
     @property
     def lookups(self) -> int:
@@ -157,7 +142,7 @@ class _Backend(Protocol):
     def set(self, key: str, value: bytes, ex: int | None = None, nx: bool = False) -> Any: ...
     def delete(self, *keys: str) -> int: ...
     def exists(self, *keys: str) -> int: ...
-    def expire(self, key: str, seconds: int) -> Any: ...
+    def incr(self, key: str) -> int: ...
     def hincrby(self, key: str, field: str, amount: int = 1) -> int: ...
     def hgetall(self, key: str) -> dict[bytes, bytes]: ...
     def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[bytes]: ...
@@ -236,7 +221,6 @@ class Store:
             raise
         hit = blob is not None
         if count:
-            self._count("get", "hit" if hit else "miss")
             self.record_lookup(hit)
         return decode_result(blob) if hit else None
 
@@ -245,11 +229,14 @@ class Store:
         blob = self._call(self.client.get, rkey)
         return decode_result(blob) if blob is not None else None
 
-    def has_result(self, key: str) -> bool:
-        return bool(self._call(self.client.exists, result_key(key)))
-
     def record_lookup(self, hit: bool) -> None:
-        """Count a lookup in the shared hash and refresh the hit-rate gauge."""
+        """Count a lookup in the shared hash and refresh the hit-rate gauge.
+
+        One lookup per request: a caller that looks again for the same request (the
+        operator before it starts a Job) reads with ``count=False`` and records the
+        request's lookup once, when its answer is known.
+        """
+        self._count("get", "hit" if hit else "miss")
         try:
             self._call(self.client.hincrby, STATS_KEY, "hits" if hit else "misses", 1)
         except StoreError:
@@ -260,30 +247,35 @@ class Store:
             except StoreError:
                 pass
 
+    def _keys(self, pattern: str) -> list:
+        """Every key matching ``pattern``; SCAN runs as the list is built, so a Redis error
+        surfaces here as a StoreError, not later in the caller's loop."""
+        return self._call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+
     def stats(self, count_keys: bool = True) -> CacheStats:
         raw = self._call(self.client.hgetall, STATS_KEY) or {}
         get = lambda k: int(raw.get(k.encode(), raw.get(k, 0)) or 0)  # noqa: E731
+        clears = int(self._call(self.client.get, CLEARS_KEY) or 0)
         results = audio = 0
         if count_keys:
-            results = sum(1 for _ in self._call(self.client.scan_iter, match=RESULT_PREFIX + "*", count=500))
-            audio = sum(1 for _ in self._call(self.client.scan_iter, match=AUDIO_PREFIX + "*", count=500))
-        return CacheStats(hits=get("hits"), misses=get("misses"), results=results, audio=audio)
+            results = len(self._keys(RESULT_PREFIX + "*"))
+            audio = len(self._keys(AUDIO_PREFIX + "*"))
+        return CacheStats(hits=get("hits"), misses=get("misses"), results=results, audio=audio, clears=clears)
 
     def clear(self, audio: bool = False) -> int:
-        """Delete every cached result (and uploaded audio if asked) and reset the stats."""
+        """Delete every cached result (and uploaded audio if asked) and reset the hit rate.
+
+        The clear itself is counted in Redis, where the operator reads it for Prometheus:
+        the CLI that clears is never scraped.
+        """
         patterns = [RESULT_PREFIX + "*"] + ([AUDIO_PREFIX + "*"] if audio else [])
         deleted = 0
         for pattern in patterns:
-            batch: list = []
-            for key in self._call(self.client.scan_iter, match=pattern, count=500):
-                batch.append(key)
-                if len(batch) >= 500:
-                    deleted += self._call(self.client.delete, *batch)
-                    batch = []
-            if batch:
-                deleted += self._call(self.client.delete, *batch)
+            keys = self._keys(pattern)
+            for i in range(0, len(keys), 500):
+                deleted += self._call(self.client.delete, *keys[i:i + 500])
         self._call(self.client.delete, STATS_KEY)
-        self._count("clear", "ok")
+        self._call(self.client.incr, CLEARS_KEY)
         return deleted
 
 
@@ -332,13 +324,11 @@ class _MemoryBackend:
         with self._lock:
             return sum(1 for k in keys if self._live(k) is not None)
 
-    def expire(self, key, seconds):
+    def incr(self, key):
         with self._lock:
-            v = self._live(key)
-            if v is None:
-                return False
-            self._data[key] = (v, time.monotonic() + seconds)
-            return True
+            n = int(self._live(key) or 0) + 1
+            self._data[key] = (str(n).encode(), None)
+            return n
 
     def hincrby(self, key, field, amount=1):
         with self._lock:

@@ -9,11 +9,9 @@ from typing import Any
 
 from kubescribe import API_VERSION, KIND
 from kubescribe.models import TranscriptionSpec
+from kubescribe.outcomes import EXIT_BAD_INPUT
 from kubescribe.settings import OperatorSettings
 
-#: The runner's exit code for bad input (EX_DATAERR); the podFailurePolicy fails the Job
-#: on it at once instead of burning retries on a file that will never decode.
-EXIT_BAD_INPUT = 65
 CONTAINER = "runner"
 RUNNER_UID = 10001
 
@@ -168,6 +166,8 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
             "activeDeadlineSeconds": spec.timeout_seconds,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             "podFailurePolicy": {"rules": [
+                # The runner's exit code for a final reason (the reason table): retrying
+                # cannot help, so the Job fails at once instead of burning retries.
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                                       "values": [EXIT_BAD_INPUT]}},
                 # Evictions, preemption and node drains are not the request's fault.

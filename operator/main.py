@@ -2,14 +2,15 @@
 
 Run it with ``kubescribe-operator`` (in the chart's Deployment) or ``kopf run -m
 kubescribe.operator.main``. One replica with the Recreate strategy: kopf has no leader
-election, and two operators would both admit requests.
+election, and two operators would both admit requests. What each handler does is in
+``reconciler``; why the admission and resync loops are not kopf timers is in
+docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import threading
 from typing import Any
@@ -22,23 +23,19 @@ from kubescribe.serving import MetricsServer
 from kubescribe.settings import OperatorSettings
 from kubescribe.store import open_store
 
-from .handlers import Operator
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
+from .admitter import Admitter
+from .kube import Kube
+from .reconciler import Reconciler
 
 log = logging.getLogger("kubescribe.operator")
 
-#: Seconds between full re-lists of the requests. The watch delivers changes at once;
-#: the resync retries requests left Pending (Redis down) and finds Jobs deleted while
-#: the operator was down. 30 s bounds that recovery without loading the API server.
-RESYNC_SECONDS = float(os.environ.get("KUBESCRIBE_RESYNC_SECONDS", "30"))
 #: Longest the admission loop sleeps without a wake-up; queue positions refresh at
 #: least this often.
 STEP_SECONDS = 5.0
 
-_state: dict[str, Any] = {}
 
-
-def _api_client():
+def _api_client(workers: int):
     from kubernetes import client, config
 
     try:
@@ -47,7 +44,7 @@ def _api_client():
         config.load_kube_config()
     cfg = client.Configuration.get_default_copy()
     # kopf runs sync handlers in a thread pool; give each thread a connection.
-    cfg.connection_pool_maxsize = 32
+    cfg.connection_pool_maxsize = 2 * workers
     return client.ApiClient(cfg)
 
 
@@ -57,58 +54,60 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    conf = OperatorSettings()
     # The request's status is the record: no kopf progress annotations or finalizers.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    # Events are posted by the handlers, one per transition; kopf's own are noise.
+    # Events are posted by the reconciler, one per transition; kopf's own are noise.
     settings.posting.enabled = False
     # A watch can go silent behind a load balancer: end it server-side after 4.5 min and
     # give up client-side after 5, then re-list.
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
-    settings.execution.max_workers = int(os.environ.get("KUBESCRIBE_WORKERS", "16"))
-
-    conf = OperatorSettings()
+    settings.execution.max_workers = conf.workers
     if conf.namespace:
         # Namespaced installs get a Role only: kopf must not try to scan namespaces and
         # CRDs cluster-wide (it would retry refused calls for about a minute first).
         settings.scanning.disabled = True
-    metrics = OperatorMetrics()
-    store = open_store(conf.redis_url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
-    op = Operator(conf, store, _api_client(), metrics)
     if "@" in conf.redis_url.split("//", 1)[-1].split("/", 1)[0] and not conf.redis_secret_name:
         log.warning("KUBESCRIBE_REDIS_URL carries credentials, which are not passed to runners; "
                     "set KUBESCRIBE_REDIS_SECRET_NAME so runners can authenticate")
-    server = MetricsServer(metrics.registry, port=conf.metrics_port, health=op.healthy,
-                           before_scrape=op.refresh_process_gauges).start()
+    metrics = OperatorMetrics()
+    store = open_store(conf.redis_url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
+    rec = Reconciler(conf, store, Kube(_api_client(conf.workers)), metrics)
+    server = MetricsServer(metrics.registry, port=conf.metrics_port, health=rec.healthy, ready=rec.ready,
+                           before_scrape=rec.refresh_gauges).start()
     log.info("kubescribe operator: budget=%d mode=%s namespace=%s metrics=:%d", conf.gpu_budget, conf.mode,
              conf.namespace or "*", server.port)
-    tasks = [asyncio.create_task(_admission_loop(op)), asyncio.create_task(_resync_loop(op))]
     stop = threading.Event()
-    if op.pool:
-        threading.Thread(target=op.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
-    _state.update(op=op, server=server, tasks=tasks, stop=stop)
+    if rec.pool:
+        threading.Thread(target=rec.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
+    memo.reconciler = rec
+    memo.server = server
+    memo.stop = stop
+    memo.tasks = [asyncio.create_task(_admission_loop(rec, Admitter(rec))),
+                  asyncio.create_task(_resync_loop(rec, conf.resync_seconds))]
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    if "stop" in _state:
-        _state["stop"].set()
-    for task in _state.get("tasks", []):
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "stop" in memo:
+        memo.stop.set()
+    for task in memo.get("tasks", []):
         task.cancel()
-    if "server" in _state:
-        _state["server"].stop()
+    if "server" in memo:
+        memo.server.stop()
 
 
-async def _admission_loop(op: Operator) -> None:
+async def _admission_loop(rec: Reconciler, admitter: Admitter) -> None:
     while True:
-        await asyncio.to_thread(op._wake.wait, STEP_SECONDS)
-        op._wake.clear()
+        await asyncio.to_thread(rec.wakeup.wait, STEP_SECONDS)
+        rec.wakeup.clear()
         try:
-            await asyncio.to_thread(op.step)
+            await asyncio.to_thread(admitter.step)
         except Exception as exc:
             log.exception("admission pass failed: %s", exc)
         # Coalesce a burst of wake-ups into one pass; also bounds a pass loop that keeps
@@ -116,36 +115,33 @@ async def _admission_loop(op: Operator) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _resync_loop(op: Operator) -> None:
+async def _resync_loop(rec: Reconciler, seconds: float) -> None:
     while True:
         try:
-            await asyncio.to_thread(op.resync)
+            await asyncio.to_thread(rec.resync)
         except Exception as exc:
-            log.warning("resync failed (retrying in %.0fs): %s", RESYNC_SECONDS, exc)
-        await asyncio.sleep(RESYNC_SECONDS)
+            log.warning("resync failed (retrying in %.0fs): %s", seconds, exc)
+        await asyncio.sleep(seconds)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def request_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    op: Operator | None = _state.get("op")
-    if op is not None:
-        op.on_request(event.get("type"), event["object"])
+def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    if "reconciler" in memo:
+        memo.reconciler.on_request(event.get("type"), event["object"])
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    op: Operator | None = _state.get("op")
-    if op is not None:
-        op.on_job(event.get("type"), event["object"])
+def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    if "reconciler" in memo:
+        memo.reconciler.on_job(event.get("type"), event["object"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("KUBESCRIBE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    namespace = OperatorSettings().namespace
+    conf = OperatorSettings()
+    logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.configure(verbose=False)
-    kopf.run(standalone=True, clusterwide=not namespace, namespaces=[namespace] if namespace else [],
-             liveness_endpoint=None)
+    kopf.run(standalone=True, clusterwide=not conf.namespace, namespaces=[conf.namespace] if conf.namespace else [],
+             liveness_endpoint=None, memo=kopf.Memo())
     return 0
 
 

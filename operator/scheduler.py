@@ -80,24 +80,20 @@ class Plan:
     used_slots: int
 
 
-def plan(entries: Iterable[Entry], budget: int, in_flight: dict[str, int] | None = None) -> Plan:
+def plan(entries: Iterable[Entry], budget: int) -> Plan:
     """Choose the queued requests to admit now.
 
-    ``in_flight`` maps uids admitted by this process whose Running status has not come
-    back through the watch yet to their slot counts; they count against the budget.
+    A request admitted by this process counts against the budget from the moment its
+    registry entry is marked Running, before the watch brings the status back.
 
     Strict order: when the head of the queue needs more slots than are free, nothing
     behind it jumps ahead (no starvation of multi-GPU requests). A request whose cache
     key matches a running one waits, and is answered from the cache when that finishes.
     """
-    in_flight = dict(in_flight or {})
     entries = list(entries)
-    running = [e for e in entries if e.phase == "Running" and e.uid not in in_flight]
-    used = sum(e.slots for e in running) + sum(in_flight.values())
-    busy_keys = {e.cache_key for e in entries
-                 if e.cache_key and (e.uid in in_flight or (e.phase == "Running" and e.current))}
-    queued = sorted((e for e in entries if e.phase == "Queued" and e.current and e.uid not in in_flight),
-                    key=queue_order)
+    used = sum(e.slots for e in entries if e.phase == "Running")
+    busy_keys = {e.cache_key for e in entries if e.cache_key and e.phase == "Running" and e.current}
+    queued = sorted((e for e in entries if e.phase == "Queued" and e.current), key=queue_order)
     admit: list[Entry] = []
     held: set[str] = set()
     free = budget - used
@@ -174,7 +170,3 @@ class Registry:
             e = self._entries.get(uid)
             if e is not None:
                 self._entries[uid] = replace(e, **changes)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)

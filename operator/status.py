@@ -1,19 +1,25 @@
-"""Status documents, conditions in the metav1.Condition shape, and Events."""
+"""Status documents: merge patches of ``status``, built through the TranscriptionStatus
+model and the Phase enum, with conditions in the metav1.Condition shape."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from kubescribe.models import now_rfc3339
-
-log = logging.getLogger(__name__)
+from kubescribe.models import Phase, TranscriptionStatus, now_rfc3339
+from kubescribe.outcomes import RunnerOutcome
 
 #: Condition types. Ready follows kstatus: False from the first moment, so Flux and
 #: Argo CD never mistake a request in progress for a finished one.
 READY = "Ready"
 ADMITTED = "Admitted"
 CACHED = "Cached"
+
+
+def patch(**fields: Any) -> dict[str, Any]:
+    """A status merge patch from TranscriptionStatus fields (snake_case). A field given as
+    ``None`` is kept, as JSON null: in a merge patch that clears what an earlier run left.
+    Validation refuses a field the CRD does not have, or a phase outside the enum."""
+    return TranscriptionStatus.model_validate(fields).model_dump(by_alias=True, mode="json", exclude_unset=True)
 
 
 def set_condition(
@@ -44,68 +50,77 @@ def set_condition(
     return out
 
 
+def _status(body: dict) -> dict:
+    return body.get("status") or {}
+
+
+def pending(body: dict, reason: str, message: str) -> dict:
+    gen = body["metadata"].get("generation")
+    conds = set_condition(_status(body).get("conditions"), READY, False, reason, message, gen)
+    return patch(phase=Phase.Pending, reason=reason, message=message, conditions=conds)
+
+
 def queued(body: dict, *, cache_key: str | None, audio_sha: str | None, position: int | None = None) -> dict:
-    status = body.get("status") or {}
+    status = _status(body)
     gen = body["metadata"].get("generation")
     conds = set_condition(status.get("conditions"), READY, False, "Queued",
                           "waiting for a runner slot in the GPU budget", gen)
     conds = set_condition(conds, ADMITTED, False, "Queued", "waiting for a runner slot", gen)
-    return {
-        "phase": "Queued",
-        "reason": "Queued",
-        "message": "waiting for a runner slot in the GPU budget",
-        "observedGeneration": gen,
-        "queuedAt": status.get("queuedAt") if status.get("observedGeneration") == gen and status.get("queuedAt") else now_rfc3339(),
-        "queuePosition": position,
-        "cacheKey": cache_key,
-        "audioSha256": audio_sha,
-        "conditions": conds,
-        "jobName": None,
-        "startedAt": None,
-        "completedAt": None,
-        "cached": None,
-    }
+    same_generation = status.get("observedGeneration") == gen and status.get("queuedAt")
+    return patch(
+        phase=Phase.Queued, reason="Queued", message="waiting for a runner slot in the GPU budget",
+        observed_generation=gen, queued_at=status.get("queuedAt") if same_generation else now_rfc3339(),
+        queue_position=position, cache_key=cache_key, audio_sha256=audio_sha, conditions=conds,
+        job_name=None, started_at=None, completed_at=None, cached=None,
+    )
 
 
-def failed(body: dict, reason: str, message: str) -> dict:
-    status = body.get("status") or {}
+def running(body: dict, *, reason: str, message: str, job_name: str | None) -> dict:
+    """Admitted: a runner Job was created (``job_name``) or the request went to the pool."""
     gen = body["metadata"].get("generation")
-    conds = set_condition(status.get("conditions"), READY, False, reason, message, gen)
-    return {
-        "phase": "Failed",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": gen,
-        "completedAt": now_rfc3339(),
-        "queuePosition": None,
-        "conditions": conds,
-    }
+    conds = set_condition(_status(body).get("conditions"), ADMITTED, True, reason, message, gen)
+    conds = set_condition(conds, READY, False, "Running",
+                          "transcribing" if job_name else "waiting for a pooled runner", gen)
+    return patch(phase=Phase.Running, reason=reason, message=message, job_name=job_name,
+                 started_at=now_rfc3339(), queue_position=None, attempts=0, conditions=conds)
 
 
-def succeeded(body: dict, summary: dict[str, Any], *, cached: bool, message: str) -> dict:
-    status = body.get("status") or {}
+def failed(body: dict, reason: str, message: str, *, attempts: int | None = None) -> dict:
     gen = body["metadata"].get("generation")
-    conds = set_condition(status.get("conditions"), READY, True, "Succeeded", message, gen)
+    conds = set_condition(_status(body).get("conditions"), READY, False, reason, message, gen)
+    fields: dict[str, Any] = dict(phase=Phase.Failed, reason=reason, message=message, observed_generation=gen,
+                                  completed_at=now_rfc3339(), queue_position=None, conditions=conds)
+    if attempts is not None:
+        fields["attempts"] = attempts
+    return patch(**fields)
+
+
+def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int | None = None) -> dict:
+    gen = body["metadata"].get("generation")
+    cached = outcome.cached
+    conds = set_condition(_status(body).get("conditions"), READY, True, "Succeeded", message, gen)
     conds = set_condition(conds, CACHED, cached, "CacheHit" if cached else "Transcribed",
                           "answered from the result cache" if cached else "transcribed by a runner", gen)
-    out = {
-        "phase": "Succeeded",
-        "reason": "CacheHit" if cached else "Transcribed",
-        "message": message,
-        "observedGeneration": gen,
-        "completedAt": now_rfc3339(),
-        "queuePosition": None,
-        "cached": cached,
-        "conditions": conds,
-    }
-    for src, dst in (
-        ("cacheKey", "cacheKey"), ("resultKey", "resultKey"), ("audioSha256", "audioSha256"),
-        ("language", "language"), ("languageProbability", "languageProbability"),
-        ("audioDurationSeconds", "audioDurationSeconds"), ("processingSeconds", "processingSeconds"),
-        ("realtimeFactor", "realtimeFactor"), ("textPreview", "textPreview"),
-    ):
-        if summary.get(src) is not None:
-            out[dst] = summary[src]
-    if out.get("textPreview"):
-        out["textPreview"] = out["textPreview"][:200]
-    return out
+    fields: dict[str, Any] = dict(
+        phase=Phase.Succeeded, reason="CacheHit" if cached else "Transcribed", message=message,
+        observed_generation=gen, completed_at=now_rfc3339(), queue_position=None, cached=cached,
+        conditions=conds,
+    )
+    for name in ("cache_key", "result_key", "audio_sha256", "language", "language_probability",
+                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "text_preview"):
+        value = getattr(outcome, name)
+        if value is not None:
+            fields[name] = value
+    if fields.get("text_preview"):
+        fields["text_preview"] = fields["text_preview"][:200]
+    if attempts is not None:
+        fields["attempts"] = attempts
+    return patch(**fields)
+
+
+def attempts(count: int) -> dict:
+    return patch(attempts=count)
+
+
+def queue_position(position: int, reason: str, message: str) -> dict:
+    return patch(queue_position=position, reason=reason, message=message)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import numpy as np
 
 from kubescribe import __version__
 from kubescribe.models import DEFAULT_MODEL, TranscriptionSpec, now_rfc3339
+from kubescribe.settings import EngineSettings
 
 from .resources import cuda_device_count, release_memory
 
@@ -114,11 +114,9 @@ class EngineOptions:
             (and its memory released) when another is needed.
     """
 
-    model_dir: str | None = field(default_factory=lambda: os.environ.get("KUBESCRIBE_MODEL_DIR") or None)
-    local_files_only: bool = field(
-        default_factory=lambda: os.environ.get("KUBESCRIBE_OFFLINE", "").lower() in ("1", "true", "yes")
-    )
-    cpu_threads: int = field(default_factory=lambda: int(os.environ.get("KUBESCRIBE_CPU_THREADS", "0")))
+    model_dir: str | None = field(default_factory=lambda: EngineSettings().model_dir or None)
+    local_files_only: bool = field(default_factory=lambda: EngineSettings().offline)
+    cpu_threads: int = field(default_factory=lambda: EngineSettings().cpu_threads)
     num_workers: int = 1
     keep_models: int = 1
 

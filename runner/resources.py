@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import psutil
 
+from kubescribe.metrics import RunnerMetrics
+from kubescribe.serving import MetricsServer
+
 log = logging.getLogger(__name__)
 
 
@@ -101,3 +104,22 @@ def cuda_device_count() -> int:
         return ctranslate2.get_cuda_device_count()
     except Exception:
         return 0
+
+
+def refresh_resource_gauges(metrics: RunnerMetrics, nvml: Nvml) -> None:
+    metrics.ram_usage_bytes.set(rss_bytes())
+    for g in nvml.readings():
+        metrics.gpu_utilization_percent.labels(gpu=str(g.index)).set(g.utilization_percent)
+        metrics.gpu_memory_used_bytes.labels(gpu=str(g.index)).set(g.memory_used_bytes)
+
+
+def start_metrics_server(port: int, metrics: RunnerMetrics, nvml: Nvml) -> MetricsServer | None:
+    """Serve a runner's live gauges on /metrics (and /healthz) on ``port``; -1: not at all."""
+    if port < 0:
+        return None
+    try:
+        return MetricsServer(metrics.registry, port=port,
+                             before_scrape=lambda: refresh_resource_gauges(metrics, nvml)).start()
+    except OSError as exc:  # metrics are not worth failing a transcription over
+        log.warning("metrics server not started on :%d: %s", port, exc)
+        return None

@@ -1,6 +1,7 @@
 """The kubescribe CLI, run as a user would run it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -59,3 +60,36 @@ def test_clear_errors_for_bad_files(tmp_path):
     assert e.returncode == 65 and "empty" in e.stderr
     lang = kubescribe("transcribe", "--sample", "--language", "de")
     assert lang.returncode == 2 and "English-only models" in lang.stderr
+
+
+def test_errors_are_one_line_with_the_documented_exit_code(tmp_path):
+    from tests.support.core import free_port
+
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    cases = [
+        (("cache", "clear", "--redis", down), 75, "ConnectionError"),
+        (("cache", "stats", "--redis", "localhost:6391"), 2, "must start with redis://"),
+        (("transcribe", "--sample", "--redis", "localhost:6391"), 2, "must start with redis://"),
+        (("result", "nope", "--redis", down, "--kubeconfig", str(tmp_path / "none")), 2, "no cluster"),
+    ]
+    for args, code, text in cases:
+        proc = kubescribe(*args, env={**os.environ, "KUBERNETES_SERVICE_HOST": ""})
+        assert proc.returncode == code, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kubescribe: ") and text in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_version():
+    proc = kubescribe("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == "kubescribe 0.1.0"
+
+
+def test_the_redis_url_comes_from_the_environment_by_default(redis_server):
+    redis_server.client().flushdb()
+    env = {**os.environ, "KUBESCRIBE_REDIS_URL": redis_server.url}
+    assert kubescribe("transcribe", "--sample", env=env).returncode == 0
+    second = kubescribe("transcribe", "--sample", env=env)
+    assert second.returncode == 0 and "from cache" in second.stderr
+    stats = json.loads(kubescribe("cache", "stats", env=env).stdout)
+    assert (stats["hits"], stats["misses"], stats["results"]) == (1, 1, 1)

@@ -12,7 +12,6 @@ from kubescribe import API_VERSION, KIND
 from kubescribe.models import parse_spec
 from kubescribe.operator.jobs import (
     CONTAINER,
-    EXIT_BAD_INPUT,
     LABEL_POOL,
     LABEL_REQUEST,
     LABEL_REQUEST_UID,
@@ -20,6 +19,7 @@ from kubescribe.operator.jobs import (
     build_pool_job,
     job_name,
 )
+from kubescribe.outcomes import EXIT_BAD_INPUT
 from kubescribe.settings import OperatorSettings
 
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

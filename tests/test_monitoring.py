@@ -190,10 +190,10 @@ def test_totals_come_from_the_operator_and_resources_from_runners():
 
 
 def test_every_metric_in_panels_and_alerts_is_exported_with_those_labels():
-    from kubescribe.metrics import Metrics, OperatorMetrics
+    from kubescribe.metrics import OperatorMetrics, RunnerMetrics
 
     registries = {"operator": exported_families(OperatorMetrics().registry),
-                  "runner": exported_families(Metrics().registry)}
+                  "runner": exported_families(RunnerMetrics().registry)}
     everything = {**registries["runner"], **registries["operator"]}
     used = set()
     for where, expr in panel_queries() + rule_exprs():
@@ -205,7 +205,7 @@ def test_every_metric_in_panels_and_alerts_is_exported_with_those_labels():
             unknown = set(matchers) - exported[name][1] - TARGET_LABELS
             assert not unknown, f"{where}: {name} has no label(s) {sorted(unknown)}"
             used.add(exported[name][0])
-    # Every family of DESIGN.md §5 appears on the dashboard or in an alert.
+    # Every inherited family (README, Metrics) appears on the dashboard or in an alert.
     for family in ("kubescribe_transcriptions", "kubescribe_transcription_duration_seconds",
                    "kubescribe_cache_hit_rate", "kubescribe_queue_size", "kubescribe_active_workers",
                    "kubescribe_gpu_utilization_percent", "kubescribe_ram_usage_bytes", "kubescribe_errors",
@@ -227,18 +227,14 @@ def test_grafana_provisioning_files():
 @pytest.fixture
 def runner_metrics(redis_server):
     """An in-process runner: the real task code and metrics, served like a runner pod's."""
-    from kubescribe.metrics import Metrics
+    from kubescribe.metrics import RunnerMetrics
     from kubescribe.runner.engine import Engine
-    from kubescribe.runner.main import refresh_resource_gauges
-    from kubescribe.runner.resources import Nvml
-    from kubescribe.serving import MetricsServer
+    from kubescribe.runner.resources import Nvml, start_metrics_server
     from kubescribe.store import Store
 
-    metrics = Metrics()
-    nvml = Nvml()
-    server = MetricsServer(metrics.registry, port=0, host="127.0.0.1",
-                           before_scrape=lambda: refresh_resource_gauges(metrics, nvml)).start()
-    store = Store(redis_server.client(), metrics=metrics)
+    metrics = RunnerMetrics()
+    server = start_metrics_server(0, metrics, Nvml())
+    store = Store(redis_server.client())
     engine = Engine(metrics=metrics)
     try:
         yield server, store, engine, metrics
@@ -287,8 +283,10 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
 
     prom.wait_for('sum(kubescribe_transcriptions_total{component="operator"})',
                   lambda r: r and float(r[0]["value"][1]) >= 4, timeout=30)
-    prom.wait_for('sum(kubescribe_transcriptions_total{component="runner",status="succeeded"})',
-                  lambda r: r and float(r[0]["value"][1]) >= 1, timeout=30)
+    # Runners export live gauges only; per-request figures come from the operator.
+    prom.wait_for('sum(kubescribe_ram_usage_bytes{component="runner"})',
+                  lambda r: r and float(r[0]["value"][1]) > 0, timeout=30)
+    assert prom.query('kubescribe_transcriptions_total{component="runner"}') == []
     time.sleep(3)  # a few more scrapes after the last change
 
     empty_gpu = []
@@ -319,3 +317,37 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
     for r in rules:
         assert r["health"] == "ok", f"{r['name']}: {r.get('lastError')}"
         assert r["state"] == "inactive", f"{r['name']} is {r['state']} on a healthy system"
+
+
+@pytest.mark.kube
+def test_hit_rate_and_file_sizes_are_exact_in_job_mode(
+        operator_factory, requests_api, redis_server, speech_dir, prometheus_factory):
+    """3 new requests, then 2 repeats: the dashboard's hit rate reads exactly 0.4 (one
+    lookup per request), and the file-size histogram holds the 3 transcribed files,
+    though each runner Job was gone long before a scrape could reach it."""
+    from kubescribe.store import Store
+
+    redis_server.client().flushdb()
+    op = operator_factory(gpu_budget="3")
+    prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator"})])
+    prom.wait_for_targets_up()
+    store = Store(redis_server.client())
+    names = ("fox", "weather", "library")
+    keys = {n: store.put_audio((speech_dir / f"{n}.wav").read_bytes()) for n in names}
+    for n in names:
+        requests_api.create(n, {"audio": {"redisKey": keys[n]}, "language": "en", "device": "cpu"})
+    for n in names:
+        status = requests_api.wait_phase(n, "Succeeded", "Failed")
+        assert status["phase"] == "Succeeded" and status["cached"] is False, status
+    for n in names[:2]:
+        requests_api.create(f"{n}-again", {"audio": {"redisKey": keys[n]}, "language": "en", "device": "cpu"})
+        assert requests_api.wait_phase(f"{n}-again", "Succeeded", "Failed", timeout=30)["cached"] is True
+
+    (hit_rate,) = [expr for title, expr in panel_queries() if title == "Cache hit rate"]
+    prom.wait_for(hit_rate, lambda r: r and float(r[0]["value"][1]) == 0.4, timeout=30)
+    prom.wait_for('sum(kubescribe_file_size_bytes_count{component="operator"})',
+                  lambda r: r and float(r[0]["value"][1]) == 3, timeout=30)
+    sizes = sum(len((speech_dir / f"{n}.wav").read_bytes()) for n in names)
+    assert prom.query_value('sum(kubescribe_file_size_bytes_sum{component="operator"})') == sizes
+    assert prom.query_value('sum(kubescribe_transcriptions_total{component="operator",status="succeeded"})') == 5
+    assert prom.query_value('sum(kubescribe_cache_operations_total{component="operator",operation="get"})') == 5

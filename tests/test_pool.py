@@ -7,7 +7,7 @@ import pytest
 
 from kubescribe.settings import RunnerSettings
 from kubescribe.store import Store
-from kubescribe.streams import DONE_STREAM, QUEUE_STREAM, RUNNERS_GROUP, WorkItem, ensure_group, parse_outcome
+from kubescribe.streams import DONE_STREAM, QUEUE_STREAM, RUNNERS_GROUP, Finished, WorkItem
 from tests.support.core import SENTENCES, wer
 
 
@@ -15,9 +15,9 @@ from tests.support.core import SENTENCES, wer
 def pool_env(redis_server, monkeypatch):
     client = redis_server.client()
     client.flushdb()
-    monkeypatch.setattr("kubescribe.runner.pool.CLAIM_IDLE_MS", 0)  # reclaim at once
-    ensure_group(client, QUEUE_STREAM, RUNNERS_GROUP)
-    settings = RunnerSettings(redis_url=redis_server.url, metrics_port=-1, consumer="runner-b")
+    client.xgroup_create(QUEUE_STREAM, RUNNERS_GROUP, id="0", mkstream=True)
+    settings = RunnerSettings(redis_url=redis_server.url, metrics_port=-1, consumer="runner-b",
+                              claim_idle_ms=0)  # reclaim at once
     return client, settings
 
 
@@ -27,7 +27,7 @@ def enqueue(client, name, spec):
 
 
 def outcomes(client):
-    return {o["name"]: o for o in (parse_outcome(f) for _, f in client.xrange(DONE_STREAM))}
+    return {o.name: o for o in (Finished.from_fields(f) for _, f in client.xrange(DONE_STREAM))}
 
 
 def test_entries_of_a_dead_runner_are_reclaimed_and_finished(pool_env, speech_dir):
@@ -41,8 +41,8 @@ def test_entries_of_a_dead_runner_are_reclaimed_and_finished(pool_env, speech_di
     assert taken and taken[0][1]
     assert cmd_pool(settings, idle_seconds=0.5, max_tasks=1) == 0
     done = outcomes(client)["orphaned"]
-    assert done["summary"]["ok"] is True and done["attempts"] == 1
-    assert wer(SENTENCES["fox"], done["summary"]["textPreview"]) <= 0.25
+    assert done.outcome.ok is True and done.attempts == 1
+    assert wer(SENTENCES["fox"], done.outcome.text_preview) <= 0.25
     assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0
 
 
@@ -55,13 +55,14 @@ def test_bad_input_is_reported_and_acknowledged(pool_env):
     enqueue(client, "invalid", {"audio": {"redisKey": junk}, "beamSize": 500})
     assert cmd_pool(settings, idle_seconds=0.5, max_tasks=2) == 0
     got = outcomes(client)
-    assert got["junk"]["summary"]["reason"] == "BadAudio"
-    assert got["invalid"]["summary"]["reason"] == "InvalidSpec"
+    assert got["junk"].outcome.reason == "BadAudio"
+    assert got["invalid"].outcome.reason == "InvalidSpec"
     assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0
 
 
 def test_a_poison_entry_is_given_up_after_repeated_crashes(pool_env):
-    from kubescribe.runner.pool import MAX_DELIVERIES, cmd_pool
+    from kubescribe.runner.pool import cmd_pool
+    from kubescribe.streams import MAX_DELIVERIES
 
     client, settings = pool_env
     enqueue(client, "poison", {"audio": {"redisKey": "kubescribe:audio:" + "1" * 64}})
@@ -70,5 +71,5 @@ def test_a_poison_entry_is_given_up_after_repeated_crashes(pool_env):
         client.xautoclaim(QUEUE_STREAM, RUNNERS_GROUP, f"crashed-{i}", 0, "0-0", count=1)
     assert cmd_pool(settings, idle_seconds=0.5) == 0
     done = outcomes(client)["poison"]
-    assert done["summary"]["reason"] == "RunnerCrashed" and done["attempts"] == MAX_DELIVERIES + 1
+    assert done.outcome.reason == "RunnerCrashed" and done.attempts == MAX_DELIVERIES + 1
     assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0

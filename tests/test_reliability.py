@@ -37,6 +37,18 @@ def healthy(op) -> bool:
         return r.status == 200
 
 
+def ready(op) -> tuple[int, str]:
+    """/readyz: (HTTP status, detail)."""
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/readyz", timeout=10) as r:
+            return r.status, json.loads(r.read())["detail"]
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())["detail"]
+
+
 # -- Redis faults ---------------------------------------------------------------------
 
 def test_redis_down_at_admission_gives_a_clear_status_and_recovers(
@@ -51,8 +63,11 @@ def test_redis_down_at_admission_gives_a_clear_status_and_recovers(
                                description="RedisUnavailable")
     assert status["phase"] == "Pending" and "cannot reach Redis" in status["message"]
     assert {c["type"]: c for c in status["conditions"]}["Ready"]["status"] == "False"
-    assert healthy(op)
+    assert healthy(op)  # alive: restarting the operator would not bring Redis back
+    code, detail = ready(op)  # but not ready: it cannot do its work
+    assert code == 503 and "Redis" in detail, detail
     server.start()  # same port, empty (no persistence): the client uploads again
+    assert wait_for(lambda: ready(op)[0] == 200, timeout=30, description="ready again")
     Store(server.client()).put_audio(audio)
     done = requests_api.wait_phase("patient", "Succeeded", "Failed", timeout=120)
     assert done["phase"] == "Succeeded", done

@@ -10,7 +10,7 @@ import pytest
 from kubescribe.metrics import Metrics
 from kubescribe.models import parse_spec
 from kubescribe.runner.engine import Engine
-from kubescribe.runner.main import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
+from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
 from kubescribe.runner.task import TaskError, run_task
 from kubescribe.store import Store
 from tests.support.core import SENTENCES, free_port, wer

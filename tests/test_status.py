@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from kubescribe.operator import status as st
+from kubescribe.outcomes import RunnerOutcome
 
 REQUIRED = {"type", "status", "reason", "message", "lastTransitionTime"}
 
@@ -103,8 +104,8 @@ def test_queued_keeps_queued_at_within_a_generation(clock):
 
 def test_succeeded_and_failed(clock):
     running = {"conditions": st.set_condition(None, st.READY, False, "Running", "", 2)}
-    ok = st.succeeded(body(running), {"language": "en", "textPreview": "t" * 500, "processingSeconds": None},
-                      cached=False, message="done")
+    ok = st.succeeded(body(running), RunnerOutcome(ok=True, cached=False, language="en", text_preview="t" * 500,
+                                                   processing_seconds=None), message="done")
     assert ok["phase"] == "Succeeded" and ok["cached"] is False and ok["language"] == "en"
     assert len(ok["textPreview"]) == 200 and "processingSeconds" not in ok
     conds = by_type(ok["conditions"])

@@ -101,6 +101,31 @@ def test_clear_deletes_results_and_stats(redis_store):
     assert not redis_store.has_audio(audio)
 
 
+def test_clears_are_counted_in_redis_where_the_operator_exports_them(redis_store):
+    """A CLI that clears the cache is never scraped: the count lives in Redis, and the
+    operator's scrape copies it into kubescribe_cache_clears_total."""
+    from kubescribe.metrics import OperatorMetrics
+
+    redis_store.client.flushdb()
+    metrics = OperatorMetrics()
+    redis_store.clear()
+    redis_store.clear()
+    stats = redis_store.stats(count_keys=False)
+    assert stats.clears == 2
+    metrics.sync_cache_stats(stats.hit_rate, stats.clears)
+    metrics.sync_cache_stats(stats.hit_rate, stats.clears)  # a second scrape adds nothing
+    assert metrics.registry.get_sample_value("kubescribe_cache_clears_total") == 2
+    redis_store.clear()
+    metrics.sync_cache_stats(0.0, redis_store.stats(count_keys=False).clears)
+    assert metrics.registry.get_sample_value("kubescribe_cache_clears_total") == 3
+
+
+def test_a_redis_error_during_a_clear_is_a_store_error(tmp_path):
+    server = RedisServer(tmp_path)  # never started
+    with pytest.raises(StoreError):
+        Store(connect(server.url, socket_timeout=1)).clear()
+
+
 def test_password_protected_redis(tmp_path):
     server = RedisServer(tmp_path, password="s3cret pass").start()
     try:

@@ -1,0 +1,133 @@
+"""Commands against a cluster running the operator: ``submit`` and ``result``."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
+from kubescribe.outcomes import EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
+from kubescribe.render import render
+from kubescribe.store import StoreError
+
+from .common import CliError, open_cli_store, read_audio, spec_from_args
+
+
+def _custom_api(args):
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=args.kubeconfig, context=args.context)
+    except Exception as exc:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise CliError(f"no cluster to talk to: {exc}", EXIT_USAGE) from None
+    return client.CustomObjectsApi()
+
+
+def _namespace(args) -> str:
+    if args.namespace:
+        return args.namespace
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
+        return active["context"].get("namespace") or "default"
+    except Exception:
+        return "default"
+
+
+def _name_for(path: Path) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")[:40] or "audio"
+    return f"{stem}-{os.urandom(3).hex()}"
+
+
+def cmd_submit(args) -> int:
+    path = Path(args.file)
+    data = read_audio(path)
+    store = open_cli_store(args)
+    try:
+        key = store.put_audio(data)
+    except StoreError as exc:
+        raise CliError(f"upload failed: {exc}", EXIT_TRANSIENT) from None
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}", EXIT_USAGE) from None
+    sha = key.rsplit(":", 1)[1]
+    spec = spec_from_args(args, {"redisKey": key, "sha256": sha})
+    spec["priority"] = args.priority
+    try:
+        parse_spec(spec)
+    except InvalidSpec as exc:
+        print(f"kubescribe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    name = args.name or _name_for(path)
+    ns = _namespace(args)
+    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    api = _custom_api(args)
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+    print(f"transcriptionrequest.{GROUP}/{name} created in {ns}", file=sys.stderr)
+    if not args.wait:
+        return EXIT_OK
+    return _wait_and_print(api, store, ns, name, args.format, args.timeout)
+
+
+def _wait_and_print(api, store, ns: str, name: str, fmt: str, timeout: float) -> int:
+    from kubernetes import watch
+
+    deadline = time.monotonic() + timeout
+    obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    while (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            print(f"kubescribe: {name} not finished after {timeout:.0f}s "
+                  f"(phase {(obj.get('status') or {}).get('phase')})", file=sys.stderr)
+            return EXIT_FAILED
+        w = watch.Watch()
+        for ev in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
+                           field_selector=f"metadata.name={name}",
+                           resource_version=obj["metadata"]["resourceVersion"],
+                           timeout_seconds=max(1, int(min(remaining, 60)))):
+            obj = ev["object"]
+            if (obj.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                w.stop()
+                break
+        else:
+            obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    return _print_result(store, obj, fmt)
+
+
+def _print_result(store, obj: dict, fmt: str) -> int:
+    status = obj.get("status") or {}
+    name = obj["metadata"]["name"]
+    if status.get("phase") != "Succeeded":
+        print(f"kubescribe: {name} is {status.get('phase') or 'Pending'}: "
+              f"{status.get('reason') or ''} {status.get('message') or ''}".rstrip(), file=sys.stderr)
+        return EXIT_FAILED
+    result = store.read_result_key(status["resultKey"])
+    if result is None:
+        print(f"kubescribe: the result of {name} has expired from Redis ({status['resultKey']})", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(render(result, fmt))
+    return EXIT_OK
+
+
+def cmd_result(args) -> int:
+    store = open_cli_store(args)
+    api = _custom_api(args)
+    ns = _namespace(args)
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, args.name)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise CliError(f"no TranscriptionRequest {args.name} in {ns}", EXIT_FAILED) from None
+        raise
+    if args.wait:
+        return _wait_and_print(api, store, ns, args.name, args.format, args.timeout)
+    return _print_result(store, obj, args.format)

@@ -1,0 +1,142 @@
+"""The admission pass: who runs next under the GPU budget, where everyone stands in the
+queue, and how many pooled runners there should be.
+
+Runs in its own loop (operator/main.py), at most every STEP_SECONDS and at once when a
+transition frees a slot or queues a request. The decisions are ``scheduler.plan`` and
+``admission``; this module gathers their inputs and hands their transitions to
+``Reconciler.apply``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from kubescribe.models import InvalidSpec, Phase, TranscriptionSpec, parse_spec
+from kubescribe.store import StoreError
+from kubescribe.streams import WorkItem
+
+from . import admission
+from .admission import NOT_ASKED, CacheAnswer
+from .jobs import build_job, build_pool_job
+from .kube import JobGoingAway
+from .scheduler import entry_from_body, plan
+
+if TYPE_CHECKING:
+    from .reconciler import Reconciler
+
+log = logging.getLogger("kubescribe.operator")
+
+
+class Admitter:
+    """The admission pass of one operator (its reconciler holds the state)."""
+
+    def __init__(self, rec: "Reconciler"):
+        self.rec = rec
+        settings = rec.settings
+        self.pool_namespace = settings.pool_namespace or settings.pod_namespace or settings.namespace or "default"
+        self.max_pool_runners = settings.pool_size_max or settings.gpu_budget
+        self._pool_seq = 0
+
+    def capacity(self) -> int:
+        """Admission budget: GPUs in job mode; dispatched requests in pool mode."""
+        if self.rec.pool:
+            return self.max_pool_runners * self.rec.settings.requests_per_runner
+        return self.rec.settings.gpu_budget
+
+    def step(self) -> None:
+        """One admission pass: admit what fits the budget, update queue positions."""
+        self.rec.last_step = time.monotonic()
+        if not self.rec.synced:
+            return
+        entries = self.rec.registry.snapshot()
+        if self.rec.pool:  # every request is one unit of pool work, whatever it asked for
+            entries = [replace(e, slots=1) for e in entries]
+        # plan() fits this pass's admissions into the budget; each admission marks its
+        # request Running in the registry, so the next pass counts it before its watch
+        # event arrives.
+        p = plan(entries, self.capacity())
+        for e in p.admit:
+            try:
+                with self.rec.lock_for(e.uid):
+                    self.admit(e.namespace, e.name, e.uid)
+            except Exception as exc:  # one bad request must not stop the queue
+                log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
+        updates, more = admission.position_updates(entries, p)
+        for e, doc in updates:
+            try:
+                if self.rec.kube.patch_status(e.namespace, e.name, doc) is not None:
+                    self.rec.registry.mark(e.uid, queue_position=doc["queuePosition"])
+                else:
+                    self.rec.registry.remove(e.uid)
+            except Exception as exc:
+                log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
+        if more:
+            self.rec.wake()  # more to refresh: another pass soon
+        if self.rec.pool:
+            try:
+                self.ensure_pool()
+            except Exception as exc:
+                log.warning("pool sizing failed: %s", exc)
+        self.rec.update_gauges()
+
+    def admit(self, namespace: str, name: str, uid: str) -> None:
+        body = self.rec.kube.get_request(namespace, name)
+        if body is None or body["metadata"]["uid"] != uid:
+            self.rec.registry.remove(uid)
+            return
+        status = body.get("status") or {}
+        if status.get("phase") != Phase.Queued.value or status.get("observedGeneration") != body["metadata"].get("generation"):
+            self.rec.registry.upsert(entry_from_body(body))
+            return
+        try:
+            spec: TranscriptionSpec | InvalidSpec = parse_spec(body.get("spec") or {})
+        except InvalidSpec as exc:
+            self.rec.apply(body, admission.on_admitted(body, exc, NOT_ASKED, job_name=None))
+            return
+        # An identical request may have finished while this one waited.
+        cache = self.rec.cache_answer(status.get("cacheKey"), spec)
+        if cache.state == "hit":
+            self.rec.apply(body, admission.on_admitted(body, spec, cache, job_name=None))
+            return
+        if self.rec.pool:
+            self.dispatch(body, spec)
+        else:
+            # On an error the request stays Queued: the next pass re-admits it and adopts
+            # the Job (409) or finds its result in the cache.
+            job = build_job(body, spec, self.rec.settings)
+            try:
+                if self.rec.kube.create_job(namespace, job, uid):
+                    self.rec.metrics.jobs_total.labels(outcome="created").inc()
+            except JobGoingAway:
+                return  # the old Job is still going away; the next pass recreates it
+            self.rec.apply(body, admission.on_admitted(body, spec, cache, job_name=job["metadata"]["name"]))
+
+    def dispatch(self, body: dict, spec: TranscriptionSpec) -> None:
+        """Send a request to the runner pool. The stream first, then the status: a crash in
+        between sends it twice (harmless: the second is a cache hit), never zero times."""
+        meta = body["metadata"]
+        item = WorkItem(meta["uid"], meta["namespace"], meta["name"], meta.get("generation") or 1,
+                        spec.model_dump(by_alias=True, mode="json"))
+        try:
+            self.rec.queue.dispatch(item)
+        except Exception as exc:
+            self.rec.metrics.error("redis")
+            raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
+        self.rec.apply(body, admission.on_admitted(body, spec, CacheAnswer("miss"), job_name=None))
+
+    def ensure_pool(self) -> None:
+        """Size the pool from the work outstanding, within the GPU budget."""
+        entries = self.rec.registry.snapshot()
+        if not any(e.phase == Phase.Running.value and not e.job_name for e in entries):
+            return
+        active = admission.active_pool_jobs(self.rec.kube.pool_jobs(self.pool_namespace))
+        for _ in range(admission.pool_shortfall(entries, active, self.max_pool_runners,
+                                                self.rec.settings.requests_per_runner)):
+            self._pool_seq += 1
+            name = f"kubescribe-pool-{int(time.time() * 1000):x}-{self._pool_seq}"
+            self.rec.kube.create_pool_job(self.pool_namespace, build_pool_job(self.rec.settings, self.pool_namespace, name))
+            self.rec.metrics.jobs_total.labels(outcome="created").inc()
+            log.info("pooled runner %s/%s started", self.pool_namespace, name)

@@ -1,0 +1,154 @@
+"""Kubernetes I/O of the operator: requests, status patches, Jobs, pods and Events.
+
+Every call goes through :class:`~.kubeapi.Retrying` (429, 409 on updates, 5xx). What a
+404 or a 409 means is decided here, once: a request deleted meanwhile has no status to
+patch (``None``); a Job that already exists under its deterministic name is adopted if
+it belongs to the same request. Nothing in this module decides what a request's next
+phase is.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from kubescribe import GROUP, PLURAL, VERSION
+
+from .jobs import LABEL_POOL, LABEL_REQUEST_UID
+from .kubeapi import Retrying
+
+log = logging.getLogger("kubescribe.operator")
+
+#: Events are posted as this component (kubectl describe shows "From: kubescribe-operator").
+EVENT_SOURCE = "kubescribe-operator"
+
+
+class JobGoingAway(Exception):
+    """The Job of this name is still being deleted; create it again on a later pass."""
+
+
+class Kube:
+    """The API calls the operator makes, with their 404/409 meaning.
+
+    Args:
+        api_client: a configured ``kubernetes.client.ApiClient``.
+    """
+
+    def __init__(self, api_client):
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.custom = Retrying(client.CustomObjectsApi(api_client))
+        self.batch = Retrying(client.BatchV1Api(api_client))
+        self.core = Retrying(client.CoreV1Api(api_client))
+        # Events are best effort: one try, so a throttled API server does not slow admission.
+        self.events_api = client.CoreV1Api(api_client)
+        self.version_api = client.VersionApi(api_client)
+
+    def to_dict(self, obj: Any) -> Any:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    # -- requests ---------------------------------------------------------------------
+    def get_request(self, namespace: str, name: str) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_requests(self, namespace: str) -> dict:
+        if namespace:
+            return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict | None:
+        """Merge-patch the status subresource; ``None`` when the request is gone (404)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        except ApiException as exc:
+            if exc.status == 404:
+                return None  # deleted meanwhile: nothing to report to
+            raise
+
+    def event(self, body: dict, type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event on the request; never fails the caller."""
+        meta = body["metadata"]
+        now = datetime.now(timezone.utc)
+        ev = {
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                               "kind": body.get("kind", "TranscriptionRequest"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": EVENT_SOURCE, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.events_api.create_namespaced_event(meta["namespace"], ev)
+        except Exception as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+    # -- Jobs and pods ----------------------------------------------------------------
+    def create_job(self, namespace: str, job: dict, owner_uid: str) -> bool:
+        """Create a request's runner Job; ``False`` when it existed already and is adopted
+        (an operator restart, or a Running patch that failed after the create)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = job["metadata"]["name"]
+        try:
+            self.batch.create_namespaced_job(namespace, job)
+            return True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.batch.read_namespaced_job(name, namespace)
+        if (existing.metadata.labels or {}).get(LABEL_REQUEST_UID) != owner_uid:
+            raise RuntimeError(f"Job {name} exists and belongs to another request")
+        if existing.metadata.deletion_timestamp:
+            raise JobGoingAway(name)
+        log.info("Job %s/%s already exists (operator restart): adopting it", namespace, name)
+        return False
+
+    def read_job(self, namespace: str, name: str) -> dict | None:
+        """The Job as an API dict, or ``None`` when it no longer exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.to_dict(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def job_pods(self, namespace: str, job: str) -> list[dict]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
+        return self.to_dict(pods.items)
+
+    def pool_jobs(self, namespace: str) -> list[dict]:
+        return self.to_dict(self.batch.list_namespaced_job(namespace, label_selector=f"{LABEL_POOL}=true").items)
+
+    def create_pool_job(self, namespace: str, job: dict) -> None:
+        self.batch.create_namespaced_job(namespace, job)
+
+    # -- readiness --------------------------------------------------------------------
+    def ping(self) -> None:
+        """One cheap authenticated call (GET /version); raises when the API server is out
+        of reach. Not retried: readiness wants the answer now."""
+        self.version_api.get_code(_request_timeout=5)

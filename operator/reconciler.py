@@ -1,0 +1,289 @@
+"""The operator's one path: gather what a decision needs, decide, apply.
+
+Level-triggered throughout: every entry point looks at the object as it is now (phase,
+generation, observedGeneration) and asks a pure decision (``admission``, ``outcomes``)
+for a :class:`~.lifecycle.Transition`, which :meth:`Reconciler.apply` writes. A missed
+or repeated event, or an operator restart at any point, leads to the same result. kopf's
+own progress annotations are not used: the request's status is the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from kubescribe.metrics import OperatorMetrics
+from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, TranscriptionSpec, parse_spec
+from kubescribe.outcomes import RunnerOutcome
+from kubescribe.settings import OperatorSettings
+from kubescribe.store import Store, StoreError, known_cache_key, result_key
+from kubescribe.streams import Finished, WorkQueue
+
+from . import admission, outcomes
+from .admission import NOT_ASKED, CacheAnswer
+from .jobs import CONTAINER
+from .kube import Kube
+from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, stale_job
+from .pods import stuck_pod
+from .scheduler import Registry, entry_from_body
+
+log = logging.getLogger("kubescribe.operator")
+
+
+class Reconciler:
+    """The operator's state (registry, per-request locks) and its entry points.
+
+    Args:
+        settings: operator settings.
+        store: the Redis store (result cache lookups).
+        kube: the API calls (:class:`~.kube.Kube`).
+        metrics: operator metrics.
+    """
+
+    def __init__(self, settings: OperatorSettings, store: Store, kube: Kube, metrics: OperatorMetrics):
+        self.settings = settings
+        self.store = store
+        self.kube = kube
+        self.metrics = metrics
+        self.queue = WorkQueue(store.client, claim_idle_ms=settings.claim_idle_ms)
+        self.registry = Registry()
+        self._stripes = [threading.RLock() for _ in range(64)]
+        self.wakeup = threading.Event()
+        self.synced = False
+        self.pool = settings.mode == "pool"
+        self.last_step = time.monotonic()  # the admission loop's last pass (liveness)
+        metrics.gpu_budget.set(settings.gpu_budget)
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    # -- applying a decision ----------------------------------------------------------
+    def apply(self, body: dict, t: Transition | None) -> bool:
+        """Write a transition: the status patch first; a request deleted meanwhile (404)
+        leaves the registry, and gets no Event and no count. Returns whether it applied."""
+        if t is None:
+            return False
+        meta = body["metadata"]
+        for kind in t.errors:
+            self.metrics.error(kind)
+        if t.status is not None and self.kube.patch_status(meta["namespace"], meta["name"], t.status) is None:
+            self.registry.remove(meta["uid"])
+            return False
+        if t.registry:
+            self.registry.mark(meta["uid"], **t.registry)
+        if t.delete_job:
+            self.kube.delete_job(meta["namespace"], t.delete_job)
+        self._count(t)
+        if t.event is not None:
+            self.kube.event(body, t.event.type, t.event.reason, t.event.message)
+        if t.wake:
+            self.wake()
+        return True
+
+    def _count(self, t: Transition) -> None:
+        m = self.metrics
+        if t.finished is not None:
+            m.observe_outcome(t.model, t.finished)
+            m.observe_runner_cache(t.finished)
+        if t.job_outcome:
+            m.jobs_total.labels(outcome=t.job_outcome).inc()
+        if t.queue_wait is not None:
+            m.queue_wait_seconds.observe(t.queue_wait)
+        if t.admission_hit:
+            m.admission_cache_hits_total.inc()
+        if t.cache_lookup is not None:
+            self.store.record_lookup(t.cache_lookup)
+
+    def cache_answer(self, key: str | None, spec: TranscriptionSpec) -> CacheAnswer:
+        if not key or not spec.cache.enabled:
+            return NOT_ASKED
+        try:
+            hit = self.store.get_result(key, count=False)  # counted once, by the transition
+        except StoreError as exc:
+            return CacheAnswer("unreachable", error=str(exc))
+        return CacheAnswer("miss") if hit is None else CacheAnswer("hit", result=hit)
+
+    # -- per-request serialisation ----------------------------------------------------
+    # Watch events, the admission loop, the outcome consumer and the resync can all reach
+    # the same request at once; a striped re-entrant lock keyed by uid makes each request's
+    # transitions happen one at a time, so an outcome is counted and announced once.
+    def lock_for(self, uid: str) -> threading.RLock:
+        return self._stripes[hash(uid) % len(self._stripes)]
+
+    # -- requests ---------------------------------------------------------------------
+    def on_request(self, event_type: str | None, body: dict) -> None:
+        """Every watch event of a request: keep the registry, reconcile when needed."""
+        uid = body["metadata"]["uid"]
+        with self.lock_for(uid):
+            if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+                self.registry.remove(uid)
+                self.wake()
+                return
+            entry = entry_from_body(body)
+            if not self.registry.upsert_if_newer(entry):
+                return  # an older view than one already handled (e.g. by the resync)
+            if needs_reconcile(entry):
+                self.reconcile(body)
+            elif entry.phase in TERMINAL_PHASES or entry.phase == Phase.Queued.value:
+                self.wake()
+
+    def reconcile(self, body: dict) -> None:
+        """A new request, a changed spec, or one left Pending: validate, cache, queue."""
+        meta = body["metadata"]
+        with self.lock_for(meta["uid"]):
+            seen = self.registry.get(meta["uid"])
+            if (seen is not None and seen.current and seen.phase not in (None, Phase.Pending.value)
+                    and seen.generation >= (meta.get("generation") or 1)):
+                return  # handled already by another path since this body was read
+            old_job = stale_job(body)
+            if old_job:
+                self.kube.delete_job(meta["namespace"], old_job)  # it works on the old spec
+            try:
+                spec: TranscriptionSpec | InvalidSpec = parse_spec(body.get("spec") or {})
+            except InvalidSpec as exc:
+                spec = exc
+            key, sha = known_cache_key(spec) if isinstance(spec, TranscriptionSpec) else (None, None)
+            cache = self.cache_answer(key, spec) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
+            self.apply(body, admission.on_seen(body, spec, key, sha, cache))
+
+    # -- Jobs and runner outcomes -----------------------------------------------------
+    def on_job(self, event_type: str | None, job: dict) -> None:
+        owner = next((o for o in job["metadata"].get("ownerReferences") or []
+                      if o.get("kind") == "TranscriptionRequest"), None)
+        if owner is None:
+            return  # a pooled runner: it serves many requests and reports through Redis
+        with self.lock_for(owner["uid"]):
+            meta = job["metadata"]
+            body = self.kube.get_request(meta["namespace"], owner["name"])
+            if body is None or body["metadata"]["uid"] != owner["uid"] or not outcomes.owns(body, job):
+                return  # gone, finished already, or a Job of an older generation
+            deleted = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+            last = stored = stuck = None
+            if not deleted and outcomes.needs_pods(job):
+                pods = self.kube.job_pods(meta["namespace"], meta["name"])
+                last = outcomes.termination_outcome(pods, CONTAINER)
+                conds = {c["type"] for c in (job.get("status") or {}).get("conditions") or []
+                         if c.get("status") == "True"}
+                if "Complete" in conds and (last is None or not last.ok):
+                    stored = self._stored_outcome(body)
+                elif not conds:
+                    stuck = stuck_pod(pods, container=CONTAINER, now=datetime.now(timezone.utc),
+                                      grace=self.settings.image_pull_grace_seconds)
+            self.apply(body, outcomes.on_job(body, job, deleted=deleted, last=last, stored=stored, stuck=stuck))
+
+    def _stored_outcome(self, body: dict) -> RunnerOutcome | None:
+        """The result a runner wrote, for a Job that completed without a readable outcome."""
+        key = (body.get("status") or {}).get("cacheKey")
+        hit = self.store.read_result_key(result_key(key)) if key else None
+        return RunnerOutcome.from_result(hit, key, result_key(key), cached=False) if hit is not None else None
+
+    def consume_outcomes(self, stop: threading.Event) -> None:
+        """Apply runner outcomes from the done stream; pending ones first after a restart."""
+        pending = True  # our own unacknowledged entries first
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                got = self.queue.outcomes("operator", pending=pending, block_ms=2000)
+                backoff = 0.5
+            except Exception as exc:
+                log.warning("reading outcomes failed (%s); retrying in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            if pending and not got:
+                pending = False
+                continue
+            for entry_id, done in got:
+                try:
+                    if done is not None:
+                        self.on_pool_outcome(done)
+                    self.queue.ack_outcome(entry_id)
+                except Exception as exc:  # left pending; retried after a restart
+                    log.exception("outcome %s not applied: %s", entry_id, exc)
+
+    def on_pool_outcome(self, done: Finished) -> None:
+        with self.lock_for(done.uid):
+            body = self.kube.get_request(done.namespace, done.name)
+            if body is not None:
+                self.apply(body, outcomes.on_pool_outcome(body, done))
+
+    # -- resync -----------------------------------------------------------------------
+    def resync(self) -> None:
+        """List every request: rebuild the registry, retry Pending ones, find lost Jobs."""
+        listing = self.kube.list_requests(self.settings.namespace)
+        items = listing["items"]
+        list_rv = (listing.get("metadata") or {}).get("resourceVersion")
+        self.registry.replace_all((entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")),
+                                  list_version=int(list_rv) if str(list_rv or "").isdigit() else 0)
+        for body in items:
+            entry = entry_from_body(body)
+            try:
+                if needs_reconcile(entry):
+                    self.reconcile(body)
+                elif entry.phase == Phase.Running.value and entry.job_name:
+                    self.check_job(body, entry.job_name)
+                elif entry.phase == Phase.Running.value and self.pool:
+                    with self.lock_for(entry.uid):
+                        self.apply(body, outcomes.on_pool_timeout(body, datetime.now(timezone.utc),
+                                                                  self.settings.claim_idle_ms / 1000))
+            except Exception as exc:
+                log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
+        # Admission starts only after the first full pass: every request found at startup
+        # is queued by then, so the budget goes by priority, not by watch-event order.
+        self.synced = True
+        self.wake()
+
+    def check_job(self, body: dict, name: str) -> None:
+        """Level-triggered: a Job end whose event was missed (operator down, a failed
+        status patch) is applied here; a Job that vanished re-queues its request."""
+        meta = body["metadata"]
+        job = self.kube.read_job(meta["namespace"], name)
+        if job is None:
+            with self.lock_for(meta["uid"]):
+                self.apply(body, requeue(body, "JobLost", f"runner Job {name} no longer exists; queued again"))
+            return
+        self.on_job("MODIFIED", job)
+
+    def update_gauges(self) -> None:
+        entries = self.registry.snapshot()
+        counts = {ph.value: 0 for ph in Phase}
+        for e in entries:
+            counts[e.phase or Phase.Pending.value] = counts.get(e.phase or Phase.Pending.value, 0) + 1
+        for ph, n in counts.items():
+            self.metrics.requests.labels(phase=ph).set(n)
+        self.metrics.queue_size.set(counts[Phase.Queued.value])
+        oldest = min((e.created for e in entries if e.phase == Phase.Queued.value and e.created), default=None)
+        self.metrics.queue_oldest_seconds.set((age_seconds(oldest) or 0.0) if oldest else 0.0)
+        self.metrics.active_workers.set(counts[Phase.Running.value])
+
+    # -- health -----------------------------------------------------------------------
+    def refresh_gauges(self) -> None:
+        """Before a scrape: process RAM, registry gauges, and the figures kept in Redis."""
+        import psutil
+
+        self.metrics.ram_usage_bytes.set(psutil.Process().memory_info().rss)
+        self.update_gauges()
+        stats = self.store.stats(count_keys=False)
+        self.metrics.sync_cache_stats(stats.hit_rate, stats.clears)
+
+    def healthy(self) -> tuple[bool, str]:
+        """Liveness: the admission loop is turning (a stuck loop needs a restart)."""
+        idle = time.monotonic() - self.last_step
+        return idle < 120, f"admission loop last ran {idle:.0f}s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: alive, and both Redis and the API server answer."""
+        ok, detail = self.healthy()
+        if not ok:
+            return ok, detail
+        try:
+            self.store.ping()
+        except Exception as exc:
+            return False, f"Redis does not answer: {exc}"
+        try:
+            self.kube.ping()
+        except Exception as exc:
+            return False, f"the API server does not answer: {exc}"
+        return True, "admission loop running; Redis and the API server answer"

@@ -1,0 +1,47 @@
+"""The README and docs/architecture.md say what the code does: the reason table, the
+operator's settings, and the decisions the state machine names."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+from kubescribe.outcomes import REASONS
+from kubescribe.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
+
+
+def test_the_readme_reason_table_is_the_code_table():
+    block = README.split("<!-- reasons:begin -->")[1].split("<!-- reasons:end -->")[0]
+    rows = [ln for ln in block.strip().splitlines()[2:]]
+    expected = [f"| `{r.name}` | {r.error_type} | {'no' if r.final else 'yes'} | "
+                f"{r.exit_code if r.exit_code is not None else ''} | {r.help} |".replace("|  |", "| |")
+                for r in REASONS.values()]
+    assert rows == expected
+
+
+def test_every_operator_setting_is_in_the_readme():
+    for name, field in OperatorSettings.model_fields.items():
+        env = field.validation_alias or f"KUBESCRIBE_{name.upper()}"
+        assert f"| `{env}` |" in README, env
+
+
+def test_the_state_machine_names_decisions_that_exist():
+    named = set(re.findall(r"`((?:admission|outcomes|lifecycle|pods|scheduler)\.(?!py`)[a-z_]+)`", ARCHITECTURE))
+    assert len(named) >= 10, named
+    for dotted in named:
+        module, func = dotted.split(".")
+        assert hasattr(importlib.import_module(f"kubescribe.operator.{module}"), func), dotted
+
+
+def test_no_document_outside_the_repository_is_cited():
+    for path in [*ROOT.glob("kubescribe/*.py"), *ROOT.glob("operator/*.py"), *ROOT.glob("runner/*.py"),
+                 *ROOT.glob("cli/*.py")]:
+        text = path.read_text()
+        assert "DESIGN.md" not in text, path
+        for cited in re.findall(r"docs/[\w.-]+\.md", text):
+            assert (ROOT / cited).exists(), (path, cited)
