@@ -29,8 +29,10 @@ def installed_layout(dest: Path) -> Path:
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess:
     """lint-imports with the contracts of pyproject.toml, on the copy at ``tree``."""
-    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    return subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree.parent,
+    # Through this interpreter, not a `lint-imports` found on PATH: that may be a shim
+    # (pyenv's is a bash script) or another Python's.
+    run = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", run, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree.parent,
                           env={"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)},
                           capture_output=True, text=True, timeout=300)
 
