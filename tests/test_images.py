@@ -77,7 +77,11 @@ def test_cache_keys_follow_what_goes_into_each_image(tmp_path):
     for name in ("pyproject.toml", "README.md", ".dockerignore", "Dockerfile.operator", "Dockerfile.runner"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
-    for folder in ("kubescribe", "operator", "runner", "hack"):
+    # Every folder the Dockerfiles copy in, so a new package folder cannot be forgotten here.
+    copied = {m.group(1) for df in ("Dockerfile.operator", "Dockerfile.runner")
+              for m in re.finditer(r"^COPY (\w+) \./\1$", (ROOT / df).read_text(), re.M)}
+    assert {"kubescribe", "operator", "runner"} <= copied, copied
+    for folder in sorted(copied | {"hack"}):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     cache = tmp_path / "cache"
     before = _plan(repo, cache)

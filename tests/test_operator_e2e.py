@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kubescribe.store import Store
+from tests.envtest import wait_for
 from tests.support.core import SENTENCES, free_port, wer
 
 pytestmark = pytest.mark.kube
@@ -74,7 +75,6 @@ def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
     assert len(requests_api.jobs()) == 1
     assert "CacheHit" in [e.reason for e in requests_api.events("again")]
 
-    from tests.envtest import wait_for
     wanted = ['kubescribe_admission_cache_hits_total 1.0', 'kubescribe_requests{phase="Succeeded"} 2.0',
               'kubescribe_jobs_total{outcome="created"} 1.0', 'kubescribe_jobs_total{outcome="succeeded"} 1.0',
               'kubescribe_transcriptions_total{model="tiny.en",status="succeeded"} 2.0',
@@ -113,8 +113,10 @@ def test_invalid_requests_are_refused_or_fail_with_a_reason(
     assert "not a readable audio file" in junk_status["message"]
     assert junk_status["attempts"] == 1
     assert {c["type"]: c for c in junk_status["conditions"]}["Ready"]["status"] == "False"
-    warnings = [e for e in requests_api.events("junk") if e.type == "Warning"]
-    assert warnings and "not a readable audio file" in warnings[-1].message
+    # The Event is posted right after the status patch; wait for it rather than race it.
+    warnings = wait_for(lambda: [e for e in requests_api.events("junk") if e.type == "Warning"], timeout=30,
+                        description="a Warning Event on junk")
+    assert "not a readable audio file" in warnings[-1].message
 
 
 def test_budget_of_one_queues_the_second_request(
@@ -133,7 +135,6 @@ def test_budget_of_one_queues_the_second_request(
         queued = [n for n, s in st.items() if s.get("phase") == "Queued" and s.get("queuePosition") == 1]
         return (running[0], queued[0]) if running and queued else None
 
-    from tests.envtest import wait_for
     running, waiting = wait_for(one_running_one_queued, timeout=180, description="one Running, one Queued at 1")
     assert requests_api.status(waiting)["reason"] == "Queued"
     assert len(requests_api.jobs()) == 1
@@ -211,7 +212,6 @@ def test_cli_submit_waits_and_prints_the_transcript(
 def test_deleting_a_running_request_deletes_its_job(
         operator_factory, requests_api, kube_api, redis_server, speech_dir, fake_kubelet):
     from kubernetes import client
-    from tests.envtest import wait_for
 
     operator_factory()
     key = upload(redis_server, speech_dir, "library")
