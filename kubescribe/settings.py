@@ -14,6 +14,22 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def describe_invalid(exc: Exception) -> str:
+    """One line naming each bad ``KUBESCRIBE_*`` variable and what is wrong with it.
+
+    For the programs' entry points: a user who mistyped a setting reads which variable
+    to fix, not a pydantic traceback.
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for err in errors():
+        field = ".".join(str(p) for p in err.get("loc") or ()) or "?"
+        parts.append(f"KUBESCRIBE_{field.split('.')[0].upper()}={err.get('input')!r}: {err.get('msg')}")
+    return "invalid setting " + "; ".join(parts)
+
+
 class _Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBESCRIBE_", extra="ignore")
 

@@ -9,6 +9,7 @@ docs/architecture.md.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -16,11 +17,13 @@ import threading
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
-from kubescribe import GROUP, PLURAL, VERSION
+from kubescribe import GROUP, PLURAL, VERSION, __version__
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.serving import MetricsServer
-from kubescribe.settings import OperatorSettings
+from kubescribe.outcomes import EXIT_USAGE
+from kubescribe.settings import OperatorSettings, describe_invalid
 from kubescribe.store import open_store
 
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
@@ -136,8 +139,40 @@ def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.on_job(event.get("type"), event["object"])
 
 
+def _credentials_problem() -> str | None:
+    """Why the operator could not reach a cluster, checked before kopf starts: kopf would
+    log a traceback and wait for ever instead of exiting."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+        return None
+    except config.ConfigException as in_cluster:
+        try:
+            config.load_kube_config()
+            return None
+        except (config.ConfigException, OSError, ValueError) as exc:
+            return (f"no Kubernetes credentials: not in a pod ({in_cluster}) and no usable kubeconfig "
+                    f"({str(exc).splitlines()[0]}); set KUBECONFIG or run it in the cluster")
+
+
 def main(argv: list[str] | None = None) -> int:
-    conf = OperatorSettings()
+    parser = argparse.ArgumentParser(
+        prog="kubescribe-operator",
+        description="The kubescribe operator: TranscriptionRequests to runner Jobs. Configured by "
+                    "KUBESCRIBE_* environment variables (README, Configuration); exit code 2 on a "
+                    "bad setting or no cluster credentials.")
+    parser.add_argument("--version", action="version", version=f"kubescribe-operator {__version__}")
+    parser.parse_args(argv)
+    try:
+        conf = OperatorSettings()
+    except ValidationError as exc:
+        print(f"kubescribe-operator: {describe_invalid(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _credentials_problem()
+    if problem:
+        print(f"kubescribe-operator: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.configure(verbose=False)
     kopf.run(standalone=True, clusterwide=not conf.namespace, namespaces=[conf.namespace] if conf.namespace else [],
