@@ -235,6 +235,19 @@ def write_kubeconfig(
     return str(path)
 
 
+def local_healthz_ok(port: int) -> bool:
+    """``https://127.0.0.1:<port>/healthz`` answers 200: the probe of a control-plane
+    component that serves it with a self-signed certificate (not verified: loopback only)."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=insecure, timeout=2) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -572,17 +585,9 @@ class KubeCluster:
         )
         self.controller_manager.start()
 
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; loopback only
-
         def healthy() -> bool:
             self.controller_manager.check_alive()  # type: ignore[union-attr]
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=insecure, timeout=2) as resp:
-                    return resp.status == 200
-            except urllib.error.HTTPError:
-                return False
+            return local_healthz_ok(port)
 
         self._await("kube-controller-manager", healthy, self.controller_manager)
 

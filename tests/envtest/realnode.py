@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from . import REPO_ROOT, find_tool, log_tail, wait_for
-from .cluster import ClusterStartError, KubeCluster, ManagedProcess
+from .cluster import ClusterStartError, KubeCluster, ManagedProcess, local_healthz_ok
 
 IMAGES_SCRIPT = REPO_ROOT / "hack" / "build-images.sh"
 
@@ -49,6 +49,8 @@ POD_CIDR = "10.244.0.0/24"
 SERVICE_CIDR = "10.97.0.0/24"
 CLUSTER_DOMAIN = "cluster.local"
 GUARD_COMMENT = "kubescribe-realnode-guard"
+#: The FORWARD rule that keeps pod traffic on the pod range (checked, inserted, deleted).
+GUARD_RULE = ("FORWARD", "-s", POD_CIDR, "!", "-d", POD_CIDR, "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP")
 # Fixed ports below the ephemeral range (32768-60999), so they never collide with the
 # random ports the other tests take.
 API_PORT = 26443
@@ -270,13 +272,11 @@ class RealNode:
         # Bridged pod-to-pod and pod-to-Service traffic must pass iptables, or kube-proxy's
         # DNAT never sees it.
         Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1")
-        guard = ["FORWARD", "-s", POD_CIDR, "!", "-d", POD_CIDR, "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"]
-        if _run("iptables", "-C", *guard, check=False).returncode != 0:
-            _run("iptables", "-I", guard[0], "1", *guard[1:])
+        if _run("iptables", "-C", *GUARD_RULE, check=False).returncode != 0:
+            _run("iptables", "-I", GUARD_RULE[0], "1", *GUARD_RULE[1:])
 
     def _network_down(self) -> None:
-        guard = ["FORWARD", "-s", POD_CIDR, "!", "-d", POD_CIDR, "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"]
-        while _run("iptables", "-D", *guard, check=False).returncode == 0:
+        while _run("iptables", "-D", *GUARD_RULE, check=False).returncode == 0:
             pass
         try:
             _run(find_tool("kube-proxy"), "--cleanup", check=False)
@@ -337,7 +337,9 @@ class RealNode:
             return probe()
 
         try:
-            wait_for(check, timeout=timeout or self.startup_timeout, interval=0.1, description=f"{name} to become ready")
+            # OSError (connection refused, TLS not up yet) means "not yet", as in KubeCluster.
+            wait_for(check, timeout=timeout or self.startup_timeout, interval=0.1,
+                     description=f"{name} to become ready", ignore=(OSError,))
         except (TimeoutError, ClusterStartError) as exc:
             tail = log_tail(proc.log_path) if proc is not None else ""
             raise RealNodeError(f"{exc}\n--- {self.logs_dir / (name + '.log')} ---\n{tail}") from None
@@ -355,20 +357,7 @@ class RealNode:
             f"--authorization-kubeconfig={kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
             f"--secure-port={SCHEDULER_PORT}", f"--cert-dir={self.workdir / 'scheduler-certs'}", "--v=1",
         ])
-        import ssl
-
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; loopback only
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{SCHEDULER_PORT}/healthz", context=insecure, timeout=2) as r:
-                    return r.status == 200
-            except (urllib.error.URLError, OSError):
-                return False
-
-        self._await("kube-scheduler", healthy)
+        self._await("kube-scheduler", lambda: local_healthz_ok(SCHEDULER_PORT))
 
     @property
     def containerd_socket(self) -> str:
