@@ -22,6 +22,7 @@ sets, paths the kubelet hard-codes, network namespaces) is undone by ``stop()``.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -77,6 +78,10 @@ SYSCTLS = (
 # CoreDNS), Jobs, the garbage collector, TTL, namespaces, ServiceAccounts.
 CONTROLLERS = ("*",)
 GPU_RESOURCE = "nvidia.com/gpu"
+#: One real node per machine (fixed bridge, ports and kubelet paths): a second test run
+#: waits on this lock for the first to finish instead of tearing its network down.
+LOCK_PATH = Path("/run/lock/kubescribe-realnode.lock")
+LOCK_TIMEOUT = float(os.environ.get("KUBESCRIBE_REALNODE_LOCK_TIMEOUT", "3600"))
 
 
 class RealNodeError(RuntimeError):
@@ -189,8 +194,33 @@ class RealNode:
         self._sysctls_before: dict[str, str] = {}
         self._netns_before: set[str] = set()
         self._stopped = False
+        self._lock_fd: Optional[int] = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _acquire_machine_lock(self) -> None:
+        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+
+        def take() -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        try:
+            wait_for(take, timeout=LOCK_TIMEOUT, interval=1.0,
+                     description=f"the real-node lock {LOCK_PATH} (another test run holds the node)")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _release_machine_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def __enter__(self) -> "RealNode":
         return self.start()
@@ -203,6 +233,7 @@ class RealNode:
         if problems:
             raise RealNodeError("the real node cannot start on this machine: " + "; ".join(problems))
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_machine_lock()
         t0 = time.monotonic()
         try:
             self._step("network", self._network_up)
@@ -255,6 +286,7 @@ class RealNode:
         self._remove_hardcoded_paths()
         if self._own_workdir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        self._release_machine_lock()
 
     # ------------------------------------------------------------------ network
 
