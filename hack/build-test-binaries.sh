@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
 # etcd, the Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool.
+# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, and kwok
+# (simulated nodes for the scale tests and benchmark).
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -19,6 +20,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.313.5}"   # Prometheus 3.x
 COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -108,6 +110,14 @@ build_coredns() {
   GOBIN="$out/bin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
 }
 
+build_kwok() {
+  local out="$TOOLS_DIR/kwok-$KWOK_VERSION"
+  have "$out" kwok && { log "kwok $KWOK_VERSION cached"; return; }
+  log "building kwok $KWOK_VERSION"
+  # kwok's go.mod has no replace lines, so `go install pkg@version` builds it as published.
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+}
+
 build_helm() {
   local out="$TOOLS_DIR/helm-$HELM_VERSION"
   have "$out" helm && { log "helm $HELM_VERSION cached"; return; }
@@ -173,7 +183,7 @@ GO
 print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
     "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
-    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kwok-$KWOK_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -183,6 +193,7 @@ case "${1:-all}" in
   helm) build_helm ;;
   prometheus) build_prometheus ;;
   coredns) build_coredns ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|--print-path]" >&2; exit 2 ;;
+  kwok) build_kwok ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|--print-path]" >&2; exit 2 ;;
 esac

@@ -200,6 +200,11 @@ class OperatorMetrics(Metrics):
             "Requests answered from the result cache at admission, with no Job.",
             registry=r,
         )
+        self.requests_expired_total = Counter(
+            "kubescribe_requests_expired_total",
+            "Finished requests deleted by the operator after their TTL (ttlSecondsAfterFinished).",
+            registry=r,
+        )
         self.jobs_total = Counter(
             "kubescribe_jobs_total",
             "Runner Jobs by outcome: created|succeeded|failed.",

@@ -286,6 +286,16 @@ class TranscriptionSpec(_Model):
         Field(ge=0, le=10, description="Retries after a transient runner failure (backoffLimit)."),
     ] = 2
     cache: Annotated[CacheSpec, Field(description="Result cache settings.")] = CacheSpec()
+    ttl_seconds_after_finished: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=365 * 86400,
+            description="Delete this request this many seconds after it Succeeded or Failed "
+            "(0: as soon as it finished); unset: the operator's default (chart value "
+            "operator.requestTtlSeconds). The transcript stays in Redis under its cache TTL.",
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _cross_field(self) -> "TranscriptionSpec":
@@ -317,8 +327,8 @@ class TranscriptionSpec(_Model):
     def output_params(self) -> dict[str, Any]:
         """Every parameter that changes the transcript: the cache key covers these.
 
-        Formats, priority, device, GPUs, timeouts and retries change how and where the
-        work runs, not the words that come out, so they are left out and a request that
+        Formats, priority, device, GPUs, timeouts, retries and the request's TTL change
+        how and where the work runs, not the words that come out, so they are left out and a request that
         differs only in those is still a cache hit. compute_type and batch_size do
         change the decoder's numerics, so they are in.
         """

@@ -265,6 +265,31 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         description="ttlSecondsAfterFinished of runner Jobs: an hour to read logs, then "
         "the Job and its pod are garbage collected.",
     )
+    request_ttl_seconds: int = Field(
+        86400,
+        ge=0,
+        description="Finished requests (Succeeded or Failed) are deleted this many seconds "
+        "after they finished, unless their spec.ttlSecondsAfterFinished says otherwise; 0 "
+        "keeps them for ever. A day, like the result cache's default TTL: after that the "
+        "transcript a request points to has expired too, and a platform running thousands of "
+        "requests a day would otherwise grow etcd without bound.",
+    )
+    normal_events: bool = Field(
+        False,
+        description="Also post Normal Events for a request's progress (Queued, JobCreated, "
+        "Dispatched, Succeeded, CacheHit). Off: only Warning Events (failures, retries, Redis "
+        "down, lost Jobs), so a request costs no Event writes when nothing goes wrong; its "
+        "progress is in status.conditions, with their lastTransitionTime.",
+    )
+    queue_positions: int = Field(
+        20,
+        ge=0,
+        description="Only the first N queued requests get status.queuePosition, refreshed at "
+        "most once per admission period (5 s). Every admission shifts everyone behind it by "
+        "one: writing positions for a long queue would cost more API writes than the work "
+        "itself. 20 shows the head of the queue where it changes often; the rest read "
+        "\"waiting for a runner slot\". 0 writes no positions.",
+    )
     image_pull_grace_seconds: float = Field(
         300.0,
         ge=0,

@@ -103,16 +103,31 @@ def on_admitted(body: dict, spec: TranscriptionSpec | InvalidSpec, cache: CacheA
         queue_wait=age_seconds(body["metadata"].get("creationTimestamp"), now), cache_lookup=lookup, wake=False)
 
 
-def position_updates(entries: list[Entry], p: Plan, limit: int = POSITION_PATCHES_PER_STEP
-                     ) -> tuple[list[tuple[Entry, dict[str, Any]]], bool]:
+def position_updates(entries: list[Entry], p: Plan, limit: int = POSITION_PATCHES_PER_STEP,
+                     max_position: int | None = None) -> tuple[list[tuple[Entry, dict[str, Any]]], bool]:
     """Queue-position patches for this pass, front of the queue first, at most ``limit``;
-    and whether more are left for the next pass."""
-    stale = sorted(((p.positions[e.uid], e) for e in entries
-                    if e.phase == Phase.Queued.value and e.current and e.uid in p.positions
-                    and p.positions[e.uid] != e.queue_position), key=lambda t: t[0])
+    and whether more are left for the next pass.
+
+    Only the first ``max_position`` places are shown (None: all): every admission moves
+    everyone behind it up by one, so numbering a long queue costs a write per waiting
+    request per admission. A request that had a place and fell behind the shown ones
+    (higher priorities arrived) has it cleared, so no stale number stays on it.
+    """
+    shown = (lambda pos: True) if max_position is None else (lambda pos: pos <= max_position)
+    stale = []
+    for e in entries:
+        if not (e.phase == Phase.Queued.value and e.current and e.uid in p.positions):
+            continue
+        pos = p.positions[e.uid]
+        want = pos if shown(pos) else None
+        if want != e.queue_position:
+            stale.append((pos, want, e))
+    stale.sort(key=lambda t: t[0])
     out = []
-    for pos, e in stale[:limit]:
-        if e.uid in p.waiting_for_identical:
+    for pos, want, e in stale[:limit]:
+        if want is None:
+            doc = st.queue_position(None, "Queued", "waiting for a runner slot in the GPU budget")
+        elif e.uid in p.waiting_for_identical:
             doc = st.queue_position(pos, "WaitingForIdentical",
                                     "an identical request is running; its result will answer this one")
         else:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubescribe.operator")
 
+#: Seconds between two rounds of queue-position writes; the admission loop's own period.
+POSITION_PERIOD = 5.0
+
 
 class Admitter:
     """The admission pass of one operator (its reconciler holds the state)."""
@@ -39,6 +42,7 @@ class Admitter:
         self.pool_namespace = settings.pool_namespace or settings.pod_namespace or settings.namespace or "default"
         self.max_pool_runners = settings.pool_size_max or settings.gpu_budget
         self._pool_seq = 0
+        self._positions_at = float("-inf")
 
     def capacity(self) -> int:
         """Admission budget: GPUs in job mode; dispatched requests in pool mode."""
@@ -64,7 +68,12 @@ class Admitter:
                     self.admit(e.namespace, e.name, e.uid)
             except Exception as exc:  # one bad request must not stop the queue
                 log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
-        updates, more = admission.position_updates(entries, p)
+        # Queue positions are coalesced: written at most once per POSITION_PERIOD, not on
+        # every pass a burst of admissions triggers (the write budget, docs/architecture.md).
+        updates, more = [], False
+        if time.monotonic() - self._positions_at >= POSITION_PERIOD:
+            self._positions_at = time.monotonic()
+            updates, more = admission.position_updates(entries, p, max_position=self.rec.settings.queue_positions)
         for e, doc in updates:
             try:
                 if self.rec.kube.patch_status(e.namespace, e.name, doc) is not None:

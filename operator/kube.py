@@ -65,6 +65,23 @@ class Kube:
             return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
 
+    def delete_request(self, namespace: str, name: str, uid: str, resource_version: str | None) -> bool:
+        """Delete a request if it is still the object that was judged (same uid and
+        resourceVersion): an edit or a new request of the same name in between keeps it.
+        ``False`` when it is gone already or changed (404, 409)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        opts = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid, resource_version=resource_version),
+                                      propagation_policy="Background")
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=opts)
+            return True
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict | None:
         """Merge-patch the status subresource; ``None`` when the request is gone (404)."""
         from kubernetes.client.exceptions import ApiException

@@ -87,6 +87,34 @@ def stale_job(body: dict) -> str | None:
     return status.get("jobName") if status.get("phase") == Phase.Running.value else None
 
 
+def seconds_until_expiry(body: dict, default_ttl: int, now: datetime | None = None) -> float | None:
+    """How long until a finished request may be deleted (``<= 0``: now), or ``None``
+    when it must stay: it has not finished (Pending, Queued, Running, or a spec edited
+    since it finished and not yet reconciled), its TTL is off, or its completion time is
+    unreadable.
+
+    The TTL is ``spec.ttlSecondsAfterFinished``, else the operator's default
+    (``KUBESCRIBE_REQUEST_TTL_SECONDS``); 0 in the spec means at once, 0 as the default
+    means never. Counted from ``status.completedAt``, as the Job TTL counts from the
+    Job's completion. Only the request goes: its transcript stays in Redis under the
+    cache TTL, readable by anyone who kept its ``resultKey``.
+    """
+    status, spec = body.get("status") or {}, body.get("spec") or {}
+    if status.get("phase") not in (Phase.Succeeded.value, Phase.Failed.value):
+        return None
+    if status.get("observedGeneration") != body["metadata"].get("generation"):
+        return None  # edited after it finished: it runs again
+    ttl = spec.get("ttlSecondsAfterFinished")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+        if default_ttl <= 0:
+            return None
+        ttl = default_ttl
+    age = age_seconds(status.get("completedAt"), now)
+    if age is None:
+        return None
+    return ttl - age
+
+
 def requeue(body: dict, reason: str, message: str) -> Transition:
     """Running -> Queued: the runner Job vanished (deleted by hand, or lost while the
     operator was down). The request keeps its cache key and waits for a slot again."""

@@ -116,9 +116,11 @@ def on_job(body: dict, job: dict[str, Any], *, deleted: bool, last: RunnerOutcom
         # The pod would back off and retry the pull for ever; the request is over.
         current = int((body.get("status") or {}).get("attempts") or 1)
         return fail(body, stuck.reason, stuck.message, attempts=current, job_outcome="failed", delete_job=name)
-    if attempts and attempts != (body.get("status") or {}).get("attempts"):
+    # Only a retry is written: the first pod is attempt 1 from the Running patch on
+    # (one write fewer per request; docs/architecture.md, the write budget).
+    if failed > 0 and attempts != (body.get("status") or {}).get("attempts"):
         event = None
-        if failed > 0 and active > 0:
+        if active > 0:
             why = (last.message if last is not None else None) or "the runner failed"
             event = Event("Warning", "Retrying", f"attempt {failed} failed ({why}); retrying")
         return Transition(status=st.attempts(attempts), event=event, wake=False)

@@ -25,7 +25,7 @@ from . import admission, outcomes
 from .admission import NOT_ASKED, CacheAnswer
 from .jobs import CONTAINER
 from .kube import Kube
-from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, stale_job
+from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, seconds_until_expiry, stale_job
 from .pods import stuck_pod
 from .scheduler import Registry, entry_from_body
 
@@ -76,7 +76,7 @@ class Reconciler:
         if t.delete_job:
             self.kube.delete_job(meta["namespace"], t.delete_job)
         self._count(t)
-        if t.event is not None:
+        if t.event is not None and (t.event.type == "Warning" or self.settings.normal_events):
             self.kube.event(body, t.event.type, t.event.reason, t.event.message)
         if t.wake:
             self.wake()
@@ -217,10 +217,14 @@ class Reconciler:
         list_rv = (listing.get("metadata") or {}).get("resourceVersion")
         self.registry.replace_all((entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")),
                                   list_version=int(list_rv) if str(list_rv or "").isdigit() else 0)
+        now = datetime.now(timezone.utc)
         for body in items:
             entry = entry_from_body(body)
             try:
-                if needs_reconcile(entry):
+                left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now)
+                if left is not None and left <= 0:
+                    self.expire(body)
+                elif needs_reconcile(entry):
                     self.reconcile(body)
                 elif entry.phase == Phase.Running.value and entry.job_name:
                     self.check_job(body, entry.job_name)
@@ -234,6 +238,17 @@ class Reconciler:
         # is queued by then, so the budget goes by priority, not by watch-event order.
         self.synced = True
         self.wake()
+
+    def expire(self, body: dict) -> None:
+        """Delete a finished request whose TTL has passed (found by the resync, so within
+        ``resync_seconds`` of it). Its Job, if still there, goes with it by garbage
+        collection; its result stays in Redis."""
+        meta = body["metadata"]
+        with self.lock_for(meta["uid"]):
+            if self.kube.delete_request(meta["namespace"], meta["name"], meta["uid"], meta.get("resourceVersion")):
+                self.registry.remove(meta["uid"])
+                self.metrics.requests_expired_total.inc()
+                log.info("deleted %s/%s: finished and past its TTL", meta["namespace"], meta["name"])
 
     def check_job(self, body: dict, name: str) -> None:
         """Level-triggered: a Job end whose event was missed (operator down, a failed

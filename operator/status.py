@@ -76,13 +76,17 @@ def queued(body: dict, *, cache_key: str | None, audio_sha: str | None, position
 
 
 def running(body: dict, *, reason: str, message: str, job_name: str | None) -> dict:
-    """Admitted: a runner Job was created (``job_name``) or the request went to the pool."""
+    """Admitted: a runner Job was created (``job_name``) or the request went to the pool.
+
+    A new Job starts its first pod at once, so ``attempts`` is 1 from here: the Job's
+    first pod needs no status write of its own, only a retry does."""
     gen = body["metadata"].get("generation")
     conds = set_condition(_status(body).get("conditions"), ADMITTED, True, reason, message, gen)
     conds = set_condition(conds, READY, False, "Running",
                           "transcribing" if job_name else "waiting for a pooled runner", gen)
     return patch(phase=Phase.Running, reason=reason, message=message, job_name=job_name,
-                 started_at=now_rfc3339(), queue_position=None, attempts=0, conditions=conds)
+                 started_at=now_rfc3339(), queue_position=None, attempts=1 if job_name else 0,
+                 conditions=conds)
 
 
 def failed(body: dict, reason: str, message: str, *, attempts: int | None = None) -> dict:
@@ -122,5 +126,5 @@ def attempts(count: int) -> dict:
     return patch(attempts=count)
 
 
-def queue_position(position: int, reason: str, message: str) -> dict:
+def queue_position(position: int | None, reason: str, message: str) -> dict:
     return patch(queue_position=position, reason=reason, message=message)

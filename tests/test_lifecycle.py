@@ -9,6 +9,7 @@ API for the one place where a 404 stops everything.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,7 +18,7 @@ from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.operator import admission, outcomes
 from kubescribe.operator.admission import NOT_ASKED, CacheAnswer
-from kubescribe.operator.lifecycle import Transition, needs_reconcile, requeue, stale_job
+from kubescribe.operator.lifecycle import Transition, needs_reconcile, requeue, seconds_until_expiry, stale_job
 from kubescribe.operator.pods import StuckPod
 from kubescribe.operator.reconciler import Reconciler
 from kubescribe.operator.scheduler import Entry, entry_from_body, plan
@@ -123,7 +124,7 @@ def test_what_needs_reconciling_and_a_job_on_an_old_spec():
 def test_queued_request_admitted_to_a_job_runs_and_counts_its_miss_once():
     body = request("Queued", cacheKey=KEY)
     t = admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name="job-r", now=NOW)
-    assert t.status["phase"] == "Running" and t.status["jobName"] == "job-r" and t.status["attempts"] == 0
+    assert t.status["phase"] == "Running" and t.status["jobName"] == "job-r" and t.status["attempts"] == 1
     assert t.status["reason"] == "JobCreated" and t.event.reason == "JobCreated"
     assert t.registry == {"phase": "Running", "job_name": "job-r", "queue_position": None}
     assert t.cache_lookup is False and t.queue_wait == 10.0 and not t.wake
@@ -359,9 +360,10 @@ class FakeKube:
         self.deleted.append(name)
 
 
-def reconciler(kube):
+def reconciler(kube, **settings):
     metrics = OperatorMetrics()  # as in main: the store counts into the operator's metrics
-    return Reconciler(OperatorSettings(redis_url="memory://"), MemoryStore(metrics=metrics), kube, metrics)
+    return Reconciler(OperatorSettings(redis_url="memory://", **settings), MemoryStore(metrics=metrics), kube,
+                      metrics)
 
 
 def test_apply_writes_the_status_then_registry_counts_and_event():
@@ -457,6 +459,116 @@ def test_the_admission_pass_starts_what_fits_and_numbers_the_rest():
     assert running["phase"] == "Running" and running["jobName"] == kube.jobs[0]
     assert position == {"queuePosition": 1, "reason": "Queued", "message": "position 1 in the queue"}
     assert rec.registry.get("uid-first").phase == "Running" and rec.registry.get("uid-second").queue_position == 1
-    assert kube.events == ["JobCreated"]
+    assert kube.events == []  # Normal progress is in the status, not in Events (normal_events off)
     assert rec.metrics.registry.get_sample_value("kubescribe_jobs_total", {"outcome": "created"}) == 1
     assert rec.metrics.registry.get_sample_value("kubescribe_queue_size") == 1
+
+
+# --------------------------------------------------------------------------- the write budget
+
+
+def test_normal_events_are_posted_only_when_asked_warnings_always():
+    for normal, expected in ((False, ["RunnerFailed"]), (True, ["JobCreated", "RunnerFailed"])):
+        kube = FakeKube()
+        rec = reconciler(kube, normal_events=normal)
+        body = request("Queued", cacheKey=KEY)
+        rec.apply(body, admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name="job-r"))
+        rec.apply(running_body(), outcomes.on_job(
+            running_body(), job(failed=1, conditions=[("Failed", "BackoffLimitExceeded", "")]), deleted=False,
+            last=None, stored=None, stuck=None))
+        assert kube.events == expected, normal
+
+
+def test_the_first_runner_pod_costs_no_status_write_only_a_retry_does():
+    started = outcomes.on_job(running_body(attempts=1), job(active=1), deleted=False, last=None, stored=None,
+                              stuck=None)
+    assert started is None
+    retried = outcomes.on_job(running_body(attempts=1), job(active=1, failed=1), deleted=False, last=None,
+                              stored=None, stuck=None)
+    assert retried.status == {"attempts": 2}
+
+
+def queued_entries(n):
+    return [Entry("ns", f"q{i}", f"uid-q{i}", 1, "Queued", 1, 0, f"2026-01-01T00:00:{i:02d}Z", 1)
+            for i in range(n)]
+
+
+def test_queue_positions_are_written_only_for_the_first_n():
+    entries = queued_entries(30)
+    p = plan(entries, 0)
+    updates, more = admission.position_updates(entries, p, max_position=5)
+    assert [doc["queuePosition"] for _, doc in updates] == [1, 2, 3, 4, 5] and not more
+
+
+def test_a_request_pushed_behind_the_shown_places_has_its_number_cleared():
+    entries = [replace(e, queue_position=i + 1) for i, e in enumerate(queued_entries(3))]
+    urgent = [Entry("ns", f"u{i}", f"uid-u{i}", 1, "Queued", 1, 100, f"2026-01-01T00:01:{i:02d}Z", 1)
+              for i in range(2)]
+    p = plan(entries + urgent, 0)
+    updates, _ = admission.position_updates(entries + urgent, p, max_position=3)
+    docs = {e.name: doc for e, doc in updates}
+    assert docs["u0"]["queuePosition"] == 1 and docs["u1"]["queuePosition"] == 2
+    assert docs["q0"]["queuePosition"] == 3
+    assert docs["q1"] == {"queuePosition": None, "reason": "Queued",
+                          "message": "waiting for a runner slot in the GPU budget"}
+    assert "q2" in docs and docs["q2"]["queuePosition"] is None
+
+
+def test_positions_are_coalesced_to_one_round_per_period():
+    from kubescribe.operator.admitter import Admitter
+
+    bodies = [queued_request(f"r{i}", f"2026-01-01T00:00:0{i}Z") for i in range(3)]
+    kube = FakeCluster(bodies)
+    rec = reconciler(kube, queue_positions=2)
+    for b in bodies:
+        rec.registry.upsert(entry_from_body(b))
+    rec.synced = True
+    admitter = Admitter(rec)
+    admitter.step()  # r0 admitted; r1, r2 numbered 1, 2
+    assert [p.get("queuePosition") for p in kube.patches[1:]] == [1, 2]
+    rec.registry.remove("uid-r0")  # r0 finished: a slot is free
+    admitter.step()  # r1 admitted at once; r2's new place waits for the next round
+    assert kube.patches[-1]["phase"] == "Running" and rec.registry.get("uid-r2").queue_position == 2
+
+
+# --------------------------------------------------------------------------- request TTL
+
+
+def finished_request(phase="Succeeded", completed="2026-01-01T00:00:00Z", ttl=None, generation=1, observed=1):
+    body = request(phase, generation=generation, observed=observed, completedAt=completed)
+    if ttl is not None:
+        body["spec"]["ttlSecondsAfterFinished"] = ttl
+    return body
+
+
+AT = datetime(2026, 1, 1, 0, 1, 0, tzinfo=timezone.utc)  # 60 s after completedAt
+
+
+def test_a_finished_request_expires_after_the_default_ttl():
+    assert seconds_until_expiry(finished_request(), 60, AT) == 0
+    assert seconds_until_expiry(finished_request("Failed"), 100, AT) == 40
+
+
+def test_the_spec_ttl_wins_over_the_default_and_zero_there_means_at_once():
+    assert seconds_until_expiry(finished_request(ttl=30), 86400, AT) == -30
+    assert seconds_until_expiry(finished_request(ttl=0), 86400, AT) == -60
+    assert seconds_until_expiry(finished_request(ttl=3600), 10, AT) == 3540
+
+
+def test_a_default_of_zero_keeps_requests_for_ever_unless_the_spec_asks():
+    assert seconds_until_expiry(finished_request(), 0, AT) is None
+    assert seconds_until_expiry(finished_request(ttl=10), 0, AT) == -50
+
+
+@pytest.mark.parametrize("phase", [None, "Pending", "Queued", "Running"])
+def test_a_request_that_has_not_finished_never_expires(phase):
+    body = finished_request(phase, ttl=0)
+    assert seconds_until_expiry(body, 1, AT) is None
+
+
+def test_a_request_edited_after_it_finished_does_not_expire_it_runs_again():
+    assert seconds_until_expiry(finished_request(ttl=0, generation=2, observed=1), 1, AT) is None
+
+
+def test_an_unreadable_completion_time_keeps_the_request():
+    assert seconds_until_expiry(finished_request(completed="yesterday", ttl=0), 1, AT) is None
