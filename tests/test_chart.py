@@ -195,6 +195,7 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
     values = {
         "watchNamespace": "work",
         "operator": {"gpuBudget": 6, "mode": "pool", "maxAudioBytes": 1073741824, "resyncSeconds": 12.5,
+                     "requestTtlSeconds": 600, "normalEvents": True, "queuePositions": 7,
                      "pool": {"sizeMax": 3, "requestsPerRunner": 2, "gpus": 2, "idleSeconds": 45}},
         "runner": {
             "image": {"repository": "registry.example/kubescribe-runner", "tag": "0.1.0-cuda", "pullPolicy": "Always"},
@@ -251,6 +252,7 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
     assert (s.model_cache_pvc, s.model_cache_mount_path) == ("whisper-models", "/mnt/models")
     assert (s.job_ttl_seconds, s.runner_metrics_port, s.metrics_port) == (600, 9500, 8080)
     assert float(plain["KUBESCRIBE_RESYNC_SECONDS"]) == 12.5
+    assert (s.request_ttl_seconds, s.normal_events, s.queue_positions) == (600, True, 7)
     assert s.audio_url_allow_cidrs == "127.0.0.0/8,10.1.2.3/32,fd00:ec2::254/128"
 
     # Without a model volume, runners get a writable model directory.
@@ -424,7 +426,7 @@ def test_helm_install_cluster_wide_rbac_runs_the_operator_end_to_end(
 
     ns, release = kube_namespace, f"ks-{uuid.uuid4().hex[:5]}"
     full = f"{release}-kubescribe"
-    values = {"redis": {"url": redis_server.url}, "operator": {"gpuBudget": 4, "resyncSeconds": 3},
+    values = {"redis": {"url": redis_server.url}, "operator": {"gpuBudget": 4, "resyncSeconds": 3, "normalEvents": True},
               "runner": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}},
               "monitoring": {"dashboard": {"enabled": True}}}
     out = helm.install(release, CHART, ns, values).stdout
@@ -455,13 +457,13 @@ def test_helm_install_cluster_wide_rbac_runs_the_operator_end_to_end(
         assert _can_i(kube_cluster, sa, "create", "jobs.batch", "-n", "anywhere")
         assert _can_i(kube_cluster, sa, "list", "pods", "-n", "anywhere")
         assert _can_i(kube_cluster, sa, "create", "events", "-n", "anywhere")
+        assert _can_i(kube_cluster, sa, "delete", "transcriptionrequests.kubescribe.io", "-n", ns)  # the TTL
         # ...and what it does not.
         for args in (("list", "secrets", "-A"), ("get", "secrets", "-n", ns), ("delete", "namespaces"),
                      ("create", "pods", "-n", ns), ("get", "pods", "--subresource=log", "-n", ns),
                      ("create", "pods", "--subresource=exec", "-n", ns),
                      ("patch", "transcriptionrequests.kubescribe.io", "-n", ns),
                      ("update", "transcriptionrequests.kubescribe.io", "-n", ns),
-                     ("delete", "transcriptionrequests.kubescribe.io", "-n", ns),
                      ("update", "jobs.batch", "-n", ns), ("patch", "events", "-n", ns),
                      ("create", "deployments.apps", "-n", ns), ("create", "clusterrolebindings"),
                      ("update", "customresourcedefinitions")):

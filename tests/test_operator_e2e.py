@@ -34,7 +34,7 @@ def apply_example(kube_cluster, namespace, example, **replace):
 def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
         operator_factory, requests_api, kube_cluster, kube_namespace, redis_server, speech_dir):
     redis_server.client().flushdb()
-    op = operator_factory(gpu_budget="2")
+    op = operator_factory(gpu_budget="2", normal_events="true")
     key = upload(redis_server, speech_dir, "fox")
     proc = apply_example(kube_cluster, kube_namespace, "basic.yaml",
                          **{"kubescribe:audio:" + "0" * 64: key})
@@ -240,7 +240,8 @@ def test_deleting_a_running_request_deletes_its_job(
 def test_pool_mode_transcribes_a_burst_with_warm_runners(
         operator_factory, requests_api, redis_server, speech_dir, fake_kubelet):
     redis_server.client().flushdb()
-    operator_factory(mode="pool", gpu_budget="2", requests_per_runner="2", pool_idle_seconds="3")
+    operator_factory(mode="pool", gpu_budget="2", requests_per_runner="2", pool_idle_seconds="3",
+                     normal_events="true")
     names = []
     for i, audio in enumerate(["fox", "weather", "library", "fox"]):
         name = f"pooled-{i}"
