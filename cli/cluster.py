@@ -1,4 +1,5 @@
-"""Commands against a cluster running the operator: ``submit`` and ``result``."""
+"""Commands against a cluster running the operator: ``submit``, ``result`` and
+``history clear``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kubescribe.render import render
 from kubescribe.store import StoreError
 
 from .common import CliError, open_cli_store, read_audio, spec_from_args
+from .history import cmd_history_clear, parse_age
 
 
 def _custom_api(args):
@@ -131,3 +133,15 @@ def cmd_result(args) -> int:
     if args.wait:
         return _wait_and_print(api, store, ns, args.name, args.format, args.timeout)
     return _print_result(store, obj, args.format)
+
+
+def cmd_history(args) -> int:
+    if args.all_namespaces and args.namespace:
+        raise CliError("--namespace and --all-namespaces exclude each other", EXIT_USAGE)
+    if args.older_than:
+        try:
+            parse_age(args.older_than)  # a usage error before any cluster call
+        except ValueError as exc:
+            raise CliError(f"--older-than: {exc}", EXIT_USAGE) from None
+    api = _custom_api(args)
+    return cmd_history_clear(args, api, "" if args.all_namespaces else _namespace(args))

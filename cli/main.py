@@ -10,9 +10,10 @@ Against a cluster running the operator::
 
     kubescribe submit talk.mp3 --wait --format vtt      # upload, create the request, print
     kubescribe result my-request --format srt
+    kubescribe history clear --older-than 7d            # delete finished requests
 
 Every error is one line on stderr and an exit code from kubescribe.outcomes: 1 the
-request failed (or is not there), 2 usage, 65 bad input, 75 transient (Redis or the API
+request failed (or is not there, or a confirmation was declined), 2 usage, 65 bad input, 75 transient (Redis or the API
 server out of reach: retry).
 """
 
@@ -29,7 +30,8 @@ from kubescribe.render import FORMATS
 from kubescribe.settings import CliSettings
 from kubescribe.store import StoreError
 
-from .cluster import cmd_result, cmd_submit
+from .cluster import cmd_history, cmd_result, cmd_submit
+from .history import PHASE_FILTERS
 from .common import CliError
 from .local import cmd_cache, cmd_crd, cmd_transcribe
 
@@ -93,6 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--context")
         p.add_argument("--timeout", type=float, default=3600, help="seconds to wait (with --wait)")
         p.set_defaults(func=cmd_submit if name == "submit" else cmd_result)
+
+    h = sub.add_parser("history", help="finished TranscriptionRequests: clear history")
+    hsub = h.add_subparsers(dest="history_command", required=True)
+    hc = hsub.add_parser(
+        "clear", help="delete finished requests (never a Pending, Queued or Running one)",
+        description="Delete finished TranscriptionRequests (Succeeded or Failed). Lists them first and asks "
+                    "before deleting; their transcripts stay in Redis under the cache TTL. Exit codes: 0 "
+                    "deleted (or nothing to do, or --dry-run), 1 declined or some changed meanwhile, 2 usage, "
+                    "75 the API server is out of reach.")
+    hc.add_argument("--namespace", "-n", help="namespace (default: the kubeconfig context's)")
+    hc.add_argument("--all-namespaces", "-A", action="store_true", help="every namespace")
+    hc.add_argument("--older-than", metavar="AGE",
+                    help="only requests finished at least this long ago: 90s, 30m, 12h, 7d, 2w, 1d12h")
+    hc.add_argument("--phase", choices=sorted(PHASE_FILTERS), default="finished",
+                    help="which finished requests (default: finished, both Succeeded and Failed)")
+    hc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    hc.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    hc.add_argument("--kubeconfig", default=CliSettings().kubeconfig)
+    hc.add_argument("--context")
+    h.set_defaults(func=cmd_history)
 
     crd = sub.add_parser("crd", help="print the TranscriptionRequest CRD (generated from the models)")
     crd.set_defaults(func=cmd_crd)
