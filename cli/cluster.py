@@ -110,6 +110,9 @@ def _print_result(store, obj: dict, fmt: str) -> int:
         print(f"kubescribe: {name} is {status.get('phase') or 'Pending'}: "
               f"{status.get('reason') or ''} {status.get('message') or ''}".rstrip(), file=sys.stderr)
         return EXIT_FAILED
+    if not status.get("resultKey"):
+        print(f"kubescribe: {name} succeeded but names no result key", file=sys.stderr)
+        return EXIT_FAILED
     result = store.read_result_key(status["resultKey"])
     if result is None:
         print(f"kubescribe: the result of {name} has expired from Redis ({status['resultKey']})", file=sys.stderr)

@@ -284,8 +284,8 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
     queue_positions: int = Field(
         20,
         ge=0,
-        description="Only the first N queued requests get status.queuePosition, refreshed at "
-        "most once per admission period (5 s). Every admission shifts everyone behind it by "
+        description="Only the first N queued requests get status.queuePosition, once they "
+        "have waited an admission period (5 s), refreshed at most once per period. Every admission shifts everyone behind it by "
         "one: writing positions for a long queue would cost more API writes than the work "
         "itself. 20 shows the head of the queue where it changes often; the rest read "
         "\"waiting for a runner slot\". 0 writes no positions.",

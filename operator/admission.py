@@ -104,14 +104,17 @@ def on_admitted(body: dict, spec: TranscriptionSpec | InvalidSpec, cache: CacheA
 
 
 def position_updates(entries: list[Entry], p: Plan, limit: int = POSITION_PATCHES_PER_STEP,
-                     max_position: int | None = None) -> tuple[list[tuple[Entry, dict[str, Any]]], bool]:
+                     max_position: int | None = None, *, min_wait: float = 0.0, now: datetime | None = None,
+                     ) -> tuple[list[tuple[Entry, dict[str, Any]]], bool]:
     """Queue-position patches for this pass, front of the queue first, at most ``limit``;
     and whether more are left for the next pass.
 
     Only the first ``max_position`` places are shown (None: all): every admission moves
     everyone behind it up by one, so numbering a long queue costs a write per waiting
-    request per admission. A request that had a place and fell behind the shown ones
-    (higher priorities arrived) has it cleared, so no stale number stays on it.
+    request per admission. Only a request that has waited ``min_wait`` seconds since it
+    was created gets a number: one admitted within that time costs no position write at
+    all. A request that had a place and fell behind the shown ones (higher priorities
+    arrived) has it cleared, so no stale number stays on it.
     """
     shown = (lambda pos: True) if max_position is None else (lambda pos: pos <= max_position)
     stale = []
@@ -120,6 +123,10 @@ def position_updates(entries: list[Entry], p: Plan, limit: int = POSITION_PATCHE
             continue
         pos = p.positions[e.uid]
         want = pos if shown(pos) else None
+        if want is not None and e.queue_position is None and min_wait > 0:
+            waited = age_seconds(e.created, now)
+            if waited is None or waited < min_wait:
+                continue  # it may well be admitted before anyone looks
         if want != e.queue_position:
             stale.append((pos, want, e))
     stale.sort(key=lambda t: t[0])

@@ -73,7 +73,8 @@ class Admitter:
         updates, more = [], False
         if time.monotonic() - self._positions_at >= POSITION_PERIOD:
             self._positions_at = time.monotonic()
-            updates, more = admission.position_updates(entries, p, max_position=self.rec.settings.queue_positions)
+            updates, more = admission.position_updates(entries, p, max_position=self.rec.settings.queue_positions,
+                                                       min_wait=POSITION_PERIOD)
         for e, doc in updates:
             try:
                 if self.rec.kube.patch_status(e.namespace, e.name, doc) is not None:

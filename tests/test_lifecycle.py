@@ -514,6 +514,14 @@ def test_a_request_pushed_behind_the_shown_places_has_its_number_cleared():
     assert "q2" in docs and docs["q2"]["queuePosition"] is None
 
 
+def test_a_request_admitted_within_the_first_period_never_gets_a_position_write():
+    now = datetime(2026, 1, 1, 0, 0, 3, tzinfo=timezone.utc)
+    entries = queued_entries(3)  # created at 00:00:00, :01, :02
+    p = plan(entries, 0)
+    updates, _ = admission.position_updates(entries, p, max_position=20, min_wait=2.5, now=now)
+    assert [e.name for e, _ in updates] == ["q0"]  # 3 s old; q1 and q2 are younger than 2.5 s
+
+
 def test_positions_are_coalesced_to_one_round_per_period():
     from kubescribe.operator.admitter import Admitter
 

@@ -52,6 +52,57 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "root-ca-certificate-publisher-controller",
 )
 
+#: Audit policy recording who wrote (create, update, patch, delete) TranscriptionRequests
+#: (and their status), Jobs and Events, at Metadata level (no bodies); nothing else.
+WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
+WRITES_AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": WRITE_VERBS,
+         "resources": [{"group": "kubescribe.io", "resources": ["transcriptionrequests", "transcriptionrequests/status"]},
+                       {"group": "batch", "resources": ["jobs"]},
+                       {"group": "", "resources": ["events"]},
+                       {"group": "events.k8s.io", "resources": ["events"]}]},
+        {"level": "None"},
+    ],
+}
+
+
+
+@dataclass(frozen=True)
+class AuditWrite:
+    """One write from the audit log: who, what, where."""
+
+    user: str
+    verb: str
+    resource: str  # "transcriptionrequests", "transcriptionrequests/status", "jobs", "events"
+    namespace: str
+    name: str
+    code: int
+
+
+def audit_writes(events: Sequence[dict[str, Any]], *, user: Optional[str] = None,
+                 namespace: Optional[str] = None) -> list[AuditWrite]:
+    """The successful writes (2xx) among audit ``events``, by ``user`` and in ``namespace``
+    when given. A refused or conflicting write (4xx) changed nothing in etcd."""
+    out = []
+    for ev in events:
+        ref = ev.get("objectRef") or {}
+        if ev.get("verb") not in WRITE_VERBS or ev.get("stage") != "ResponseComplete":
+            continue
+        code = int((ev.get("responseStatus") or {}).get("code") or 0)
+        if not 200 <= code < 300:
+            continue
+        who = (ev.get("user") or {}).get("username", "")
+        if (user is not None and who != user) or (namespace is not None and ref.get("namespace") != namespace):
+            continue
+        resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        out.append(AuditWrite(who, ev["verb"], resource, ref.get("namespace", ""), ref.get("name", ""), code))
+    return out
+
+
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "kubescribe-admin"
@@ -346,6 +397,9 @@ class KubeCluster:
         service_cidr: ``--service-cluster-ip-range``; the first address is the
             ``kubernetes`` Service and is in the serving certificate.
         api_port: the API server's port; a free one when not given.
+        audit_policy: an ``audit.k8s.io/v1`` Policy (as a dict) to run the API server
+            with; its log (JSON lines) is ``audit_log_path`` and ``audit_events()``
+            reads it. ``WRITES_AUDIT_POLICY`` records who wrote requests, Jobs and Events.
 
     Use as a context manager or call ``start()`` / ``stop()``. After ``start()``:
     ``server_url``, ``kubeconfig_path``, ``ca_path``, ``api_client()``, ``kubectl()``,
@@ -366,7 +420,9 @@ class KubeCluster:
         host: str = "127.0.0.1",
         service_cidr: str = SERVICE_CLUSTER_IP_RANGE,
         api_port: Optional[int] = None,
+        audit_policy: Optional[dict[str, Any]] = None,
     ) -> None:
+        self.audit_policy = audit_policy
         self.crds = [str(p) for p in crds]
         self.host = host
         self.service_cidr = service_cidr
@@ -384,6 +440,7 @@ class KubeCluster:
         self.keep_workdir = keep_workdir
         self.logs_dir = self.workdir / "logs"
         self.logs_dir.mkdir(exist_ok=True)
+        self.audit_log_path = self.logs_dir / "audit.log"
 
         self.etcd: Optional[ManagedProcess] = None
         self.apiserver: Optional[ManagedProcess] = None
@@ -500,6 +557,14 @@ class KubeCluster:
         port = self.api_port or free_port(self.host)
         self.server_url = f"https://{self.host}:{port}"
         loopback = ipaddress.ip_address(self.host).is_loopback
+        audit: list[str] = []
+        if self.audit_policy is not None:
+            policy = self.workdir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+            # Blocking mode: an event is in the file when its request has returned, so a
+            # test reads a complete log without waiting for a batch to flush.
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log_path}",
+                     "--audit-log-format=json", "--audit-log-mode=blocking", "--audit-log-maxsize=0"]
         self.apiserver = ManagedProcess(
             "kube-apiserver",
             [
@@ -527,6 +592,7 @@ class KubeCluster:
                 f"--kubelet-client-key={self.pki.admin_key}",
                 "--kubelet-preferred-address-types=InternalIP",
                 f"--v={self.verbosity}",
+                *audit,
                 *self.apiserver_args,
             ],
             self.logs_dir / "kube-apiserver.log",
@@ -690,6 +756,17 @@ class KubeCluster:
             user={"token": token},
             namespace=namespace,
         )
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every event in the audit log so far (needs ``audit_policy``)."""
+        import json
+
+        if self.audit_policy is None:
+            raise RuntimeError("this KubeCluster was started without audit_policy")
+        if not self.audit_log_path.exists():
+            return []
+        with open(self.audit_log_path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def log_path(self, component: str) -> Path:
         """``etcd``, ``kube-apiserver`` or ``kube-controller-manager``."""
