@@ -316,6 +316,12 @@ class KwokNodes:
                 assert self.kwok is not None
                 raise ClusterStartError(f"{exc}\n--- {self.kwok.log_path} ---\n{log_tail(self.kwok.log_path)}") \
                     from None
+            # The API server taints a new node not-ready; the node lifecycle controller lifts
+            # the taint once the node reports Ready. That controller is not run here (it
+            # would want a heartbeat lease per node every 10 s: load a scale test is not
+            # about), so lift it as it would.
+            for name in self.node_names():
+                core.patch_node(name, {"spec": {"taints": None}})
         finally:
             api.close()
 
