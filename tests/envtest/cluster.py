@@ -52,16 +52,19 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "root-ca-certificate-publisher-controller",
 )
 
-#: Audit policy recording who wrote (create, update, patch, delete) TranscriptionRequests
-#: (and their status), Jobs and Events, at Metadata level (no bodies); nothing else.
+#: Audit policy recording who wrote (create, update, patch, delete) TranscriptionRequests,
+#: Jobs and Events at Metadata level (no bodies), status patches of requests with their
+#: request body (small: what changed), and nothing else.
 WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
 WRITES_AUDIT_POLICY: dict[str, Any] = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
     "rules": [
+        {"level": "Request", "verbs": ["patch", "update"],
+         "resources": [{"group": "kubescribe.io", "resources": ["transcriptionrequests/status"]}]},
         {"level": "Metadata", "verbs": WRITE_VERBS,
-         "resources": [{"group": "kubescribe.io", "resources": ["transcriptionrequests", "transcriptionrequests/status"]},
+         "resources": [{"group": "kubescribe.io", "resources": ["transcriptionrequests"]},
                        {"group": "batch", "resources": ["jobs"]},
                        {"group": "", "resources": ["events"]},
                        {"group": "events.k8s.io", "resources": ["events"]}]},
@@ -81,6 +84,12 @@ class AuditWrite:
     namespace: str
     name: str
     code: int
+    body: Optional[dict[str, Any]] = None  # the request body, where the policy records it
+
+    @property
+    def status_fields(self) -> frozenset[str]:
+        """The status fields a status patch set (empty for other writes)."""
+        return frozenset(((self.body or {}).get("status") or {}))
 
 
 def audit_writes(events: Sequence[dict[str, Any]], *, user: Optional[str] = None,
@@ -99,7 +108,8 @@ def audit_writes(events: Sequence[dict[str, Any]], *, user: Optional[str] = None
         if (user is not None and who != user) or (namespace is not None and ref.get("namespace") != namespace):
             continue
         resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        out.append(AuditWrite(who, ev["verb"], resource, ref.get("namespace", ""), ref.get("name", ""), code))
+        out.append(AuditWrite(who, ev["verb"], resource, ref.get("namespace", ""), ref.get("name", ""), code,
+                              ev.get("requestObject")))
     return out
 
 
