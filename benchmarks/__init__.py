@@ -11,6 +11,8 @@ gzip_vs_zstd                result size and encode/decode speed of the two codec
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
 burst_1000                  1,000 requests at once: time to admit/queue, operator CPU/RSS
+scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, throughput,
+                            writes per request (audit log), etcd object counts with the TTL
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -24,4 +26,5 @@ NAMES = (
     "cache_hit_latency",
     "pooled_vs_per_job",
     "burst_1000",
+    "scale_10k",
 )

@@ -33,6 +33,8 @@ def _load(name: str):
         from . import inference as mod
     elif name == "gzip_vs_zstd":
         from . import codec as mod
+    elif name == "scale_10k":
+        from . import scale as mod
     else:
         from . import cluster as mod
     return getattr(mod, name)

@@ -24,20 +24,20 @@ from kubescribe.store import Store, known_cache_key
 from tests.envtest import wait_for
 from tests.envtest.cluster import WRITES_AUDIT_POLICY, KubeCluster, audit_writes
 from tests.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
-from tests.support.operator import OperatorProcess, Requests
+from tests.support.operator import OperatorProcess, Requests, operator_identity
 
 pytestmark = pytest.mark.kube
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES, GPUS_PER_NODE = 3, 4
-OPERATOR_NS, OPERATOR_SA = "kube-system", "kubescribe-operator"
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 DEFAULT_TTL = 3
 
 
 class ScaleEnv:
-    def __init__(self, cluster: KubeCluster, nodes: KwokNodes, operator: OperatorProcess, store: Store, api: Any):
-        self.cluster, self.nodes, self.operator, self.store, self.api = cluster, nodes, operator, store, api
+    def __init__(self, cluster: KubeCluster, nodes: KwokNodes, operator: OperatorProcess, user: str, store: Store,
+                 api: Any):
+        self.cluster, self.nodes, self.operator, self.user, self.store, self.api = \
+            cluster, nodes, operator, user, store, api
 
     def namespace(self, prefix: str) -> str:
         from kubernetes import client
@@ -50,20 +50,7 @@ class ScaleEnv:
         return name
 
     def writes(self, namespace: str):
-        return audit_writes(self.cluster.audit_events(), user=OPERATOR_USER, namespace=namespace)
-
-
-def operator_identity(cluster: KubeCluster, api: Any) -> str:
-    """A ServiceAccount for the operator (cluster-admin: RBAC is tested with the chart
-    elsewhere; here it only names the operator in the audit log) and its kubeconfig."""
-    from kubernetes import client
-
-    client.CoreV1Api(api).create_namespaced_service_account(OPERATOR_NS, {"metadata": {"name": OPERATOR_SA}})
-    client.RbacAuthorizationV1Api(api).create_cluster_role_binding({
-        "metadata": {"name": OPERATOR_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]})
-    return cluster.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA)
+        return audit_writes(self.cluster.audit_events(), user=self.user, namespace=namespace)
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +60,12 @@ def scale_env(redis_server, tmp_path_factory) -> Iterator[ScaleEnv]:
                      apiserver_args=APISERVER_SCALE_ARGS) as cluster:
         with KwokNodes(cluster, nodes=NODES, gpus_per_node=GPUS_PER_NODE, run_seconds=1.0) as nodes:
             api = cluster.api_client()
-            kubeconfig = operator_identity(cluster, api)
+            kubeconfig, user = operator_identity(cluster)
             op = OperatorProcess(kubeconfig, "", redis_server.url, tmp_path_factory.mktemp("scale-operator"),
                                  gpu_budget=str(nodes.gpus), request_ttl_seconds=str(DEFAULT_TTL),
                                  resync_seconds="1").start()
             try:
-                yield ScaleEnv(cluster, nodes, op, Store(redis_server.client()), api)
+                yield ScaleEnv(cluster, nodes, op, user, Store(redis_server.client()), api)
             finally:
                 op.stop()
                 api.close()

@@ -78,6 +78,24 @@ class OperatorProcess:
             return r.read().decode()
 
 
+def operator_identity(cluster, namespace: str = "kube-system", name: str = "kubescribe-operator") -> tuple[str, str]:
+    """A ServiceAccount for the operator, bound to cluster-admin, and a kubeconfig for it:
+    (kubeconfig path, audit user name). Here only to name the operator in the API server's
+    audit log; the chart's least-privilege RBAC is tested in tests/test_chart.py."""
+    from kubernetes import client
+
+    api = cluster.api_client()
+    try:
+        client.CoreV1Api(api).create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+        client.RbacAuthorizationV1Api(api).create_cluster_role_binding({
+            "metadata": {"name": f"{namespace}-{name}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]})
+    finally:
+        api.close()
+    return cluster.service_account_kubeconfig(namespace, name), f"system:serviceaccount:{namespace}:{name}"
+
+
 class Requests:
     """TranscriptionRequests in one namespace, through the admin client."""
 
