@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from . import admission
 from .admission import NOT_ASKED, CacheAnswer
 from .jobs import build_job, build_pool_job
 from .kube import JobGoingAway
-from .scheduler import entry_from_body, plan
+from .scheduler import Entry, entry_from_body, plan
 
 if TYPE_CHECKING:
     from .reconciler import Reconciler
@@ -43,6 +44,7 @@ class Admitter:
         self.max_pool_runners = settings.pool_size_max or settings.gpu_budget
         self._pool_seq = 0
         self._positions_at = float("-inf")
+        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="admit")
 
     def capacity(self) -> int:
         """Admission budget: GPUs in job mode; dispatched requests in pool mode."""
@@ -62,12 +64,15 @@ class Admitter:
         # request Running in the registry, so the next pass counts it before its watch
         # event arrives.
         p = plan(entries, self.capacity())
-        for e in p.admit:
-            try:
-                with self.rec.lock_for(e.uid):
-                    self.admit(e.namespace, e.name, e.uid)
-            except Exception as exc:  # one bad request must not stop the queue
-                log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
+        if len(p.admit) > 1:
+            # plan() has fitted these into the budget already; each admission is a few API
+            # round trips (read, create the Job, patch the status), so made one after the
+            # other a burst of thousands is admitted at a few per second. In parallel, each
+            # under its request's lock, as the watch handlers run.
+            list(self._pool.map(self._admit_one, p.admit))
+        else:
+            for e in p.admit:
+                self._admit_one(e)
         # Queue positions are coalesced: written at most once per POSITION_PERIOD, not on
         # every pass a burst of admissions triggers (the write budget, docs/architecture.md).
         updates, more = [], False
@@ -91,6 +96,13 @@ class Admitter:
             except Exception as exc:
                 log.warning("pool sizing failed: %s", exc)
         self.rec.update_gauges()
+
+    def _admit_one(self, e: Entry) -> None:
+        try:
+            with self.rec.lock_for(e.uid):
+                self.admit(e.namespace, e.name, e.uid)
+        except Exception as exc:  # one bad request must not stop the queue
+            log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
 
     def admit(self, namespace: str, name: str, uid: str) -> None:
         body = self.rec.kube.get_request(namespace, name)

@@ -175,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.configure(verbose=False)
+    # kopf.configure adds its own handler next to basicConfig's and sets the root logger to
+    # INFO whatever KUBESCRIBE_LOG_LEVEL says: every watch event was logged twice, which
+    # at thousands of requests is a good part of the operator's CPU. One handler, the
+    # level asked for.
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if type(h).__name__ == "_KopfStreamHandler"] or root.handlers
+    root.setLevel(conf.log_level.upper())
     kopf.run(standalone=True, clusterwide=not conf.namespace, namespaces=[conf.namespace] if conf.namespace else [],
              liveness_endpoint=None, memo=kopf.Memo())
     return 0
