@@ -137,7 +137,7 @@ def scale_10k(ctx: Context) -> Outcome:
         wait_for(lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns), timeout=60,
                  interval=0.1, description="scale/default ServiceAccount", ignore=(client.exceptions.ApiException,))
         op = OperatorProcess(kubeconfig, "", redis.url, ctx.workdir, gpu_budget=str(nodes.gpus),
-                             request_ttl_seconds=str(ttl_s), job_ttl_seconds=str(ttl_s), resync_seconds="30",
+                             request_ttl_seconds=str(ttl_s), resync_seconds="30",
                              log_level="WARNING")
         stack.callback(op.stop)
         op.start()
@@ -202,7 +202,7 @@ def scale_10k(ctx: Context) -> Outcome:
         f"{n:,} TranscriptionRequests with distinct audio created by {threads} client threads; kwok runs each runner "
         f"pod for {run_s:.0f} s and ends it with a runner's termination message (no transcription, no result in "
         f"Redis). The real kube-scheduler binds pods, the real Job controller runs them, the operator (job mode, "
-        f"request and Job TTL {ttl_s} s, resync 30 s) runs as its own ServiceAccount. Times from the end of the "
+        f"request TTL {ttl_s} s, whose deletion takes the Job and pod along; resync 30 s) runs as its own ServiceAccount. Times from the end of the "
         "burst (last create returned) to the moment a watch opened before it saw every request Queued or later, "
         "Running or later (the Admitted condition), and Succeeded. Writes: the operator's successful writes in "
         "the API server's audit log (status patches with their body, so queue positions are told apart). "

@@ -49,7 +49,9 @@ class Reconciler:
         self.metrics = metrics
         self.queue = WorkQueue(store.client, claim_idle_ms=settings.claim_idle_ms)
         self.registry = Registry()
-        self._stripes = [threading.RLock() for _ in range(64)]
+        # Many stripes: admissions run in parallel and hold their request's stripe across
+        # API calls; with few, watch handlers of unrelated requests would queue behind them.
+        self._stripes = [threading.RLock() for _ in range(1024)]
         self.wakeup = threading.Event()
         self.synced = False
         self.pool = settings.mode == "pool"
@@ -160,6 +162,8 @@ class Reconciler:
             if body is None or body["metadata"]["uid"] != owner["uid"] or not outcomes.owns(body, job):
                 return  # gone, finished already, or a Job of an older generation
             deleted = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+            if deleted and self._replaced(job):
+                return  # a late event of an earlier Job of the same (deterministic) name
             last = stored = stuck = None
             if not deleted and outcomes.needs_pods(job):
                 pods = self.kube.job_pods(meta["namespace"], meta["name"])
@@ -172,6 +176,12 @@ class Reconciler:
                     stuck = stuck_pod(pods, container=CONTAINER, now=datetime.now(timezone.utc),
                                       grace=self.settings.image_pull_grace_seconds)
             self.apply(body, outcomes.on_job(body, job, deleted=deleted, last=last, stored=stored, stuck=stuck))
+
+    def _replaced(self, job: dict) -> bool:
+        """A Job of this name exists again with another uid: ``job`` is an earlier one."""
+        meta = job["metadata"]
+        current = self.kube.read_job(meta["namespace"], meta["name"])
+        return current is not None and current["metadata"].get("uid") != meta.get("uid")
 
     def _stored_outcome(self, body: dict) -> RunnerOutcome | None:
         """The result a runner wrote, for a Job that completed without a readable outcome."""
@@ -257,7 +267,13 @@ class Reconciler:
         job = self.kube.read_job(meta["namespace"], name)
         if job is None:
             with self.lock_for(meta["uid"]):
-                self.apply(body, requeue(body, "JobLost", f"runner Job {name} no longer exists; queued again"))
+                # The listed body may be stale: the Job's end may have been applied since.
+                fresh = self.kube.get_request(meta["namespace"], meta["name"])
+                status = (fresh or {}).get("status") or {}
+                if (fresh is None or fresh["metadata"]["uid"] != meta["uid"]
+                        or status.get("phase") != Phase.Running.value or status.get("jobName") != name):
+                    return
+                self.apply(fresh, requeue(fresh, "JobLost", f"runner Job {name} no longer exists; queued again"))
             return
         self.on_job("MODIFIED", job)
 
