@@ -265,7 +265,7 @@ def test_redis_password_only_from_a_secret_and_never_logged(
         client.CoreV1Api(kube_api).create_namespaced_secret(kube_namespace, {
             "metadata": {"name": "redis-auth"}, "stringData": {"redis-password": password}})
         op = operator_factory(redis_url=server.url, redis_password=password, redis_secret_name="redis-auth",
-                              runner_env={"KUBESCRIBE_LOG_LEVEL": "DEBUG"})
+                              runner_env={"KUBESCRIBE_LOG_LEVEL": "DEBUG"}, normal_events="true")
         key = Store(server.client()).put_audio((speech_dir / "fox.wav").read_bytes())
         requests_api.create("secretive", {"audio": {"redisKey": key}})
         status = requests_api.wait_phase("secretive", "Succeeded", "Failed")
