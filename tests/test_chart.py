@@ -331,7 +331,8 @@ def test_monitoring_objects(offline_helm):
     assert namespaced[("PodMonitor", "ks-kubescribe-runner")]["spec"]["namespaceSelector"] == {"matchNames": ["work"]}
 
     rule = objs[("PrometheusRule", "ks-kubescribe")]
-    assert rule["spec"] == yaml.safe_load((ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml").read_text())
+    source = (ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml").read_text()
+    assert rule["spec"] == yaml.safe_load(source.replace("{component=", '{namespace="media",job="ks",component='))
     dash = objs[("ConfigMap", "ks-kubescribe-dashboard")]
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
     ((file, text),) = dash["data"].items()
@@ -654,6 +655,22 @@ def test_two_releases_get_two_dashboards(offline_helm):
         assert current["namespace"] == ns and current["job"] == rel
     file, own = dashboard("ks", "speech", uid="speech-stt")
     assert own["uid"] == "speech-stt" and file == "speech-stt.json"
+
+
+def test_each_release_s_rules_watch_its_own_install_only(offline_helm):
+    """Two releases' PrometheusRules would otherwise both evaluate every install and fire
+    each alert twice."""
+    from tests.support.promql import selectors
+
+    for release, ns in (("ks", "speech"), ("night", "lab")):
+        docs = offline_helm.template_docs(release, CHART, namespace=ns,
+                                          values={"monitoring": {"prometheusRule": {"enabled": True}}})
+        (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+        exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        found = [m for e in exprs for m in selectors(e)]
+        assert len(found) >= 20
+        for metric, matchers in found:
+            assert matchers["namespace"] == ("=", ns) and matchers["job"] == ("=", release), (metric, matchers)
 
 
 def test_alert_runbooks_can_point_elsewhere(offline_helm):
