@@ -49,7 +49,7 @@ PROM_NAME = "k8s"
 #: (release, namespace) of the two installs.
 A = ("ks", "speech-a")
 B = ("night", "speech-b")
-GRAFANA = {"$__rate_interval": "1m", "$__interval": "1s"}
+GRAFANA = {"$__rate_interval": "1m", "$__interval": "1s", "$__range": "10m"}
 
 
 def chart_values(node: RealNode, namespace: str) -> dict[str, Any]:
@@ -179,12 +179,18 @@ def test_the_operator_generates_a_scrape_job_per_monitor_with_the_install_labels
 def test_both_operators_are_scraped_through_their_service_monitors(stack):
     _, _, _, prom, _ = stack
 
+    seen_last: list = []
+
     def operators_up() -> list | None:
         targets = [t for t in prom.targets() if t["labels"].get("component") == "operator"]
+        seen_last[:] = [(t["scrapePool"], t["health"], t.get("lastError")) for t in prom.targets()]
         up = [t for t in targets if t["health"] == "up"]
         return up if len(up) == 2 else None
 
-    targets = wait_for(operators_up, timeout=120, interval=0.5, description="both operator targets up")
+    try:
+        targets = wait_for(operators_up, timeout=120, interval=0.5, description="both operator targets up")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; targets: {seen_last}; dropped: {len(prom.targets('dropped'))}") from None
     seen = {(t["labels"]["namespace"], t["labels"]["job"]): t for t in targets}
     assert set(seen) == {(A[1], A[0]), (B[1], B[0])}
     for (ns, release), t in seen.items():
@@ -207,9 +213,14 @@ def test_the_prometheus_rule_alerts_are_loaded(stack):
 
     rules = wait_for(loaded, timeout=60, interval=0.5, description="the PrometheusRule's alerts, evaluated")
     # One PrometheusRule per release, each with every alert.
-    assert sorted(r["name"] for r in rules) == sorted(want) * 2
+    assert sorted(r["name"] for r in rules) == sorted(list(want) * 2)
     for r in rules:
         assert r["annotations"]["runbook_url"].endswith("#" + r["name"].lower())
+    # ... and each scoped to its own install (the chart writes namespace and job into
+    # every selector), so no alert is evaluated twice for one install.
+    for release, ns in (A, B):
+        scoped = [r for r in rules if f'namespace="{ns}"' in r["query"] and f'job="{release}"' in r["query"]]
+        assert sorted(r["name"] for r in scoped) == sorted(want)
 
 
 def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_its_own_install(

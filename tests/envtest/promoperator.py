@@ -157,8 +157,11 @@ class PrometheusOperator:
     def host_config(self, config: dict[str, Any], rule_files: list[Path]) -> dict[str, Any]:
         """``config`` for a Prometheus on the host: kubernetes_sd through the admin
         kubeconfig instead of the pod's ServiceAccount, the rule files where
-        ``rule_files`` wrote them, and no placeholder the pod's config reloader would fill."""
-        config = json.loads(json.dumps(config))
+        ``rule_files`` wrote them, and the placeholders the pod's config reloader would
+        fill filled the same way."""
+        # The pod's config reloader fills $(SHARD) (the shard number, 0 of 1 here) and
+        # $(POD_NAME) from its environment before Prometheus reads the file.
+        config = json.loads(json.dumps(config).replace("$(SHARD)", "0"))
         labels = (config.get("global") or {}).get("external_labels") or {}
         for key in [k for k, v in labels.items() if "$(" in str(v)]:
             del labels[key]
