@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
 # etcd, the Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, and kwok
-# (simulated nodes for the scale tests and benchmark).
+# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, kwok
+# (simulated nodes for the scale tests and benchmark) and the Prometheus Operator.
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -21,6 +21,7 @@ HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.313.5}"   # Prometheus 3.x
 COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -180,10 +181,46 @@ GO
   rm -rf "$w"
 }
 
+build_prometheus_operator() {
+  local out="$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  have "$out" operator prometheus-config-reloader && [[ -d "$out/crds" ]] \
+    && { log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION cached"; return; }
+  log "building prometheus-operator and prometheus-config-reloader $PROMETHEUS_OPERATOR_VERSION"
+  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/promoperator
+  local m=github.com/prometheus-operator/prometheus-operator
+  (
+    cd "$w"
+    # The main module replaces its two API submodules with local paths, which only
+    # count inside its own tree; require their published releases of the same version.
+    go mod edit -require "$m@$PROMETHEUS_OPERATOR_VERSION" \
+      -require "$m/pkg/apis/monitoring@$PROMETHEUS_OPERATOR_VERSION" \
+      -require "$m/pkg/client@$PROMETHEUS_OPERATOR_VERSION"
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/prometheus-operator/prometheus-operator/cmd/operator"
+	_ "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader"
+)
+GO
+    go mod tidy
+    local ld="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v}"
+    go build -trimpath -ldflags "$ld" -o "$out/bin/" "$m/cmd/operator" "$m/cmd/prometheus-config-reloader"
+    # The CRDs (ServiceMonitor, PodMonitor, PrometheusRule, Prometheus, ...) of the same
+    # release, from the module source, for the test cluster.
+    local src; src=$(go mod download -json "$m@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    rm -rf "$out/crds" && mkdir -p "$out/crds" && cp "$src"/example/prometheus-operator-crd/*.yaml "$out/crds/"
+  )
+  rm -rf "$w"
+}
+
 print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
     "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
-    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kwok-$KWOK_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kwok-$KWOK_VERSION/bin" \
+    "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -194,6 +231,7 @@ case "${1:-all}" in
   prometheus) build_prometheus ;;
   coredns) build_coredns ;;
   kwok) build_kwok ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|--print-path]" >&2; exit 2 ;;
+  prometheus-operator) build_prometheus_operator ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|--print-path]" >&2; exit 2 ;;
 esac

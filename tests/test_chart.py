@@ -91,6 +91,11 @@ def test_chart_refuses_clusters_older_than_1_29(offline_helm):
     ({"redis": {"url": "http://redis:6379"}}, "url"),
     ({"runner": {"audioUrlAllowCidrs": ["localhost"]}}, "audioUrlAllowCidrs"),
     ({"runner": {"audioUrlAllowCidrs": "127.0.0.0/8"}}, "audioUrlAllowCidrs"),
+    ({"monitoring": {"labels": {"release": 1}}}, "release"),
+    ({"monitoring": {"dashboard": {"uid": "a/b"}}}, "uid"),
+    ({"networkPolicy": {"enabled": True, "redisFromNamespaces": ["Not_A_Namespace"]}}, "redisFromNamespaces"),
+    ({"networkPolicy": {"runnerEgressCidrs": ["10.0.0.1"]}}, "runnerEgressCidrs"),
+    ({"networkPolicy": {"enabeld": True}}, "enabeld"),
 ])
 def test_schema_rejects_unknown_or_invalid_values(offline_helm, values, complaint):
     proc = offline_helm.template("ks", CHART, values=values, check=False)
@@ -328,16 +333,23 @@ def test_monitoring_objects(offline_helm):
     assert namespaced[("PodMonitor", "ks-kubescribe-runner")]["spec"]["namespaceSelector"] == {"matchNames": ["work"]}
 
     rule = objs[("PrometheusRule", "ks-kubescribe")]
-    assert rule["spec"] == yaml.safe_load((ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml").read_text())
+    source = (ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml").read_text()
+    assert rule["spec"] == yaml.safe_load(source.replace("{component=", '{namespace="media",job="ks",component='))
     dash = objs[("ConfigMap", "ks-kubescribe-dashboard")]
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dash["data"]["kubescribe.json"]) == json.loads(
-        (ROOT / "grafana" / "dashboards" / "kubescribe.json").read_text())
+    ((file, text),) = dash["data"].items()
+    shipped = json.loads(text)
+    top = json.loads((ROOT / "grafana" / "dashboards" / "kubescribe.json").read_text())
+    # The same dashboard, made the release's own: uid, title, preselected variables.
+    assert shipped["panels"] == top["panels"] and file == f"{shipped['uid']}.json"
+    assert {k: v for k, v in shipped.items() if k not in ("uid", "title", "templating")} == \
+        {k: v for k, v in top.items() if k not in ("uid", "title", "templating")}
     relabelled = kinds(render(offline_helm, {"monitoring": {"dashboard": {
         "enabled": True, "labels": {"grafana_dashboard": "kubescribe"}, "namespace": "grafana",
         "annotations": {"grafana_folder": "Speech"}}}}))
     cm = relabelled[("ConfigMap", "ks-kubescribe-dashboard")]
     assert cm["metadata"]["namespace"] == "grafana" and cm["metadata"]["labels"]["grafana_dashboard"] == "kubescribe"
+    assert cm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Speech"}
 
 
@@ -580,3 +592,238 @@ def test_helm_install_accepts_an_existing_crd(helm, kube_cluster, kube_namespace
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     finally:
         helm.uninstall(release, kube_namespace)
+
+
+# --------------------------------------------------------------------------- a shared cluster
+
+MONITORING_ON = {"monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                                "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}}
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap")
+
+
+def test_one_value_labels_every_monitoring_object_for_kube_prometheus_stack(offline_helm):
+    """A default kube-prometheus-stack selects `release: <its release>`: the chart's default
+    label matches one installed as "kube-prometheus-stack", one value changes it everywhere,
+    and an object's own extra labels still apply."""
+    for values, want in ((MONITORING_ON, {"release": "kube-prometheus-stack"}),
+                         ({**MONITORING_ON, "monitoring": {**MONITORING_ON["monitoring"],
+                                                           "labels": {"release": "prom", "team": "speech"}}},
+                          {"release": "prom", "team": "speech"})):
+        docs = [d for d in render(offline_helm, values) if d["kind"] in MONITORING_KINDS]
+        assert sorted(d["kind"] for d in docs) == sorted(MONITORING_KINDS)
+        for d in docs:
+            assert want.items() <= d["metadata"]["labels"].items(), d["kind"]
+    extra = {"monitoring": {**MONITORING_ON["monitoring"],
+                            "serviceMonitor": {"enabled": True, "labels": {"release": "other"}}}}
+    objs = kinds(render(offline_helm, extra))
+    assert objs[("ServiceMonitor", "ks-kubescribe-operator")]["metadata"]["labels"]["release"] == "other"
+    assert objs[("PodMonitor", "ks-kubescribe-runner")]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Helm merges maps with the defaults: a null removes the default label.
+    none = render(offline_helm, {"monitoring": {**MONITORING_ON["monitoring"], "labels": {"release": None}}})
+    assert not [d for d in none if d["kind"] in MONITORING_KINDS and "release" in d["metadata"]["labels"]]
+
+
+def test_monitors_name_the_install_by_job_and_namespace(offline_helm):
+    """Operator and runner series of one install carry job=<release> and
+    namespace=<release namespace>; the runner pod's own namespace stays as request_namespace."""
+    objs = kinds(render(offline_helm, MONITORING_ON, namespace="speech"))
+    (ep,) = objs[("ServiceMonitor", "ks-kubescribe-operator")]["spec"]["endpoints"]
+    (pep,) = objs[("PodMonitor", "ks-kubescribe-runner")]["spec"]["podMetricsEndpoints"]
+    job = {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+           "targetLabel": "job"}
+    ns = {"action": "replace", "replacement": "speech", "targetLabel": "namespace"}
+    for relabelings in (ep["relabelings"], pep["relabelings"]):
+        assert job in relabelings and ns in relabelings
+    assert {"action": "replace", "sourceLabels": ["__meta_kubernetes_namespace"],
+            "targetLabel": "request_namespace"} in pep["relabelings"]
+
+
+def test_two_releases_get_two_dashboards(offline_helm):
+    def dashboard(release: str, namespace: str, **dash: object) -> tuple[str, dict]:
+        values = {"monitoring": {"dashboard": {"enabled": True, **dash}}}
+        docs = offline_helm.template_docs(release, CHART, namespace=namespace, values=values)
+        (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        ((file, text),) = cm["data"].items()
+        return file, json.loads(text)
+
+    (fa, a), (fb, b), (fc, c) = dashboard("ks", "speech"), dashboard("ks", "lab"), dashboard("night", "speech")
+    assert len({a["uid"], b["uid"], c["uid"]}) == 3 and len({fa, fb, fc}) == 3
+    assert all(len(d["uid"]) <= 40 for d in (a, b, c))
+    assert dashboard("ks", "speech")[1]["uid"] == a["uid"]  # stable across upgrades
+    assert (a["title"], b["title"]) == ("kubescribe (speech/ks)", "kubescribe (lab/ks)")
+    for d, ns, rel in ((a, "speech", "ks"), (b, "lab", "ks"), (c, "speech", "night")):
+        assert d["editable"] is False
+        current = {v["name"]: v.get("current", {}).get("value") for v in d["templating"]["list"]}
+        assert current["namespace"] == ns and current["job"] == rel
+    file, own = dashboard("ks", "speech", uid="speech-stt")
+    assert own["uid"] == "speech-stt" and file == "speech-stt.json"
+
+
+def test_each_release_s_rules_watch_its_own_install_only(offline_helm):
+    """Two releases' PrometheusRules would otherwise both evaluate every install and fire
+    each alert twice."""
+    from tests.support.promql import selectors
+
+    for release, ns in (("ks", "speech"), ("night", "lab")):
+        docs = offline_helm.template_docs(release, CHART, namespace=ns,
+                                          values={"monitoring": {"prometheusRule": {"enabled": True}}})
+        (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+        exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        found = [m for e in exprs for m in selectors(e)]
+        assert len(found) >= 20
+        for metric, matchers in found:
+            assert matchers["namespace"] == ("=", ns) and matchers["job"] == ("=", release), (metric, matchers)
+
+
+def test_alert_runbooks_can_point_elsewhere(offline_helm):
+    values = {"monitoring": {"prometheusRule": {"enabled": True, "runbookBaseUrl": "https://wiki.example/stt/"}}}
+    (rule,) = [d for d in render(offline_helm, values) if d["kind"] == "PrometheusRule"]
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(re.fullmatch(r"https://wiki\.example/stt#kubescribe[a-z]+", u) for u in urls), urls
+
+
+def test_redis_liveness_and_readiness_probes_differ(offline_helm):
+    objs = kinds(render(offline_helm, {"redis": {"internal": {"enabled": True}}}))
+    (c,) = objs[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["spec"]["containers"]
+    live, ready = c["livenessProbe"], c["readinessProbe"]
+    assert live != ready
+    assert live["tcpSocket"] == {"port": "redis"}  # a restart empties the cache: only when it stopped listening
+    assert "ping" in " ".join(ready["exec"]["command"]) and "$REDIS_PASSWORD" in ready["exec"]["command"][-1]
+    assert "REDIS_PASSWORD" in [e["name"] for e in c["env"]]
+    for name in ("operator",):
+        (oc,) = objs[("Deployment", f"ks-kubescribe-{name}")]["spec"]["template"]["spec"]["containers"]
+        assert oc["livenessProbe"] != oc["readinessProbe"]
+
+
+def test_notes_tell_a_kube_prometheus_stack_user_what_to_set(offline_helm, tmp_path):
+    """NOTES.txt rendered offline (a copy of the chart with NOTES wrapped in a template)."""
+    import shutil
+
+    chart = tmp_path / "kubescribe"
+    shutil.copytree(CHART, chart)
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_test.tpl").write_text('{{- define "notes.test" -}}\n' + notes + "\n{{- end }}\n")
+    (chart / "templates" / "notes-test.yaml").write_text('notes: {{ include "notes.test" . | toJson }}\n')
+
+    def rendered(values: dict) -> str:
+        out = offline_helm.template("ks", chart, namespace="speech", values=values,
+                                    extra_args=["--show-only", "templates/notes-test.yaml"]).stdout
+        return yaml.safe_load(out)["notes"]
+
+    text = rendered({**MONITORING_ON, "networkPolicy": {"enabled": True}})
+    assert "release=kube-prometheus-stack" in text and "monitoring.labels.release=<its release name>" in text
+    assert "serviceMonitorSelector" in text and 'namespace="speech" and job="ks"' in text
+    assert "audio.url requests will fail" in text
+    mine = rendered({"monitoring": {**MONITORING_ON["monitoring"], "labels": {"release": "prom"}}})
+    assert "release=prom" in mine and "monitoring.labels.release=<its release name>" not in mine
+    assert "Monitoring:" not in rendered({})
+
+
+# NetworkPolicies: the real node's bridge CNI does not enforce them, so their selectors and
+# ports are checked against the labels of the pods they are about.
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions; {} is all)."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not (selector.get("matchLabels") or {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, vals = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in vals, "NotIn": labels.get(key) not in vals,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_allowed(peers: list[dict], pod_labels: dict, pod_ns: str, policy_ns: str, ns_labels: dict) -> bool:
+    for peer in peers:
+        if "ipBlock" in peer:
+            continue
+        ns_ok = _selects(peer["namespaceSelector"], ns_labels) if "namespaceSelector" in peer else pod_ns == policy_ns
+        pod_ok = _selects(peer.get("podSelector", {}), pod_labels)
+        if ns_ok and pod_ok:
+            return True
+    return False
+
+
+def _runner_pod_labels(release: str) -> dict:
+    from kubescribe.models import parse_spec
+    from kubescribe.operator.jobs import build_job
+
+    body = {"metadata": {"name": "talk", "namespace": "x", "uid": str(uuid.uuid4()), "generation": 1}}
+    job = build_job(body, parse_spec({"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}}),
+                    OperatorSettings(instance=release))
+    return job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_network_policies_admit_exactly_the_release_pods_to_redis(offline_helm):
+    values = {"redis": {"internal": {"enabled": True}},
+              "networkPolicy": {"enabled": True, "redisFromNamespaces": ["tools"]}}
+    docs = render(offline_helm, values, namespace="speech")
+    objs = kinds(docs)
+    policy = objs[("NetworkPolicy", "ks-kubescribe-redis")]
+    redis = objs[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]
+    operator = objs[("Deployment", "ks-kubescribe-operator")]["spec"]["template"]["metadata"]["labels"]
+    # The gateway Deployment's pods: the release's selector labels and component gateway.
+    gateway = {"app.kubernetes.io/name": "kubescribe", "app.kubernetes.io/instance": "ks",
+               "app.kubernetes.io/component": "gateway"}
+    runner = _runner_pod_labels("ks")
+    other_runner = _runner_pod_labels("night")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert _selects(policy["spec"]["podSelector"], redis["metadata"]["labels"])
+    (rule,) = policy["spec"]["ingress"]
+    port_names = [p["name"] for c in redis["spec"]["containers"] for p in c["ports"]]
+    assert [p["port"] for p in rule["ports"]] == ["redis"] and "redis" in port_names
+
+    def allowed(labels: dict, ns: str) -> bool:
+        return _peer_allowed(rule["from"], labels, ns, "speech", {"kubernetes.io/metadata.name": ns})
+
+    assert allowed(operator, "speech") and allowed(gateway, "speech") and allowed(runner, "speech")
+    assert allowed(runner, "requests-ns")  # a cluster-wide operator's runners, anywhere
+    assert allowed({"app": "anything"}, "tools")  # a namespace the user listed
+    assert not allowed({"app": "anything"}, "speech")
+    assert not allowed(other_runner, "requests-ns") and not allowed(other_runner, "speech")
+    assert not allowed({**operator, "app.kubernetes.io/instance": "night"}, "speech")
+
+    # watchNamespace: runners only from there.
+    scoped = kinds(render(offline_helm, {**values, "watchNamespace": "work"}, namespace="speech"))
+    (srule,) = scoped[("NetworkPolicy", "ks-kubescribe-redis")]["spec"]["ingress"]
+    assert _peer_allowed(srule["from"], runner, "work", "speech", {"kubernetes.io/metadata.name": "work"})
+    assert not _peer_allowed(srule["from"], runner, "elsewhere", "speech", {"kubernetes.io/metadata.name": "elsewhere"})
+
+
+def test_network_policies_limit_runner_egress_to_redis_dns_and_audio_ranges(offline_helm):
+    values = {"redis": {"internal": {"enabled": True}}, "watchNamespace": "work", "operator": {"mode": "pool"},
+              "runner": {"audioUrlAllowCidrs": ["10.0.0.5/32"]},
+              "networkPolicy": {"enabled": True, "runnerEgressCidrs": ["192.168.7.0/24"]}}
+    docs = render(offline_helm, values, namespace="speech")
+    egress = {d["metadata"]["namespace"]: d for d in docs
+              if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "ks-kubescribe-runner-egress"}
+    assert set(egress) == {"work"}  # the pool namespace defaults to the watched one
+    pol = egress["work"]["spec"]
+    assert pol["policyTypes"] == ["Egress"] and _selects(pol["podSelector"], _runner_pod_labels("ks"))
+    assert not _selects(pol["podSelector"], _runner_pod_labels("night"))
+    redis_labels = kinds(docs)[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["metadata"]["labels"]
+    dns = {"k8s-app": "kube-dns"}
+    rules = pol["egress"]
+    to_dns = [r for r in rules if _peer_allowed(r["to"], dns, "kube-system", "work",
+                                                 {"kubernetes.io/metadata.name": "kube-system"})]
+    assert [p["port"] for r in to_dns for p in r["ports"]] == [53, 53]
+    to_redis = [r for r in rules if _peer_allowed(r["to"], redis_labels, "speech", "work",
+                                                   {"kubernetes.io/metadata.name": "speech"})]
+    assert [p["port"] for r in to_redis for p in r["ports"]] == [6379]
+    cidrs = sorted(p["ipBlock"]["cidr"] for r in rules for p in r["to"] if "ipBlock" in p)
+    assert cidrs == ["10.0.0.5/32", "192.168.7.0/24"]
+    assert len(rules) == 3  # DNS, Redis, audio: nothing else
+    # A cluster-wide install with its pool in its own namespace: listed namespaces get it.
+    wide = render(offline_helm, {**values, "watchNamespace": "",
+                                 "networkPolicy": {"enabled": True, "runnerNamespaces": ["a", "b"]}}, namespace="speech")
+    assert sorted(d["metadata"]["namespace"] for d in wide
+                  if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("runner-egress")) == ["a", "b"]
+    # An external Redis: egress to its CIDRs on the URL's port.
+    ext = render(offline_helm, {"redis": {"url": "redis://redis.cache.svc:6380/0"},
+                                "networkPolicy": {"enabled": True, "redisCidrs": ["10.96.5.0/24"]}}, namespace="speech")
+    (pol,) = [d for d in ext if d["kind"] == "NetworkPolicy"]
+    assert {"to": [{"ipBlock": {"cidr": "10.96.5.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]} in pol["spec"]["egress"]
+    assert not [d for d in render(offline_helm, {"redis": {"internal": {"enabled": True}}}) if d["kind"] == "NetworkPolicy"]

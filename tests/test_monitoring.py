@@ -10,6 +10,13 @@
   queries must still evaluate without error.
 - The chart's copies of the dashboard and the rules are the same files as the top-level
   ones (Helm cannot read outside the chart directory).
+- The rules of pint and Grafana's dashboard-linter that matter on a shared cluster, as
+  tests of ours (neither tool is served by the package registries here): every
+  aggregation and every join of an alert keeps `namespace` and `job` (one install), every
+  alert has a `for` and a `runbook_url` whose section exists in docs/runbooks.md, every
+  panel query is scoped by the dashboard's namespace and release variables, the data
+  source is a variable and the dashboard is not editable. They read every panel and every
+  rule, so panels and alerts added later must follow them too.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ RULES = ROOT / "prometheus" / "rules" / "kubescribe.rules.yaml"
 SCRAPE_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 CHART_FILES = ROOT / "charts" / "kubescribe" / "files"
 RULE_TESTS = ROOT / "tests" / "promtool" / "kubescribe.rules.test.yaml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+RUNBOOK_BASE = "https://github.com/kubescribe/kubescribe/blob/main/docs/runbooks.md"
 
 INHERITED_PANELS = (
     "Total transcriptions", "Success rate", "Average time", "Cache hit rate", "Transcriptions over time",
@@ -42,6 +51,8 @@ GPU_OPS_PANELS = ("GPU utilisation", "GPU memory", "RAM", "Real-time factor", "Q
 #: Grafana's variables, replaced by what Grafana would send for a short time range (wide
 #: enough that a slow machine's test still has every change inside the window).
 GRAFANA_VARIABLES = {"$__rate_interval": "10m", "$__interval": "15s", "$__range": "10m"}
+#: The install the tests' static scrape targets belong to (the dashboard's variables).
+INSTALL = {"namespace": "speech", "job": "ks"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -59,13 +70,15 @@ def panels() -> list[dict]:
     return [p for p in out if p["type"] != "row"]
 
 
-def panel_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL with Grafana's variables substituted)."""
+def panel_queries(install: dict[str, str] = INSTALL) -> list[tuple[str, str]]:
+    """(panel title, PromQL with Grafana's variables substituted; the dashboard's own
+    variables by ``install``)."""
     out = []
+    variables = {**GRAFANA_VARIABLES, **{f"${k}": v for k, v in install.items()}}
     for p in panels():
         for t in p["targets"]:
             expr = t["expr"]
-            for var, value in GRAFANA_VARIABLES.items():
+            for var, value in variables.items():
                 expr = expr.replace(var, value)
             assert "$" not in expr, f"{p['title']}: unsubstituted variable in {expr!r}"
             out.append((p["title"], expr))
@@ -95,7 +108,8 @@ SELECTOR = re.compile(r"\b(kubescribe_[a-z0-9_]+)\s*(\{[^}]*\})?")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 #: Labels the scrape adds to every series: the chart's ServiceMonitor/PodMonitor and
 #: prometheus/prometheus.yml.
-TARGET_LABELS = {"component", "instance", "job", "namespace", "pod", "service", "container", "endpoint", "request"}
+TARGET_LABELS = {"component", "instance", "job", "namespace", "pod", "service", "container", "endpoint", "request",
+                 "request_namespace"}
 
 
 # --------------------------------------------------------------------------- files
@@ -221,6 +235,107 @@ def test_grafana_provisioning_files():
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
 
 
+# --------------------------------------------------------------------------- shared-cluster lint
+# pint's promql/aggregate and alerts/* rules and Grafana dashboard-linter's, as tests.
+
+INSTALL_LABELS = ("namespace", "job")
+
+
+def alerts() -> list[dict]:
+    doc = yaml.safe_load(RULES.read_text())
+    return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors of the runbook headings (lower case, spaces to dashes)."""
+    return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{2,3} (.+)$", RUNBOOKS.read_text(), re.M)}
+
+
+def test_every_aggregation_of_an_alert_keeps_namespace_and_job():
+    """Two installs (or one install in a namespace with its own Alertmanager route) are
+    told apart only if no aggregation sums the labels away."""
+    from tests.support.promql import aggregations, label_dropping_calls
+
+    for name, expr in rule_exprs():
+        aggs = aggregations(expr)
+        assert aggs or "kubescribe_" in expr, name
+        for agg in aggs:
+            if agg.modifier == "without":
+                assert not set(agg.labels) & set(INSTALL_LABELS), f"{name}: {agg} drops an install label"
+            else:
+                assert set(INSTALL_LABELS) <= set(agg.labels), f"{name}: {agg.op} without `by (namespace, job)`"
+        assert not label_dropping_calls(expr), f"{name}: {label_dropping_calls(expr)} lose the install's labels"
+
+
+def test_every_join_of_an_alert_matches_on_namespace_and_job():
+    """`and on()` pairs any install's queue with any other's GPUs."""
+    from tests.support.promql import joins
+
+    for name, expr in rule_exprs():
+        for kind, labels in joins(expr):
+            assert kind == "on" and set(INSTALL_LABELS) <= set(labels), f"{name}: {kind}({', '.join(labels)})"
+
+
+def test_the_aggregation_lint_catches_what_it_is_for():
+    """The scanner behind the two tests above sees both aggregation forms and empty joins."""
+    from tests.support.promql import aggregations, joins, label_dropping_calls
+
+    assert aggregations("sum(rate(x[5m])) by (namespace, job)")[0].labels == ("namespace", "job")
+    assert aggregations("max(up{component=\"operator\"})")[0].modifier == ""
+    assert [a.op for a in aggregations("histogram_quantile(0.9, sum by (le) (rate(b[5m])))")] == ["sum"]
+    assert joins("a > 0 and on() b == 0") == [("on", ())]
+    assert label_dropping_calls("absent(up == 1)") == ["absent"]
+
+
+def test_every_alert_has_for_and_a_runbook_section():
+    anchors = runbook_anchors()
+    names = set()
+    for a in alerts():
+        names.add(a["alert"])
+        assert a.get("for"), f"{a['alert']} has no `for`: one bad scrape would page"
+        url = a["annotations"].get("runbook_url", "")
+        assert url == f"{RUNBOOK_BASE}#{a['alert'].lower()}", f"{a['alert']}: runbook_url {url!r}"
+        assert a["alert"].lower() in anchors, f"docs/runbooks.md has no section {a['alert']}"
+    orphans = {x for x in anchors if x.startswith("kubescribe") and x != "kubescribe-runbooks"} - {n.lower() for n in names}
+    assert not orphans, f"runbook sections for alerts that do not exist: {sorted(orphans)}"
+
+
+def test_every_panel_query_is_scoped_by_the_dashboard_variables():
+    """Every series selector of every panel (whoever adds the panel) names the install by
+    the dashboard's variables, so one dashboard never mixes two installs."""
+    from tests.support.promql import selectors
+
+    d = dashboard()
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    for name in INSTALL_LABELS:
+        var = variables[name]
+        assert var["type"] == "query" and var["datasource"]["uid"] == "${datasource}", name
+        assert var["includeAll"] is False and var["multi"] is False, f"${name} must name one install"
+    assert 'namespace="$namespace"' in variables["job"]["definition"]
+    checked = 0
+    for p in panels():
+        for t in p["targets"]:
+            found = selectors(t["expr"])
+            assert found, f"{p['title']}: no series selector in {t['expr']!r}"
+            for metric, matchers in found:
+                for label in INSTALL_LABELS:
+                    assert matchers.get(label) == ("=", f"${label}"), (
+                        f"panel {p['title']!r}: {metric or '{...}'} is not scoped by {label}=\"${label}\"")
+                checked += 1
+    assert checked >= 20
+
+
+def test_dashboard_datasource_is_a_variable_and_it_is_not_editable():
+    d = dashboard()
+    assert d["editable"] is False
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    for p in panels():
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), p["title"]
+
+
 # --------------------------------------------------------------------------- a real Prometheus
 
 
@@ -256,8 +371,8 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
     redis_server.client().flushdb()
     server, runner_store, engine, metrics = runner_metrics
     op = operator_factory(gpu_budget="2")
-    prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator"}),
-                               (f"127.0.0.1:{server.port}", {"component": "runner"})],
+    prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator", **INSTALL}),
+                               (f"127.0.0.1:{server.port}", {"component": "runner", **INSTALL})],
                               rule_files=[RULES])
     targets = prom.wait_for_targets_up()
     assert {t["labels"]["component"] for t in targets} == {"operator", "runner"}
@@ -329,7 +444,7 @@ def test_hit_rate_and_file_sizes_are_exact_in_job_mode(
 
     redis_server.client().flushdb()
     op = operator_factory(gpu_budget="3")
-    prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator"})])
+    prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator", **INSTALL})])
     prom.wait_for_targets_up()
     store = Store(redis_server.client())
     names = ("fox", "weather", "library")

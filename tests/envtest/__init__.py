@@ -64,8 +64,8 @@ def find_tool(name: str) -> str:
     raise ToolNotFoundError(
         f"{name!r} is not built (looked in: {', '.join(dirs) or '<nothing>'}). "
         f"Run `hack/build-test-binaries.sh` from the repository root once; it compiles "
-        f"etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, helm, prometheus, "
-        f"promtool, coredns and kwok (`hack/build-test-binaries.sh kwok` builds kwok alone) "
+        f"etcd, the Kubernetes control plane and node, helm, prometheus, promtool, coredns, kwok and "
+        f"the Prometheus Operator (`hack/build-test-binaries.sh <tool>` builds one alone) "
         f"into a cache outside the repository (tens of minutes cold, a no-op afterwards). "
         f"KUBESCRIBE_TOOLS_PATH overrides where the binaries are looked for."
     )

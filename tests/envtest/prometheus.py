@@ -94,6 +94,8 @@ class PrometheusServer:
         metrics_path: path scraped on every target.
         extra_scrape_configs: more ``scrape_configs`` entries, as dicts.
         workdir: config, TSDB and log; temporary (removed by ``stop()``) when not given.
+        config: a whole configuration instead of the one built from the arguments above
+            (e.g. what the Prometheus Operator generated).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class PrometheusServer:
         extra_scrape_configs: Sequence[dict[str, Any]] = (),
         workdir: Optional[os.PathLike[str] | str] = None,
         startup_timeout: float = 60.0,
+        config: Optional[dict[str, Any]] = None,
     ) -> None:
         self.binary = find_tool("prometheus")
         self._own_workdir = workdir is None
@@ -134,6 +137,8 @@ class PrometheusServer:
                 *extra_scrape_configs,
             ],
         }
+        if config is not None:
+            self.config = config
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def __enter__(self) -> "PrometheusServer":

@@ -125,3 +125,54 @@ KUBESCRIBE_RUNNER_RESOURCES as dict[str, dict[str, str]], and `cpu: 1` in YAML i
 {{- end }}
 {{- toJson $out }}
 {{- end }}
+
+{{/*
+Labels of every monitoring object (ServiceMonitor, PodMonitor, PrometheusRule, dashboard
+ConfigMap): the chart's own, then monitoring.labels (what a Prometheus' selectors need,
+e.g. kube-prometheus-stack's `release`), then the object's own extra labels (the dict
+passed as .extra).
+*/}}
+{{- define "kubescribe.monitoringLabels" -}}
+{{- $labels := merge (dict) (.extra | default dict) (.root.Values.monitoring.labels | default dict) }}
+{{ include "kubescribe.labels" .root }}
+{{- range $k, $v := $labels }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Relabelings shared by the ServiceMonitor and the PodMonitor (called with dict "root" $
+"runner" bool), so operator and runner series of one install carry the same identity:
+`job` is the release name (from the pods' app.kubernetes.io/instance label) and `namespace`
+the release's namespace. A runner pod's own namespace, where its request lives, is kept as
+`request_namespace`. The alerts and the dashboard group and scope by exactly job and
+namespace.
+*/}}
+{{- define "kubescribe.monitorRelabelings" -}}
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_component]
+  targetLabel: component
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_instance]
+  targetLabel: job
+{{- if .runner }}
+- action: replace
+  sourceLabels: [__meta_kubernetes_namespace]
+  targetLabel: request_namespace
+{{- end }}
+- action: replace
+  replacement: {{ .root.Release.Namespace }}
+  targetLabel: namespace
+{{- end }}
+
+{{/* Namespaces where runner pods run, for their egress NetworkPolicy (a JSON list). */}}
+{{- define "kubescribe.runnerNamespaces" -}}
+{{- $list := .Values.networkPolicy.runnerNamespaces }}
+{{- if not $list }}
+{{- $list = list (default .Release.Namespace .Values.watchNamespace) }}
+{{- if eq .Values.operator.mode "pool" }}
+{{- $list = append $list (include "kubescribe.poolNamespace" .) }}
+{{- end }}
+{{- end }}
+{{- $list | uniq | toJson }}
+{{- end }}
