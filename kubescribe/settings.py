@@ -141,6 +141,22 @@ class EngineSettings(_Settings):
     cpu_threads: int = Field(
         0, ge=0, description="CTranslate2 intra-op threads; 0 lets it use every core."
     )
+    batched_min_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="spec.decoding auto: audio this long or longer is decoded in batches of "
+        "VAD-cut speech chunks, shorter audio sequentially. Below a minute there are too few "
+        "30 s chunks to fill a batch, and sequential decoding conditions each window on the "
+        "text before it.",
+    )
+    clip_gap_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Batched decoding joins speech into clips of up to 30 s and ends a clip at "
+        "a pause longer than this, so segments (and subtitles) never span a long silence. "
+        "2 s keeps the pauses of conversation inside clips: every clip costs a full 30 s "
+        "window, so shorter clips are slower.",
+    )
 
 
 class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessSettings):

@@ -107,7 +107,7 @@ def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int
         conditions=conds,
     )
     for name in ("cache_key", "result_key", "audio_sha256", "language", "language_probability",
-                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "text_preview"):
+                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "decoding", "text_preview"):
         value = getattr(outcome, name)
         if value is not None:
             fields[name] = value
