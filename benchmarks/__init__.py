@@ -6,7 +6,8 @@ with a baseline measured in the same run, on the same machine, a moment apart:
 
 ==========================  ==============================================================
 runner_overhead             runner.task.run_task vs plain faster-whisper, same audio/model
-batched_vs_sequential       batched pipeline (batchSize 4/8/16) vs sequential on ~60 s
+long_batched_vs_sequential  batched-by-default vs sequential on >= 10 min of speech
+no_invented_text            60 s of silence, noise and tones: words with the defaults
 gzip_vs_zstd                result size and encode/decode speed of the two codecs
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
@@ -19,7 +20,8 @@ burst_1000                  1,000 requests at once: time to admit/queue, operato
 
 NAMES = (
     "runner_overhead",
-    "batched_vs_sequential",
+    "long_batched_vs_sequential",
+    "no_invented_text",
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",

@@ -164,6 +164,16 @@ class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessS
         None, description="The request spec as JSON; the operator sets it on the Job."
     )
     request: str | None = Field(None, description="namespace/name of the request, for logs.")
+    request_uid: str | None = Field(
+        None, description="uid of the request; progress is reported in Redis under it (the operator sets it)."
+    )
+    progress_report_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="A runner writes its progress to Redis at most this often: every few "
+        "seconds is fresh enough for the operator, which reads it every "
+        "KUBESCRIBE_PROGRESS_SECONDS, and costs Redis next to nothing.",
+    )
     metrics_port: int = Field(
         9400,
         description="Port of /metrics and /healthz; -1 disables. 9400 avoids the ports of "
@@ -293,6 +303,14 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
     metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
     max_audio_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest audio a runner accepts (512 MiB)."
+    )
+    progress_seconds: float = Field(
+        10.0,
+        ge=5,
+        description="How often the operator copies runners' progress into status.progress: at "
+        "most one API write per running request per period, and none for a request that "
+        "ends within its first period. 10 s is live enough for a progress bar on long "
+        "audio and keeps the API writes per request bounded.",
     )
     resync_seconds: float = Field(
         30.0,

@@ -21,6 +21,7 @@ import time
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
+from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings
 from kubescribe.store import Store, open_store
 from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkQueue
@@ -56,7 +57,7 @@ class _Heartbeat:
 
 
 def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetrics, consumer: str,
-            delivery: Delivery) -> None:
+            delivery: Delivery, report_every: float = 2.0) -> None:
     item, entry_id = delivery.item, delivery.entry_id
     attempts = item.attempt + 1
     try:
@@ -67,7 +68,10 @@ def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetri
         try:
             with _Heartbeat(queue, consumer, entry_id):
                 # The operator counted this request's cache lookup before dispatching it.
-                outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False).outcome
+                # A reclaimed entry resumes after the crashed runner's last checkpoint.
+                board = RunBoard(store.client)
+                outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False, board=board,
+                                   progress=ProgressReporter(board, item.uid, report_every)).outcome
         except TaskError as exc:
             if not exc.final and item.attempt < spec.retries:
                 log.warning("%s/%s attempt %d failed (%s); queued again", item.namespace, item.name,
@@ -110,7 +114,7 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
                     break
                 continue
             try:
-                process(queue, store, engine, metrics, consumer, delivery)
+                process(queue, store, engine, metrics, consumer, delivery, settings.progress_report_seconds)
             except Exception as exc:  # leave it pending: another runner (or we) reclaim it
                 log.exception("task %s failed unexpectedly: %s", delivery.entry_id, exc)
             done += 1

@@ -16,6 +16,7 @@ from typing import Any
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import TranscriptionSpec
 from kubescribe.outcomes import RunnerOutcome, reason
+from kubescribe.progress import RunBoard
 from kubescribe.settings import AudioInputSettings
 from kubescribe.store import AudioNotFound, Store, StoreError, cache_key, known_cache_key, result_key, sha256_hex
 
@@ -23,6 +24,18 @@ from .engine import BadAudio, Engine, ModelLoadError, ProgressFn
 from .url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
 
 log = logging.getLogger(__name__)
+
+try:
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - redis is a dependency of the runner
+    RedisError = OSError  # type: ignore[misc,assignment]
+
+
+def _call_store(fn, *args):
+    try:
+        return fn(*args)
+    except RedisError as exc:
+        raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
 class TaskError(Exception):
@@ -123,6 +136,7 @@ def run_task(
     progress: ProgressFn | None = None,
     audio: bytes | None = None,
     count_known_lookup: bool = True,
+    board: RunBoard | None = None,
 ) -> TaskOutcome:
     """Answer from the cache or transcribe; raise :class:`TaskError` on failure.
 
@@ -130,6 +144,10 @@ def run_task(
     counts per request: when the cache key is known from the spec, the operator already
     counted it at admission, so a runner passes ``count_known_lookup=False``; a key known
     only after the download is counted here and reported in the outcome.
+
+    With a ``board`` every finished segment is checkpointed under the cache key, and a
+    task that finds checkpoints (an earlier attempt died) resumes after the last one;
+    the checkpoints are dropped once the result is stored.
     """
     try:
         key = known_cache_key(spec)[0] if audio is None else None
@@ -150,12 +168,21 @@ def run_task(
                                                                       size_bytes=len(data), cache_lookup=lookup))
         if metrics is not None:
             metrics.active_workers.inc()
+        done, on_segment = [], None
+        if board is not None:
+            done = _call_store(board.checkpointed, key)
+            on_segment = lambda seg: board.checkpoint(key, seg)  # noqa: E731
+            if done:
+                log.info("resuming after %d checkpointed segment(s), at %.1fs", len(done), done[-1]["end"])
         try:
-            result = engine.transcribe(data, spec, audio_sha256=sha, progress=progress)
+            result = engine.transcribe(data, spec, audio_sha256=sha, progress=progress, done=done,
+                                       on_segment=on_segment)
         finally:
             if metrics is not None:
                 metrics.active_workers.dec()
         rkey = store.put_result(key, result, ttl=spec.cache.ttl_seconds)
+        if board is not None:
+            _call_store(board.drop_checkpoint, key)
         return TaskOutcome(result, RunnerOutcome.from_result(result, key, rkey, cached=False, size_bytes=len(data),
                                                              cache_lookup=lookup))
     except BadAudio as exc:
@@ -164,5 +191,7 @@ def run_task(
         raise TaskError("ModelLoadFailed", str(exc)) from None
     except StoreError as exc:
         raise TaskError("RedisUnavailable", str(exc)) from None
+    except RedisError as exc:  # a checkpoint write that failed mid-transcription
+        raise TaskError("RedisUnavailable", f"redis: {type(exc).__name__}: {exc}") from None
     except MemoryError:
         raise TaskError("OutOfMemory", "the runner ran out of memory") from None
