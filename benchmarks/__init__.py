@@ -8,6 +8,7 @@ with a baseline measured in the same run, on the same machine, a moment apart:
 runner_overhead             runner.task.run_task vs plain faster-whisper, same audio/model
 long_batched_vs_sequential  batched-by-default vs sequential on >= 10 min of speech
 no_invented_text            60 s of silence, noise and tones: words with the defaults
+resume_after_kill           a long request killed at 60 %: retry from checkpoint vs whole run
 gzip_vs_zstd                result size and encode/decode speed of the two codecs
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
@@ -22,6 +23,7 @@ NAMES = (
     "runner_overhead",
     "long_batched_vs_sequential",
     "no_invented_text",
+    "resume_after_kill",
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",

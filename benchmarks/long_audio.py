@@ -157,3 +157,72 @@ def no_invented_text(ctx: Context) -> Outcome:
     out.table("Inputs", ["input", "words", "text", "time", "words (no VAD)", "text (no VAD)", "time (no VAD)"], rows)
     out.data = {"words": words_default, "words_previous_defaults": words_old}
     return out
+
+
+class _Killed(Exception):
+    pass
+
+
+def resume_after_kill(ctx: Context) -> Outcome:
+    """A runner killed at ~60 % of a long request, retried: resume vs an uninterrupted run."""
+    from kubescribe.models import parse_spec
+    from kubescribe.progress import RunBoard
+    from kubescribe.runner.task import run_task
+    from kubescribe.store import Store
+    from tests.support.core import wer
+
+    out = Outcome("resume_after_kill", "A long request killed at 60 %: the retry resumes from the checkpoint")
+    wav, ref, seconds = long_recording(ctx)
+    engine = ctx.engine()
+    engine.model("tiny.en", "cpu", "int8")
+    client = ctx.redis().client()
+    store, board = Store(client), RunBoard(client)
+    key = store.put_audio(wav)
+    spec = parse_spec({"audio": {"redisKey": key}, "model": "tiny.en", "language": "en", "device": "cpu",
+                       "computeType": "int8", "cache": {"enabled": False}})
+    engine.transcribe(ctx.speech.joined(range(0, 3), "warmup")[0], _spec())  # warm-up, not timed
+
+    t0 = time.perf_counter()
+    whole = run_task(store, engine, spec, board=board).result
+    t_whole = time.perf_counter() - t0
+
+    def kill_at_60(done: float, total: float) -> None:
+        if done >= 0.6 * total:
+            raise _Killed
+
+    t0 = time.perf_counter()
+    try:
+        run_task(store, engine, spec, board=board, progress=kill_at_60)
+    except _Killed:
+        pass
+    t_killed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    resumed = run_task(store, engine, spec, board=board).result
+    t_retry = time.perf_counter() - t0
+    at = resumed["decoding"]["resumed_at_seconds"] or 0.0
+    e_whole, e_resumed = wer(ref, whole["text"]), wer(ref, resumed["text"])
+    segs = resumed["segments"]
+    seam_ok = (all(a["end"] <= b["start"] + 1e-6 for a, b in zip(segs, segs[1:]))
+               and [s["id"] for s in segs] == list(range(1, len(segs) + 1)))
+    ratio = t_retry / t_whole
+    out.measured = (
+        f"The {seconds:.0f} s recording of long_batched_vs_sequential, default spec (batched), tiny.en on CPU, int8, "
+        "through `runner.task.run_task` with the Redis checkpoints (`kubescribe.progress.RunBoard`) on a real "
+        "redis-server. **Uninterrupted**: one run. **Killed and retried**: a run stopped when its progress passed "
+        "60 % (an exception from the progress callback, right after a segment was checkpointed: what a SIGKILL "
+        "leaves behind; the SIGKILL of a real runner process is tested in tests/test_progress.py), then a second "
+        "run of the same request, which resumes after the last checkpoint. One run of each."
+    )
+    out.headline = f"retry: {secs(t_retry)} (resumed at {at:.0f} s of {seconds:.0f} s), WER {e_resumed:.3f}"
+    out.baseline = f"uninterrupted: {secs(t_whole)}, WER {e_whole:.3f}"
+    out.ratio = f"retry = {ratio:.2f} of an uninterrupted run, WER {e_resumed - e_whole:+.3f}"
+    out.target = "retry <= 0.5 of uninterrupted, WER within 0.01"
+    out.status = "PASS" if ratio <= 0.5 and abs(e_resumed - e_whole) <= 0.01 and seam_ok else "MISS"
+    out.table("Runs", ["run", "time", "WER", "segments"],
+              [["uninterrupted", secs(t_whole), f"{e_whole:.3f}", len(whole["segments"])],
+               ["killed at 60 %", secs(t_killed), "-", "-"],
+               ["retry (resumed)", secs(t_retry), f"{e_resumed:.3f}", len(segs)]])
+    out.notes.append("Seam: segment ids 1..n in order and no overlapping segments: " + ("yes" if seam_ok else "NO"))
+    out.data = {"uninterrupted": t_whole, "killed": t_killed, "retry": t_retry, "resumed_at": at,
+                "wer": {"uninterrupted": e_whole, "resumed": e_resumed}}
+    return out
