@@ -266,6 +266,111 @@ class Engine:
             "kubescribe_version": __version__,
         }
 
+    def transcribe_many(self, items: list[tuple[bytes | np.ndarray, TranscriptionSpec, str | None]]
+                        ) -> list[dict[str, Any]]:
+        """Several requests with the same :func:`batch_key`, decoded in one batch.
+
+        Their audio is joined with a second of silence between them, each cut into its
+        own VAD speech clips, and every clip of every request goes through one batched
+        pipeline call, so a batch of short requests shares the encoder and decoder passes
+        a single short request would leave mostly empty. Segments go back to the request
+        they came from, on its own timeline; each request gets its own result document.
+        ``items`` are (audio, spec, audio SHA-256).
+        """
+        if not items:
+            return []
+        keys = {batch_key(spec) for _, spec, _ in items}
+        if None in keys or len(keys) != 1:
+            raise ValueError("requests in one batch must share model, task, language, beam, prompt and batch size")
+        first = items[0][1]
+        parts = [decode(d) if isinstance(d, (bytes, bytearray)) else d for d, _, _ in items]
+        shared = _Shared(parts)
+        clips: list[tuple[float, float]] = []
+        speech = [0.0] * len(items)
+        for i, part in enumerate(parts):
+            own = speech_clips(speech_regions(part), CLIP_SECONDS, self.options.clip_gap_seconds)
+            speech[i] = sum(b - a for a, b in own)
+            clips += [(a + shared.offsets[i], b + shared.offsets[i]) for a, b in own]
+        model = self.model(first.model, first.device, first.compute_type)
+        language = first.language or "en"
+        per: list[list[dict[str, Any]]] = [[] for _ in items]
+        t0 = time.perf_counter()
+        if clips:
+            from faster_whisper import BatchedInferencePipeline
+
+            segments, _info = BatchedInferencePipeline(model).transcribe(
+                shared.samples, batch_size=first.batch_size, vad_filter=False, language=language, task=first.task,
+                beam_size=first.beam_size, word_timestamps=first.word_timestamps,
+                initial_prompt=first.initial_prompt or None,
+                clip_timestamps=[{"start": a, "end": b} for a, b in clips])
+            for seg in segments:
+                i = shared.owner(seg.start, seg.end)
+                per[i].append(_segment(seg, len(per[i]) + 1, -shared.offsets[i], first.word_timestamps))
+        elapsed = time.perf_counter() - t0
+        total = sum(shared.durations) or 1.0
+        out = []
+        for i, (_, spec, sha) in enumerate(items):
+            duration = shared.durations[i]
+            share = elapsed * duration / total  # this request's share of the batch's time
+            out.append({
+                "text": " ".join(s["text"] for s in per[i] if s["text"]),
+                "segments": per[i],
+                "language": language,
+                "language_probability": 1.0,
+                "audio_duration_seconds": round(duration, 3),
+                "duration_after_vad_seconds": round(speech[i], 3),
+                "processing_seconds": round(share, 3),
+                "realtime_factor": round(share / duration, 4) if duration > 0 else None,
+                "decoding": {"mode": "batched", "requested": spec.decoding, "batch_size": spec.batch_size,
+                             "resumed_at_seconds": None, "shared_with": len(items) - 1},
+                "model": spec.model,
+                "parameters": spec.output_params(),
+                "audio_sha256": sha,
+                "created_at": now_rfc3339(),
+                "kubescribe_version": __version__,
+            })
+        return out
+
+
+def batch_key(spec: TranscriptionSpec) -> tuple | None:
+    """What requests must share to be decoded in one batch (None: this one cannot be).
+
+    One batch is one model call: same model and numerics, same task, beam and prompt,
+    and a known language, because the batched pipeline detects the language once for the
+    whole batch.
+    """
+    language = spec.language or ("en" if spec.model.endswith(".en") else "")
+    if not language or spec.decoding == "sequential":
+        return None
+    return (spec.model, spec.device, spec.compute_type, spec.task, language, spec.beam_size,
+            spec.word_timestamps, spec.initial_prompt, spec.batch_size)
+
+
+class _Shared:
+    """Several requests' audio end to end: where each starts in the joined samples."""
+
+    def __init__(self, parts: list[np.ndarray], gap_seconds: float = 1.0):
+        gap = np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
+        self.offsets: list[float] = []
+        self.durations: list[float] = []
+        chunks: list[np.ndarray] = []
+        t = 0.0
+        for p in parts:
+            self.offsets.append(t)
+            self.durations.append(p.shape[0] / SAMPLE_RATE)
+            chunks += [p, gap]
+            t += p.shape[0] / SAMPLE_RATE + gap_seconds
+        self.samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def owner(self, start: float, end: float) -> int:
+        """The request a segment (joined time) belongs to: the one its middle falls in
+        (its start may be rounded to just before the request's first sample)."""
+        middle = (start + end) / 2
+        i = 0
+        while i + 1 < len(self.offsets) and middle >= self.offsets[i + 1]:
+            i += 1
+        return i
+
 
 def choose_decoding(requested: str, duration: float, batched_min_seconds: float) -> str:
     """batched or sequential, for ``spec.decoding`` and the audio's length in seconds.
