@@ -226,3 +226,59 @@ def resume_after_kill(ctx: Context) -> Outcome:
     out.data = {"uninterrupted": t_whole, "killed": t_killed, "retry": t_retry, "resumed_at": at,
                 "wer": {"uninterrupted": e_whole, "resumed": e_resumed}}
     return out
+
+
+def pool_cross_request_batching(ctx: Context) -> Outcome:
+    """20 short requests: one batched call per 8 (what a pooled runner now does) vs one
+    request at a time on the same warm model (what it did before)."""
+    from tests.support.core import wer
+
+    out = Outcome("pool_cross_request_batching", "Pool: 20 short requests decoded in shared batches")
+    engine = ctx.engine()
+    engine.model("tiny.en", "cpu", "int8")
+    n = 10 if ctx.quick else 20
+    wavs = [ctx.speech.sentence_wav(i) for i in range(n)]
+    refs = [SENTENCES[i] for i in range(n)]
+    spec = _spec()
+    engine.transcribe(wavs[0], spec)  # warm-up, not timed
+    engine.transcribe_many([(w, spec, None) for w in wavs[:2]])
+    rounds = 1 if ctx.quick else 3
+    t_one, t_many = [], []
+    texts_one: list[str] = []
+    texts_many: list[str] = []
+    for r in range(rounds):
+        for mode in (("one", "many") if r % 2 == 0 else ("many", "one")):
+            t0 = time.perf_counter()
+            if mode == "one":
+                texts_one = [engine.transcribe(w, spec)["text"] for w in wavs]
+                t_one.append(time.perf_counter() - t0)
+            else:
+                texts_many = []
+                for i in range(0, n, 8):  # KUBESCRIBE_POOL_BATCH_MAX
+                    texts_many += [r_["text"] for r_ in engine.transcribe_many([(w, spec, None) for w in wavs[i:i + 8]])]
+                t_many.append(time.perf_counter() - t0)
+        log(f"pool_cross_request_batching round {r + 1}/{rounds}: one at a time {t_one[-1]:.1f}s, "
+            f"batched {t_many[-1]:.1f}s")
+    e_one = wer(" ".join(refs), " ".join(texts_one))
+    e_many = wer(" ".join(refs), " ".join(texts_many))
+    ratio = median(t_one) / median(t_many)
+    out.measured = (
+        f"{n} distinct espeak-ng sentences (one request each, 3-5 s), tiny.en on CPU, int8, beam size 5, language "
+        "en, warm model, through the runner's engine. **kubescribe**: `Engine.transcribe_many` on batches of 8 "
+        "(`KUBESCRIBE_POOL_BATCH_MAX`), what `runner.pool.process_batch` calls for compatible short requests; "
+        "**baseline**: `Engine.transcribe` one request after another on the same warm model, what the pool did "
+        f"before. {rounds} round(s) in alternating order; medians. Neither side includes pod start or model load, "
+        "which one-Job-per-request pays per request on top (see pooled_vs_per_job for that end-to-end figure)."
+    )
+    out.headline = f"batched: median {secs(median(t_many))}, WER {e_many:.3f}"
+    out.baseline = f"one at a time: median {secs(median(t_one))}, WER {e_one:.3f}"
+    out.ratio = f"{ratio:.2f}x faster, WER {e_many - e_one:+.3f}"
+    out.target = "WER within 0.02 of one at a time (the >= 6x vs one Job per request is end to end)"
+    out.status = "PASS" if abs(e_many - e_one) <= 0.02 else "MISS"
+    out.table("Runs", ["path", "median", "all runs (s)", "per request", "WER"],
+              [["batched (8 per call)", secs(median(t_many)), ", ".join(f"{t:.1f}" for t in t_many),
+                secs(median(t_many) / n), f"{e_many:.3f}"],
+               ["one at a time", secs(median(t_one)), ", ".join(f"{t:.1f}" for t in t_one),
+                secs(median(t_one) / n), f"{e_one:.3f}"]])
+    out.data = {"batched": t_many, "one": t_one, "wer": {"batched": e_many, "one": e_one}}
+    return out
