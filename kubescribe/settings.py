@@ -190,13 +190,14 @@ class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessS
         "absorb a burst's stragglers, short enough to give the GPU back.",
     )
     pool_batch_max: int = Field(
-        8,
+        1,
         ge=1,
         le=64,
         description="A pooled runner takes up to this many queued requests at once and decodes "
         "the short ones with the same model, task, language, beam and prompt in one batch "
-        "(each keeps its own result and status); 1 takes one request at a time. 8 fills one "
-        "batch of the default batch size.",
+        "(each keeps its own result and status). 1 (the default) takes one request at a "
+        "time: the operator sizes the pool by KUBESCRIBE_REQUESTS_PER_RUNNER, so set both "
+        "to the same value, or one runner takes the whole burst while the others idle out.",
     )
     consumer: str | None = Field(
         None, description="Consumer name in the stream group; defaults to the pod name."

@@ -106,6 +106,7 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
         return
     groups: dict[tuple, list[tuple[Delivery, Prepared, object]]] = {}
     alone: list[Delivery] = []
+    keys: set[str] = set()
     with contextlib.ExitStack() as beats:
         for d in deliveries:
             beats.enter_context(_Heartbeat(queue, consumer, d.entry_id))
@@ -129,9 +130,12 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
             except TaskError as exc:
                 _failed(queue, d, spec, exc)
                 continue
-            if samples.shape[0] / 16000 >= engine.options.batched_min_seconds:
-                alone.append(d)  # long audio: batched on its own, with checkpoints
+            if samples.shape[0] / 16000 >= engine.options.batched_min_seconds or p.key in keys:
+                # long audio: batched on its own, with checkpoints; the same audio and
+                # settings twice: the second is answered from the cache after the batch
+                alone.append(d)
                 continue
+            keys.add(p.key)
             groups.setdefault(key, []).append((d, p, samples))
         for members in groups.values():
             if len(members) == 1:

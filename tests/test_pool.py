@@ -77,8 +77,8 @@ def test_a_poison_entry_is_given_up_after_repeated_crashes(pool_env):
 
 def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcome(pool_env, speech_dir, engine):
     """Cross-request batching: three compatible short requests share one batched call; a
-    cache answer, an incompatible request (sequential) and bad audio taken in the same
-    sweep are each finished on their own."""
+    repeat of one of them, an incompatible request (sequential) and bad audio taken in
+    the same sweep are each finished on their own."""
     from kubescribe.runner import pool
     from kubescribe.streams import WorkQueue
 
@@ -89,8 +89,9 @@ def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcom
         enqueue(client, n, {"audio": {"redisKey": key}, "device": "cpu"})
     enqueue(client, "alone", {"audio": {"redisKey": keys["fox"]}, "device": "cpu", "decoding": "sequential"})
     enqueue(client, "junk", {"audio": {"redisKey": store.put_audio(b"not audio" * 200)}, "device": "cpu"})
-    queue = WorkQueue(client, claim_idle_ms=60000)  # nothing to reclaim: five new entries
-    deliveries = [queue.take("runner-b", block_ms=None) for _ in range(5)]
+    enqueue(client, "fox-again", {"audio": {"redisKey": keys["fox"]}, "device": "cpu"})
+    queue = WorkQueue(client, claim_idle_ms=60000)  # nothing to reclaim: six new entries
+    deliveries = [queue.take("runner-b", block_ms=None) for _ in range(6)]
     assert None not in deliveries
     calls = []
     real = engine.transcribe_many
@@ -116,4 +117,6 @@ def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcom
         assert 0 <= result["segments"][0]["start"] < result["segments"][-1]["end"] <= o.audio_duration_seconds + 0.1
     assert got["alone"].outcome.ok and got["alone"].outcome.decoding == "sequential"
     assert got["junk"].outcome.reason == "BadAudio"
+    # the same audio and settings twice in one sweep: transcribed once, then a cache answer
+    assert got["fox-again"].outcome.cached and got["fox-again"].outcome.result_key == got["fox"].outcome.result_key
     assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0
