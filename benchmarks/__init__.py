@@ -6,7 +6,10 @@ with a baseline measured in the same run, on the same machine, a moment apart:
 
 ==========================  ==============================================================
 runner_overhead             runner.task.run_task vs plain faster-whisper, same audio/model
-batched_vs_sequential       batched pipeline (batchSize 4/8/16) vs sequential on ~60 s
+long_batched_vs_sequential  batched-by-default vs sequential on >= 10 min of speech
+no_invented_text            60 s of silence, noise and tones: words with the defaults
+resume_after_kill           a long request killed at 60 %: retry from checkpoint vs whole run
+pool_cross_request_batching 20 short requests: shared batches vs one at a time, warm model
 gzip_vs_zstd                result size and encode/decode speed of the two codecs
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
@@ -21,7 +24,10 @@ scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, 
 
 NAMES = (
     "runner_overhead",
-    "batched_vs_sequential",
+    "long_batched_vs_sequential",
+    "no_invented_text",
+    "resume_after_kill",
+    "pool_cross_request_batching",
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",

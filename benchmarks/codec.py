@@ -120,7 +120,7 @@ def gzip_vs_zstd(ctx: Context) -> Outcome:
     out.measured = (
         "`kubescribe.store.encode_result(result, codec, level)` (JSON serialisation + compression, what "
         "`Store.put_result` does) and `decode_result(blob)` (decompression + JSON parsing, what every cache read "
-        "does) on: the real result of the ~65 s recording from batched_vs_sequential, transcribed sequentially "
+        "does) on: the real result of the ~65 s recording, transcribed sequentially "
         "with `wordTimestamps: true` (every segment carries per-word times and probabilities); and a synthetic "
         f"hour-long result made of those segments (`benchmarks.codec.synthetic_hour`: random order, times laid "
         f"end to end, probabilities jittered). Medians of {reps['minute (real)']} (minute) and "

@@ -29,8 +29,11 @@ ORDER = NAMES
 
 
 def _load(name: str):
-    if name in ("runner_overhead", "batched_vs_sequential"):
+    if name == "runner_overhead":
         from . import inference as mod
+    elif name in ("long_batched_vs_sequential", "no_invented_text", "resume_after_kill",
+                  "pool_cross_request_batching"):
+        from . import long_audio as mod
     elif name == "gzip_vs_zstd":
         from . import codec as mod
     elif name == "scale_10k":

@@ -78,29 +78,76 @@ def cmd_submit(args) -> int:
     return _wait_and_print(api, store, ns, name, args.format, args.timeout)
 
 
+def bar_line(status: dict, width: int = 30) -> str:
+    """The ``--wait`` status line: phase, and a bar of ``status.progress`` once the
+    operator has reported some (it does every 10 s on long audio)."""
+    phase = status.get("phase") or "Pending"
+    percent = status.get("progress")
+    if percent is None:
+        position = status.get("queuePosition")
+        return f"{phase}" + (f" (queue position {position})" if phase == "Queued" and position else "")
+    percent = max(0, min(100, int(percent)))
+    return f"[{'#' * (percent * width // 100):<{width}}] {percent:3d}%  {phase}"
+
+
+class StatusBar:
+    """``--wait``'s one-line bar on stderr; silent when stderr is not a terminal (logs and
+    pipes get the transcript and nothing else)."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = ""
+
+    def show(self, status: dict) -> None:
+        line = bar_line(status)
+        if self.enabled and line != self._last:
+            sys.stderr.write("\r" + line.ljust(len(self._last)))
+            sys.stderr.flush()
+            self._last = line
+
+    def finish(self) -> None:
+        if self.enabled and self._last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 def _wait_and_print(api, store, ns: str, name: str, fmt: str, timeout: float) -> int:
+    bar = StatusBar()
+    try:
+        obj = _wait(api, ns, name, timeout, bar)
+    finally:
+        bar.finish()
+    if obj is None:
+        return EXIT_FAILED
+    return _print_result(store, obj, fmt)
+
+
+def _wait(api, ns: str, name: str, timeout: float, bar: StatusBar) -> dict | None:
     from kubernetes import watch
 
     deadline = time.monotonic() + timeout
     obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    bar.show(obj.get("status") or {})
     while (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            bar.finish()
             print(f"kubescribe: {name} not finished after {timeout:.0f}s "
                   f"(phase {(obj.get('status') or {}).get('phase')})", file=sys.stderr)
-            return EXIT_FAILED
+            return None
         w = watch.Watch()
         for ev in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
                            field_selector=f"metadata.name={name}",
                            resource_version=obj["metadata"]["resourceVersion"],
                            timeout_seconds=max(1, int(min(remaining, 60)))):
             obj = ev["object"]
+            bar.show(obj.get("status") or {})
             if (obj.get("status") or {}).get("phase") in TERMINAL_PHASES:
                 w.stop()
                 break
         else:
             obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    return _print_result(store, obj, fmt)
+    return obj
 
 
 def _print_result(store, obj: dict, fmt: str) -> int:

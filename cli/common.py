@@ -52,6 +52,7 @@ def spec_from_args(args, audio: dict[str, Any]) -> dict[str, Any]:
         "wordTimestamps": args.word_timestamps,
         "vad": args.vad,
         "beamSize": args.beam_size,
+        "decoding": args.decoding,
         "batchSize": args.batch_size,
         "initialPrompt": args.prompt or "",
         "formats": [args.format],

@@ -41,9 +41,12 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", default="", help="ISO 639-1 code; empty detects it")
     p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
     p.add_argument("--word-timestamps", action="store_true")
-    p.add_argument("--vad", action="store_true", help="skip silence with the Silero VAD")
+    p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip silence and noise with the Silero VAD (default); --no-vad decodes them")
     p.add_argument("--beam-size", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=0, help="batched decoding; 0 is sequential")
+    p.add_argument("--decoding", choices=["auto", "batched", "sequential"], default="auto",
+                   help="batched speech chunks or sequential windows; auto: batched on long audio")
+    p.add_argument("--batch-size", type=int, default=8, help="speech chunks decoded at once when batched")
     p.add_argument("--prompt", default="", help="initial prompt: names, jargon")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--compute-type", default="default")

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install what kubescribe and its tests need on a fresh Debian machine:
-# Debian packages (redis-server, espeak-ng, ffmpeg libraries come with PyAV wheels;
+# Debian packages (redis-server, espeak-ng, sox for silence, noise and tone test audio;
+# ffmpeg libraries come with PyAV wheels;
 # buildah, umoci, mmdebstrap, gcc and libc6-dev for `make images`, hack/build-images.sh;
 # containerd, runc, the CNI plugins, iptables for the real node in tests/envtest/realnode.py),
 # and kubescribe with its runner, operator and test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(redis-server espeak-ng buildah umoci mmdebstrap gcc libc6-dev
+DEBS=(redis-server espeak-ng sox buildah umoci mmdebstrap gcc libc6-dev
       containerd runc containernetworking-plugins iptables iproute2 kmod)
 if ! dpkg -s "${DEBS[@]}" >/dev/null 2>&1; then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"

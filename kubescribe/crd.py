@@ -85,6 +85,8 @@ PRINTER_COLUMNS = [
     {"name": "Audio-s", "type": "number", "jsonPath": ".status.audioDurationSeconds",
      "description": "Audio length in seconds."},
     {"name": "Cached", "type": "boolean", "jsonPath": ".status.cached"},
+    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress",
+     "description": "Percent of the audio transcribed."},
     {"name": "Queue", "type": "integer", "jsonPath": ".status.queuePosition", "priority": 1},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},

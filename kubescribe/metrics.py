@@ -195,6 +195,14 @@ class OperatorMetrics(Metrics):
             buckets=WAIT_BUCKETS,
             registry=r,
         )
+        self.request_progress_ratio = Gauge(
+            "kubescribe_request_progress_ratio",
+            "Share of the audio transcribed, 0..1, per running request (namespace, name); the "
+            "series is removed when the request leaves Running, so it never outgrows the "
+            "requests running at once.",
+            ["namespace", "name"],
+            registry=r,
+        )
         self.admission_cache_hits_total = Counter(
             "kubescribe_admission_cache_hits_total",
             "Requests answered from the result cache at admission, with no Job.",

@@ -76,6 +76,15 @@ class ComputeType(str, Enum):
     float32 = "float32"
 
 
+class Decoding(str, Enum):
+    """How the audio is decoded: batched speech chunks, one window after another, or
+    chosen by the audio's length."""
+
+    auto = "auto"
+    batched = "batched"
+    sequential = "sequential"
+
+
 class OutputFormat(str, Enum):
     """An output format: json, txt (plain text), srt or vtt (subtitles)."""
 
@@ -220,20 +229,32 @@ class TranscriptionSpec(_Model):
     ] = False
     vad: Annotated[
         bool,
-        Field(description="Skip silence with the Silero voice-activity filter before decoding."),
-    ] = False
+        Field(description="Skip silence, noise and music with the Silero voice-activity filter "
+                    "before decoding: on by default, because Whisper invents text on long "
+                    "non-speech stretches. Batched decoding always cuts at speech boundaries."),
+    ] = True
     beam_size: Annotated[
         int, Field(ge=1, le=20, description="Beam width; 1 is greedy decoding, 5 the usual choice.")
     ] = 5
+    decoding: Annotated[
+        Decoding,
+        Field(
+            description="batched decodes VAD-cut speech chunks of up to 30 s several at a time "
+            "(faster-whisper's BatchedInferencePipeline): several times faster on long audio. "
+            "sequential decodes one 30 s window after another, each conditioned on the text "
+            "before it. auto: batched from the runner's KUBESCRIBE_BATCHED_MIN_SECONDS of "
+            "audio up (60 s by default), sequential below. status.decoding says which ran.",
+        ),
+    ] = Decoding.auto
     batch_size: Annotated[
         int,
         Field(
-            ge=0,
+            ge=1,
             le=64,
-            description="Decode this many 30 s windows at once with faster-whisper's batched "
-            "pipeline; 0 decodes sequentially. Batching is faster on long audio.",
+            description="Speech chunks decoded at once when decoding is batched; 8 suits a "
+            "CPU or a small GPU, 16-32 a large GPU.",
         ),
-    ] = 0
+    ] = 8
     initial_prompt: Annotated[
         str,
         Field(
@@ -328,9 +349,9 @@ class TranscriptionSpec(_Model):
         """Every parameter that changes the transcript: the cache key covers these.
 
         Formats, priority, device, GPUs, timeouts, retries and the request's TTL change
-        how and where the work runs, not the words that come out, so they are left out and a request that
-        differs only in those is still a cache hit. compute_type and batch_size do
-        change the decoder's numerics, so they are in.
+        how and where the work runs, not the words that come out, so they are left out and
+        a request that differs only in those is still a cache hit. compute_type, decoding
+        and batch_size do change the decoder's numerics, so they are in.
         """
         return {
             "model": self.model,
@@ -339,6 +360,7 @@ class TranscriptionSpec(_Model):
             "word_timestamps": self.word_timestamps,
             "vad": self.vad,
             "beam_size": self.beam_size,
+            "decoding": self.decoding,
             "batch_size": self.batch_size,
             "initial_prompt": self.initial_prompt,
             "compute_type": self.compute_type,
@@ -419,6 +441,14 @@ class TranscriptionStatus(_Model):
     realtime_factor: Annotated[
         float | None,
         Field(description="processingSeconds / audioDurationSeconds; below 1 is faster than real time."),
+    ] = None
+    decoding: Annotated[
+        str | None, Field(description="How the runner decoded the audio: batched or sequential.")
+    ] = None
+    progress: Annotated[
+        int | None,
+        Field(ge=0, le=100, description="Percent of the audio transcribed, from the runner's "
+                                        "reports; updated at most every 10 s while Running, 100 on success."),
     ] = None
     text_preview: Annotated[
         str | None, Field(description="First characters of the transcript.")

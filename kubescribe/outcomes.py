@@ -114,6 +114,7 @@ class RunnerOutcome(BaseModel):
     audio_duration_seconds: float | None = None
     processing_seconds: float | None = None
     realtime_factor: float | None = None
+    decoding: str | None = None
     text_preview: str | None = None
     size_bytes: int | None = None
     #: hit or miss when the runner's own lookup counted (the audio hash was unknown to
@@ -135,6 +136,7 @@ class RunnerOutcome(BaseModel):
                    audio_duration_seconds=result.get("audio_duration_seconds"),
                    processing_seconds=result.get("processing_seconds"),
                    realtime_factor=result.get("realtime_factor"),
+                   decoding=(result.get("decoding") or {}).get("mode"),
                    text_preview=(result.get("text") or "")[:200], size_bytes=size_bytes,
                    cache_lookup=cache_lookup)
 

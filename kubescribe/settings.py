@@ -141,6 +141,22 @@ class EngineSettings(_Settings):
     cpu_threads: int = Field(
         0, ge=0, description="CTranslate2 intra-op threads; 0 lets it use every core."
     )
+    batched_min_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="spec.decoding auto: audio this long or longer is decoded in batches of "
+        "VAD-cut speech chunks, shorter audio sequentially. Below a minute there are too few "
+        "30 s chunks to fill a batch, and sequential decoding conditions each window on the "
+        "text before it.",
+    )
+    clip_gap_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Batched decoding joins speech into clips of up to 30 s and ends a clip at "
+        "a pause longer than this, so segments (and subtitles) never span a long silence. "
+        "2 s keeps the pauses of conversation inside clips: every clip costs a full 30 s "
+        "window, so shorter clips are slower.",
+    )
 
 
 class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessSettings):
@@ -148,6 +164,16 @@ class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessS
         None, description="The request spec as JSON; the operator sets it on the Job."
     )
     request: str | None = Field(None, description="namespace/name of the request, for logs.")
+    request_uid: str | None = Field(
+        None, description="uid of the request; progress is reported in Redis under it (the operator sets it)."
+    )
+    progress_report_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="A runner writes its progress to Redis at most this often: every few "
+        "seconds is fresh enough for the operator, which reads it every "
+        "KUBESCRIBE_PROGRESS_SECONDS, and costs Redis next to nothing.",
+    )
     metrics_port: int = Field(
         9400,
         description="Port of /metrics and /healthz; -1 disables. 9400 avoids the ports of "
@@ -162,6 +188,16 @@ class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessS
         60.0,
         description="A pooled runner exits after this long with no work: long enough to "
         "absorb a burst's stragglers, short enough to give the GPU back.",
+    )
+    pool_batch_max: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="A pooled runner takes up to this many queued requests at once and decodes "
+        "the short ones with the same model, task, language, beam and prompt in one batch "
+        "(each keeps its own result and status). 1 (the default) takes one request at a "
+        "time: the operator sizes the pool by KUBESCRIBE_REQUESTS_PER_RUNNER, so set both "
+        "to the same value, or one runner takes the whole burst while the others idle out.",
     )
     consumer: str | None = Field(
         None, description="Consumer name in the stream group; defaults to the pod name."
@@ -302,6 +338,14 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
     metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
     max_audio_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest audio a runner accepts (512 MiB)."
+    )
+    progress_seconds: float = Field(
+        10.0,
+        ge=5,
+        description="How often the operator copies runners' progress into status.progress: at "
+        "most one API write per running request per period, and none for a request that "
+        "ends within its first period. 10 s is live enough for a progress bar on long "
+        "audio and keeps the API writes per request bounded.",
     )
     resync_seconds: float = Field(
         30.0,

@@ -147,6 +147,8 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
         {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
                                                      separators=(",", ":"))},
         {"name": "KUBESCRIBE_REQUEST", "value": f"{meta['namespace']}/{meta['name']}"},
+        # The runner reports progress in Redis under the request's uid.
+        {"name": "KUBESCRIBE_REQUEST_UID", "value": meta["uid"]},
     ] + _base_env(settings)
     return {
         "apiVersion": "batch/v1",

@@ -92,7 +92,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.server = server
     memo.stop = stop
     memo.tasks = [asyncio.create_task(_admission_loop(rec, Admitter(rec))),
-                  asyncio.create_task(_resync_loop(rec, conf.resync_seconds))]
+                  asyncio.create_task(_resync_loop(rec, conf.resync_seconds)),
+                  asyncio.create_task(_progress_loop(rec, conf.progress_seconds))]
 
 
 @kopf.on.cleanup()
@@ -125,6 +126,15 @@ async def _resync_loop(rec: Reconciler, seconds: float) -> None:
         except Exception as exc:
             log.warning("resync failed (retrying in %.0fs): %s", seconds, exc)
         await asyncio.sleep(seconds)
+
+
+async def _progress_loop(rec: Reconciler, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(rec.report_progress)
+        except Exception as exc:
+            log.warning("progress pass failed: %s", exc)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

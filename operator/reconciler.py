@@ -17,16 +17,18 @@ from datetime import datetime, timezone
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, TranscriptionSpec, parse_spec
 from kubescribe.outcomes import RunnerOutcome
+from kubescribe.progress import RunBoard
 from kubescribe.settings import OperatorSettings
 from kubescribe.store import Store, StoreError, known_cache_key, result_key
 from kubescribe.streams import Finished, WorkQueue
 
-from . import admission, outcomes
+from . import admission, outcomes, status
 from .admission import NOT_ASKED, CacheAnswer
 from .jobs import CONTAINER
 from .kube import Kube
 from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, seconds_until_expiry, stale_job
 from .pods import stuck_pod
+from .progress import progress_to_write
 from .scheduler import Registry, entry_from_body
 
 log = logging.getLogger("kubescribe.operator")
@@ -56,6 +58,10 @@ class Reconciler:
         self.synced = False
         self.pool = settings.mode == "pool"
         self.last_step = time.monotonic()  # the admission loop's last pass (liveness)
+        self.board = RunBoard(store.client)
+        self._running_since: dict[str, float] = {}  # uid -> when first seen Running
+        self._progress_written: dict[str, int] = {}  # uid -> percent in its status
+        self._progress_series: set[tuple[str, str, str]] = set()  # gauge series: (namespace, name, uid)
         metrics.gpu_budget.set(settings.gpu_budget)
 
     def wake(self) -> None:
@@ -259,6 +265,45 @@ class Reconciler:
                 self.registry.remove(meta["uid"])
                 self.metrics.requests_expired_total.inc()
                 log.info("deleted %s/%s: finished and past its TTL", meta["namespace"], meta["name"])
+
+    # -- progress -----------------------------------------------------------------------
+    def report_progress(self) -> None:
+        """Once per KUBESCRIBE_PROGRESS_SECONDS: runners' reports into status.progress
+        (operator.progress decides when) and the per-request gauge, whose series go
+        away with the requests that leave Running."""
+        now = time.monotonic()
+        running = {e.uid: e for e in self.registry.snapshot() if e.phase == Phase.Running.value}
+        for uid in list(self._running_since):
+            if uid not in running:
+                self._running_since.pop(uid, None)
+                self._progress_written.pop(uid, None)
+        for labels in list(self._progress_series):
+            if labels[2] not in running:
+                self.metrics.request_progress_ratio.remove(labels[0], labels[1])
+                self._progress_series.discard(labels)
+        if not running:
+            return
+        try:
+            reports = self.board.progress(running)
+        except Exception as exc:  # Redis down: no progress this period
+            log.debug("progress reports unavailable: %s", exc)
+            return
+        for uid, e in running.items():
+            since = self._running_since.setdefault(uid, now)
+            got = reports.get(uid)
+            if got is not None:
+                self.metrics.request_progress_ratio.labels(e.namespace, e.name).set(got.percent / 100)
+                self._progress_series.add((e.namespace, e.name, uid))
+            percent = progress_to_write(phase=e.phase, written=self._progress_written.get(uid), reported=got,
+                                        running_for=now - since, period=self.settings.progress_seconds)
+            if percent is None:
+                continue
+            with self.lock_for(uid):
+                now_entry = self.registry.get(uid)
+                if now_entry is None or now_entry.phase != Phase.Running.value:
+                    continue  # ended meanwhile: its final status says 100 (or why not)
+                if self.kube.patch_status(e.namespace, e.name, status.progress(percent)) is not None:
+                    self._progress_written[uid] = percent
 
     def check_job(self, body: dict, name: str) -> None:
         """Level-triggered: a Job end whose event was missed (operator down, a failed

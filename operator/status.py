@@ -108,10 +108,10 @@ def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int
     fields: dict[str, Any] = dict(
         phase=Phase.Succeeded, reason="CacheHit" if cached else "Transcribed", message=message,
         observed_generation=gen, completed_at=now_rfc3339(), queue_position=None, cached=cached,
-        conditions=conds,
+        conditions=conds, progress=100,
     )
     for name in ("cache_key", "result_key", "audio_sha256", "language", "language_probability",
-                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "text_preview"):
+                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "decoding", "text_preview"):
         value = getattr(outcome, name)
         if value is not None:
             fields[name] = value
@@ -120,6 +120,10 @@ def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int
     if attempts is not None:
         fields["attempts"] = attempts
     return patch(**fields)
+
+
+def progress(percent: int) -> dict:
+    return patch(progress=percent)
 
 
 def attempts(count: int) -> dict:

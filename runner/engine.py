@@ -27,8 +27,8 @@ from .resources import cuda_device_count, release_memory
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-#: faster-whisper's window: batched decoding without VAD cuts the audio into these.
-WINDOW_SECONDS = 30
+#: Whisper's window: batched decoding joins speech into clips of at most this length.
+CLIP_SECONDS = 30.0
 
 
 class BadAudio(ValueError):
@@ -40,6 +40,7 @@ class ModelLoadError(RuntimeError):
 
 
 ProgressFn = Callable[[float, float], None]  # (seconds done, seconds total)
+SegmentFn = Callable[[dict[str, Any]], None]  # one finished segment, as result JSON
 
 
 def bundled_model_path() -> Path | None:
@@ -112,6 +113,8 @@ class EngineOptions:
         num_workers: parallel transcriptions one loaded model may run.
         keep_models: models kept loaded at once; the least recently used is unloaded
             (and its memory released) when another is needed.
+        batched_min_seconds: ``spec.decoding: auto`` batches audio at least this long.
+        clip_gap_seconds: batched decoding ends a clip at a pause longer than this.
     """
 
     model_dir: str | None = field(default_factory=lambda: EngineSettings().model_dir or None)
@@ -119,6 +122,8 @@ class EngineOptions:
     cpu_threads: int = field(default_factory=lambda: EngineSettings().cpu_threads)
     num_workers: int = 1
     keep_models: int = 1
+    batched_min_seconds: float = field(default_factory=lambda: EngineSettings().batched_min_seconds)
+    clip_gap_seconds: float = field(default_factory=lambda: EngineSettings().clip_gap_seconds)
 
 
 class Engine:
@@ -180,70 +185,257 @@ class Engine:
         *,
         audio_sha256: str | None = None,
         progress: ProgressFn | None = None,
+        done: list[dict[str, Any]] | None = None,
+        on_segment: SegmentFn | None = None,
     ) -> dict[str, Any]:
-        """Transcribe audio bytes (or samples) and return the result document."""
+        """Transcribe audio bytes (or samples) and return the result document.
+
+        ``done`` are segments of an earlier, interrupted run of the same request (a
+        checkpoint): decoding starts where the last of them ends and the result holds
+        them followed by the new ones, numbered on. ``on_segment`` sees every new
+        segment as it is decoded (the runner checkpoints them); ``progress`` sees the
+        seconds of audio behind it and the total.
+        """
         samples = decode(data) if isinstance(data, (bytes, bytearray)) else data
+        duration = samples.shape[0] / SAMPLE_RATE
+        mode = choose_decoding(spec.decoding, duration, self.options.batched_min_seconds)
+        done = list(done or [])
+        offset = resume_offset(done, duration)
         model = self.model(spec.model, spec.device, spec.compute_type)
         kwargs: dict[str, Any] = dict(
             language=spec.language or None,
             task=spec.task,
             beam_size=spec.beam_size,
             word_timestamps=spec.word_timestamps,
-            vad_filter=spec.vad,
             initial_prompt=spec.initial_prompt or None,
         )
+        if done and mode == "sequential":
+            # Sequential decoding conditions each window on the text before it; a resumed
+            # run gets the tail of the checkpointed text as that context.
+            kwargs["initial_prompt"] = " ".join(s["text"] for s in done[-3:])[-400:] or None
+        part = samples[int(round(offset * SAMPLE_RATE)):]
         t0 = time.perf_counter()
-        if spec.batch_size > 0:
+        segments: Any = iter(())
+        info = None
+        if mode == "batched":
             from faster_whisper import BatchedInferencePipeline
 
-            pipeline = BatchedInferencePipeline(model)
-            duration = samples.shape[0] / SAMPLE_RATE
-            if not spec.vad:
-                # Without VAD the batched pipeline needs explicit windows; fixed 30 s
-                # windows match what sequential decoding sees.
-                kwargs["clip_timestamps"] = [
-                    {"start": s, "end": min(s + WINDOW_SECONDS, duration)}
-                    for s in np.arange(0, duration, WINDOW_SECONDS).tolist()
-                ]
-            segments, info = pipeline.transcribe(samples, batch_size=spec.batch_size, **kwargs)
-        else:
-            segments, info = model.transcribe(samples, **kwargs)
-        out_segments = []
-        texts = []
+            # Over VAD-cut speech clips, not fixed 30 s windows (which cut words in half):
+            # each clip is one segment (timestamps inside clips cost time and accuracy;
+            # the subtitle renderer cuts cues), and long silences split clips so that
+            # segment times stay on the speech.
+            clips = speech_clips(speech_regions(part), CLIP_SECONDS, self.options.clip_gap_seconds)
+            if clips:
+                segments, info = BatchedInferencePipeline(model).transcribe(
+                    part, batch_size=spec.batch_size, vad_filter=False,
+                    clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
+        elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
+            segments, info = model.transcribe(part, vad_filter=spec.vad, **kwargs)
+        out_segments = list(done)
         # segments is a generator: the decoding happens inside this loop.
         for seg in segments:
-            item: dict[str, Any] = {
-                "id": seg.id,
-                "start": round(seg.start, 3),
-                "end": round(seg.end, 3),
-                "text": seg.text.strip(),
-                "avg_logprob": round(seg.avg_logprob, 4),
-                "no_speech_prob": round(seg.no_speech_prob, 4),
-            }
-            if spec.word_timestamps and seg.words:
-                item["words"] = [
-                    {"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word.strip(),
-                     "probability": round(w.probability, 4)}
-                    for w in seg.words
-                ]
+            item = _segment(seg, len(out_segments) + 1, offset, spec.word_timestamps)
             out_segments.append(item)
-            texts.append(item["text"])
+            if on_segment is not None:
+                on_segment(item)
             if progress is not None:
-                progress(min(seg.end, info.duration), info.duration)
+                progress(min(item["end"], duration), duration)
         elapsed = time.perf_counter() - t0
-        duration = float(info.duration)
+        if progress is not None:
+            progress(duration, duration)
+        language = info.language if info is not None else (spec.language or "en")
+        language_probability = float(info.language_probability) if info is not None else 1.0
+        after_vad = float(info.duration_after_vad) if info is not None and mode == "sequential" else (
+            sum(b - a for a, b in clips) if mode == "batched" else 0.0)
         return {
-            "text": " ".join(t for t in texts if t),
+            "text": " ".join(s["text"] for s in out_segments if s["text"]),
             "segments": out_segments,
-            "language": info.language,
-            "language_probability": round(float(info.language_probability), 4),
+            "language": language,
+            "language_probability": round(language_probability, 4),
             "audio_duration_seconds": round(duration, 3),
-            "duration_after_vad_seconds": round(float(info.duration_after_vad), 3),
+            "duration_after_vad_seconds": round(after_vad, 3),
             "processing_seconds": round(elapsed, 3),
             "realtime_factor": round(elapsed / duration, 4) if duration > 0 else None,
+            "decoding": {"mode": mode, "requested": spec.decoding,
+                         "batch_size": spec.batch_size if mode == "batched" else None,
+                         "resumed_at_seconds": round(offset, 3) if done else None},
             "model": spec.model,
             "parameters": spec.output_params(),
             "audio_sha256": audio_sha256,
             "created_at": now_rfc3339(),
             "kubescribe_version": __version__,
         }
+
+    def transcribe_many(self, items: list[tuple[bytes | np.ndarray, TranscriptionSpec, str | None]]
+                        ) -> list[dict[str, Any]]:
+        """Several requests with the same :func:`batch_key`, decoded in one batch.
+
+        Their audio is joined with a second of silence between them, each cut into its
+        own VAD speech clips, and every clip of every request goes through one batched
+        pipeline call, so a batch of short requests shares the encoder and decoder passes
+        a single short request would leave mostly empty. Segments go back to the request
+        they came from, on its own timeline; each request gets its own result document.
+        ``items`` are (audio, spec, audio SHA-256).
+        """
+        if not items:
+            return []
+        keys = {batch_key(spec) for _, spec, _ in items}
+        if None in keys or len(keys) != 1:
+            raise ValueError("requests in one batch must share model, task, language, beam, prompt and batch size")
+        first = items[0][1]
+        parts = [decode(d) if isinstance(d, (bytes, bytearray)) else d for d, _, _ in items]
+        shared = _Shared(parts)
+        clips: list[tuple[float, float]] = []
+        speech = [0.0] * len(items)
+        for i, part in enumerate(parts):
+            own = speech_clips(speech_regions(part), CLIP_SECONDS, self.options.clip_gap_seconds)
+            speech[i] = sum(b - a for a, b in own)
+            clips += [(a + shared.offsets[i], b + shared.offsets[i]) for a, b in own]
+        model = self.model(first.model, first.device, first.compute_type)
+        language = first.language or "en"
+        per: list[list[dict[str, Any]]] = [[] for _ in items]
+        t0 = time.perf_counter()
+        if clips:
+            from faster_whisper import BatchedInferencePipeline
+
+            segments, _info = BatchedInferencePipeline(model).transcribe(
+                shared.samples, batch_size=first.batch_size, vad_filter=False, language=language, task=first.task,
+                beam_size=first.beam_size, word_timestamps=first.word_timestamps,
+                initial_prompt=first.initial_prompt or None,
+                clip_timestamps=[{"start": a, "end": b} for a, b in clips])
+            for seg in segments:
+                i = shared.owner(seg.start, seg.end)
+                per[i].append(_segment(seg, len(per[i]) + 1, -shared.offsets[i], first.word_timestamps))
+        elapsed = time.perf_counter() - t0
+        total = sum(shared.durations) or 1.0
+        out = []
+        for i, (_, spec, sha) in enumerate(items):
+            duration = shared.durations[i]
+            share = elapsed * duration / total  # this request's share of the batch's time
+            out.append({
+                "text": " ".join(s["text"] for s in per[i] if s["text"]),
+                "segments": per[i],
+                "language": language,
+                "language_probability": 1.0,
+                "audio_duration_seconds": round(duration, 3),
+                "duration_after_vad_seconds": round(speech[i], 3),
+                "processing_seconds": round(share, 3),
+                "realtime_factor": round(share / duration, 4) if duration > 0 else None,
+                "decoding": {"mode": "batched", "requested": spec.decoding, "batch_size": spec.batch_size,
+                             "resumed_at_seconds": None, "shared_with": len(items) - 1},
+                "model": spec.model,
+                "parameters": spec.output_params(),
+                "audio_sha256": sha,
+                "created_at": now_rfc3339(),
+                "kubescribe_version": __version__,
+            })
+        return out
+
+
+def batch_key(spec: TranscriptionSpec) -> tuple | None:
+    """What requests must share to be decoded in one batch (None: this one cannot be).
+
+    One batch is one model call: same model and numerics, same task, beam and prompt,
+    and a known language, because the batched pipeline detects the language once for the
+    whole batch.
+    """
+    language = spec.language or ("en" if spec.model.endswith(".en") else "")
+    if not language or spec.decoding == "sequential":
+        return None
+    return (spec.model, spec.device, spec.compute_type, spec.task, language, spec.beam_size,
+            spec.word_timestamps, spec.initial_prompt, spec.batch_size)
+
+
+class _Shared:
+    """Several requests' audio end to end: where each starts in the joined samples."""
+
+    def __init__(self, parts: list[np.ndarray], gap_seconds: float = 1.0):
+        gap = np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
+        self.offsets: list[float] = []
+        self.durations: list[float] = []
+        chunks: list[np.ndarray] = []
+        t = 0.0
+        for p in parts:
+            self.offsets.append(t)
+            self.durations.append(p.shape[0] / SAMPLE_RATE)
+            chunks += [p, gap]
+            t += p.shape[0] / SAMPLE_RATE + gap_seconds
+        self.samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def owner(self, start: float, end: float) -> int:
+        """The request a segment (joined time) belongs to: the one its middle falls in
+        (its start may be rounded to just before the request's first sample)."""
+        middle = (start + end) / 2
+        i = 0
+        while i + 1 < len(self.offsets) and middle >= self.offsets[i + 1]:
+            i += 1
+        return i
+
+
+def choose_decoding(requested: str, duration: float, batched_min_seconds: float) -> str:
+    """batched or sequential, for ``spec.decoding`` and the audio's length in seconds.
+
+    An explicit choice stands. ``auto`` batches from ``batched_min_seconds`` up: below it
+    the VAD cuts too few 30 s chunks to fill a batch, so batching gains little while
+    sequential decoding keeps each window conditioned on the text before it.
+    """
+    if requested in ("batched", "sequential"):
+        return requested
+    return "batched" if duration >= batched_min_seconds else "sequential"
+
+
+def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
+    """Where the Silero VAD hears speech, in seconds (regions of at most 30 s)."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    found = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CLIP_SECONDS,
+                                                      min_silence_duration_ms=160))
+    return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
+
+
+def speech_clips(regions: list[tuple[float, float]], max_seconds: float, max_gap: float) -> list[tuple[float, float]]:
+    """Speech regions joined into clips for batched decoding, in order.
+
+    Whisper pads every clip to a 30 s window, so a clip costs the same whether it holds
+    2 s of speech or 30 s: regions are joined while the clip spans at most
+    ``max_seconds`` and the pause before the next region is at most ``max_gap``. A longer
+    pause ends the clip, so a segment never stretches over a long silence.
+    """
+    clips: list[tuple[float, float]] = []
+    for start, end in regions:
+        if clips and start - clips[-1][1] <= max_gap and end - clips[-1][0] <= max_seconds:
+            clips[-1] = (clips[-1][0], end)
+        else:
+            clips.append((start, end))
+    return clips
+
+
+def resume_offset(done: list[dict[str, Any]], duration: float) -> float:
+    """Where a resumed run starts decoding: the end of the last checkpointed segment.
+
+    Every checkpointed segment is kept and decoding restarts after it, so the seam has no
+    duplicated and no missing segment. Clamped to the audio (a checkpoint of other audio
+    cannot push it past the end).
+    """
+    if not done:
+        return 0.0
+    return max(0.0, min(float(done[-1]["end"]), duration))
+
+
+def _segment(seg: Any, number: int, offset: float, words: bool) -> dict[str, Any]:
+    """A faster-whisper segment as result JSON, shifted by ``offset`` seconds."""
+    item: dict[str, Any] = {
+        "id": number,
+        "start": round(seg.start + offset, 3),
+        "end": round(seg.end + offset, 3),
+        "text": seg.text.strip(),
+        "avg_logprob": round(seg.avg_logprob, 4),
+        "no_speech_prob": round(seg.no_speech_prob, 4),
+    }
+    if words and seg.words:
+        item["words"] = [
+            {"start": round(w.start + offset, 3), "end": round(w.end + offset, 3), "word": w.word.strip(),
+             "probability": round(w.probability, 4)}
+            for w in seg.words
+        ]
+    return item

@@ -27,6 +27,7 @@ from kubescribe.models import InvalidSpec, parse_spec
 from pydantic import ValidationError
 
 from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
+from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings, describe_invalid
 from kubescribe.store import open_store
 
@@ -76,9 +77,13 @@ def cmd_run(settings: RunnerSettings) -> int:
         store = open_store(settings.redis_url, settings.redis_password, ca_file=settings.redis_ca_file)
         engine = Engine(EngineOptions(), metrics=metrics)
         log.info("request %s: model=%s device=%s", settings.request or "-", spec.model, spec.device)
+        board = RunBoard(store.client) if hasattr(store.client, "pipeline") else None  # None: memory://
+        progress = (ProgressReporter(board, settings.request_uid, settings.progress_report_seconds)
+                    if board is not None and settings.request_uid else None)
         try:
             # The operator counted this request's cache lookup at admission.
-            outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False).outcome
+            outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False, board=board,
+                               progress=progress).outcome
         except TaskError as exc:
             return _finish(settings, exc.outcome())
         engine.unload()

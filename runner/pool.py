@@ -12,6 +12,7 @@ results are keyed by content, and the operator ignores an outcome for a finished
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,13 +22,14 @@ import time
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
+from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings
 from kubescribe.store import Store, open_store
 from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkQueue
 
-from .engine import Engine, EngineOptions
+from .engine import Engine, EngineOptions, batch_key, decode
 from .resources import Nvml, release_memory, start_metrics_server
-from .task import TaskError, run_task
+from .task import Prepared, TaskError, TaskOutcome, prepare, run_task, store_result, task_errors
 
 log = logging.getLogger("kubescribe.runner.pool")
 
@@ -56,7 +58,7 @@ class _Heartbeat:
 
 
 def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetrics, consumer: str,
-            delivery: Delivery) -> None:
+            delivery: Delivery, report_every: float = 2.0) -> None:
     item, entry_id = delivery.item, delivery.entry_id
     attempts = item.attempt + 1
     try:
@@ -67,7 +69,10 @@ def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetri
         try:
             with _Heartbeat(queue, consumer, entry_id):
                 # The operator counted this request's cache lookup before dispatching it.
-                outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False).outcome
+                # A reclaimed entry resumes after the crashed runner's last checkpoint.
+                board = RunBoard(store.client)
+                outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False, board=board,
+                                   progress=ProgressReporter(board, item.uid, report_every)).outcome
         except TaskError as exc:
             if not exc.final and item.attempt < spec.retries:
                 log.warning("%s/%s attempt %d failed (%s); queued again", item.namespace, item.name,
@@ -77,6 +82,87 @@ def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetri
             outcome = exc.outcome()
     queue.finish(entry_id, item, attempts, outcome)
     log.info("%s/%s done: ok=%s cached=%s", item.namespace, item.name, outcome.ok, outcome.cached)
+
+
+def _failed(queue: WorkQueue, delivery: Delivery, spec, exc: TaskError) -> None:
+    """A task failure: queued again while retries last and it can help, else reported."""
+    item = delivery.item
+    if not exc.final and spec is not None and item.attempt < spec.retries:
+        log.warning("%s/%s attempt %d failed (%s); queued again", item.namespace, item.name, item.attempt + 1,
+                    exc.message)
+        queue.retry(delivery.entry_id, item)
+        return
+    queue.finish(delivery.entry_id, item, item.attempt + 1, exc.outcome())
+
+
+def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetrics, consumer: str,
+                  deliveries: list[Delivery], report_every: float = 2.0) -> None:
+    """Several queued requests at once: cache answers and failures are finished one by one;
+    short misses that can share a batch (:func:`~.engine.batch_key`) are decoded together
+    by :meth:`~.engine.Engine.transcribe_many`; the rest run alone, as :func:`process`
+    runs them. Every request gets its own result, outcome and status."""
+    if len(deliveries) == 1:
+        process(queue, store, engine, metrics, consumer, deliveries[0], report_every)
+        return
+    groups: dict[tuple, list[tuple[Delivery, Prepared, object]]] = {}
+    alone: list[Delivery] = []
+    keys: set[str] = set()
+    with contextlib.ExitStack() as beats:
+        for d in deliveries:
+            beats.enter_context(_Heartbeat(queue, consumer, d.entry_id))
+        for d in deliveries:
+            try:
+                spec = parse_spec(d.item.spec)
+            except InvalidSpec as exc:
+                queue.finish(d.entry_id, d.item, d.item.attempt + 1, RunnerOutcome.failure("InvalidSpec", str(exc)))
+                continue
+            key = batch_key(spec)
+            if key is None:
+                alone.append(d)
+                continue
+            try:
+                p = prepare(store, spec, count_known_lookup=False)
+                if isinstance(p, TaskOutcome):
+                    queue.finish(d.entry_id, d.item, d.item.attempt + 1, p.outcome)
+                    continue
+                with task_errors():
+                    samples = decode(p.data)
+            except TaskError as exc:
+                _failed(queue, d, spec, exc)
+                continue
+            if samples.shape[0] / 16000 >= engine.options.batched_min_seconds or p.key in keys:
+                # long audio: batched on its own, with checkpoints; the same audio and
+                # settings twice: the second is answered from the cache after the batch
+                alone.append(d)
+                continue
+            keys.add(p.key)
+            groups.setdefault(key, []).append((d, p, samples))
+        for members in groups.values():
+            if len(members) == 1:
+                alone.append(members[0][0])
+                continue
+            if metrics is not None:
+                metrics.active_workers.inc()
+            try:
+                with task_errors():
+                    results = engine.transcribe_many([(samples, p.spec, p.sha) for _, p, samples in members])
+            except TaskError as exc:
+                log.warning("batch of %d failed (%s): each request runs alone", len(members), exc.message)
+                alone += [d for d, _, _ in members]
+                continue
+            finally:
+                if metrics is not None:
+                    metrics.active_workers.dec()
+            for (d, p, _), result in zip(members, results):
+                try:
+                    outcome = store_result(store, p, result).outcome
+                except TaskError as exc:
+                    _failed(queue, d, p.spec, exc)
+                    continue
+                queue.finish(d.entry_id, d.item, d.item.attempt + 1, outcome)
+            log.info("decoded %d requests in one batch", len(members))
+    for d in alone:
+        process(queue, store, engine, metrics, consumer, d, report_every)
 
 
 def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_tasks: int | None = None) -> int:
@@ -109,11 +195,18 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
                     log.info("idle for %.0fs after %d task(s): exiting", idle, done)
                     break
                 continue
+            batch = [delivery]
+            room = settings.pool_batch_max if max_tasks is None else min(settings.pool_batch_max, max_tasks - done)
+            while len(batch) < room:
+                more = queue.take(consumer, block_ms=None)  # what is queued now; no waiting
+                if more is None or any(more.entry_id == d.entry_id for d in batch):
+                    break  # nothing more, or our own entry reclaimed back (claim_idle_ms 0)
+                batch.append(more)
             try:
-                process(queue, store, engine, metrics, consumer, delivery)
-            except Exception as exc:  # leave it pending: another runner (or we) reclaim it
-                log.exception("task %s failed unexpectedly: %s", delivery.entry_id, exc)
-            done += 1
+                process_batch(queue, store, engine, metrics, consumer, batch, settings.progress_report_seconds)
+            except Exception as exc:  # leave them pending: another runner (or we) reclaim them
+                log.exception("tasks %s failed unexpectedly: %s", [d.entry_id for d in batch], exc)
+            done += len(batch)
             release_memory()
             last_work = time.monotonic()
         return EXIT_OK

@@ -7,6 +7,7 @@ whoever sees the request end counts it (the operator, or the CLI).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import urllib.error
@@ -16,6 +17,7 @@ from typing import Any
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import TranscriptionSpec
 from kubescribe.outcomes import RunnerOutcome, reason
+from kubescribe.progress import RunBoard
 from kubescribe.settings import AudioInputSettings
 from kubescribe.store import AudioNotFound, Store, StoreError, cache_key, known_cache_key, result_key, sha256_hex
 
@@ -23,6 +25,18 @@ from .engine import BadAudio, Engine, ModelLoadError, ProgressFn
 from .url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
 
 log = logging.getLogger(__name__)
+
+try:
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - redis is a dependency of the runner
+    RedisError = OSError  # type: ignore[misc,assignment]
+
+
+def _call_store(fn, *args):
+    try:
+        return fn(*args)
+    except RedisError as exc:
+        raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
 class TaskError(Exception):
@@ -114,24 +128,38 @@ def fetch_audio(store: Store, spec: TranscriptionSpec, settings: AudioInputSetti
     return data
 
 
-def run_task(
-    store: Store,
-    engine: Engine,
-    spec: TranscriptionSpec,
-    *,
-    metrics: RunnerMetrics | None = None,
-    progress: ProgressFn | None = None,
-    audio: bytes | None = None,
-    count_known_lookup: bool = True,
-) -> TaskOutcome:
-    """Answer from the cache or transcribe; raise :class:`TaskError` on failure.
+@dataclass
+class Prepared:
+    """A request that missed the cache: its audio fetched, its cache key known."""
 
-    ``audio`` skips the fetch (the local CLI already holds the bytes). One cache lookup
-    counts per request: when the cache key is known from the spec, the operator already
-    counted it at admission, so a runner passes ``count_known_lookup=False``; a key known
-    only after the download is counted here and reported in the outcome.
-    """
+    spec: TranscriptionSpec
+    key: str
+    data: bytes
+    sha: str
+    lookup: str | None
+
+
+@contextlib.contextmanager
+def task_errors():
+    """Every failure of a task as a :class:`TaskError` with its reason."""
     try:
+        yield
+    except BadAudio as exc:
+        raise TaskError("BadAudio", str(exc)) from None
+    except ModelLoadError as exc:
+        raise TaskError("ModelLoadFailed", str(exc)) from None
+    except StoreError as exc:
+        raise TaskError("RedisUnavailable", str(exc)) from None
+    except RedisError as exc:  # a checkpoint write that failed mid-transcription
+        raise TaskError("RedisUnavailable", f"redis: {type(exc).__name__}: {exc}") from None
+    except MemoryError:
+        raise TaskError("OutOfMemory", "the runner ran out of memory") from None
+
+
+def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | None = None,
+            count_known_lookup: bool = True) -> TaskOutcome | Prepared:
+    """The cache answer, or the fetched audio of a miss (see :func:`run_task`)."""
+    with task_errors():
         key = known_cache_key(spec)[0] if audio is None else None
         if key and spec.cache.enabled:
             hit = store.get_result(key, count=count_known_lookup)
@@ -148,21 +176,57 @@ def run_task(
                 if hit is not None:
                     return TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True,
                                                                       size_bytes=len(data), cache_lookup=lookup))
+        return Prepared(spec, key, data, sha, lookup)
+
+
+def store_result(store: Store, p: Prepared, result: dict[str, Any], board: RunBoard | None = None) -> TaskOutcome:
+    """Write a transcribed result under its cache key and drop its checkpoints."""
+    with task_errors():
+        rkey = store.put_result(p.key, result, ttl=p.spec.cache.ttl_seconds)
+        if board is not None:
+            _call_store(board.drop_checkpoint, p.key)
+    return TaskOutcome(result, RunnerOutcome.from_result(result, p.key, rkey, cached=False, size_bytes=len(p.data),
+                                                         cache_lookup=p.lookup))
+
+
+def run_task(
+    store: Store,
+    engine: Engine,
+    spec: TranscriptionSpec,
+    *,
+    metrics: RunnerMetrics | None = None,
+    progress: ProgressFn | None = None,
+    audio: bytes | None = None,
+    count_known_lookup: bool = True,
+    board: RunBoard | None = None,
+) -> TaskOutcome:
+    """Answer from the cache or transcribe; raise :class:`TaskError` on failure.
+
+    ``audio`` skips the fetch (the local CLI already holds the bytes). One cache lookup
+    counts per request: when the cache key is known from the spec, the operator already
+    counted it at admission, so a runner passes ``count_known_lookup=False``; a key known
+    only after the download is counted here and reported in the outcome.
+
+    With a ``board`` every finished segment is checkpointed under the cache key, and a
+    task that finds checkpoints (an earlier attempt died) resumes after the last one;
+    the checkpoints are dropped once the result is stored.
+    """
+    p = prepare(store, spec, audio=audio, count_known_lookup=count_known_lookup)
+    if isinstance(p, TaskOutcome):
+        return p
+    with task_errors():
         if metrics is not None:
             metrics.active_workers.inc()
+        done, on_segment = [], None
+        if board is not None:
+            done = _call_store(board.checkpointed, p.key)
+            on_segment = lambda seg: board.checkpoint(p.key, seg)  # noqa: E731
+            if done:
+                log.info("resuming after %d checkpointed segment(s), at %.1fs", len(done), done[-1]["end"])
         try:
-            result = engine.transcribe(data, spec, audio_sha256=sha, progress=progress)
+            result = engine.transcribe(p.data, spec, audio_sha256=p.sha, progress=progress, done=done,
+                                       on_segment=on_segment)
         finally:
             if metrics is not None:
                 metrics.active_workers.dec()
-        rkey = store.put_result(key, result, ttl=spec.cache.ttl_seconds)
-        return TaskOutcome(result, RunnerOutcome.from_result(result, key, rkey, cached=False, size_bytes=len(data),
-                                                             cache_lookup=lookup))
-    except BadAudio as exc:
-        raise TaskError("BadAudio", str(exc)) from None
-    except ModelLoadError as exc:
-        raise TaskError("ModelLoadFailed", str(exc)) from None
-    except StoreError as exc:
-        raise TaskError("RedisUnavailable", str(exc)) from None
-    except MemoryError:
-        raise TaskError("OutOfMemory", "the runner ran out of memory") from None
+    return store_result(store, p, result, board)

@@ -93,3 +93,31 @@ def test_the_redis_url_comes_from_the_environment_by_default(redis_server):
     assert second.returncode == 0 and "from cache" in second.stderr
     stats = json.loads(kubescribe("cache", "stats", env=env).stdout)
     assert (stats["hits"], stats["misses"], stats["results"]) == (1, 1, 1)
+
+
+# -- the --wait status bar ------------------------------------------------------------------
+
+def test_wait_bar_shows_the_phase_then_the_progress_percent():
+    from kubescribe.cli.cluster import bar_line
+
+    assert bar_line({}) == "Pending"
+    assert bar_line({"phase": "Queued", "queuePosition": 3}) == "Queued (queue position 3)"
+    assert bar_line({"phase": "Running"}) == "Running"
+    assert bar_line({"phase": "Running", "progress": 50}, width=10) == "[#####     ]  50%  Running"
+    assert bar_line({"phase": "Succeeded", "progress": 100}, width=4) == "[####] 100%  Succeeded"
+
+
+def test_wait_bar_writes_nothing_when_stderr_is_not_a_terminal(capsys):
+    from kubescribe.cli.cluster import StatusBar
+
+    bar = StatusBar()  # pytest's stderr is not a terminal
+    bar.show({"phase": "Running", "progress": 40})
+    bar.finish()
+    assert capsys.readouterr().err == ""
+    shown = StatusBar(enabled=True)
+    shown.show({"phase": "Running", "progress": 40})
+    shown.show({"phase": "Running", "progress": 40})  # unchanged: not redrawn
+    shown.show({"phase": "Succeeded", "progress": 100})
+    shown.finish()
+    err = capsys.readouterr().err
+    assert err.count("\r") == 2 and err.endswith("100%  Succeeded\n")

@@ -73,3 +73,50 @@ def test_a_poison_entry_is_given_up_after_repeated_crashes(pool_env):
     done = outcomes(client)["poison"]
     assert done.outcome.reason == "RunnerCrashed" and done.attempts == MAX_DELIVERIES + 1
     assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0
+
+
+def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcome(pool_env, speech_dir, engine):
+    """Cross-request batching: three compatible short requests share one batched call; a
+    repeat of one of them, an incompatible request (sequential) and bad audio taken in
+    the same sweep are each finished on their own."""
+    from kubescribe.runner import pool
+    from kubescribe.streams import WorkQueue
+
+    client, settings = pool_env
+    store = Store(client)
+    keys = {n: store.put_audio((speech_dir / f"{n}.wav").read_bytes()) for n in SENTENCES}
+    for n, key in keys.items():
+        enqueue(client, n, {"audio": {"redisKey": key}, "device": "cpu"})
+    enqueue(client, "alone", {"audio": {"redisKey": keys["fox"]}, "device": "cpu", "decoding": "sequential"})
+    enqueue(client, "junk", {"audio": {"redisKey": store.put_audio(b"not audio" * 200)}, "device": "cpu"})
+    enqueue(client, "fox-again", {"audio": {"redisKey": keys["fox"]}, "device": "cpu"})
+    queue = WorkQueue(client, claim_idle_ms=60000)  # nothing to reclaim: six new entries
+    deliveries = [queue.take("runner-b", block_ms=None) for _ in range(6)]
+    assert None not in deliveries
+    calls = []
+    real = engine.transcribe_many
+
+    def spy(items):
+        calls.append(len(items))
+        return real(items)
+
+    engine.transcribe_many = spy
+    try:
+        pool.process_batch(queue, store, engine, None, "runner-b", deliveries)
+    finally:
+        del engine.transcribe_many
+    assert calls == [3]
+    got = outcomes(client)
+    for n, text in SENTENCES.items():
+        o = got[n].outcome
+        assert o.ok and not o.cached and o.decoding == "batched", o
+        result = store.read_result_key(o.result_key)
+        assert wer(text, result["text"]) <= 0.25, (n, result["text"])
+        assert result["decoding"]["shared_with"] == 2
+        # segment times are on the request's own timeline
+        assert 0 <= result["segments"][0]["start"] < result["segments"][-1]["end"] <= o.audio_duration_seconds + 0.1
+    assert got["alone"].outcome.ok and got["alone"].outcome.decoding == "sequential"
+    assert got["junk"].outcome.reason == "BadAudio"
+    # the same audio and settings twice in one sweep: transcribed once, then a cache answer
+    assert got["fox-again"].outcome.cached and got["fox-again"].outcome.result_key == got["fox"].outcome.result_key
+    assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from kubescribe.render import render
+from kubescribe.render import MAX_CUE_SECONDS, MAX_LINE_CHARS, MAX_LINES, render, wrap
+from kubescribe.render import cues as cues_of
 
 RESULT = {
     "text": "Hello there. General Kenobi.",
@@ -35,3 +36,68 @@ def test_txt_and_json_round_trip():
 def test_unknown_format_is_a_clear_error():
     with pytest.raises(ValueError, match="choose one of json, txt, srt, vtt"):
         render(RESULT, "docx")
+
+
+# -- subtitle cues: at most 2 lines of 42 characters and 7 s, cut between words ------------
+
+LONG_TEXT = ("The train to the city leaves every twenty minutes from platform four, and the museum "
+             "opens at nine and closes at five on weekdays, so we will meet at the library on Monday.")
+
+
+def _long_segment(**extra):
+    return {"segments": [{"id": 1, "start": 10.0, "end": 40.0, "text": LONG_TEXT, **extra}]}
+
+
+def _words_of(text, start, step):
+    return [{"start": start + i * step, "end": start + (i + 1) * step - 0.05, "word": w}
+            for i, w in enumerate(text.split())]
+
+
+def test_a_30_second_segment_becomes_cues_within_the_reading_limits():
+    cues = list(cues_of(_long_segment()))
+    assert len(cues) > 1
+    for c in cues:
+        assert 1 <= len(c.lines) <= MAX_LINES
+        assert all(len(line) <= MAX_LINE_CHARS for line in c.lines)
+        assert c.end - c.start <= MAX_CUE_SECONDS + 1e-9
+    # every word is shown once, in order, and the cues cover the segment end to end
+    assert " ".join(" ".join(c.lines) for c in cues) == LONG_TEXT
+    assert cues[0].start == 10.0 and abs(cues[-1].end - 40.0) < 1e-6
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(cues, cues[1:]))
+
+
+def test_cues_are_cut_on_word_timestamps_when_the_segment_has_them():
+    words = _words_of(LONG_TEXT, 10.0, 0.4)
+    cues = list(cues_of(_long_segment(words=words)))
+    starts = {w["start"] for w in words}
+    ends = {w["end"] for w in words}
+    assert all(c.start in starts and c.end in ends for c in cues)
+    assert " ".join(" ".join(c.lines) for c in cues) == LONG_TEXT
+
+
+def test_slow_speech_is_cut_at_seven_seconds_even_when_the_text_fits():
+    words = _words_of("one two three four five six", 0.0, 2.0)  # a word every 2 s
+    cues = list(cues_of({"segments": [{"start": 0, "end": 12, "text": "one two three four five six",
+                                       "words": words}]}))
+    assert [c.lines for c in cues] == [("one two three",), ("four five six",)]
+    assert all(c.end - c.start <= MAX_CUE_SECONDS for c in cues)
+
+
+def test_short_segments_stay_one_cue_each_and_never_merge():
+    result = {"segments": [{"start": 0.0, "end": 1.0, "text": "Hello."}, {"start": 1.0, "end": 2.0, "text": "Bye."}]}
+    assert [c.lines for c in cues_of(result)] == [("Hello.",), ("Bye.",)]
+
+
+def test_a_word_longer_than_a_line_is_cut_rather_than_overflowing():
+    assert wrap("x" * 50) == ["x" * 42, "x" * 8]
+    assert wrap("a bb ccc", width=4) == ["a bb", "ccc"]
+
+
+def test_srt_and_vtt_print_two_line_cues():
+    srt = render(_long_segment(), "srt")
+    vtt = render(_long_segment(), "vtt")
+    first = srt.split("\n\n")[0].splitlines()
+    assert first[0] == "1" and first[1].startswith("00:00:10,000 --> ")
+    assert 1 <= len(first[2:]) <= 2 and all(len(line) <= 42 for line in first[2:])
+    assert vtt.startswith("WEBVTT\n\n00:00:10.000 --> ")
+    assert srt.count(" --> ") == vtt.count(" --> ") > 1

@@ -44,7 +44,8 @@ def test_word_timestamps_vad_and_prompt(redis_store, speech_dir, engine):
 def test_batched_pipeline_matches_sequential_words(redis_store, speech_dir, engine):
     key = redis_store.put_audio((speech_dir / "weather.wav").read_bytes())
     seq = run_task(redis_store, engine, spec_for(key, beamSize=1))
-    bat = run_task(redis_store, engine, spec_for(key, beamSize=1, batchSize=4))
+    bat = run_task(redis_store, engine, spec_for(key, beamSize=1, decoding="batched", batchSize=4))
+    assert bat.result["decoding"]["mode"] == "batched" and seq.result["decoding"]["mode"] == "sequential"
     assert bat.cache_key != seq.cache_key
     assert wer(seq.result["text"], bat.result["text"]) <= 0.2
 

@@ -57,8 +57,8 @@ def test_zstd_results_are_readable_by_a_gzip_store(redis_server):
 
 @pytest.mark.parametrize(
     "change",
-    [{"model": "small"}, {"language": "en"}, {"beamSize": 1}, {"vad": True}, {"wordTimestamps": True},
-     {"initialPrompt": "Kubernetes"}, {"batchSize": 8}, {"computeType": "float32"}],
+    [{"model": "small"}, {"language": "en"}, {"beamSize": 1}, {"vad": False}, {"wordTimestamps": True},
+     {"initialPrompt": "Kubernetes"}, {"batchSize": 16}, {"decoding": "batched"}, {"computeType": "float32"}],
 )
 def test_cache_key_changes_with_every_output_parameter(change):
     base = parse_spec({"audio": {"redisKey": KEY}})

@@ -1,0 +1,284 @@
+"""Long recordings: batched-by-default vs sequential on >= 10 minutes of speech, and no
+invented text on 60 s of silence, noise and tones.
+
+The long recording is espeak-ng speech in four voices (American and British, male and
+female variants) at three speeds, with natural pauses of 0.3-1.5 s between sentences and
+a longer 3-4 s pause now and then, so the VAD has real speech boundaries to cut at.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+
+import numpy as np
+
+from .common import SAMPLE_RATE, SENTENCES, Context, Outcome, log, median, secs
+from .inference import _spec
+
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3")
+SPEEDS = (120, 130, 140)
+LONG_SECONDS = 600.0
+LONG_SECONDS_QUICK = 120.0
+
+
+def _say(ctx: Context, text: str, voice: str, speed: int, index: int) -> np.ndarray:
+    from faster_whisper.audio import decode_audio
+
+    path = ctx.workdir / "speech" / f"long-{index:04d}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True)
+    samples = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+    path.unlink()
+    return samples
+
+
+def long_recording(ctx: Context) -> tuple[bytes, str, float]:
+    """(wav bytes, reference text, seconds) of >= 10 min of speech (2 min with --quick)."""
+    if "long_recording" in ctx.shared:
+        return ctx.shared["long_recording"]
+    from tests.support.core import write_wav
+
+    target = LONG_SECONDS_QUICK if ctx.quick else LONG_SECONDS
+    rnd = random.Random(13)
+    parts: list[np.ndarray] = []
+    words: list[str] = []
+    total = 0.0
+    i = 0
+    while total < target:
+        text = SENTENCES[i % len(SENTENCES)]
+        speech = _say(ctx, text, VOICES[(i // 3) % len(VOICES)], SPEEDS[i % len(SPEEDS)], i)
+        pause = rnd.uniform(3.0, 4.0) if i % 9 == 8 else rnd.uniform(0.3, 1.5)
+        parts += [speech, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
+        words.append(text)
+        total += speech.shape[0] / SAMPLE_RATE + pause
+        i += 1
+    audio = np.concatenate(parts)
+    path = write_wav(ctx.workdir / "speech" / "long.wav", audio)
+    ctx.shared["long_recording"] = (path.read_bytes(), " ".join(words), audio.shape[0] / SAMPLE_RATE)
+    log(f"long recording: {i} sentences, {total:.0f} s")
+    return ctx.shared["long_recording"]
+
+
+def long_batched_vs_sequential(ctx: Context) -> Outcome:
+    from tests.support.core import wer
+
+    out = Outcome("long_batched_vs_sequential", "Batched by default vs sequential on 10 minutes of speech")
+    wav, ref, seconds = long_recording(ctx)
+    engine = ctx.engine()
+    engine.model("tiny.en", "cpu", "int8")
+    specs = {"batched (default)": _spec(), "sequential": _spec(decoding="sequential")}
+    short = ctx.speech.joined(range(0, 3), "warmup")[0]
+    for s in specs.values():  # warm-up, not timed
+        engine.transcribe(short, s)
+    rounds = 1 if ctx.quick else 2
+    times: dict[str, list[float]] = {k: [] for k in specs}
+    cpu: dict[str, list[float]] = {k: [] for k in specs}
+    results: dict[str, dict] = {}
+    for r in range(rounds):
+        order = list(specs) if r % 2 == 0 else list(reversed(specs))
+        for name in order:
+            c0 = os.times()
+            t0 = time.perf_counter()
+            results[name] = engine.transcribe(wav, specs[name])
+            times[name].append(time.perf_counter() - t0)
+            c1 = os.times()
+            cpu[name].append((c1.user - c0.user) + (c1.system - c0.system))
+            log(f"long_batched_vs_sequential round {r + 1}/{rounds}: {name} {times[name][-1]:.1f}s")
+    med = {k: median(v) for k, v in times.items()}
+    errs = {k: wer(ref, results[k]["text"]) for k in specs}
+    b, s = "batched (default)", "sequential"
+    speedup = med[s] / med[b]
+    assert results[b]["decoding"]["mode"] == "batched", results[b]["decoding"]
+    out.measured = (
+        f"A {seconds:.0f} s recording of espeak-ng speech (known text) in {len(VOICES)} voices "
+        f"({', '.join(VOICES)}) at {'/'.join(map(str, SPEEDS))} words per minute, with pauses of 0.3-1.5 s "
+        "between sentences and 3-4 s after every ninth; tiny.en on CPU, int8, beam size 5, language en, "
+        "through `runner.engine.Engine.transcribe` (what the runner calls). **kubescribe**: the default spec "
+        "(`decoding: auto` picks batched above 60 s: faster-whisper's `BatchedInferencePipeline`, batch size 8, "
+        "over VAD-cut speech clips of up to 30 s); **baseline**: `decoding: sequential` (faster-whisper's "
+        f"`WhisperModel.transcribe`, with the default VAD). Model loaded and both warmed up first; {rounds} "
+        "round(s) in alternating order; medians. WER against the known text (jiwer, lower-cased, punctuation "
+        "removed)."
+    )
+    out.headline = f"batched: median {secs(med[b])}, WER {errs[b]:.3f}"
+    out.baseline = f"sequential: median {secs(med[s])}, WER {errs[s]:.3f}"
+    out.ratio = f"{speedup:.2f}x faster, WER {errs[b] - errs[s]:+.3f}"
+    out.target = "batched >= 3x, WER <= sequential + 0.02"
+    out.status = "PASS" if speedup >= 3 and errs[b] <= errs[s] + 0.02 else "MISS"
+    out.table("Runs", ["decoding", "median", "all runs (s)", "real-time factor", "CPU time (median)",
+                       "cores busy", "WER", "segments"],
+              [[k, secs(med[k]), ", ".join(f"{t:.1f}" for t in times[k]), f"{med[k] / seconds:.3f}",
+                f"{median(cpu[k]):.1f} s", f"{median(cpu[k]) / med[k]:.2f}", f"{errs[k]:.3f}",
+                len(results[k]["segments"])] for k in specs])
+    out.data = {"times": times, "cpu": cpu, "wer": errs, "audio_seconds": seconds}
+    return out
+
+
+NON_SPEECH = {
+    "digital silence": ["trim", "0", "60"],
+    "pink noise": ["synth", "60", "pinknoise", "vol", "0.3"],
+    "440 Hz tone": ["synth", "60", "sine", "440", "vol", "0.5"],
+    "C major chord": ["synth", "60", "sine", "261.6", "sine", "329.6", "sine", "392", "remix", "-", "vol", "0.3"],
+}
+
+
+def no_invented_text(ctx: Context) -> Outcome:
+    out = Outcome("no_invented_text", "No words on 60 s of silence, noise or tones")
+    engine = ctx.engine()
+    d = ctx.workdir / "nonspeech"
+    d.mkdir(exist_ok=True)
+    rows, words_default, words_old = [], 0, 0
+    for name, effect in NON_SPEECH.items():
+        path = d / (name.replace(" ", "_") + ".wav")
+        subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), *effect], check=True)
+        data = path.read_bytes()
+        t0 = time.perf_counter()
+        new = engine.transcribe(data, _spec(language=""))
+        t_new = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        old = engine.transcribe(data, _spec(language="", vad=False, decoding="sequential"))
+        t_old = time.perf_counter() - t0
+        n_new, n_old = len(new["text"].split()), len(old["text"].split())
+        words_default += n_new
+        words_old += n_old
+        rows.append([name, n_new, repr(new["text"]), f"{t_new:.1f} s", n_old, repr(old["text"][:60]),
+                     f"{t_old:.1f} s"])
+    out.measured = ("60 s each of digital silence, pink noise, a 440 Hz sine and a C major chord, made by sox; "
+                    "tiny.en on CPU, int8. **kubescribe**: the default spec (VAD on, decoding auto); "
+                    "**baseline**: the previous defaults (no VAD, sequential decoding).")
+    out.headline = f"{words_default} words in 4 minutes of non-speech"
+    out.baseline = f"previous defaults: {words_old} words"
+    out.ratio = "-"
+    out.target = "no words at all"
+    out.status = "PASS" if words_default == 0 else "MISS"
+    out.table("Inputs", ["input", "words", "text", "time", "words (no VAD)", "text (no VAD)", "time (no VAD)"], rows)
+    out.data = {"words": words_default, "words_previous_defaults": words_old}
+    return out
+
+
+class _Killed(Exception):
+    pass
+
+
+def resume_after_kill(ctx: Context) -> Outcome:
+    """A runner killed at ~60 % of a long request, retried: resume vs an uninterrupted run."""
+    from kubescribe.models import parse_spec
+    from kubescribe.progress import RunBoard
+    from kubescribe.runner.task import run_task
+    from kubescribe.store import Store
+    from tests.support.core import wer
+
+    out = Outcome("resume_after_kill", "A long request killed at 60 %: the retry resumes from the checkpoint")
+    wav, ref, seconds = long_recording(ctx)
+    engine = ctx.engine()
+    engine.model("tiny.en", "cpu", "int8")
+    client = ctx.redis().client()
+    store, board = Store(client), RunBoard(client)
+    key = store.put_audio(wav)
+    spec = parse_spec({"audio": {"redisKey": key}, "model": "tiny.en", "language": "en", "device": "cpu",
+                       "computeType": "int8", "cache": {"enabled": False}})
+    engine.transcribe(ctx.speech.joined(range(0, 3), "warmup")[0], _spec())  # warm-up, not timed
+
+    t0 = time.perf_counter()
+    whole = run_task(store, engine, spec, board=board).result
+    t_whole = time.perf_counter() - t0
+
+    def kill_at_60(done: float, total: float) -> None:
+        if done >= 0.6 * total:
+            raise _Killed
+
+    t0 = time.perf_counter()
+    try:
+        run_task(store, engine, spec, board=board, progress=kill_at_60)
+    except _Killed:
+        pass
+    t_killed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    resumed = run_task(store, engine, spec, board=board).result
+    t_retry = time.perf_counter() - t0
+    at = resumed["decoding"]["resumed_at_seconds"] or 0.0
+    e_whole, e_resumed = wer(ref, whole["text"]), wer(ref, resumed["text"])
+    segs = resumed["segments"]
+    seam_ok = (all(a["end"] <= b["start"] + 1e-6 for a, b in zip(segs, segs[1:]))
+               and [s["id"] for s in segs] == list(range(1, len(segs) + 1)))
+    ratio = t_retry / t_whole
+    out.measured = (
+        f"The {seconds:.0f} s recording of long_batched_vs_sequential, default spec (batched), tiny.en on CPU, int8, "
+        "through `runner.task.run_task` with the Redis checkpoints (`kubescribe.progress.RunBoard`) on a real "
+        "redis-server. **Uninterrupted**: one run. **Killed and retried**: a run stopped when its progress passed "
+        "60 % (an exception from the progress callback, right after a segment was checkpointed: what a SIGKILL "
+        "leaves behind; the SIGKILL of a real runner process is tested in tests/test_progress.py), then a second "
+        "run of the same request, which resumes after the last checkpoint. One run of each."
+    )
+    out.headline = f"retry: {secs(t_retry)} (resumed at {at:.0f} s of {seconds:.0f} s), WER {e_resumed:.3f}"
+    out.baseline = f"uninterrupted: {secs(t_whole)}, WER {e_whole:.3f}"
+    out.ratio = f"retry = {ratio:.2f} of an uninterrupted run, WER {e_resumed - e_whole:+.3f}"
+    out.target = "retry <= 0.5 of uninterrupted, WER within 0.01"
+    out.status = "PASS" if ratio <= 0.5 and abs(e_resumed - e_whole) <= 0.01 and seam_ok else "MISS"
+    out.table("Runs", ["run", "time", "WER", "segments"],
+              [["uninterrupted", secs(t_whole), f"{e_whole:.3f}", len(whole["segments"])],
+               ["killed at 60 %", secs(t_killed), "-", "-"],
+               ["retry (resumed)", secs(t_retry), f"{e_resumed:.3f}", len(segs)]])
+    out.notes.append("Seam: segment ids 1..n in order and no overlapping segments: " + ("yes" if seam_ok else "NO"))
+    out.data = {"uninterrupted": t_whole, "killed": t_killed, "retry": t_retry, "resumed_at": at,
+                "wer": {"uninterrupted": e_whole, "resumed": e_resumed}}
+    return out
+
+
+def pool_cross_request_batching(ctx: Context) -> Outcome:
+    """20 short requests: one batched call per 8 (what a pooled runner now does) vs one
+    request at a time on the same warm model (what it did before)."""
+    from tests.support.core import wer
+
+    out = Outcome("pool_cross_request_batching", "Pool: 20 short requests decoded in shared batches")
+    engine = ctx.engine()
+    engine.model("tiny.en", "cpu", "int8")
+    n = 10 if ctx.quick else 20
+    wavs = [ctx.speech.sentence_wav(i) for i in range(n)]
+    refs = [SENTENCES[i] for i in range(n)]
+    spec = _spec()
+    engine.transcribe(wavs[0], spec)  # warm-up, not timed
+    engine.transcribe_many([(w, spec, None) for w in wavs[:2]])
+    rounds = 1 if ctx.quick else 3
+    t_one, t_many = [], []
+    texts_one: list[str] = []
+    texts_many: list[str] = []
+    for r in range(rounds):
+        for mode in (("one", "many") if r % 2 == 0 else ("many", "one")):
+            t0 = time.perf_counter()
+            if mode == "one":
+                texts_one = [engine.transcribe(w, spec)["text"] for w in wavs]
+                t_one.append(time.perf_counter() - t0)
+            else:
+                texts_many = []
+                for i in range(0, n, 8):  # KUBESCRIBE_POOL_BATCH_MAX
+                    texts_many += [r_["text"] for r_ in engine.transcribe_many([(w, spec, None) for w in wavs[i:i + 8]])]
+                t_many.append(time.perf_counter() - t0)
+        log(f"pool_cross_request_batching round {r + 1}/{rounds}: one at a time {t_one[-1]:.1f}s, "
+            f"batched {t_many[-1]:.1f}s")
+    e_one = wer(" ".join(refs), " ".join(texts_one))
+    e_many = wer(" ".join(refs), " ".join(texts_many))
+    ratio = median(t_one) / median(t_many)
+    out.measured = (
+        f"{n} distinct espeak-ng sentences (one request each, 3-5 s), tiny.en on CPU, int8, beam size 5, language "
+        "en, warm model, through the runner's engine. **kubescribe**: `Engine.transcribe_many` on batches of 8 "
+        "(`KUBESCRIBE_POOL_BATCH_MAX`), what `runner.pool.process_batch` calls for compatible short requests; "
+        "**baseline**: `Engine.transcribe` one request after another on the same warm model, what the pool did "
+        f"before. {rounds} round(s) in alternating order; medians. Neither side includes pod start or model load, "
+        "which one-Job-per-request pays per request on top (see pooled_vs_per_job for that end-to-end figure)."
+    )
+    out.headline = f"batched: median {secs(median(t_many))}, WER {e_many:.3f}"
+    out.baseline = f"one at a time: median {secs(median(t_one))}, WER {e_one:.3f}"
+    out.ratio = f"{ratio:.2f}x faster, WER {e_many - e_one:+.3f}"
+    out.target = "WER within 0.02 of one at a time (the >= 6x vs one Job per request is end to end)"
+    out.status = "PASS" if abs(e_many - e_one) <= 0.02 else "MISS"
+    out.table("Runs", ["path", "median", "all runs (s)", "per request", "WER"],
+              [["batched (8 per call)", secs(median(t_many)), ", ".join(f"{t:.1f}" for t in t_many),
+                secs(median(t_many) / n), f"{e_many:.3f}"],
+               ["one at a time", secs(median(t_one)), ", ".join(f"{t:.1f}" for t in t_one),
+                secs(median(t_one) / n), f"{e_one:.3f}"]])
+    out.data = {"batched": t_many, "one": t_one, "wer": {"batched": e_many, "one": e_one}}
+    return out
