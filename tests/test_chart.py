@@ -682,6 +682,18 @@ def test_alert_runbooks_can_point_elsewhere(offline_helm):
     assert urls and all(re.fullmatch(r"https://wiki\.example/stt#kubescribe[a-z]+", u) for u in urls), urls
 
 
+def test_alert_for_can_be_changed_per_alert(offline_helm):
+    def fors(values: dict) -> dict[str, str]:
+        (rule,) = [d for d in render(offline_helm, values) if d["kind"] == "PrometheusRule"]
+        return {r["alert"]: r["for"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+
+    default = fors({"monitoring": {"prometheusRule": {"enabled": True}}})
+    changed = fors({"monitoring": {"prometheusRule": {"enabled": True, "alertFor": {"KubescribeOperatorDown": "2m"}}}})
+    assert default["KubescribeOperatorDown"] == "5m" and changed["KubescribeOperatorDown"] == "2m"
+    assert {k: v for k, v in changed.items() if k != "KubescribeOperatorDown"} == \
+        {k: v for k, v in default.items() if k != "KubescribeOperatorDown"}
+
+
 def test_redis_liveness_and_readiness_probes_differ(offline_helm):
     objs = kinds(render(offline_helm, {"redis": {"internal": {"enabled": True}}}))
     (c,) = objs[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["spec"]["containers"]
