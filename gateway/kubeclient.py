@@ -117,7 +117,9 @@ class KubeClient:
             except ValueError:
                 message = resp.text[:200] or resp.reason_phrase
             raise KubeError(resp.status_code, message)
-        return resp.json() if resp.content else {}
+        if not resp.content or not resp.headers.get("content-type", "").startswith("application/json"):
+            return {}
+        return resp.json()
 
     # -- authentication and authorization ----------------------------------------------
     async def token_review(self, token: str) -> dict[str, Any]:
