@@ -10,6 +10,7 @@ Against a cluster running the operator::
 
     kubescribe submit talk.mp3 --wait --format vtt      # upload, create the request, print
     kubescribe result my-request --format srt
+    kubescribe analyze my-request                       # words, speaking rate, silence (cached 7 days)
 
 Every error is one line on stderr and an exit code from kubescribe.outcomes: 1 the
 request failed (or is not there), 2 usage, 65 bad input, 75 transient (Redis or the API
@@ -29,7 +30,7 @@ from kubescribe.render import FORMATS
 from kubescribe.settings import CliSettings
 from kubescribe.store import StoreError
 
-from .cluster import cmd_result, cmd_submit
+from .cluster import cmd_analyze, cmd_result, cmd_submit
 from .common import CliError
 from .local import cmd_cache, cmd_crd, cmd_transcribe
 
@@ -93,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--context")
         p.add_argument("--timeout", type=float, default=3600, help="seconds to wait (with --wait)")
         p.set_defaults(func=cmd_submit if name == "submit" else cmd_result)
+
+    a = sub.add_parser("analyze", help="word count, speaking rate, speech/silence and frequent words of a "
+                                       "finished TranscriptionRequest (cached in Redis for 7 days)")
+    a.add_argument("name")
+    a.add_argument("--format", "-f", choices=["text", "json"], default="text")
+    a.add_argument("--redis", metavar="URL")
+    a.add_argument("--namespace", "-n")
+    a.add_argument("--kubeconfig", default=CliSettings().kubeconfig)
+    a.add_argument("--context")
+    a.set_defaults(func=cmd_analyze)
 
     crd = sub.add_parser("crd", help="print the TranscriptionRequest CRD (generated from the models)")
     crd.set_defaults(func=cmd_crd)

@@ -149,7 +149,7 @@ def test_admin_endpoints_work_with_the_admin_permission(gateway_env, redis_serve
 
 
 def test_async_request_streams_events_to_the_terminal_one_then_result_and_cached_analysis(
-        gateway_env, redis_server, speech_dir):
+        gateway_env, redis_server, speech_dir, kube_cluster, tmp_path):
     gw = gateway_env["gateway"]
     auth = _bearer(gateway_env["writer"])
     with (speech_dir / "library.wav").open("rb") as f:
@@ -191,11 +191,28 @@ def test_async_request_streams_events_to_the_terminal_one_then_result_and_cached
     second = httpx.get(f"{gw.url}/v1/transcriptions/{name}/analysis", headers=auth).json()
     assert second["cached"] is True and {**second, "cached": False} == doc
 
+    # `kubescribe analyze` reads the same cache entry through the same function.
+    import sys
+
+    cli = subprocess.run([sys.executable, "-m", "kubescribe.cli", "analyze", name, "-f", "json", "--redis",
+                          redis_server.url, "-n", gateway_env["namespace"], "--kubeconfig",
+                          str(kube_cluster.kubeconfig_path)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == {**doc, "cached": True}
+    text = subprocess.run([sys.executable, "-m", "kubescribe.cli", "analyze", name, "--redis", redis_server.url,
+                           "-n", gateway_env["namespace"], "--kubeconfig", str(kube_cluster.kubeconfig_path)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert text.returncode == 0 and f"words            {doc['word_count']}" in text.stdout
+    missing = subprocess.run([sys.executable, "-m", "kubescribe.cli", "analyze", "nope", "-n", gateway_env["namespace"],
+                              "--kubeconfig", str(kube_cluster.kubeconfig_path)],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        f"kubescribe: no TranscriptionRequest nope in {gateway_env['namespace']}")
+
     # Reading needs `get`: nobody may not; deleting needs `delete`.
     assert httpx.get(f"{gw.url}/v1/transcriptions/{name}", headers=_bearer(gateway_env["nobody"])).status_code == 403
     assert httpx.delete(f"{gw.url}/v1/transcriptions/{name}", headers=auth).status_code == 204
     gone = httpx.get(f"{gw.url}/v1/transcriptions/{name}", headers=auth)
-    assert gone.status_code in (200, 404)  # deletion is asynchronous only with finalizers; none here
     assert gone.status_code == 404 and gone.json()["error"]["type"] == "not_found_error"
 
 
