@@ -11,6 +11,8 @@ gzip_vs_zstd                result size and encode/decode speed of the two codec
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
 burst_1000                  1,000 requests at once: time to admit/queue, operator CPU/RSS
+gateway_cache_hit_overhead  gateway HTTP round trip vs creating the request directly (hits)
+gateway_concurrent_uploads  200 concurrent small uploads through the gateway, its peak RSS
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -24,4 +26,6 @@ NAMES = (
     "cache_hit_latency",
     "pooled_vs_per_job",
     "burst_1000",
+    "gateway_cache_hit_overhead",
+    "gateway_concurrent_uploads",
 )

@@ -33,6 +33,8 @@ def _load(name: str):
         from . import inference as mod
     elif name == "gzip_vs_zstd":
         from . import codec as mod
+    elif name.startswith("gateway_"):
+        from . import gateway as mod
     else:
         from . import cluster as mod
     return getattr(mod, name)

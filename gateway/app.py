@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from . import openai
 from .auth import ADMIN_CLEAR, ADMIN_STATS, ApiKeys, AuthError, Authorizer, Identity, namespace_for, request_attributes
 from .kubeclient import KubeClient, KubeError
 from .sniff import HEAD_BYTES, sniff_audio
+from .waiter import Waiter
 
 log = logging.getLogger("kubescribe.gateway")
 
@@ -67,11 +69,13 @@ class Gateway:
     store: Store  # the synchronous store, for the admin and analysis calls (in a thread)
     metrics: GatewayMetrics
     auth: Authorizer = field(init=False)
+    waiter: Waiter = field(init=False)
     _in_flight: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.auth = Authorizer(self.kube, ApiKeys(self.settings.gateway_api_keys_file),
                                self.settings.gateway_auth_cache_seconds)
+        self.waiter = Waiter(self.kube)
 
     @contextlib.contextmanager
     def slot(self, ident: Identity):
@@ -174,9 +178,12 @@ class Gateway:
             await self.redis.expire(key, ttl)
         return key, sha, bool(created)
 
-    async def submit(self, request: Request, ident: Identity, ns: str, *, task: str,
-                     priority_field: bool) -> tuple[dict[str, Any], str, bool]:
-        """Check the upload, store it and create the request: (object, format, words)."""
+    async def submit(self, request: Request, ident: Identity, ns: str, *, task: str, priority_field: bool,
+                     wait: bool = False) -> tuple[dict[str, Any], str, bool]:
+        """Check the upload, store it and create the request: (object, format, words).
+
+        With ``wait``, return the request once it is terminal (504 at the deadline).
+        """
         fields, data = await self.read_upload(request)
         priority = 0
         if priority_field and fields.get("priority") not in (None, ""):
@@ -195,14 +202,29 @@ class Gateway:
             raise HttpError(400, str(exc), code="invalid_spec") from None
         key, _, created = await self.store_audio(data)
         self.metrics.upload_bytes.observe(len(data))
-        metadata = {"generateName": "gateway-", "labels": dict(CREATED_BY),
-                    "annotations": {REQUESTED_BY: ident.user[:253]}}
+        # The gateway names the request (rather than generateName) so that a waiting call
+        # is registered with the namespace's watch before the request exists.
+        name = f"gateway-{secrets.token_hex(6)}"
+        metadata = {"name": name, "labels": dict(CREATED_BY), "annotations": {REQUESTED_BY: ident.user[:253]}}
+        deadline = time.monotonic() + self.settings.gateway_wait_seconds
         try:
-            obj = await self.kube.create_request(ns, metadata, spec)
+            done = await self.waiter.register(ns, name) if wait else None
+            try:
+                obj = await self.kube.create_request(ns, metadata, spec)
+            except BaseException:
+                if done is not None:
+                    self.waiter.forget(ns, name)
+                raise
         except KubeError:
             if created:
                 await self.redis.delete(key)
             raise
+        if done is not None:
+            final = await self.waiter.wait(ns, name, done, deadline)
+            if final is None:
+                raise HttpError(504, f"{name} did not finish within {self.settings.gateway_wait_seconds:.0f}s; it "
+                                     f"keeps running: GET /v1/transcriptions/{name}", code="timeout")
+            obj = final
         return obj, fmt, spec["wordTimestamps"]
 
     async def result_of(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -221,16 +243,6 @@ class Gateway:
         if blob is None:
             raise HttpError(410, f"the result of {name} has expired from Redis", code="result_expired")
         return decode_result(blob)
-
-    async def wait(self, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
-        deadline = time.monotonic() + self.settings.gateway_wait_seconds
-        name = obj["metadata"]["name"]
-        async for obj in self.kube.watch_request(ns, name, obj, deadline):
-            pass
-        if (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-            raise HttpError(504, f"{name} did not finish within {self.settings.gateway_wait_seconds:.0f}s; it keeps "
-                                 f"running: GET /v1/transcriptions/{name}", code="timeout")
-        return obj
 
 
 def state_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +276,7 @@ async def _sync_transcription(request: Request, task: str) -> Response:
     gw = _gw(request)
     ident, ns = await gw.caller(request, "create")
     with gw.slot(ident):
-        obj, fmt, words = await gw.submit(request, ident, ns, task=task, priority_field=False)
-        obj = await gw.wait(ns, obj)
+        obj, fmt, words = await gw.submit(request, ident, ns, task=task, priority_field=False, wait=True)
         result = await gw.result_of(obj)
     body, media = openai.response(result, fmt, task=task, words=words)
     return Response(body, media_type=media, headers={"X-Kubescribe-Request": obj["metadata"]["name"],

@@ -147,6 +147,28 @@ class KubeClient:
     async def delete_request(self, namespace: str, name: str) -> None:
         await self._call("DELETE", _tr_path(namespace, name), json={"propagationPolicy": "Background"})
 
+    async def list_requests(self, namespace: str, label_selector: str) -> dict[str, Any]:
+        return await self._call("GET", _tr_path(namespace), params={"labelSelector": label_selector})
+
+    async def watch_events(self, namespace: str, label_selector: str, resource_version: str,
+                           timeout_seconds: int = 240) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(type, object) of every change from ``resource_version`` until the server ends
+        the watch; an ``ERROR`` event (410 Gone: the version is too old) is yielded too,
+        and the caller lists again."""
+        params = {"watch": "1", "labelSelector": label_selector, "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        try:
+            async with self.http.stream("GET", _tr_path(namespace), params=params, headers=self._headers(),
+                                        timeout=httpx.Timeout(timeout_seconds + 30, connect=10.0)) as resp:
+                if resp.status_code >= 400:
+                    raise KubeError(resp.status_code, (await resp.aread()).decode(errors="replace")[:200])
+                async for line in resp.aiter_lines():
+                    if line:
+                        event = json.loads(line)
+                        yield event.get("type", ""), event.get("object") or {}
+        except httpx.HTTPError as exc:
+            raise KubeError(0, f"watch broken: {type(exc).__name__}: {exc}") from None
+
     async def ready(self) -> None:
         await self._call("GET", "/readyz")
 
