@@ -91,10 +91,16 @@ def gateway_cache_hit_overhead(ctx: Context) -> Outcome:
                 raise RuntimeError(f"{name}: not a cache hit: {watch.status.get(name)}")
             return watch.first_phase[(name, "Succeeded")] - t0
 
+        stages: dict[str, list[float]] = {}
+
         def through_gateway() -> float:
             t0 = time.perf_counter()
             r = http.post("/v1/audio/transcriptions", files={"file": ("s.wav", wav)}, data={"model": "whisper-1"})
             elapsed = time.perf_counter() - t0
+            for part in r.headers.get("server-timing", "").split(","):
+                if ";dur=" in part:
+                    stage, dur = part.strip().split(";dur=")
+                    stages.setdefault(stage, []).append(float(dur) / 1000)
             if r.status_code != 200 or r.headers.get("x-kubescribe-cached") != "true":
                 raise RuntimeError(f"gateway answered {r.status_code} cached={r.headers.get('x-kubescribe-cached')}: "
                                    f"{r.text[:300]}")
@@ -102,6 +108,7 @@ def gateway_cache_hit_overhead(ctx: Context) -> Outcome:
 
         direct("warmup")
         through_gateway()
+        stages.clear()
         res: dict[str, list[float]] = {"direct": [], "gateway": []}
         for i in range(n):  # interleaved, so both see the same machine load
             res["direct"].append(direct(f"direct-{i:02d}"))
@@ -132,9 +139,12 @@ def gateway_cache_hit_overhead(ctx: Context) -> Outcome:
         ["direct: Redis SET + create -> watch Succeeded", ms(d50), ms(percentile(res["direct"], 95)),
          ms(min(res["direct"])), ms(max(res["direct"]))],
     ])
+    out.table("Where the gateway's time goes (its Server-Timing header, medians)", list(stages),
+              [[ms(median(v)) for v in stages.values()]])
     if "Traceback" in gw_log:
         out.notes.append("The gateway log has a traceback: " + gw_log[gw_log.index("Traceback"):][:600])
-    out.data = res
+    out.data = {**res, "stages": stages}
+    log("gateway stages: " + ", ".join(f"{k} {median(v) * 1000:.1f} ms" for k, v in stages.items()))
     return out
 
 

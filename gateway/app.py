@@ -59,6 +59,23 @@ class _TooLarge(Exception):
     pass
 
 
+class Timing:
+    """Where a call's time went, sent back in a ``Server-Timing`` header (W3C): browsers'
+    and curl's users, and the benchmark, read it without access to the gateway's metrics."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, float]] = []
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts.append((name, now - self._t))
+        self._t = now
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={sec * 1000:.1f}" for name, sec in self.parts)
+
+
 @dataclass
 class Gateway:
     """What the handlers share: settings, the API server, Redis, auth, metrics, limits."""
@@ -179,12 +196,14 @@ class Gateway:
         return key, sha, bool(created)
 
     async def submit(self, request: Request, ident: Identity, ns: str, *, task: str, priority_field: bool,
-                     wait: bool = False) -> tuple[dict[str, Any], str, bool]:
+                     wait: bool = False, timing: Timing | None = None) -> tuple[dict[str, Any], str, bool]:
         """Check the upload, store it and create the request: (object, format, words).
 
         With ``wait``, return the request once it is terminal (504 at the deadline).
         """
+        timing = timing or Timing()
         fields, data = await self.read_upload(request)
+        timing.mark("upload")
         priority = 0
         if priority_field and fields.get("priority") not in (None, ""):
             try:
@@ -200,27 +219,33 @@ class Gateway:
             raise HttpError(400, str(exc), param=exc.param) from None
         except InvalidSpec as exc:
             raise HttpError(400, str(exc), code="invalid_spec") from None
-        key, _, created = await self.store_audio(data)
-        self.metrics.upload_bytes.observe(len(data))
         # The gateway names the request (rather than generateName) so that a waiting call
         # is registered with the namespace's watch before the request exists.
         name = f"gateway-{secrets.token_hex(6)}"
         metadata = {"name": name, "labels": dict(CREATED_BY), "annotations": {REQUESTED_BY: ident.user[:253]}}
         deadline = time.monotonic() + self.settings.gateway_wait_seconds
-        try:
-            done = await self.waiter.register(ns, name) if wait else None
-            try:
-                obj = await self.kube.create_request(ns, metadata, spec)
-            except BaseException:
-                if done is not None:
-                    self.waiter.forget(ns, name)
-                raise
-        except KubeError:
-            if created:
-                await self.redis.delete(key)
-            raise
+        done = await self.waiter.register(ns, name) if wait else None
+        # The audio write and the create go out together: the operator needs only the
+        # hash (in the spec) to answer from the cache, and a runner reads the audio seconds
+        # later, long after the write. A refused create still deletes what this call wrote.
+        stored, created_obj = await asyncio.gather(self.store_audio(data), self.kube.create_request(ns, metadata, spec),
+                                                   return_exceptions=True)
+        timing.mark("store+create")
+        if isinstance(created_obj, BaseException) or isinstance(stored, BaseException):
+            if done is not None:
+                self.waiter.forget(ns, name)
+            if not isinstance(stored, BaseException) and stored[2]:
+                await self.redis.delete(stored[0])
+            if not isinstance(created_obj, BaseException):  # Redis failed: take the request back
+                with contextlib.suppress(KubeError):
+                    await self.kube.delete_request(ns, name)
+                raise stored
+            raise created_obj
+        obj = created_obj
+        self.metrics.upload_bytes.observe(len(data))
         if done is not None:
             final = await self.waiter.wait(ns, name, done, deadline)
+            timing.mark("wait")
             if final is None:
                 raise HttpError(504, f"{name} did not finish within {self.settings.gateway_wait_seconds:.0f}s; it "
                                      f"keeps running: GET /v1/transcriptions/{name}", code="timeout")
@@ -274,13 +299,18 @@ def _error(status: int, message: str, code: str | None = None, param: str | None
 # -- OpenAI-compatible ---------------------------------------------------------------------
 async def _sync_transcription(request: Request, task: str) -> Response:
     gw = _gw(request)
+    timing = Timing()
     ident, ns = await gw.caller(request, "create")
+    timing.mark("auth")
     with gw.slot(ident):
-        obj, fmt, words = await gw.submit(request, ident, ns, task=task, priority_field=False, wait=True)
+        obj, fmt, words = await gw.submit(request, ident, ns, task=task, priority_field=False, wait=True,
+                                          timing=timing)
         result = await gw.result_of(obj)
     body, media = openai.response(result, fmt, task=task, words=words)
+    timing.mark("result")
     return Response(body, media_type=media, headers={"X-Kubescribe-Request": obj["metadata"]["name"],
-                                                     "X-Kubescribe-Cached": str(bool(obj["status"].get("cached"))).lower()})
+                                                     "X-Kubescribe-Cached": str(bool(obj["status"].get("cached"))).lower(),
+                                                     "Server-Timing": timing.header()})
 
 
 async def transcriptions(request: Request) -> Response:
