@@ -296,3 +296,7 @@ class GatewayMetrics:
             "Resident memory of this process (psutil RSS), in bytes.",
             registry=r,
         )
+        # Every route's latency series exists from the start, at 0: rate() cannot see the
+        # first call of a series that appears with count 1.
+        for route in GATEWAY_ROUTES:
+            self.request_duration_seconds.labels(route=route)

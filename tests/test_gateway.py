@@ -239,3 +239,32 @@ def test_readyz_checks_redis_and_the_api_server(gateway_env):
     r = httpx.get(f"{gateway_env['gateway'].url}/readyz")
     assert r.status_code == 200 and r.json() == {"ok": True, "redis": "ok", "apiserver": "ok"}, r.text
     assert httpx.get(f"{gateway_env['gateway'].url}/health").json()["status"] == "ok"
+
+
+def test_prometheus_scrapes_the_gateway_and_every_gateway_panel_has_data(gateway_env, prometheus_factory, speech_dir):
+    """The dashboard's gateway row, evaluated by a real Prometheus on this module's traffic."""
+    import re
+    import time
+
+    from tests.test_monitoring import panel_queries
+
+    gw = gateway_env["gateway"]
+    prom = prometheus_factory([(f"127.0.0.1:{gw.metrics_port}", {"component": "gateway"})])
+    prom.wait_for_targets_up()
+    prom.wait_for('sum(kubescribe_gateway_requests_total{component="gateway"})',
+                  lambda r: r and float(r[0]["value"][1]) > 0, timeout=30)
+    # Rates need traffic between two scrapes: one more upload (a cache hit) after the first.
+    r = httpx.post(f"{gw.url}/v1/audio/transcriptions", files={"file": ("fox.wav", (speech_dir / "fox.wav").read_bytes())},
+                   data={"model": "whisper-1"}, headers=_bearer(gateway_env["writer"]), timeout=300)
+    assert r.status_code == 200, r.text
+    for family in ("upload_bytes", "request_duration_seconds"):
+        prom.wait_for(f'sum(rate(kubescribe_gateway_{family}_count{{component="gateway"}}[10m]))',
+                      lambda r: r and float(r[0]["value"][1]) > 0, timeout=30)
+    time.sleep(3)  # a few scrapes, as in tests/test_monitoring.py
+    gateway_panels = [(t, e) for t, e in panel_queries() if 'component="gateway"' in e]
+    assert len({t for t, _ in gateway_panels}) == 5
+    for title, expr in gateway_panels:
+        result = prom.query(expr)
+        assert result, f"panel {title!r}: no data for {expr}"
+        assert any(re.match(r"^-?[0-9.e+]+$", s["value"][1]) and s["value"][1] != "NaN" for s in result) or \
+            "in_flight" in expr, f"panel {title!r}: only NaN: {result}"
