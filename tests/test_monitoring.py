@@ -121,7 +121,7 @@ def test_promtool_checks_the_scrape_config_offline():
     cfg = yaml.safe_load(SCRAPE_CONFIG.read_text())
     assert (SCRAPE_CONFIG.parent / cfg["rule_files"][0]).resolve() == RULES.resolve()
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    assert set(jobs) == {"kubescribe-operator", "kubescribe-runner"}
+    assert set(jobs) == {"kubescribe-operator", "kubescribe-gateway", "kubescribe-runner"}
     for job in jobs.values():
         relabels = job["relabel_configs"]
         keep = next(r for r in relabels if r["action"] == "keep")
