@@ -17,6 +17,7 @@ Answers are reused for ``KUBESCRIBE_GATEWAY_AUTH_CACHE_SECONDS`` per token and a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -171,6 +172,31 @@ class Authorizer:
         self.api_keys = api_keys
         self._tokens = _TTLCache(cache_seconds)
         self._access = _TTLCache(cache_seconds)
+        self._pending: dict[Any, asyncio.Future] = {}
+
+    async def _once(self, key: Any, call):
+        """One review in flight per token and action: a burst of calls with the same
+        token waits for the first one's answer instead of sending the API server one
+        review each (200 concurrent uploads: 2 reviews, not 400)."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            result = await call()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: waiters re-raise it, no "never retrieved" warning
+            raise
+        else:
+            fut.set_result(result)
+            return result
+        finally:
+            del self._pending[key]
 
     async def authenticate(self, header: str | None) -> Identity:
         token = bearer_token(header)
@@ -181,6 +207,9 @@ class Authorizer:
         cached = self._tokens.get(key)
         if cached is not None:
             return cached
+        return await self._once(("token", key), lambda: self._review_token(token, key))
+
+    async def _review_token(self, token: str, key: bytes) -> Identity:
         from .kubeclient import KubeError
 
         try:
@@ -202,6 +231,9 @@ class Authorizer:
         cached = self._access.get(key)
         if cached is not None:
             return cached
+        return await self._once(("access", key), lambda: self._review_access(ident, attributes, key))
+
+    async def _review_access(self, ident: Identity, attributes: dict[str, Any], key: Any) -> bool:
         from .kubeclient import KubeError
 
         try:

@@ -224,3 +224,36 @@ def test_an_analysis_is_computed_once_and_kept_seven_days(redis_store):
     assert redis_store.analysis(RESULT_PREFIX + "gone") is None
     redis_store.clear()
     assert not redis_store.client.keys("kubescribe:analysis:*")
+
+
+def test_a_burst_with_one_token_costs_one_token_review_and_one_access_review():
+    import asyncio
+
+    from kubescribe.gateway.auth import Authorizer, request_attributes
+
+    class CountingKube:  # stands in for the API server's two review endpoints
+        def __init__(self):
+            self.reviews = {"token": 0, "access": 0}
+
+        async def token_review(self, token):
+            self.reviews["token"] += 1
+            await asyncio.sleep(0.01)  # the review's round trip, so the burst overlaps it
+            return {"authenticated": token == "good", "user": {"username": "alice", "groups": ["devs"]}}
+
+        async def access_review(self, user, groups, uid, extra, attributes):
+            self.reviews["access"] += 1
+            await asyncio.sleep(0.01)
+            return {"allowed": True}
+
+    async def burst():
+        kube = CountingKube()
+        auth = Authorizer(kube, ApiKeys(None), cache_seconds=10)
+        idents = await asyncio.gather(*(auth.authenticate("Bearer good") for _ in range(50)))
+        allowed = await asyncio.gather(*(auth.allowed(idents[0], request_attributes("create", "ns")) for _ in range(50)))
+        refused = await asyncio.gather(*(auth.authenticate("Bearer bad") for _ in range(5)), return_exceptions=True)
+        return kube.reviews, idents, allowed, refused
+
+    reviews, idents, allowed, refused = asyncio.run(burst())
+    assert {i.user for i in idents} == {"alice"} and all(allowed)
+    assert all(isinstance(r, AuthError) and r.status == 401 for r in refused)
+    assert reviews == {"token": 2, "access": 1}  # good once, bad once (refusals are not cached)
