@@ -16,6 +16,8 @@ pooled_vs_per_job           20 short requests: warm pooled runners vs one Job ea
 burst_1000                  1,000 requests at once: time to admit/queue, operator CPU/RSS
 scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, throughput,
                             writes per request (audit log), etcd object counts with the TTL
+gateway_cache_hit_overhead  gateway HTTP round trip vs creating the request directly (hits)
+gateway_concurrent_uploads  200 concurrent small uploads through the gateway, its peak RSS
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -33,4 +35,6 @@ NAMES = (
     "pooled_vs_per_job",
     "burst_1000",
     "scale_10k",
+    "gateway_cache_hit_overhead",
+    "gateway_concurrent_uploads",
 )

@@ -38,6 +38,8 @@ def _load(name: str):
         from . import codec as mod
     elif name == "scale_10k":
         from . import scale as mod
+    elif name.startswith("gateway_"):
+        from . import gateway as mod
     else:
         from . import cluster as mod
     return getattr(mod, name)

@@ -1,5 +1,5 @@
-"""Commands against a cluster running the operator: ``submit``, ``result`` and
-``history clear``."""
+"""Commands against a cluster running the operator: ``submit``, ``result``, ``analyze``
+and ``history clear``."""
 
 from __future__ import annotations
 
@@ -195,3 +195,45 @@ def cmd_history(args) -> int:
             raise CliError(f"--older-than: {exc}", EXIT_USAGE) from None
     api = _custom_api(args)
     return cmd_history_clear(args, api, "" if args.all_namespaces else _namespace(args))
+
+def _read_request(api, ns: str, name: str) -> dict:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise CliError(f"no TranscriptionRequest {name} in {ns}", EXIT_FAILED) from None
+        raise
+
+
+def cmd_analyze(args) -> int:
+    """The analysis of a finished request (word count, speaking rate, speech/silence,
+    language, frequent words), computed once and kept in Redis for 7 days: the same
+    function and cache entry as the gateway's ``/v1/transcriptions/{name}/analysis``."""
+    import json
+
+    store = open_cli_store(args)
+    api = _custom_api(args)
+    ns = _namespace(args)
+    obj = _read_request(api, ns, args.name)
+    status = obj.get("status") or {}
+    if status.get("phase") != "Succeeded":
+        raise CliError(f"{args.name} is {status.get('phase') or 'Pending'}: only a finished transcription "
+                       "can be analysed", EXIT_FAILED)
+    got = store.analysis(status["resultKey"])
+    if got is None:
+        raise CliError(f"the result of {args.name} has expired from Redis ({status['resultKey']})", EXIT_FAILED)
+    doc, cached = got
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"name": args.name, **doc, "cached": cached}, indent=2) + "\n")
+        return EXIT_OK
+    top = ", ".join(f"{w['word']} ({w['count']})" for w in doc["top_words"]) or "-"
+    sys.stdout.write(
+        f"words            {doc['word_count']}\n"
+        f"duration         {doc['duration_seconds']:.1f} s (speech {doc['speech_seconds']:.1f} s, "
+        f"silence {doc['silence_seconds']:.1f} s, speech ratio {doc['speech_ratio']:.0%})\n"
+        f"speaking rate    {doc['speaking_rate_wpm']:.0f} words/min of speech\n"
+        f"language         {doc['language'] or '-'}\n"
+        f"frequent words   {top}\n")
+    return EXIT_OK

@@ -11,6 +11,7 @@ Against a cluster running the operator::
     kubescribe submit talk.mp3 --wait --format vtt      # upload, create the request, print
     kubescribe result my-request --format srt
     kubescribe history clear --older-than 7d            # delete finished requests
+    kubescribe analyze my-request                       # words, speaking rate, silence (cached 7 days)
 
 Every error is one line on stderr and an exit code from kubescribe.outcomes: 1 the
 request failed (or is not there, or a confirmation was declined), 2 usage, 65 bad input, 75 transient (Redis or the API
@@ -30,7 +31,7 @@ from kubescribe.render import FORMATS
 from kubescribe.settings import CliSettings
 from kubescribe.store import StoreError
 
-from .cluster import cmd_history, cmd_result, cmd_submit
+from .cluster import cmd_analyze, cmd_history, cmd_result, cmd_submit
 from .history import PHASE_FILTERS
 from .common import CliError
 from .local import cmd_cache, cmd_crd, cmd_transcribe
@@ -118,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--kubeconfig", default=CliSettings().kubeconfig)
     hc.add_argument("--context")
     h.set_defaults(func=cmd_history)
+
+    a = sub.add_parser("analyze", help="word count, speaking rate, speech/silence and frequent words of a "
+                                       "finished TranscriptionRequest (cached in Redis for 7 days)")
+    a.add_argument("name")
+    a.add_argument("--format", "-f", choices=["text", "json"], default="text")
+    a.add_argument("--redis", metavar="URL")
+    a.add_argument("--namespace", "-n")
+    a.add_argument("--kubeconfig", default=CliSettings().kubeconfig)
+    a.add_argument("--context")
+    a.set_defaults(func=cmd_analyze)
 
     crd = sub.add_parser("crd", help="print the TranscriptionRequest CRD (generated from the models)")
     crd.set_defaults(func=cmd_crd)

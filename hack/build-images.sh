@@ -491,6 +491,7 @@ verify_image() {  # verify_image NAME: the smoke checks of one image, output to 
       # briefly with no cluster and look for kopf's startup failing on the missing config.
       run_in "$ref" sh -c 'id -u; out=$(timeout -k 5 10 kubescribe-operator --help 2>&1)
                            printf "%s\n" "$out" | grep -m1 "Invalid kube-config file"' \
+        && run_in "$ref" sh -c 'kubescribe-gateway --version' \
         && run_in "$ref" sh -c "$nobuild" ;;
     runner)
       run_in "$ref" sh -c "id -u; kubescribe-runner --help | head -5" \

@@ -359,3 +359,83 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         "events and admissions of many requests proceed while one waits on the API server."
     )
     audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
+
+
+class GatewaySettings(RedisSettings, ProcessSettings):
+    """What ``kubescribe-gateway`` (kubescribe.gateway) reads from the environment."""
+
+    gateway_host: str = Field(
+        "0.0.0.0", description="Address the HTTP API listens on; all interfaces, since a "
+        "Service sends traffic to the pod IP."
+    )
+    gateway_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP API (named `http`).")
+    gateway_metrics_port: int = Field(
+        8080, ge=-1, le=65535,
+        description="Port of /metrics, apart from the API so that an Ingress never exposes it; "
+        "-1 disables. 8080 as on the operator.",
+    )
+    gateway_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces the gateway creates requests in (JSON list); empty: any "
+        "namespace its RBAC allows. A caller naming another namespace gets 403.",
+    )
+    gateway_default_namespace: str = Field(
+        "",
+        description="Namespace of callers that name none (X-Kubescribe-Namespace header) and "
+        "are not ServiceAccounts (whose own namespace is the default) nor API keys (which "
+        "carry theirs). Empty: such callers must name one.",
+    )
+    gateway_max_upload_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1,
+        description="Largest audio upload, in bytes: 25 MiB, OpenAI's own limit, so clients "
+        "written for it fit; raise it for long recordings (the runners' own limit is "
+        "KUBESCRIBE_MAX_AUDIO_BYTES).",
+    )
+    gateway_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long a synchronous /v1/audio/* call waits for its request to finish "
+        "before answering 504 (the request keeps running; its name is in the error). Ten "
+        "minutes covers a long file on a warm GPU; longer audio belongs on /v1/transcriptions.",
+    )
+    gateway_max_concurrent_per_identity: int = Field(
+        8,
+        ge=1,
+        description="Calls one identity may have in flight at once on one gateway replica; "
+        "more get 429. Keeps one client from holding every connection and upload buffer.",
+    )
+    gateway_model_aliases: dict[str, str] = Field(
+        default_factory=lambda: {"whisper-1": "tiny.en"},
+        description="OpenAI model names mapped to faster-whisper models (JSON object); a name "
+        "not in the table is passed through as the model. whisper-1 maps to the bundled "
+        "default so that unmodified OpenAI clients work.",
+    )
+    gateway_api_keys_file: str | None = Field(
+        None,
+        description="JSON file of API keys (mounted from a Secret): {\"<name>\": {\"sha256\": "
+        "\"<hex of the key>\", \"namespace\": \"...\", \"user\": \"...\", \"groups\": [...]}}. "
+        "Keys are stored hashed; RBAC still decides what the mapped identity may do. Re-read "
+        "when the file changes, so a rotated Secret takes effect without a restart.",
+    )
+    gateway_auth_cache_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a TokenReview or SubjectAccessReview answer is reused for the "
+        "same token and action: a client making many calls costs the API server one review "
+        "per 10 s, and a revoked right stops working within 10 s. 0 reviews every call.",
+    )
+    gateway_audio_ttl_seconds: int = Field(
+        86400, ge=60, description="TTL of uploaded audio in Redis, as the CLI's uploads (24 h)."
+    )
+    gateway_analysis_ttl_seconds: int = Field(
+        7 * 86400, ge=60, description="TTL of a cached analysis: 7 days, as the inherited service kept it."
+    )
+    kubeconfig: str | None = Field(
+        None, validation_alias="KUBECONFIG",
+        description="kubeconfig for running outside a cluster; in a pod the ServiceAccount is used.",
+    )
+    kubernetes_service_host: str | None = Field(
+        None, validation_alias="KUBERNETES_SERVICE_HOST",
+        description="Set by the kubelet in every pod: the gateway then uses its ServiceAccount.",
+    )

@@ -6,6 +6,7 @@ Key layout (docs/architecture.md)::
     kubescribe:result:<cache key>    gzip-compressed JSON transcript, 24 h TTL by default
     kubescribe:stats:cache           hash {hits, misses}: hit rate shared by every process
     kubescribe:stats:clears          how many times the cache was cleared (not reset by a clear)
+    kubescribe:analysis:<cache key>  JSON analysis of a transcript (kubescribe.analysis), 7 days
 
 Redis is reached through a URL (``redis://`` or ``rediss://`` for TLS) and a password that
 comes from a Secret via the environment, never from a custom resource. ``MemoryStore``
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 PREFIX = "kubescribe"
 AUDIO_PREFIX = f"{PREFIX}:audio:"
 RESULT_PREFIX = f"{PREFIX}:result:"
+ANALYSIS_PREFIX = f"{PREFIX}:analysis:"
 STATS_KEY = f"{PREFIX}:stats:cache"
 CLEARS_KEY = f"{PREFIX}:stats:clears"
 
@@ -38,6 +40,8 @@ DEFAULT_RESULT_TTL = 86400
 #: Audio TTL: long enough for a queued request to wait for a GPU, short enough that
 #: uploads do not pile up in Redis memory.
 DEFAULT_AUDIO_TTL = 86400
+#: Analysis TTL: 7 days, as the inherited service kept its analyses.
+DEFAULT_ANALYSIS_TTL = 7 * 86400
 #: Bump when the result JSON or the key derivation changes, so old entries miss.
 CACHE_SCHEMA = 1
 
@@ -74,6 +78,13 @@ def cache_key(audio_sha256: str, params: Mapping[str, Any]) -> str:
     doc = {"v": CACHE_SCHEMA, "audio": audio_sha256, "params": dict(params)}
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def analysis_key(result_redis_key: str) -> str:
+    """The analysis key of a transcript, from its result key (``status.resultKey``): one
+    analysis per content, shared by every request answered with that transcript."""
+    tail = result_redis_key[len(RESULT_PREFIX):] if result_redis_key.startswith(RESULT_PREFIX) else sha256_hex(result_redis_key.encode())
+    return ANALYSIS_PREFIX + tail
 
 
 def audio_sha_from_key(key: str | None) -> str | None:
@@ -229,6 +240,25 @@ class Store:
         blob = self._call(self.client.get, rkey)
         return decode_result(blob) if blob is not None else None
 
+    def analysis(self, rkey: str, ttl: int = DEFAULT_ANALYSIS_TTL) -> tuple[dict[str, Any], bool] | None:
+        """The analysis of the transcript at ``rkey`` and whether it came from the cache:
+        computed once (:func:`kubescribe.analysis.analyze`) and kept ``ttl`` seconds.
+        None when the transcript itself has expired."""
+        from kubescribe.analysis import ANALYSIS_VERSION, analyze
+
+        akey = analysis_key(rkey)
+        blob = self._call(self.client.get, akey)
+        if blob is not None:
+            cached = json.loads(blob)
+            if cached.get("version") == ANALYSIS_VERSION:
+                return cached, True
+        result = self.read_result_key(rkey)
+        if result is None:
+            return None
+        doc = analyze(result)
+        self._call(self.client.set, akey, json.dumps(doc, separators=(",", ":")).encode(), ex=ttl)
+        return doc, False
+
     def record_lookup(self, hit: bool) -> None:
         """Count a lookup in the shared hash and refresh the hit-rate gauge.
 
@@ -263,12 +293,13 @@ class Store:
         return CacheStats(hits=get("hits"), misses=get("misses"), results=results, audio=audio, clears=clears)
 
     def clear(self, audio: bool = False) -> int:
-        """Delete every cached result (and uploaded audio if asked) and reset the hit rate.
+        """Delete every cached result and analysis (and uploaded audio if asked) and reset
+        the hit rate.
 
         The clear itself is counted in Redis, where the operator reads it for Prometheus:
         the CLI that clears is never scraped.
         """
-        patterns = [RESULT_PREFIX + "*"] + ([AUDIO_PREFIX + "*"] if audio else [])
+        patterns = [RESULT_PREFIX + "*", ANALYSIS_PREFIX + "*"] + ([AUDIO_PREFIX + "*"] if audio else [])
         deleted = 0
         for pattern in patterns:
             keys = self._keys(pattern)

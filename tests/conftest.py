@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.core", "tests.envtest.fixtures", "tests.support.operator"]
+pytest_plugins = ["tests.support.core", "tests.envtest.fixtures", "tests.support.operator", "tests.support.gateway"]

@@ -3,7 +3,7 @@ core imports no operator, runner or CLI code; the operator and the runner never 
 each other; the CLI is a layer of its own on top; no import cycles.
 
 grimp builds its graph from a package's directory, and setuptools' package-dir maps the
-top-level operator/, runner/ and cli/ folders into the kubescribe namespace; so the
+top-level operator/, runner/, gateway/ and cli/ folders into the kubescribe namespace; so the
 check runs on a copy of the source laid out as it is installed.
 """
 
@@ -15,7 +15,7 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED = {"operator": "operator", "runner": "runner", "cli": "cli"}
+MAPPED = {"operator": "operator", "runner": "runner", "gateway": "gateway", "cli": "cli"}
 
 
 def installed_layout(dest: Path) -> Path:
@@ -53,7 +53,7 @@ def test_the_check_sees_the_operator_runner_and_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     modules = set(proc.stdout.split())
     for module in ("kubescribe.operator.reconciler", "kubescribe.runner.pool", "kubescribe.cli.main",
-                   "kubescribe.outcomes"):
+                   "kubescribe.gateway.app", "kubescribe.outcomes"):
         assert module in modules, module
 
 
@@ -64,6 +64,15 @@ def test_a_broken_layer_is_caught(tmp_path):
     models.write_text(models.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
     proc = lint_imports(tree)
     assert proc.returncode != 0 and "kubescribe.models -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
+
+
+def test_the_gateway_importing_the_operator_is_caught(tmp_path):
+    """The gateway talks to the operator only through TranscriptionRequests."""
+    tree = installed_layout(tmp_path / "src")
+    app = tree / "kubescribe" / "gateway" / "app.py"
+    app.write_text(app.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
+    proc = lint_imports(tree)
+    assert proc.returncode != 0 and "kubescribe.gateway.app -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
 
 
 def test_no_top_level_operator_package_is_installed():

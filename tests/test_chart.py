@@ -839,3 +839,136 @@ def test_network_policies_limit_runner_egress_to_redis_dns_and_audio_ranges(offl
     (pol,) = [d for d in ext if d["kind"] == "NetworkPolicy"]
     assert {"to": [{"ipBlock": {"cidr": "10.96.5.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]} in pol["spec"]["egress"]
     assert not [d for d in render(offline_helm, {"redis": {"internal": {"enabled": True}}}) if d["kind"] == "NetworkPolicy"]
+
+# --------------------------------------------------------------------------- the gateway
+
+GATEWAY_ALL_ON = {"gateway": {"enabled": True, "ingress": {"enabled": True, "className": "nginx",
+                                                          "tls": [{"secretName": "gw-tls", "hosts": ["kubescribe.example.com"]}]},
+                              "autoscaling": {"enabled": True}, "podDisruptionBudget": {"enabled": True},
+                              "apiKeys": {"existingSecret": "gw-keys"}},
+                  "monitoring": {"serviceMonitor": {"enabled": True}}}
+
+
+def test_lint_strict_with_the_gateway_and_its_options(offline_helm):
+    out = offline_helm.lint(CHART, values=GATEWAY_ALL_ON).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_the_gateway_is_off_by_default_and_complete_when_on(offline_helm):
+    assert not [d for d in render(offline_helm) if "gateway" in d["metadata"]["name"]]
+    docs = kinds(render(offline_helm, GATEWAY_ALL_ON))
+    dep = docs[("Deployment", "ks-kubescribe-gateway")]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    # The operator image carries the gateway; only the command differs.
+    assert c["image"] == "ghcr.io/kubescribe/kubescribe-operator:0.1.0" and c["command"] == ["kubescribe-gateway"]
+    assert "replicas" not in dep["spec"]  # the HPA owns it
+    assert pod["serviceAccountName"] == "ks-kubescribe-gateway"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {p["name"] for p in c["ports"]} == {"http", "metrics"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert {"name": "api-keys", "secret": {"secretName": "gw-keys"}} in pod["volumes"]
+    svc = docs[("Service", "ks-kubescribe-gateway")]
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+    ing = docs[("Ingress", "ks-kubescribe-gateway")]
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
+        "name": "ks-kubescribe-gateway", "port": {"name": "http"}}
+    assert docs[("HorizontalPodAutoscaler", "ks-kubescribe-gateway")]["spec"]["maxReplicas"] == 10
+    assert docs[("PodDisruptionBudget", "ks-kubescribe-gateway")]["spec"]["minAvailable"] == 1
+    assert ("ServiceMonitor", "ks-kubescribe-gateway") in docs
+    admin = docs[("ClusterRole", "ks-kubescribe-cache-admin")]
+    assert admin["rules"] == [{"apiGroups": ["kubescribe.io"], "resources": ["cache"], "verbs": ["get", "delete"]}]
+    reviews = docs[("ClusterRole", "ks-kubescribe-gateway-reviews")]
+    assert {r["resources"][0]: r["verbs"] for r in reviews["rules"]} == {
+        "tokenreviews": ["create"], "subjectaccessreviews": ["create"]}
+    assert docs[("ClusterRole", "ks-kubescribe-gateway")]["rules"][0]["verbs"] == [
+        "create", "get", "list", "watch", "delete"]
+
+
+def test_a_gateway_serving_named_namespaces_gets_a_role_in_each(offline_helm):
+    raw = render(offline_helm, {"gateway": {"enabled": True, "namespaces": ["team-a", "team-b"]}})
+    docs = kinds(raw)
+    assert ("ClusterRole", "ks-kubescribe-gateway") not in docs
+    roles = [d for d in raw if d["kind"] == "Role" and d["metadata"]["name"] == "ks-kubescribe-gateway"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    # Reviews are cluster-scoped APIs: that ClusterRole stays.
+    assert ("ClusterRole", "ks-kubescribe-gateway-reviews") in docs
+
+
+def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
+    from kubescribe.settings import GatewaySettings
+
+    values = {"gateway": {"enabled": True, "namespaces": ["team-a"], "defaultNamespace": "team-a",
+                          "maxUploadBytes": 1048576, "waitSeconds": 42.5, "maxConcurrentPerIdentity": 3,
+                          "modelAliases": {"whisper-1": "small", "fast": "tiny.en"}, "authCacheSeconds": 0,
+                          "audioTtlSeconds": 3600, "analysisTtlSeconds": 7200, "port": 9000, "metricsPort": 9001,
+                          "apiKeys": {"existingSecret": "keys", "key": "k.json"}, "logLevel": "DEBUG"},
+              "redis": {"url": "redis://r:6379/1", "existingSecret": "redis-auth"}}
+    dep = kinds(render(offline_helm, values))[("Deployment", "ks-kubescribe-gateway")]
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    plain = {e["name"]: e["value"] for e in env if "value" in e}
+    refs = {e["name"] for e in env if "valueFrom" in e}
+    assert refs == {"KUBESCRIBE_REDIS_PASSWORD"}
+    names = {f"KUBESCRIBE_{n.upper()}" for n, f in GatewaySettings.model_fields.items() if not f.validation_alias}
+    assert {n for n in plain if n.startswith("KUBESCRIBE_")} <= names
+    not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE"}
+    assert names - set(plain) - refs - not_from_chart == set()
+    for name in list(os.environ):
+        if name.startswith("KUBESCRIBE_"):
+            monkeypatch.delenv(name)
+    for name, value in plain.items():
+        monkeypatch.setenv(name, value)
+    s = GatewaySettings()
+    assert s.gateway_namespaces == ["team-a"] and s.gateway_default_namespace == "team-a"
+    assert (s.gateway_max_upload_bytes, s.gateway_wait_seconds, s.gateway_max_concurrent_per_identity) == (1048576, 42.5, 3)
+    assert s.gateway_model_aliases == {"whisper-1": "small", "fast": "tiny.en"} and s.gateway_auth_cache_seconds == 0
+    assert (s.gateway_audio_ttl_seconds, s.gateway_analysis_ttl_seconds) == (3600, 7200)
+    assert (s.gateway_port, s.gateway_metrics_port, s.log_level) == (9000, 9001, "DEBUG")
+    assert s.gateway_api_keys_file == "/etc/kubescribe/api-keys/k.json" and s.redis_url == "redis://r:6379/1"
+
+
+@pytest.mark.kube
+def test_helm_install_gateway_rbac_lets_it_review_and_create_requests_only(
+        helm, kube_cluster, kube_api, kube_namespace, fake_kubelet, redis_server, speech_dir, tmp_path):
+    """The gateway runs with the chart's ServiceAccount token: a caller allowed by RBAC
+    gets words back, and the gateway itself may not do more than the chart says."""
+    import httpx
+    from kubernetes import client
+
+    from tests.support.gateway import WRITER_RULES, Callers, GatewayProcess
+    from tests.support.operator import OperatorProcess
+
+    ns, release = kube_namespace, f"ks-{uuid.uuid4().hex[:5]}"
+    full = f"{release}-kubescribe"
+    helm.install(release, CHART, ns, {"redis": {"url": redis_server.url}, "gateway": {"enabled": True}})
+    try:
+        sa = f"system:serviceaccount:{ns}:{full}-gateway"
+        assert _can_i(kube_cluster, sa, "create", "tokenreviews.authentication.k8s.io")
+        assert _can_i(kube_cluster, sa, "create", "subjectaccessreviews.authorization.k8s.io")
+        assert _can_i(kube_cluster, sa, "create", "transcriptionrequests.kubescribe.io", "-n", "anywhere")
+        for args in (("patch", "transcriptionrequests.kubescribe.io", "--subresource=status", "-n", ns),
+                     ("get", "secrets", "-n", ns), ("create", "jobs.batch", "-n", ns), ("list", "pods", "-n", ns),
+                     ("create", "clusterrolebindings"), ("delete", "cache.kubescribe.io")):
+            assert not _can_i(kube_cluster, sa, *args), f"the gateway may {' '.join(args)}"
+        kubeconfig = kube_cluster.service_account_kubeconfig(ns, f"{full}-gateway")
+        op = OperatorProcess(str(kube_cluster.kubeconfig_path), ns, redis_server.url, tmp_path).start()
+        gw = GatewayProcess(kubeconfig, redis_server.url, tmp_path).start()
+        try:
+            writer = Callers(kube_api, ns).token("chart-writer", rules=WRITER_RULES)
+            with (speech_dir / "fox.wav").open("rb") as f:
+                r = httpx.post(f"{gw.url}/v1/audio/transcriptions", files={"file": ("fox.wav", f)},
+                               data={"model": "whisper-1", "response_format": "text"},
+                               headers={"Authorization": f"Bearer {writer}"}, timeout=300)
+            assert r.status_code == 200, (r.text, gw.logs()[-2000:])
+            assert "fox" in r.text.lower()
+            assert httpx.get(f"{gw.url}/readyz").status_code == 200
+            assert "gateway_rbac" not in gw.logs() and "Traceback" not in gw.logs()
+        finally:
+            gw.stop()
+            op.stop()
+    finally:
+        helm.uninstall(release, ns)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    assert wait_for(lambda: f"{full}-gateway" not in [r.metadata.name for r in rbac.list_cluster_role().items],
+                    timeout=30, description="gateway ClusterRoles removed by helm uninstall")

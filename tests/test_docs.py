@@ -45,3 +45,15 @@ def test_no_document_outside_the_repository_is_cited():
         assert "DESIGN.md" not in text, path
         for cited in re.findall(r"docs/[\w.-]+\.md", text):
             assert (ROOT / cited).exists(), (path, cited)
+
+
+def test_every_gateway_setting_is_in_the_readme():
+    from kubescribe.settings import GatewaySettings
+
+    for name, field in GatewaySettings.model_fields.items():
+        env = field.validation_alias or f"KUBESCRIBE_{name.upper()}"
+        assert f"`{env}`" in README, env
+    for route in ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/transcriptions/{name}/events",
+                  "/v1/transcriptions/{name}/analysis", "/api/admin/cache/stats", "/api/admin/cache/clear",
+                  "/health", "/readyz"):
+        assert f"`{route}" in README or f"`GET {route}" in README or f"`POST {route}" in README, route

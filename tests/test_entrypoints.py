@@ -52,3 +52,27 @@ def test_a_bad_runner_setting_is_bad_input_not_a_retry(tmp_path, command):
     proc = run(tmp_path, "kubescribe.runner.main", command, KUBESCRIBE_METRICS_PORT="nine")
     assert proc.returncode == 65  # the podFailurePolicy fails the Job at once: a retry cannot help
     assert one_line(proc).startswith("kubescribe-runner: invalid setting KUBESCRIBE_METRICS_PORT='nine'")
+
+
+def test_the_gateway_tells_its_version_and_usage(tmp_path):
+    proc = run(tmp_path, "kubescribe.gateway.main", "--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"kubescribe-gateway {__version__}"
+    usage = run(tmp_path, "kubescribe.gateway.main", "--help")
+    assert usage.returncode == 0 and "KUBESCRIBE_" in usage.stdout
+
+
+def test_a_bad_gateway_setting_names_the_variable(tmp_path):
+    proc = run(tmp_path, "kubescribe.gateway.main", KUBESCRIBE_GATEWAY_MAX_UPLOAD_BYTES="lots")
+    assert proc.returncode == 2
+    assert one_line(proc).startswith("kubescribe-gateway: invalid setting KUBESCRIBE_GATEWAY_MAX_UPLOAD_BYTES='lots'")
+
+
+def test_the_gateway_without_cluster_credentials_or_with_a_bad_key_file_exits(tmp_path):
+    proc = run(tmp_path, "kubescribe.gateway.main", KUBECONFIG=str(tmp_path / "missing.kubeconfig"))
+    assert proc.returncode == 2
+    assert one_line(proc).startswith("kubescribe-gateway: no cluster credentials")
+    keys = tmp_path / "keys.json"
+    keys.write_text("{not json")
+    proc = run(tmp_path, "kubescribe.gateway.main", KUBESCRIBE_GATEWAY_API_KEYS_FILE=str(keys))
+    assert proc.returncode == 2
+    assert one_line(proc).startswith(f"kubescribe-gateway: KUBESCRIBE_GATEWAY_API_KEYS_FILE={keys}: not a valid")

@@ -434,3 +434,59 @@ def test_pool_mode_runs_warm_runners_as_real_pods(release: Release, speech_dir: 
     assert pool_pods, "no pooled runner pod ran"
     assert all(p["spec"]["containers"][0]["image"] == release.node.images["runner"] for p in pool_pods)
     assert len(pool_pods) < len(names) + 1  # warm runners took several requests
+
+
+# ------------------------------------------------------------------------------ the gateway
+
+
+def test_the_gateway_from_the_chart_answers_openai_and_curl_with_a_service_account_token(
+        release: Release, speech_dir: Path):
+    """`gateway.enabled`: the gateway Deployment runs from the operator image on the real
+    node; a ServiceAccount token of the user namespace is checked by the in-cluster
+    TokenReview and SubjectAccessReview; the official openai client (pod IP) and curl
+    (Service IP, through kube-proxy) get the words back."""
+    import openai
+
+    release.upgrade(**{"operator.mode": "job", "gateway.enabled": True, "gateway.replicas": 1,
+                       "gateway.resources": SMALL})
+    pods = wait_for(lambda: [p for p in kubectl_json(release.node, "get", "pods", "-n", SYSTEM_NS, "-l",
+                                                     "app.kubernetes.io/component=gateway")["items"]
+                             if {c["type"]: c["status"] for c in p["status"].get("conditions") or []}.get("Ready")
+                             == "True"], timeout=180, interval=0.5, description="gateway pod Ready")
+    pod = pods[0]
+    assert pod["spec"]["containers"][0]["image"] == release.node.images["operator"]
+    assert pod["spec"]["containers"][0]["command"] == ["kubescribe-gateway"]
+    node = release.node
+    node.kubectl("create", "serviceaccount", "app", "-n", USER_NS, check=True)
+    node.kubectl("create", "role", "transcribe", "-n", USER_NS, "--verb=create,get",
+                 "--resource=transcriptionrequests.kubescribe.io", check=True)
+    node.kubectl("create", "rolebinding", "app-transcribe", "-n", USER_NS, "--role=transcribe",
+                 f"--serviceaccount={USER_NS}:app", check=True)
+    node.kubectl("create", "serviceaccount", "stranger", "-n", USER_NS, check=True)
+    token = node.kubectl("create", "token", "app", "-n", USER_NS, check=True).stdout.strip()
+    stranger = node.kubectl("create", "token", "stranger", "-n", USER_NS, check=True).stdout.strip()
+
+    client = openai.OpenAI(base_url=f"http://{pod['status']['podIP']}:8000/v1", api_key=token, max_retries=0,
+                           timeout=300)
+    t0 = time.monotonic()
+    with (speech_dir / "weather.wav").open("rb") as f:
+        first = client.audio.transcriptions.create(model="whisper-1", file=f, language="en")
+    print(f"\nopenai client -> gateway pod -> runner pod -> words: {time.monotonic() - t0:.1f}s")
+    assert wer(SENTENCES["weather"], first.text) <= 0.25, first.text
+    with (speech_dir / "weather.wav").open("rb") as f:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=f, language="en", response_format="srt")
+    assert srt.startswith("1\n00:00:00,000 --> ") and "weather" in srt.lower()
+
+    svc = kubectl_json(node, "get", "service", f"{RELEASE}-kubescribe-gateway", "-n", SYSTEM_NS)
+    url = f"http://{svc['spec']['clusterIP']}:80/v1/audio/transcriptions"
+    curl = ["curl", "-sS", url, "-F", f"file=@{speech_dir / 'library.wav'}", "-F", "model=whisper-1",
+            "-F", "response_format=text", "-w", "\n%{http_code}"]
+    ok = subprocess.run([*curl, "-H", f"Authorization: Bearer {token}"], capture_output=True, text=True, timeout=330)
+    text, code = ok.stdout.rsplit("\n", 1)
+    assert code == "200" and wer(SENTENCES["library"], text) <= 0.25, ok.stdout + ok.stderr
+    refused = subprocess.run([*curl, "-H", f"Authorization: Bearer {stranger}"], capture_output=True, text=True,
+                             timeout=60)
+    body, code = refused.stdout.rsplit("\n", 1)
+    assert code == "403" and "may not create transcriptionrequests" in json.loads(body)["error"]["message"]
+    anonymous = subprocess.run(curl, capture_output=True, text=True, timeout=60)
+    assert anonymous.stdout.rsplit("\n", 1)[1] == "401"

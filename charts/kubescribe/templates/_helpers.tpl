@@ -175,4 +175,24 @@ namespace.
 {{- end }}
 {{- end }}
 {{- $list | uniq | toJson }}
+
+{{/* Selector of the gateway pods and Service. */}}
+{{- define "kubescribe.gatewaySelectorLabels" -}}
+{{ include "kubescribe.selectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "kubescribe.gatewayServiceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (printf "%s-gateway" (include "kubescribe.fullname" .)) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway runs from the operator image (its gateway extra) unless told otherwise. */}}
+{{- define "kubescribe.gatewayImage" -}}
+{{- $repo := default .Values.operator.image.repository .Values.gateway.image.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.operator.image.tag) .Values.gateway.image.tag }}
+{{- printf "%s:%s" $repo $tag }}
 {{- end }}

@@ -1,0 +1,15 @@
+"""The kubescribe HTTP gateway: an OpenAI-compatible transcription API on TranscriptionRequests.
+
+``kubescribe-gateway`` (installed as ``kubescribe.gateway``) authenticates every call
+with a Kubernetes TokenReview (or an API key from a Secret), authorizes it with a
+SubjectAccessReview, stores the audio in Redis and creates a TranscriptionRequest in the
+caller's namespace; the operator does the rest. It imports the shared core
+(``kubescribe/``) only, never the operator or the runner (import-linter contract).
+
+- :mod:`.app`: the routes (Starlette), one handler per endpoint.
+- :mod:`.auth`: who is calling (TokenReview, API keys) and what they may do (SAR).
+- :mod:`.kubeclient`: the few API server calls the gateway makes, on httpx.
+- :mod:`.openai`: OpenAI's fields to a request spec, results to OpenAI's shapes.
+- :mod:`.sniff`: is this upload audio at all.
+- :mod:`.main`: the ``kubescribe-gateway`` entry point.
+"""

@@ -1,0 +1,216 @@
+"""The API server calls the gateway makes, on one pooled httpx client.
+
+Why httpx and not kubernetes_asyncio: the gateway makes six calls (TokenReview,
+SubjectAccessReview, create/get/delete/watch of TranscriptionRequests), and httpx is a
+small, maintained async client that streams a watch natively; the generated async client
+would add a large dependency for them. Credentials are loaded once with the official
+client's config loader (in a pod: the ServiceAccount; outside: a kubeconfig), which the
+operator image already carries, so every kubeconfig form (client certificates, tokens,
+exec plugins written to a token) works as in kubectl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe.models import TERMINAL_PHASES
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubeError(Exception):
+    """The API server refused or failed a call: ``status`` is its HTTP code (0 when it
+    could not be reached) and ``message`` its one-line explanation."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Credentials:
+    host: str
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    verify: bool = True
+
+
+def load_credentials(kubeconfig: str | None, in_cluster: bool) -> Credentials:
+    """The gateway's own credentials: the pod's ServiceAccount in a cluster, else the
+    kubeconfig (``KUBECONFIG`` or ~/.kube/config). Raises ``RuntimeError`` with one line
+    when there are none."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        if in_cluster:
+            config.load_incluster_config(client_configuration=cfg)
+            # Bound ServiceAccount tokens rotate: read the file again, not the copy.
+            return Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, token_file=str(SA_DIR / "token"))
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    except Exception as exc:  # ConfigException, missing files, bad YAML
+        raise RuntimeError(f"no cluster credentials (not in a pod and no usable kubeconfig): {exc}") from None
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    token = auth.split(" ", 1)[1] if auth and " " in auth else auth
+    return Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file, key_file=cfg.key_file,
+                       token=token, verify=cfg.verify_ssl)
+
+
+def _tr_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+class KubeClient:
+    """Async calls to the API server as the gateway's ServiceAccount."""
+
+    def __init__(self, creds: Credentials, timeout: float = 30.0):
+        if creds.verify:
+            ctx = ssl.create_default_context(cafile=creds.ca_file) if creds.ca_file else ssl.create_default_context()
+        else:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if creds.cert_file and creds.key_file:
+            ctx.load_cert_chain(creds.cert_file, creds.key_file)
+        self.creds = creds
+        self._token_read_at = 0.0
+        self._token = creds.token
+        # Every waiting call holds a watch connection: the pool must exceed the number of
+        # calls in flight, or waiting calls would starve new ones.
+        self.http = httpx.AsyncClient(
+            base_url=creds.host, verify=ctx, timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=100),
+        )
+
+    def _headers(self) -> dict[str, str]:
+        if self.creds.token_file and time.monotonic() - self._token_read_at > 60:
+            self._token = Path(self.creds.token_file).read_text().strip()
+            self._token_read_at = time.monotonic()
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        try:
+            resp = await self.http.request(method, path, headers=self._headers(), **kw)
+        except httpx.HTTPError as exc:
+            raise KubeError(0, f"API server unreachable: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("message") or resp.reason_phrase
+            except ValueError:
+                message = resp.text[:200] or resp.reason_phrase
+            raise KubeError(resp.status_code, message)
+        if not resp.content or not resp.headers.get("content-type", "").startswith("application/json"):
+            return {}
+        return resp.json()
+
+    # -- authentication and authorization ----------------------------------------------
+    async def token_review(self, token: str) -> dict[str, Any]:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        return (await self._call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", json=body)).get("status") or {}
+
+    async def access_review(self, user: str, groups: list[str], uid: str | None, extra: dict[str, list[str]],
+                            attributes: dict[str, Any]) -> dict[str, Any]:
+        spec: dict[str, Any] = {"user": user, "groups": groups, "resourceAttributes": attributes}
+        if uid:
+            spec["uid"] = uid
+        if extra:
+            spec["extra"] = extra
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        return (await self._call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", json=body)).get("status") or {}
+
+    # -- TranscriptionRequests ----------------------------------------------------------
+    async def create_request(self, namespace: str, metadata: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+        return await self._call("POST", _tr_path(namespace), json=body)
+
+    async def get_request(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._call("GET", _tr_path(namespace, name))
+
+    async def delete_request(self, namespace: str, name: str) -> None:
+        await self._call("DELETE", _tr_path(namespace, name), json={"propagationPolicy": "Background"})
+
+    async def list_requests(self, namespace: str, label_selector: str) -> dict[str, Any]:
+        return await self._call("GET", _tr_path(namespace), params={"labelSelector": label_selector})
+
+    async def watch_events(self, namespace: str, label_selector: str, resource_version: str,
+                           timeout_seconds: int = 240) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(type, object) of every change from ``resource_version`` until the server ends
+        the watch; an ``ERROR`` event (410 Gone: the version is too old) is yielded too,
+        and the caller lists again."""
+        params = {"watch": "1", "labelSelector": label_selector, "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        try:
+            async with self.http.stream("GET", _tr_path(namespace), params=params, headers=self._headers(),
+                                        timeout=httpx.Timeout(timeout_seconds + 30, connect=10.0)) as resp:
+                if resp.status_code >= 400:
+                    raise KubeError(resp.status_code, (await resp.aread()).decode(errors="replace")[:200])
+                async for line in resp.aiter_lines():
+                    if line:
+                        event = json.loads(line)
+                        yield event.get("type", ""), event.get("object") or {}
+        except httpx.HTTPError as exc:
+            raise KubeError(0, f"watch broken: {type(exc).__name__}: {exc}") from None
+
+    async def ready(self) -> None:
+        await self._call("GET", "/readyz")
+
+    async def watch_request(self, namespace: str, name: str, obj: dict[str, Any],
+                            deadline: float) -> AsyncIterator[dict[str, Any]]:
+        """Yield the request each time it changes, starting with ``obj``, until it is
+        terminal, deleted (``KubeError`` 404) or ``deadline`` (monotonic) passes.
+
+        The watch starts at the object's resourceVersion, so no change between the read
+        and the watch is missed; a watch that ends (server timeout, 410 Gone) is resumed
+        from a fresh read.
+        """
+        yield obj
+        while (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            params = {"watch": "1", "fieldSelector": f"metadata.name={name}",
+                      "resourceVersion": obj["metadata"]["resourceVersion"],
+                      "timeoutSeconds": str(max(1, int(min(remaining, 240))))}
+            restart = False
+            try:
+                async with self.http.stream("GET", _tr_path(namespace), params=params, headers=self._headers(),
+                                            timeout=httpx.Timeout(remaining + 5, connect=10.0)) as resp:
+                    if resp.status_code >= 400:
+                        raise KubeError(resp.status_code, (await resp.aread()).decode(errors="replace")[:200])
+                    async for line in resp.aiter_lines():
+                        if not line:
+                            continue
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            restart = True  # 410 Gone: the version is too old; read afresh
+                            break
+                        if event.get("type") == "DELETED":
+                            raise KubeError(404, f"{name} was deleted")
+                        obj = event["object"]
+                        yield obj
+                        if (obj.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                            return
+            except httpx.HTTPError:
+                restart = True
+                await asyncio.sleep(0.2)  # back off before reconnecting, not a sync point
+            if restart or time.monotonic() < deadline:
+                obj = await self.get_request(namespace, name)
+                yield obj

@@ -1,0 +1,165 @@
+"""Run ``kubescribe-gateway`` as a process against the test cluster, and make callers:
+ServiceAccounts with TokenRequest tokens and the RBAC each one is meant to have."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubescribe import GROUP, PLURAL
+from tests.envtest import wait_for
+from tests.support.core import free_port
+from tests.support.operator import OperatorProcess
+
+
+class GatewayProcess:
+    """``kubescribe-gateway`` as a child process on free loopback ports, logs in a file."""
+
+    def __init__(self, kubeconfig: str, redis_url: str, workdir: Path, **settings: Any):
+        self.port, self.metrics_port = free_port(), free_port()
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self.workdir = workdir
+        self.env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_REDIS_URL=redis_url,
+                        KUBESCRIBE_GATEWAY_HOST="127.0.0.1", KUBESCRIBE_GATEWAY_PORT=str(self.port),
+                        KUBESCRIBE_GATEWAY_METRICS_PORT=str(self.metrics_port), KUBESCRIBE_LOG_LEVEL="INFO")
+        self.env.pop("KUBERNETES_SERVICE_HOST", None)
+        for k, v in settings.items():
+            self.env[f"KUBESCRIBE_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "GatewayProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubescribe.gateway.main"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.logs()[-3000:]}")
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                return r.status == 200
+
+        wait_for(healthy, timeout=60, interval=0.1, description="gateway /health", ignore=(OSError,))
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+#: What a caller who may transcribe in a namespace is granted.
+WRITER_RULES = [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["create", "get", "list", "watch", "delete"]}]
+#: The gateway's admin permission (README, "HTTP gateway").
+ADMIN_RULES = [{"apiGroups": [GROUP], "resources": ["cache"], "verbs": ["get", "delete"]}]
+
+
+class Callers:
+    """ServiceAccounts of one namespace and their TokenRequest tokens."""
+
+    def __init__(self, api_client, namespace: str):
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.namespace = namespace
+        self.cluster_objects: list[tuple[str, str]] = []
+
+    def token(self, name: str, *, rules: list[dict] | None = None, cluster_rules: list[dict] | None = None) -> str:
+        from kubernetes import client
+
+        ns = self.namespace
+        self.core.create_namespaced_service_account(ns, {"metadata": {"name": name}})
+        subject = [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+        if rules:
+            self.rbac.create_namespaced_role(ns, {"metadata": {"name": name}, "rules": rules})
+            self.rbac.create_namespaced_role_binding(ns, {"metadata": {"name": name}, "subjects": subject,
+                                                          "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                                                      "kind": "Role", "name": name}})
+        if cluster_rules:
+            cname = f"{ns}-{name}"
+            self.rbac.create_cluster_role({"metadata": {"name": cname}, "rules": cluster_rules})
+            self.rbac.create_cluster_role_binding({"metadata": {"name": cname}, "subjects": subject,
+                                                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                                               "kind": "ClusterRole", "name": cname}})
+            self.cluster_objects.append(("role", cname))
+        req = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+        return self.core.create_namespaced_service_account_token(name, ns, req).status.token
+
+    def bind_user(self, user: str, rules: list[dict]) -> None:
+        name = "u-" + uuid.uuid4().hex[:8]
+        self.rbac.create_namespaced_role(self.namespace, {"metadata": {"name": name}, "rules": rules})
+        self.rbac.create_namespaced_role_binding(
+            self.namespace, {"metadata": {"name": name},
+                             "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+                             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}})
+
+    def cleanup(self) -> None:
+        for _, name in self.cluster_objects:
+            for fn in (self.rbac.delete_cluster_role_binding, self.rbac.delete_cluster_role):
+                try:
+                    fn(name)
+                except Exception:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def gateway_env(kube_cluster, kube_api, redis_server, crd_installed, fake_kubelet, tmp_path_factory):
+    """One namespace with the operator watching it, a gateway, and three callers:
+    ``writer`` (may transcribe there), ``nobody`` (no rights), ``admin`` (the cache admin
+    permission only). Shared by a module's tests: the operator and gateway start once."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api)
+    ns = f"gateway-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"kubescribe.io/test": "true"}}})
+    wait_for(lambda: core.read_namespaced_service_account("default", ns), timeout=30, interval=0.05,
+             description=f"ServiceAccount {ns}/default", ignore=(Exception,))
+    workdir = tmp_path_factory.mktemp("gateway")
+    callers = Callers(kube_api, ns)
+    keys_file = workdir / "api-keys.json"
+    keys_file.write_text("{}")
+    op = OperatorProcess(str(kube_cluster.kubeconfig_path), ns, redis_server.url, workdir).start()
+    gw = GatewayProcess(str(kube_cluster.kubeconfig_path), redis_server.url, workdir,
+                        gateway_max_upload_bytes="1000000", gateway_api_keys_file=str(keys_file),
+                        gateway_auth_cache_seconds="0").start()
+    env = {
+        "namespace": ns, "gateway": gw, "operator": op, "callers": callers, "keys_file": keys_file,
+        "writer": callers.token("writer", rules=WRITER_RULES),
+        "nobody": callers.token("nobody"),
+        "admin": callers.token("admin", cluster_rules=ADMIN_RULES),
+    }
+    try:
+        yield env
+    finally:
+        gw.stop()
+        op.stop()
+        callers.cleanup()
+        try:
+            core.delete_namespace(ns)
+        except Exception:
+            pass
