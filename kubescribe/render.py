@@ -70,11 +70,13 @@ def wrap(text: str, width: int = MAX_LINE_CHARS) -> list[str]:
 
 
 def _words(start: float, end: float, text: str, words: list[Mapping[str, Any]]) -> list[tuple[float, float, str]]:
-    """The segment's words with times: its word timestamps when it has them, else the
-    segment's span shared out by the length of each word (a fair guess for speech)."""
+    """The segment's words with times: its word timestamps when they spell its text, else
+    the segment's span shared out by the length of each word (a fair guess for speech).
+    A word list that does not spell the text (partial, or edited) would drop words from
+    the subtitles, so it is not used."""
     timed = [(float(w["start"]), float(w["end"]), str(w["word"]).strip()) for w in words
              if str(w.get("word", "")).strip()]
-    if timed:
+    if timed and "".join(w for _, _, w in timed) == "".join(text.split()):
         return timed
     tokens = text.split()
     total = sum(len(t) + 1 for t in tokens)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kubescribe.render import MAX_CUE_SECONDS, MAX_LINE_CHARS, MAX_LINES, render, wrap
+from kubescribe.render import MAX_CUE_SECONDS, MAX_LINE_CHARS, MAX_LINES, render, to_srt, wrap
 from kubescribe.render import cues as cues_of
 
 RESULT = {
@@ -101,3 +101,11 @@ def test_srt_and_vtt_print_two_line_cues():
     assert 1 <= len(first[2:]) <= 2 and all(len(line) <= 42 for line in first[2:])
     assert vtt.startswith("WEBVTT\n\n00:00:10.000 --> ")
     assert srt.count(" --> ") == vtt.count(" --> ") > 1
+
+
+def test_a_word_list_that_does_not_spell_the_segment_loses_no_words():
+    result = {"segments": [{"start": 0.0, "end": 2.0, "text": " The quick brown fox jumps.",
+                            "words": [{"start": 0.0, "end": 0.3, "word": " The"},
+                                      {"start": 0.3, "end": 0.8, "word": " quick"}]}]}
+    assert "The quick brown fox jumps." in to_srt(result)
+    assert "00:00:00,000 --> 00:00:02,000" in to_srt(result)

@@ -175,6 +175,7 @@ namespace.
 {{- end }}
 {{- end }}
 {{- $list | uniq | toJson }}
+{{- end }}
 
 {{/* Selector of the gateway pods and Service. */}}
 {{- define "kubescribe.gatewaySelectorLabels" -}}
