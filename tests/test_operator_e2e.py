@@ -128,14 +128,16 @@ def test_budget_of_one_queues_the_second_request(
     requests_api.create("second", {"audio": {"redisKey": k2}})
 
     # Which one runs first depends on which the operator saw first (priority orders
-    # requests that wait together); the other must wait in Queued at position 1.
+    # requests that wait together); the other must wait in Queued. (Its queuePosition is
+    # written only once it has waited an admission period, which a short first request
+    # may not last: tests/test_lifecycle.py covers positions.)
     def one_running_one_queued():
         st = {n: requests_api.status(n) for n in ("first", "second")}
         running = [n for n, s in st.items() if s.get("phase") == "Running"]
-        queued = [n for n, s in st.items() if s.get("phase") == "Queued" and s.get("queuePosition") == 1]
+        queued = [n for n, s in st.items() if s.get("phase") == "Queued" and s.get("queuePosition") in (None, 1)]
         return (running[0], queued[0]) if running and queued else None
 
-    running, waiting = wait_for(one_running_one_queued, timeout=180, description="one Running, one Queued at 1")
+    running, waiting = wait_for(one_running_one_queued, timeout=180, description="one Running, one Queued")
     assert requests_api.status(waiting)["reason"] == "Queued"
     assert len(requests_api.jobs()) == 1
     assert requests_api.wait_phase("first", "Succeeded", "Failed")["phase"] == "Succeeded"
