@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
 # etcd, the Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool.
+# kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, and the
+# Kueue manager with its CRDs and webhook manifests.
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -19,6 +20,9 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.313.5}"   # Prometheus 3.x
 COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
+# Kueue 0.17 serves kueue.x-k8s.io/v1beta2 and is built against client-go 0.35, within
+# the one-minor skew Kubernetes allows against our 1.34 control plane.
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -108,6 +112,22 @@ build_coredns() {
   GOBIN="$out/bin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
 }
 
+build_kueue() {
+  local out="$TOOLS_DIR/kueue-$KUEUE_VERSION"
+  have "$out" kueue && [[ -d "$out/config/crd" ]] && { log "kueue $KUEUE_VERSION cached"; return; }
+  log "building kueue $KUEUE_VERSION"
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w \
+    -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # The CRDs and webhook manifests of the same release, copied out of the module source
+  # so the tests need neither the module cache nor kustomize (tests/envtest/kueue.py
+  # rewrites the webhooks to the local manager's URL).
+  local src; src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out/config" && mkdir -p "$out/config/crd"
+  cp "$src"/config/components/crd/bases/*.yaml "$out/config/crd/"
+  cp "$src/config/components/webhook/manifests.yaml" "$out/config/webhooks.yaml"
+  chmod -R u+w "$out/config"
+}
+
 build_helm() {
   local out="$TOOLS_DIR/helm-$HELM_VERSION"
   have "$out" helm && { log "helm $HELM_VERSION cached"; return; }
@@ -173,7 +193,7 @@ GO
 print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
     "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
-    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kueue-$KUEUE_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -183,6 +203,7 @@ case "${1:-all}" in
   helm) build_helm ;;
   prometheus) build_prometheus ;;
   coredns) build_coredns ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|--print-path]" >&2; exit 2 ;;
+  kueue) build_kueue ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kueue; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kueue|--print-path]" >&2; exit 2 ;;
 esac

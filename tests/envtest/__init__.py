@@ -64,7 +64,7 @@ def find_tool(name: str) -> str:
     raise ToolNotFoundError(
         f"{name!r} is not built (looked in: {', '.join(dirs) or '<nothing>'}). "
         f"Run `hack/build-test-binaries.sh` from the repository root once; it compiles "
-        f"etcd, kube-apiserver, kube-controller-manager, helm, prometheus and promtool "
+        f"etcd, the Kubernetes binaries, helm, prometheus, promtool and kueue "
         f"into a cache outside the repository (tens of minutes cold, a no-op afterwards). "
         f"KUBESCRIBE_TOOLS_PATH overrides where the binaries are looked for."
     )
