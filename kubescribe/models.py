@@ -330,7 +330,7 @@ class TranscriptionSpec(_Model):
     def output_params(self) -> dict[str, Any]:
         """Every parameter that changes the transcript: the cache key covers these.
 
-        Formats, priority, device, GPUs, timeouts and retries change how and where the
+        Formats, priority, queue name, device, GPUs, timeouts and retries change how and where the
         work runs, not the words that come out, so they are left out and a request that
         differs only in those is still a cache hit. compute_type and batch_size do
         change the decoder's numerics, so they are in.
