@@ -214,7 +214,8 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         max_length=63,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="LocalQueue for requests without spec.queueName when the admission engine "
-        "is kueue. \"default\" is the name Kueue's own docs give a namespace's default LocalQueue.",
+        "is kueue. \"default\" is the LocalQueue Kueue itself gives a Job without a queue name "
+        "(its LocalQueueDefaulting), so one queue per namespace serves both.",
     )
     mode: Literal["job", "pool"] = Field(
         "job",

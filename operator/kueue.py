@@ -115,6 +115,8 @@ def on_submitted(body: dict[str, Any], *, job_name: str, queue: str) -> Transiti
 def on_waiting(body: dict[str, Any], workload: dict[str, Any] | None) -> Transition | None:
     """Queued on a suspended Job: show what Kueue says; nothing when that is unchanged."""
     status = body.get("status") or {}
+    if (_conditions(workload).get("Admitted") or {}).get("status") == "True":
+        return None  # the Job is being unsuspended; its own event makes the request Running
     message = workload_reason(workload)
     if status.get("reason") == WAITING and status.get("message") == message:
         return None

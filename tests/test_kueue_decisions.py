@@ -167,6 +167,18 @@ def test_waiting_writes_the_status_once_per_distinct_reason():
     assert kueue.on_job(again, job(), deleted=False, workload=wl) is None
 
 
+def test_an_admitted_workload_writes_nothing_the_unsuspended_job_does():
+    wl = workload(("QuotaReserved", "True", "", ""), ("Admitted", "True", "Admitted", ""))
+    assert kueue.on_job(request(job="kubescribe-r-1", reason=kueue.WAITING), job(), deleted=False, workload=wl) is None
+
+
+def test_a_spec_change_while_waiting_in_kueue_deletes_the_old_job():
+    from kubescribe.operator.lifecycle import stale_job
+
+    assert stale_job(request(job="kubescribe-r-1", reason=kueue.WAITING)) == "kubescribe-r-1"
+    assert stale_job(request()) is None
+
+
 def test_unsuspended_by_kueue_the_request_starts_running():
     t = kueue.on_job(request(job="kubescribe-r-1", reason=kueue.WAITING), job(suspend=False), deleted=False,
                      workload=None)
