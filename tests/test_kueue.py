@@ -167,7 +167,7 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
             submit(b, "b1", 4, queueName="team-b")
             submit(b, "b2", 5, queueName="team-b")
             for name in ("b1", "b2"):
-                wait_for(lambda n=name: waiting_in_kueue(b, n), timeout=60, description=f"{n} waiting in Kueue")
+                wait_for(lambda n=name: waiting_in_kueue(b, n), timeout=60, description=f"{name} waiting in Kueue")
             job_b1 = b.batch.read_namespaced_job(b.status("b1")["jobName"], b.namespace)
             assert job_b1.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-b"
             job_a3 = a.batch.read_namespaced_job(a.status("a3")["jobName"], a.namespace)
