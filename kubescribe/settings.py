@@ -113,15 +113,6 @@ class AudioUrlSettings(_Settings):
     """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
 
     audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
-
-    @model_validator(mode="after")
-    def _kueue_runs_jobs(self) -> "OperatorSettings":
-        if self.admission_engine == "kueue" and self.mode != "job":
-            # Pooled runners serve many requests each: Kueue would admit the pool, not the
-            # requests, so its quotas and fair sharing would not apply to them.
-            raise ValueError("KUBESCRIBE_ADMISSION_ENGINE=kueue needs KUBESCRIBE_MODE=job: Kueue admits "
-                             "one Job per request, not a pool of runners")
-        return self
     kubernetes_service_host: str | None = Field(
         None,
         validation_alias="KUBERNETES_SERVICE_HOST",

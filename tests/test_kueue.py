@@ -143,6 +143,21 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
         assert job.spec.suspend is True and not pods(api, name), f"{name} has a pod before Kueue admitted it"
         return s
 
+    def explain(api, name):
+        s = api.status(name)
+        runs = [r for r in fake_kubelet.runs(api.namespace) if r.name.startswith(s.get("jobName", "?"))]
+        logs = "\n".join(f"--- {r.name} {r.command[3:]}\n{fake_kubelet.logs(r.name, api.namespace)[-2000:]}"
+                         for r in runs)
+        return f"{name}: {s.get('phase')} {s.get('reason')}: {s.get('message')}\n{logs}"
+
+    def finished(api, name, timeout=240):
+        try:
+            s = api.wait_phase(name, "Succeeded", "Failed", timeout=timeout)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{explain(api, name)}") from None
+        assert s["phase"] == "Succeeded", explain(api, name)
+        return s
+
     def running(api, name):
         return api.status(name).get("phase") in ("Running", "Succeeded")
 
@@ -176,7 +191,8 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
             # A's first runner finishes: the GPU goes to B, whose usage is lower, not to
             # A's older a3.
             open_gate(a, "a1")
-            a.wait_phase("a1", "Succeeded", timeout=180)
+            s = finished(a, "a1")
+            assert s["phase"] == "Succeeded", s
             wait_for(lambda: running(b, "b1") or running(b, "b2") or running(a, "a3"), timeout=120,
                      description="the freed GPU admitted")
             assert running(b, "b1") and not running(a, "a3"), (b.status("b1"), a.status("a3"))
@@ -184,7 +200,8 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
 
             # A's second finishes: B has had 1 GPU against A's 2, so B again.
             open_gate(a, "a2")
-            a.wait_phase("a2", "Succeeded", timeout=180)
+            s = finished(a, "a2")
+            assert s["phase"] == "Succeeded", s
             wait_for(lambda: running(b, "b2") or running(a, "a3"), timeout=120, description="the freed GPU admitted")
             assert running(b, "b2") and not running(a, "a3"), (b.status("b2"), a.status("a3"))
             assert waiting_in_kueue(a, "a3")
@@ -193,7 +210,7 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
             for api, name in ((b, "b1"), (b, "b2"), (a, "a3")):
                 open_gate(api, name)
             for api, name in ((a, "a3"), (b, "b1"), (b, "b2")):
-                s = api.wait_phase(name, "Succeeded", "Failed", timeout=240)
+                s = finished(api, name)
                 assert s["phase"] == "Succeeded" and s["language"] == "en", s
         finally:
             op.stop()

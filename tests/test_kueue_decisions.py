@@ -93,6 +93,13 @@ def test_kubescribe_admits_by_default():
     assert OperatorSettings().kueue_default_queue == "default"
 
 
+def test_the_admission_engine_is_the_operators_setting_alone():
+    from kubescribe.settings import CliSettings, RunnerSettings
+
+    assert "admission_engine" not in RunnerSettings.model_fields and RunnerSettings().spec is None
+    assert "admission_engine" not in CliSettings.model_fields and CliSettings().redis_url
+
+
 def test_kueue_cannot_admit_a_runner_pool():
     with pytest.raises(ValueError) as exc:
         OperatorSettings(admission_engine="kueue", mode="pool")
