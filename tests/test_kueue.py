@@ -1,7 +1,8 @@
 """Kueue admits the runner Jobs: real Kueue, real control plane, real faster-whisper.
 
 The operator runs with ``KUBESCRIBE_ADMISSION_ENGINE=kueue`` against the session's
-control plane, with Kueue's manager running beside it (``tests/envtest/kueue.py``) and
+control plane, with Kueue's manager running beside it (``kueue_manager``,
+``tests/envtest/kueue.py``; its Configuration enables admission fair sharing) and
 the stand-in kubelet running the pods of Jobs that Kueue unsuspended (a suspended Job has
 no pods: the Job controller makes none).
 
@@ -28,7 +29,7 @@ import pytest
 
 from kubescribe.store import Store
 from tests.envtest import wait_for
-from tests.envtest.kueue import GROUP, VERSION, KueueManager
+from tests.envtest.kueue import GROUP, VERSION
 from tests.support.operator import OperatorProcess, Requests
 
 pytestmark = pytest.mark.kube
@@ -40,19 +41,6 @@ GATE = ("import os, sys, time\n"
         "while not os.path.exists(gate):\n"
         "    time.sleep(0.05)\n"
         "os.execvp(sys.argv[2], sys.argv[2:])\n")
-
-
-@pytest.fixture(scope="module")
-def kueue_manager(kube_cluster, tmp_path_factory):
-    manager = KueueManager(kube_cluster, workdir=tmp_path_factory.mktemp("kueue"), config={
-        # Admission fair sharing: usage decays with a 1 h half-life, so within the test
-        # it only grows with what each LocalQueue was admitted.
-        "admissionFairSharing": {"usageHalfLifeTime": "1h", "usageSamplingInterval": "5m"}})
-    manager.start()
-    try:
-        yield manager
-    finally:
-        manager.stop()
 
 
 @pytest.fixture

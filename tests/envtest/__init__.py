@@ -3,8 +3,8 @@
 There is no container runtime on the machines that run kubescribe's tests, so the tests
 start the real control-plane binaries the way controller-runtime's envtest does: etcd,
 kube-apiserver and kube-controller-manager (`cluster.KubeCluster`), plus real helm
-(`helm.Helm`) and Prometheus/promtool (`prometheus`). Only the kubelet is stood in for,
-and only for runner Jobs (`kubelet.FakeKubelet`).
+(`helm.Helm`), Prometheus/promtool (`prometheus`) and Kueue's manager (`kueue`). Only
+the kubelet is stood in for, and only for runner Jobs (`kubelet.FakeKubelet`).
 
 The binaries are compiled from Go modules by ``hack/build-test-binaries.sh`` into a
 cache directory outside the repository. A missing binary is a failure, never a skip:

@@ -103,6 +103,16 @@ def _generate_serving_pki(directory: Path) -> tuple[bytes, Path, Path]:
     return ca_pem, cert_path, key_path
 
 
+def _valid_for_a_day(path: Path) -> bool:
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+
+
 def local_webhooks(manifests: str, *, base_url: str, ca_pem: bytes, name: str = WEBHOOK_CONFIG_NAME
                    ) -> list[dict[str, Any]]:
     """Kueue's webhook configurations, reduced to the enabled integrations and pointed at
@@ -234,7 +244,9 @@ class KueueManager:
 
     @staticmethod
     def _ensure_metrics_cert(cert: Path, key: Path) -> None:
-        if (METRICS_CERT_DIR / "tls.crt").is_file() and (METRICS_CERT_DIR / "tls.key").is_file():
+        """Kueue only reads it at start (nothing scrapes it here): keep one that is valid
+        for another day, else write this run's."""
+        if (METRICS_CERT_DIR / "tls.key").is_file() and _valid_for_a_day(METRICS_CERT_DIR / "tls.crt"):
             return
         try:
             METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
