@@ -84,8 +84,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     rec = Reconciler(conf, store, Kube(_api_client(conf.workers)), metrics)
     server = MetricsServer(metrics.registry, port=conf.metrics_port, health=rec.healthy, ready=rec.ready,
                            before_scrape=rec.refresh_gauges).start()
-    log.info("kubescribe operator: admission=%s budget=%s mode=%s namespace=%s metrics=:%d", conf.admission_engine,
-             "off (Kueue)" if rec.kueue else conf.gpu_budget, conf.mode, conf.namespace or "*", server.port)
+    log.info("kubescribe operator: budget=%s mode=%s admission=%s namespace=%s metrics=:%d",
+             "off (Kueue admits)" if rec.kueue else conf.gpu_budget, conf.mode, conf.admission_engine,
+             conf.namespace or "*", server.port)
     stop = threading.Event()
     if rec.pool:
         threading.Thread(target=rec.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
