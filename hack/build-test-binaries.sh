@@ -2,7 +2,8 @@
 # Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
 # etcd, the Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, kwok
-# (simulated nodes for the scale tests and benchmark) and the Prometheus Operator.
+# (simulated nodes for the scale tests and benchmark), the Prometheus Operator, and the
+# Kueue manager with its CRDs and webhook manifests.
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -22,6 +23,9 @@ PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.313.5}"   # Prometheu
 COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+# Kueue 0.17 serves kueue.x-k8s.io/v1beta2 and is built against client-go 0.35, within
+# the one-minor skew Kubernetes allows against our 1.34 control plane.
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -117,6 +121,22 @@ build_kwok() {
   log "building kwok $KWOK_VERSION"
   # kwok's go.mod has no replace lines, so `go install pkg@version` builds it as published.
   GOBIN="$out/bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+}
+
+build_kueue() {
+  local out="$TOOLS_DIR/kueue-$KUEUE_VERSION"
+  have "$out" kueue && [[ -d "$out/config/crd" ]] && { log "kueue $KUEUE_VERSION cached"; return; }
+  log "building kueue $KUEUE_VERSION"
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w \
+    -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # The CRDs and webhook manifests of the same release, copied out of the module source
+  # so the tests need neither the module cache nor kustomize (tests/envtest/kueue.py
+  # rewrites the webhooks to the local manager's URL).
+  local src; src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out/config" && mkdir -p "$out/config/crd"
+  cp "$src"/config/components/crd/bases/*.yaml "$out/config/crd/"
+  cp "$src/config/components/webhook/manifests.yaml" "$out/config/webhooks.yaml"
+  chmod -R u+w "$out/config"
 }
 
 build_helm() {
@@ -220,7 +240,7 @@ print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
     "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
     "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kwok-$KWOK_VERSION/bin" \
-    "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" "$TOOLS_DIR/kueue-$KUEUE_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -232,6 +252,7 @@ case "${1:-all}" in
   coredns) build_coredns ;;
   kwok) build_kwok ;;
   prometheus-operator) build_prometheus_operator ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|--print-path]" >&2; exit 2 ;;
+  kueue) build_kueue ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; build_kueue; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|--print-path]" >&2; exit 2 ;;
 esac

@@ -30,6 +30,8 @@ MAX_PROMPT_CHARS = 4096
 _SHA256 = r"^[0-9a-f]{64}$"
 _MODEL = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
 _LANGUAGE = r"^([a-z]{2,3}(-[A-Za-z]{2,4})?)?$"
+#: A Kueue LocalQueue name that is also a label value: a DNS-1123 label.
+_QUEUE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _REDIS_KEY = r"^[A-Za-z0-9][A-Za-z0-9:._/-]*$"
 
 
@@ -279,6 +281,17 @@ class TranscriptionSpec(_Model):
             description="Admission order when GPUs are scarce: higher first, then oldest first.",
         ),
     ] = 0
+    queue_name: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=63,
+            pattern=_QUEUE_NAME,
+            description="Kueue LocalQueue of the runner Job when the operator's admission engine "
+            "is kueue; unset: the namespace's default LocalQueue. Ignored by kubescribe's own "
+            "admission.",
+        ),
+    ] = None
     device: Annotated[
         Device, Field(description="cuda needs a GPU node; auto takes CUDA when the runner sees one.")
     ] = Device.auto
@@ -348,10 +361,10 @@ class TranscriptionSpec(_Model):
     def output_params(self) -> dict[str, Any]:
         """Every parameter that changes the transcript: the cache key covers these.
 
-        Formats, priority, device, GPUs, timeouts, retries and the request's TTL change
-        how and where the work runs, not the words that come out, so they are left out and
-        a request that differs only in those is still a cache hit. compute_type, decoding
-        and batch_size do change the decoder's numerics, so they are in.
+        Formats, priority, queue name, device, GPUs, timeouts, retries and the request's
+        TTL change how and where the work runs, not the words that come out, so they are
+        left out and a request that differs only in those is still a cache hit.
+        compute_type, decoding and batch_size do change the decoder's numerics, so they are in.
         """
         return {
             "model": self.model,

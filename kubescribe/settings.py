@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,10 @@ def describe_invalid(exc: Exception) -> str:
         return str(exc).splitlines()[0]
     parts = []
     for err in errors():
-        field = ".".join(str(p) for p in err.get("loc") or ()) or "?"
+        field = ".".join(str(p) for p in err.get("loc") or ())
+        if not field:  # a rule across settings names its variables itself
+            parts.append(str(err.get("msg")).removeprefix("Value error, "))
+            continue
         parts.append(f"KUBESCRIBE_{field.split('.')[0].upper()}={err.get('input')!r}: {err.get('msg')}")
     return "invalid setting " + "; ".join(parts)
 
@@ -225,6 +228,22 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         description="GPUs the runner Jobs may hold at once (a CPU-only Job takes one slot). "
         "1 is safe on any cluster; set it to the GPUs you have.",
     )
+    admission_engine: Literal["kubescribe", "kueue"] = Field(
+        "kubescribe",
+        description="Who admits runner Jobs. kubescribe: the operator's own queue under "
+        "gpu_budget (priority, then age). kueue: Jobs are created suspended with the "
+        "kueue.x-k8s.io/queue-name label and Kueue admits them against its quotas; the "
+        "operator's budget is then off. kubescribe needs nothing installed, so it is the default.",
+    )
+    kueue_default_queue: str = Field(
+        "default",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="LocalQueue for requests without spec.queueName when the admission engine "
+        "is kueue. \"default\" is the LocalQueue Kueue itself gives a Job without a queue name "
+        "(its LocalQueueDefaulting), so one queue per namespace serves both.",
+    )
     mode: Literal["job", "pool"] = Field(
         "job",
         description="job: one runner Job per request (simple, isolated). pool: warm runner "
@@ -359,6 +378,15 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         "events and admissions of many requests proceed while one waits on the API server."
     )
     audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
+
+    @model_validator(mode="after")
+    def _kueue_runs_jobs(self) -> "OperatorSettings":
+        if self.admission_engine == "kueue" and self.mode != "job":
+            # Pooled runners serve many requests each: Kueue would admit the pool, not the
+            # requests, so its quotas and fair sharing would not apply to them.
+            raise ValueError("KUBESCRIBE_ADMISSION_ENGINE=kueue needs KUBESCRIBE_MODE=job: Kueue admits "
+                             "one Job per request, not a pool of runners")
+        return self
 
 
 class GatewaySettings(RedisSettings, ProcessSettings):

@@ -19,7 +19,7 @@ from kubescribe.models import InvalidSpec, Phase, TranscriptionSpec, parse_spec
 from kubescribe.store import StoreError
 from kubescribe.streams import WorkItem
 
-from . import admission
+from . import admission, kueue
 from .admission import NOT_ASKED, CacheAnswer
 from .jobs import build_job, build_pool_job
 from .kube import JobGoingAway
@@ -47,7 +47,10 @@ class Admitter:
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="admit")
 
     def capacity(self) -> int:
-        """Admission budget: GPUs in job mode; dispatched requests in pool mode."""
+        """Admission budget: GPUs in job mode; dispatched requests in pool mode; none of
+        our own under Kueue, which admits the Jobs against its quotas."""
+        if self.rec.kueue:
+            return kueue.UNLIMITED
         if self.rec.pool:
             return self.max_pool_runners * self.rec.settings.requests_per_runner
         return self.rec.settings.gpu_budget
@@ -60,6 +63,8 @@ class Admitter:
         entries = self.rec.registry.snapshot()
         if self.rec.pool:  # every request is one unit of pool work, whatever it asked for
             entries = [replace(e, slots=1) for e in entries]
+        if self.rec.kueue:  # a request whose Job waits in Kueue is not admitted twice
+            entries = kueue.planning_view(entries)
         # plan() fits this pass's admissions into the budget; each admission marks its
         # request Running in the registry, so the next pass counts it before its watch
         # event arrives.
@@ -128,13 +133,16 @@ class Admitter:
         else:
             # On an error the request stays Queued: the next pass re-admits it and adopts
             # the Job (409) or finds its result in the cache.
-            job = build_job(body, spec, self.rec.settings)
+            queue = kueue.queue_name(spec, self.rec.settings.kueue_default_queue) if self.rec.kueue else None
+            job = build_job(body, spec, self.rec.settings, kueue_queue=queue)
             try:
                 if self.rec.kube.create_job(namespace, job, uid):
                     self.rec.metrics.jobs_total.labels(outcome="created").inc()
             except JobGoingAway:
                 return  # the old Job is still going away; the next pass recreates it
-            self.rec.apply(body, admission.on_admitted(body, spec, cache, job_name=job["metadata"]["name"]))
+            name = job["metadata"]["name"]
+            self.rec.apply(body, kueue.on_submitted(body, job_name=name, queue=queue) if queue
+                           else admission.on_admitted(body, spec, cache, job_name=name))
 
     def dispatch(self, body: dict, spec: TranscriptionSpec) -> None:
         """Send a request to the runner pool. The stream first, then the status: a crash in

@@ -20,14 +20,18 @@ LABEL_REQUEST_UID = "kubescribe.io/request-uid"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubescribe-operator"
+#: Every runner Job's name starts with it (a cheap filter for other controllers' objects).
+JOB_NAME_PREFIX = "kubescribe-"
+#: Kueue's label naming a Job's LocalQueue (admission engine kueue).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 
 def job_name(request_name: str, uid: str, generation: int | None) -> str:
     """Deterministic: the same request and generation always give the same name, so a
     retried or restarted operator finds its Job (409) instead of making a second one."""
     digest = hashlib.sha256(f"{uid}/{generation or 1}".encode()).hexdigest()[:8]
-    stem = re.sub(r"[^a-z0-9-]", "-", request_name.lower())[:63 - len("kubescribe--") - 8].strip("-")
-    return f"kubescribe-{stem}-{digest}" if stem else f"kubescribe-{digest}"
+    stem = re.sub(r"[^a-z0-9-]", "-", request_name.lower())[:63 - len(JOB_NAME_PREFIX) - 1 - 8].strip("-")
+    return f"{JOB_NAME_PREFIX}{stem}-{digest}" if stem else f"{JOB_NAME_PREFIX}{digest}"
 
 
 def _label_value(value: str) -> str:
@@ -131,8 +135,13 @@ def pod_spec(settings: OperatorSettings, command: list[str], env: list[dict[str,
     return spec
 
 
-def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """One runner Job for one request, owned by it (deleting the request deletes the Job)."""
+def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorSettings,
+              *, kueue_queue: str | None = None) -> dict[str, Any]:
+    """One runner Job for one request, owned by it (deleting the request deletes the Job).
+
+    With ``kueue_queue`` the Job is created suspended in that Kueue LocalQueue: Kueue
+    unsuspends it when it admits it, and no pod exists before that.
+    """
     meta = body["metadata"]
     name = job_name(meta["name"], meta["uid"], meta.get("generation"))
     labels = {
@@ -143,6 +152,9 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
         LABEL_REQUEST_UID: meta["uid"],
         **_instance(settings),
     }
+    # On the Job only: Kueue's pod integration would take a labelled pod for a workload
+    # of its own.
+    job_labels = {**labels, LABEL_KUEUE_QUEUE: kueue_queue} if kueue_queue else labels
     env = [
         {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
                                                      separators=(",", ":"))},
@@ -156,7 +168,7 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
         "metadata": {
             "name": name,
             "namespace": meta["namespace"],
-            "labels": labels,
+            "labels": job_labels,
             "annotations": {"kubescribe.io/generation": str(meta.get("generation") or 1)},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
@@ -164,6 +176,7 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
             }],
         },
         "spec": {
+            **({"suspend": True} if kueue_queue else {}),
             "backoffLimit": spec.retries,
             "activeDeadlineSeconds": spec.timeout_seconds,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,

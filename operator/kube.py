@@ -154,6 +154,21 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def job_workload(self, namespace: str, job_uid: str) -> dict | None:
+        """Kueue's Workload for a Job (read only), or ``None`` when there is none yet."""
+        from kubernetes.client.exceptions import ApiException
+
+        from .kueue import GROUP as KUEUE_GROUP, LABEL_JOB_UID, VERSION as KUEUE_VERSION
+
+        try:
+            items = self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", label_selector=f"{LABEL_JOB_UID}={job_uid}")["items"]
+        except ApiException as exc:
+            if exc.status == 404:  # Kueue's CRDs are not installed (yet)
+                return None
+            raise
+        return items[0] if items else None
+
     def job_pods(self, namespace: str, job: str) -> list[dict]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
         return self.to_dict(pods.items)

@@ -82,9 +82,10 @@ def needs_reconcile(entry: Entry) -> bool:
 
 
 def stale_job(body: dict) -> str | None:
-    """A Job that works on an older spec: the request is Running and its spec changed."""
+    """A Job that works on an older spec: the request is Running, or Queued on a Job that
+    waits in Kueue (which would otherwise admit it later), and its spec changed."""
     status = body.get("status") or {}
-    return status.get("jobName") if status.get("phase") == Phase.Running.value else None
+    return status.get("jobName") if status.get("phase") in (Phase.Running.value, Phase.Queued.value) else None
 
 
 def seconds_until_expiry(body: dict, default_ttl: int, now: datetime | None = None) -> float | None:

@@ -27,6 +27,7 @@ from kubescribe.settings import OperatorSettings, describe_invalid
 from kubescribe.store import open_store
 
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
+from . import kueue
 from .admitter import Admitter
 from .kube import Kube
 from .reconciler import Reconciler
@@ -83,7 +84,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     rec = Reconciler(conf, store, Kube(_api_client(conf.workers)), metrics)
     server = MetricsServer(metrics.registry, port=conf.metrics_port, health=rec.healthy, ready=rec.ready,
                            before_scrape=rec.refresh_gauges).start()
-    log.info("kubescribe operator: budget=%d mode=%s namespace=%s metrics=:%d", conf.gpu_budget, conf.mode,
+    log.info("kubescribe operator: budget=%s mode=%s admission=%s namespace=%s metrics=:%d",
+             "off (Kueue admits)" if rec.kueue else conf.gpu_budget, conf.mode, conf.admission_engine,
              conf.namespace or "*", server.port)
     stop = threading.Event()
     if rec.pool:
@@ -149,6 +151,12 @@ def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.on_job(event.get("type"), event["object"])
 
 
+def workload_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Kueue's Workloads (admission engine kueue only): its reason for a waiting Job."""
+    if "reconciler" in memo and event.get("type") != "DELETED":
+        memo.reconciler.on_workload(event["object"])
+
+
 def _credentials_problem() -> str | None:
     """Why the operator could not reach a cluster, checked before kopf starts: kopf would
     log a traceback and wait for ever instead of exiting."""
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"kubescribe-operator: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if conf.admission_engine == "kueue":
+        # Registered only here: without Kueue's CRDs a watch on workloads would fail for ever.
+        kopf.on.event(kueue.GROUP, kueue.VERSION, "workloads")(workload_event)
     logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.configure(verbose=False)
     # kopf.configure adds its own handler next to basicConfig's and sets the root logger to

@@ -22,9 +22,9 @@ from kubescribe.settings import OperatorSettings
 from kubescribe.store import Store, StoreError, known_cache_key, result_key
 from kubescribe.streams import Finished, WorkQueue
 
-from . import admission, outcomes, status
+from . import admission, kueue, outcomes, status
 from .admission import NOT_ASKED, CacheAnswer
-from .jobs import CONTAINER
+from .jobs import CONTAINER, JOB_NAME_PREFIX, LABEL_MANAGED_BY, MANAGED_BY
 from .kube import Kube
 from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, seconds_until_expiry, stale_job
 from .pods import stuck_pod
@@ -57,6 +57,7 @@ class Reconciler:
         self.wakeup = threading.Event()
         self.synced = False
         self.pool = settings.mode == "pool"
+        self.kueue = settings.admission_engine == "kueue"
         self.last_step = time.monotonic()  # the admission loop's last pass (liveness)
         self.board = RunBoard(store.client)
         self._running_since: dict[str, float] = {}  # uid -> when first seen Running
@@ -157,7 +158,7 @@ class Reconciler:
             self.apply(body, admission.on_seen(body, spec, key, sha, cache))
 
     # -- Jobs and runner outcomes -----------------------------------------------------
-    def on_job(self, event_type: str | None, job: dict) -> None:
+    def on_job(self, event_type: str | None, job: dict, workload: dict | None = None) -> None:
         owner = next((o for o in job["metadata"].get("ownerReferences") or []
                       if o.get("kind") == "TranscriptionRequest"), None)
         if owner is None:
@@ -165,11 +166,18 @@ class Reconciler:
         with self.lock_for(owner["uid"]):
             meta = job["metadata"]
             body = self.kube.get_request(meta["namespace"], owner["name"])
-            if body is None or body["metadata"]["uid"] != owner["uid"] or not outcomes.owns(body, job):
-                return  # gone, finished already, or a Job of an older generation
+            if body is None or body["metadata"]["uid"] != owner["uid"]:
+                return  # gone
             deleted = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
             if deleted and self._replaced(job):
                 return  # a late event of an earlier Job of the same (deterministic) name
+            if self.kueue and (kueue.waiting(body, job) or (kueue.suspended(job) and outcomes.owns(body, job))):
+                if workload is None and kueue.suspended(job) and not deleted:
+                    workload = self.kube.job_workload(meta["namespace"], meta["uid"])
+                self.apply(body, kueue.on_job(body, job, deleted=deleted, workload=workload))
+                return
+            if not outcomes.owns(body, job):
+                return  # finished already, or a Job of an older generation
             last = stored = stuck = None
             if not deleted and outcomes.needs_pods(job):
                 pods = self.kube.job_pods(meta["namespace"], meta["name"])
@@ -242,8 +250,9 @@ class Reconciler:
                     self.expire(body)
                 elif needs_reconcile(entry):
                     self.reconcile(body)
-                elif entry.phase == Phase.Running.value and entry.job_name:
-                    self.check_job(body, entry.job_name)
+                elif entry.job_name and (entry.phase == Phase.Running.value
+                                         or (self.kueue and entry.phase == Phase.Queued.value)):
+                    self.check_job(body, entry.job_name)  # under Kueue a Queued request may wait on its Job
                 elif entry.phase == Phase.Running.value and self.pool:
                     with self.lock_for(entry.uid):
                         self.apply(body, outcomes.on_pool_timeout(body, datetime.now(timezone.utc),
@@ -321,6 +330,21 @@ class Reconciler:
                 self.apply(fresh, requeue(fresh, "JobLost", f"runner Job {name} no longer exists; queued again"))
             return
         self.on_job("MODIFIED", job)
+
+    def on_workload(self, workload: dict) -> None:
+        """A Kueue Workload changed: re-decide the request whose runner Job it stands for
+        (Kueue's reason while it waits). Workloads of other Jobs cost no API call."""
+        meta = workload["metadata"]
+        ref = next((o for o in meta.get("ownerReferences") or []
+                    if o.get("kind") == "Job" and str(o.get("apiVersion", "")).startswith("batch/")), None)
+        if ref is None or not ref.get("name", "").startswith(JOB_NAME_PREFIX):
+            return
+        job = self.kube.read_job(meta["namespace"], ref["name"])
+        if job is None or job["metadata"].get("uid") != ref.get("uid"):
+            return
+        if (job["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+            return
+        self.on_job("MODIFIED", job, workload=workload)
 
     def update_gauges(self) -> None:
         entries = self.registry.snapshot()

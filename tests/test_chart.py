@@ -96,6 +96,9 @@ def test_chart_refuses_clusters_older_than_1_29(offline_helm):
     ({"networkPolicy": {"enabled": True, "redisFromNamespaces": ["Not_A_Namespace"]}}, "redisFromNamespaces"),
     ({"networkPolicy": {"runnerEgressCidrs": ["10.0.0.1"]}}, "runnerEgressCidrs"),
     ({"networkPolicy": {"enabeld": True}}, "enabeld"),
+    ({"operator": {"admissionEngine": "volcano"}}, "admissionEngine"),
+    ({"operator": {"admissionEngine": "kueue", "mode": "pool"}}, "mode"),
+    ({"operator": {"kueueDefaultQueue": "Team_A"}}, "kueueDefaultQueue"),
 ])
 def test_schema_rejects_unknown_or_invalid_values(offline_helm, values, complaint):
     proc = offline_helm.template("ks", CHART, values=values, check=False)
@@ -182,6 +185,27 @@ def test_namespaced_mode_has_no_cluster_wide_operator_rights(offline_helm):
     assert pool[("RoleBinding", "ks-kubescribe-pool")]["subjects"][0]["namespace"] == "media"
     cluster = {e["name"]: e.get("value") for e in deployment_env(render(offline_helm, {"operator": {"mode": "pool"}}))}
     assert cluster["KUBESCRIBE_POOL_NAMESPACE"] == "media"
+
+
+def test_admission_by_kueue_reads_workloads_and_reaches_the_operator(offline_helm, monkeypatch):
+    def workload_rules(docs, kind):
+        role = kinds(docs)[(kind, "ks-kubescribe-operator")]
+        return [r for r in role["rules"] if "kueue.x-k8s.io" in r["apiGroups"]]
+
+    assert workload_rules(render(offline_helm), "ClusterRole") == []  # nothing of Kueue by default
+    values = {"operator": {"admissionEngine": "kueue", "kueueDefaultQueue": "gpu"}}
+    for extra, kind in (({}, "ClusterRole"), ({"watchNamespace": "work"}, "Role")):
+        docs = render(offline_helm, {**values, **extra})
+        assert workload_rules(docs, kind) == [{"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
+                                               "verbs": ["list", "watch"]}]
+    env = {e["name"]: e["value"] for e in deployment_env(render(offline_helm, values)) if "value" in e}
+    for name in list(os.environ):
+        if name.startswith("KUBESCRIBE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = OperatorSettings()
+    assert (s.admission_engine, s.kueue_default_queue) == ("kueue", "gpu")
 
 
 def test_operator_rbac_rules_are_each_commented():

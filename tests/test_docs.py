@@ -31,7 +31,7 @@ def test_every_operator_setting_is_in_the_readme():
 
 
 def test_the_state_machine_names_decisions_that_exist():
-    named = set(re.findall(r"`((?:admission|outcomes|lifecycle|pods|scheduler)\.(?!py`)[a-z_]+)`", ARCHITECTURE))
+    named = set(re.findall(r"`((?:admission|outcomes|lifecycle|pods|scheduler|kueue)\.(?!py`)[a-z_]+)`", ARCHITECTURE))
     assert len(named) >= 10, named
     for dotted in named:
         module, func = dotted.split(".")

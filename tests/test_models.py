@@ -45,6 +45,6 @@ def test_output_params_cover_every_output_changing_field():
     """A field that changes the words must change the cache key; one that does not, must not."""
     fields = set(TranscriptionSpec.model_fields)
     changes_output = set(parse_spec({"audio": {"redisKey": KEY}}).output_params())
-    operational = {"audio", "formats", "priority", "device", "gpus", "timeout_seconds", "retries", "cache",
-                   "ttl_seconds_after_finished"}
+    operational = {"audio", "formats", "priority", "queue_name", "device", "gpus", "timeout_seconds", "retries",
+                   "cache", "ttl_seconds_after_finished"}
     assert fields == changes_output | operational, fields ^ (changes_output | operational)

@@ -3,8 +3,8 @@
 There is no container runtime on the machines that run kubescribe's tests, so the tests
 start the real control-plane binaries the way controller-runtime's envtest does: etcd,
 kube-apiserver and kube-controller-manager (`cluster.KubeCluster`), plus real helm
-(`helm.Helm`) and Prometheus/promtool (`prometheus`). Only the kubelet is stood in for,
-and only for runner Jobs (`kubelet.FakeKubelet`).
+(`helm.Helm`), Prometheus/promtool (`prometheus`) and Kueue's manager (`kueue`). Only
+the kubelet is stood in for, and only for runner Jobs (`kubelet.FakeKubelet`).
 
 The binaries are compiled from Go modules by ``hack/build-test-binaries.sh`` into a
 cache directory outside the repository. A missing binary is a failure, never a skip:
@@ -64,8 +64,8 @@ def find_tool(name: str) -> str:
     raise ToolNotFoundError(
         f"{name!r} is not built (looked in: {', '.join(dirs) or '<nothing>'}). "
         f"Run `hack/build-test-binaries.sh` from the repository root once; it compiles "
-        f"etcd, the Kubernetes control plane and node, helm, prometheus, promtool, coredns, kwok and "
-        f"the Prometheus Operator (`hack/build-test-binaries.sh <tool>` builds one alone) "
+        f"etcd, the Kubernetes control plane and node, helm, prometheus, promtool, coredns, kwok, "
+        f"the Prometheus Operator and kueue (`hack/build-test-binaries.sh <tool>` builds one alone) "
         f"into a cache outside the repository (tens of minutes cold, a no-op afterwards). "
         f"KUBESCRIBE_TOOLS_PATH overrides where the binaries are looked for."
     )

@@ -9,6 +9,8 @@
 - ``prometheus_factory`` (function): ``factory(targets, **kwargs) -> PrometheusServer``.
 - ``real_node`` (session): a second control plane with a real kubelet on containerd,
   kube-proxy and CoreDNS, and the images built from our Dockerfiles imported.
+- ``kueue_manager`` (module): Kueue's manager on ``kube_cluster``, with its CRDs and
+  webhooks; module-scoped so its Job webhook is registered only while a module uses it.
 
 Missing binaries fail the test with the command that builds them; nothing here skips.
 """
@@ -26,6 +28,7 @@ from . import free_port, wait_for
 from .cluster import KubeCluster
 from .helm import Helm
 from .kubelet import FakeKubelet
+from .kueue import KueueManager
 from .prometheus import PrometheusServer
 from .realnode import RealNode, image_manifest
 
@@ -37,6 +40,7 @@ __all__ = [
     "kube_cluster",
     "kube_cluster_options",
     "kube_namespace",
+    "kueue_manager",
     "prometheus_factory",
     "real_node",
 ]
@@ -151,6 +155,23 @@ def prometheus_factory() -> Iterator[Callable[..., PrometheusServer]]:
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def kueue_manager(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KueueManager]:
+    """Kueue managing ``batch/job`` for the tests of one module (a few seconds to start).
+
+    Admission fair sharing is configured (usage half-life 1 h: within a test, a
+    LocalQueue's usage only grows with what it was admitted); it applies to the
+    ClusterQueues that ask for it with ``admissionScope``.
+    """
+    manager = KueueManager(kube_cluster, workdir=tmp_path_factory.mktemp("kueue"), config={
+        "admissionFairSharing": {"usageHalfLifeTime": "1h", "usageSamplingInterval": "5m"}})
+    manager.start()
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture(scope="session")
