@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,12 +14,15 @@ import pytest
 
 from kubescribe import GROUP, PLURAL
 from tests.envtest import wait_for
-from tests.support.core import free_port
+from tests.support.core import ServiceProcess, free_port
 from tests.support.operator import OperatorProcess
 
 
-class GatewayProcess:
+class GatewayProcess(ServiceProcess):
     """``kubescribe-gateway`` as a child process on free loopback ports, logs in a file."""
+
+    module = "kubescribe.gateway.main"
+    health_path = "/health"
 
     def __init__(self, kubeconfig: str, redis_url: str, workdir: Path, **settings: Any):
         self.port, self.metrics_port = free_port(), free_port()
@@ -39,37 +40,8 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "GatewayProcess":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kubescribe.gateway.main"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
-
-        def healthy():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.logs()[-3000:]}")
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                return r.status == 200
-
-        wait_for(healthy, timeout=60, interval=0.1, description="gateway /health", ignore=(OSError,))
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
+    def health_url(self) -> str:
+        return f"{self.url}{self.health_path}"
 
 
 #: What a caller who may transcribe in a namespace is granted.

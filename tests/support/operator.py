@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,14 +12,17 @@ import pytest
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from tests.envtest import wait_for
-from tests.support.core import free_port
+from tests.support.core import ServiceProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubescribe.io_transcriptionrequests.yaml"
 
 
-class OperatorProcess:
+class OperatorProcess(ServiceProcess):
     """``kubescribe-operator`` as a child process, namespace-scoped, logs in a file."""
+
+    module = "kubescribe.operator.main"
+    health_path = "/healthz"
 
     def __init__(self, kubeconfig: str, namespace: str, redis_url: str, workdir: Path, **settings: Any):
         self.kubeconfig = kubeconfig
@@ -36,46 +37,6 @@ class OperatorProcess:
         for k, v in settings.items():
             self.env[f"KUBESCRIBE_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
         self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "OperatorProcess":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kubescribe.operator.main"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        import urllib.request
-
-        def healthy():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited: {self.logs()[-3000:]}")
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as r:
-                return r.status == 200
-
-        wait_for(healthy, timeout=60, interval=0.1, description="operator /healthz", ignore=(OSError,))
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, as when a node dies."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metrics_text(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
 
 
 def operator_identity(cluster, namespace: str = "kube-system", name: str = "kubescribe-operator") -> tuple[str, str]:
