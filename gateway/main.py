@@ -11,13 +11,12 @@ import argparse
 import logging
 import sys
 
-from pydantic import ValidationError
 
 from kubescribe import __version__
 from kubescribe.metrics import GatewayMetrics
 from kubescribe.outcomes import EXIT_USAGE
 from kubescribe.serving import MetricsServer
-from kubescribe.settings import GatewaySettings, describe_invalid
+from kubescribe.settings import GatewaySettings, load_or_exit
 from kubescribe.store import Store, connect
 
 log = logging.getLogger("kubescribe.gateway")
@@ -68,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     "setting or no cluster credentials.")
     parser.add_argument("--version", action="version", version=f"kubescribe-gateway {__version__}")
     parser.parse_args(argv)
-    try:
-        conf = GatewaySettings()
-    except ValidationError as exc:
-        print(f"kubescribe-gateway: {describe_invalid(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+    conf = load_or_exit(GatewaySettings, "kubescribe-gateway", EXIT_USAGE)
     logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app, gateway = build(conf)

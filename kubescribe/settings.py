@@ -8,7 +8,8 @@ what it is.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any, Literal
+import sys
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,19 @@ def describe_invalid(exc: Exception) -> str:
             continue
         parts.append(f"KUBESCRIBE_{field.split('.')[0].upper()}={err.get('input')!r}: {err.get('msg')}")
     return "invalid setting " + "; ".join(parts)
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def load_or_exit(cls: type[_S], prog: str, exit_code: int) -> _S:
+    """An entry point's settings, or ``describe_invalid``'s one line on stderr (prefixed
+    with the program's name) and ``SystemExit(exit_code)``."""
+    try:
+        return cls()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        print(f"{prog}: {describe_invalid(exc)}", file=sys.stderr)
+        raise SystemExit(exit_code) from None
 
 
 class _Settings(BaseSettings):

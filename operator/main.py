@@ -17,13 +17,12 @@ import threading
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from kubescribe import GROUP, PLURAL, VERSION, __version__
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.serving import MetricsServer
 from kubescribe.outcomes import EXIT_USAGE
-from kubescribe.settings import OperatorSettings, describe_invalid
+from kubescribe.settings import OperatorSettings, load_or_exit
 from kubescribe.store import open_store
 
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
@@ -182,11 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     "bad setting or no cluster credentials.")
     parser.add_argument("--version", action="version", version=f"kubescribe-operator {__version__}")
     parser.parse_args(argv)
-    try:
-        conf = OperatorSettings()
-    except ValidationError as exc:
-        print(f"kubescribe-operator: {describe_invalid(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+    conf = load_or_exit(OperatorSettings, "kubescribe-operator", EXIT_USAGE)
     problem = _credentials_problem()
     if problem:
         print(f"kubescribe-operator: {problem}", file=sys.stderr)

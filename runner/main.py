@@ -24,11 +24,10 @@ import sys
 
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import InvalidSpec, parse_spec
-from pydantic import ValidationError
 
 from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
 from kubescribe.progress import ProgressReporter, RunBoard
-from kubescribe.settings import RunnerSettings, describe_invalid
+from kubescribe.settings import RunnerSettings, load_or_exit
 from kubescribe.store import open_store
 
 from .engine import Engine, EngineOptions
@@ -103,12 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     pool.add_argument("--idle-seconds", type=float, default=None)
     pool.add_argument("--max-tasks", type=int, default=None)
     args = parser.parse_args(argv)
-    try:
-        settings = RunnerSettings()
-    except ValidationError as exc:
-        # Bad input to this runner (the operator wrote it): not worth a retry.
-        print(f"kubescribe-runner: {describe_invalid(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    # Bad input to this runner (the operator wrote it): not worth a retry.
+    settings = load_or_exit(RunnerSettings, "kubescribe-runner", EXIT_BAD_INPUT)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM (pod deletion, activeDeadlineSeconds) exits as a transient failure.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_TRANSIENT))
