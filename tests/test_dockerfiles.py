@@ -93,7 +93,8 @@ def test_operator_image_runs_the_operator_as_non_root():
     final = _final_stage("Dockerfile.operator")
     assert [a for w, a in final if w == "USER"] == ["10001:10001"]
     assert ("ENTRYPOINT", '["kubescribe-operator"]') in final
-    assert ("EXPOSE", "8080") in final
+    # 8080: the operator's (and the gateway's) /metrics; 8000: the gateway's HTTP API.
+    assert ("EXPOSE", "8080 8000") in final
     text = (ROOT / "Dockerfile.operator").read_text()
     assert '".[operator]"' in text and "python:3.11" in text
 
