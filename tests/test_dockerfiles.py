@@ -96,7 +96,7 @@ def test_operator_image_runs_the_operator_as_non_root():
     # 8080: the operator's (and the gateway's) /metrics; 8000: the gateway's HTTP API.
     assert ("EXPOSE", "8080 8000") in final
     text = (ROOT / "Dockerfile.operator").read_text()
-    assert '".[operator]"' in text and "python:3.11" in text
+    assert '".[operator,gateway]"' in text and "python:3.11" in text  # the gateway runs from this image
 
 
 def test_chart_security_context_matches_the_operator_image():
