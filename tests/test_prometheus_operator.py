@@ -256,17 +256,22 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
                   lambda r: r and float(r[0]["value"][1]) == 4, timeout=30)
 
     # Every query of release A's dashboard has data over the test's time range (GPU panels
-    # excepted: no GPU here, they must evaluate without error).
+    # excepted: no GPU here; and the gateway row, since these releases run no gateway:
+    # tests/test_gateway.py gives those panels data. Both must evaluate without error).
     _, queries = dashboard_queries(node, release, ns)
     end = time.time()
-    no_gpu = []
+    no_gpu, no_gateway = [], []
     for title, expr in queries:
         result = prom.query_range(expr, t0, end, step="2s")  # raises on a PromQL error
         if re.search(r"kubescribe_gpu_(utilization_percent|memory_used_bytes)", expr):
             no_gpu.append(title)
             continue
+        if 'component="gateway"' in expr:
+            no_gateway.append(title)
+            continue
         assert finite_samples(result), f"panel {title!r} of {ns}/{release}: no data for {expr}"
     assert sorted(set(no_gpu)) == ["GPU memory", "GPU utilisation"]
+    assert len(set(no_gateway)) == 5
 
     # Release B's dashboard shows B: its operator, none of A's requests.
     _, b_queries = dashboard_queries(node, *B)
