@@ -69,13 +69,16 @@ class Admitter:
         # request Running in the registry, so the next pass counts it before its watch
         # event arrives.
         p = plan(entries, self.capacity())
-        if len(p.admit) > 1:
+        if len(p.admit) > 1 and not self.rec.kueue:
             # plan() has fitted these into the budget already; each admission is a few API
             # round trips (read, create the Job, patch the status), so made one after the
             # other a burst of thousands is admitted at a few per second. In parallel, each
             # under its request's lock, as the watch handlers run.
             list(self._pool.map(self._admit_one, p.admit))
         else:
+            # One at a time, in plan()'s order. Under Kueue this is the order that counts:
+            # Kueue queues Jobs by creation time, so parallel creation would shuffle
+            # kubescribe's priority-then-age order before Kueue sees it.
             for e in p.admit:
                 self._admit_one(e)
         # Queue positions are coalesced: written at most once per POSITION_PERIOD, not on

@@ -150,7 +150,7 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
         return api.status(name).get("phase") in ("Running", "Succeeded")
 
     op = OperatorProcess(str(kube_cluster.kubeconfig_path), "", redis_server.url, tmp_path,
-                         admission_engine="kueue")
+                         admission_engine="kueue", normal_events="true")  # the Events checked below
     with fake_kubelet.override_command(gated):
         op.start()
         try:
