@@ -210,11 +210,11 @@ class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessS
         1,
         ge=1,
         le=64,
-        description="A pooled runner takes up to this many queued requests at once and decodes "
-        "the short ones with the same model, task, language, beam and prompt in one batch "
-        "(each keeps its own result and status). 1 (the default) takes one request at a "
-        "time: the operator sizes the pool by KUBESCRIBE_REQUESTS_PER_RUNNER, so set both "
-        "to the same value, or one runner takes the whole burst while the others idle out.",
+        description="A pooled runner takes up to this many queued requests at once and packs "
+        "the short ones of one namespace with the same model, task, language, beam and prompt "
+        "into shared 30 s decoding windows (each keeps its own result and status). The "
+        "operator sets it on its pooled runners to its KUBESCRIBE_REQUESTS_PER_RUNNER (4); "
+        "1, the default of a runner started by hand, takes one request at a time.",
     )
     consumer: str | None = Field(
         None, description="Consumer name in the stream group; defaults to the pod name."
@@ -267,8 +267,10 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         0, ge=0, description="Cap on pooled runner Jobs; 0 means the GPU budget."
     )
     requests_per_runner: int = Field(
-        4, ge=1, description="Dispatched requests per pooled runner before another is started: "
-        "4 keeps a short backlog per runner without hoarding work one runner must do serially."
+        4, ge=1, description="Dispatched requests per pooled runner before another is started, "
+        "and the most queued requests a pooled runner takes at once (its "
+        "KUBESCRIBE_POOL_BATCH_MAX, unless runner env sets that): 4 keeps a short backlog per "
+        "runner, packed into shared decoding windows, without hoarding work."
     )
     pool_command: list[str] = Field(
         ["kubescribe-runner", "pool"], description="Pooled runner container command."

@@ -215,6 +215,10 @@ def build_pool_job(settings: OperatorSettings, namespace: str, name: str) -> dic
         **_instance(settings),
     }
     env = _base_env(settings) + [{"name": "KUBESCRIBE_POOL_IDLE_SECONDS", "value": str(settings.pool_idle_seconds)}]
+    if "KUBESCRIBE_POOL_BATCH_MAX" not in settings.runner_env:
+        # A runner takes as many queued requests at once as the pool sizing gives it, and
+        # packs the short ones into shared windows (runner.engine.Engine.transcribe_many).
+        env.append({"name": "KUBESCRIBE_POOL_BATCH_MAX", "value": str(min(settings.requests_per_runner, 64))})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

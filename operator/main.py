@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import sys
 import threading
@@ -30,6 +32,7 @@ from . import kueue
 from .admitter import Admitter
 from .kube import Kube
 from .reconciler import Reconciler
+from .workqueue import EventQueue
 
 log = logging.getLogger("kubescribe.operator")
 
@@ -71,6 +74,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = conf.workers
+    # kopf keeps a worker task (and the last event's object) per watched object until it
+    # has been idle this long: at thousands of requests and Jobs, 5 s (kopf's default)
+    # holds tens of thousands of object bodies at once.
+    settings.batching.idle_timeout = 1.0
     if conf.namespace:
         # Namespaced installs get a Role only: kopf must not try to scan namespaces and
         # CRDs cluster-wide (it would retry refused calls for about a minute first).
@@ -89,6 +96,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     stop = threading.Event()
     if rec.pool:
         threading.Thread(target=rec.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
+    memo.events = EventQueue(conf.workers).start()
     memo.reconciler = rec
     memo.server = server
     memo.stop = stop
@@ -105,6 +113,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
     if "server" in memo:
         memo.server.stop()
+    if "events" in memo:
+        memo.events.stop()
 
 
 async def _admission_loop(rec: Reconciler, admitter: Admitter) -> None:
@@ -138,22 +148,28 @@ async def _progress_loop(rec: Reconciler, seconds: float) -> None:
             log.warning("progress pass failed: %s", exc)
 
 
+# The handlers only record the event (operator/workqueue.py says why); the reconciler's
+# entry points run on the queue's threads.
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if "reconciler" in memo:
-        memo.reconciler.on_request(event.get("type"), event["object"])
+        body = event["object"]
+        memo.events.put(("request", body["metadata"]["uid"]), memo.reconciler.on_request, event.get("type"), body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if "reconciler" in memo:
-        memo.reconciler.on_job(event.get("type"), event["object"])
+        body = event["object"]
+        memo.events.put(("job", body["metadata"]["uid"]), memo.reconciler.on_job, event.get("type"), body)
 
 
-def workload_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def workload_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Kueue's Workloads (admission engine kueue only): its reason for a waiting Job."""
-    if "reconciler" in memo and event.get("type") != "DELETED":
-        memo.reconciler.on_workload(event["object"])
+    if "reconciler" in memo:
+        body = event["object"]
+        memo.events.put(("workload", body["metadata"]["uid"]), memo.reconciler.on_workload_event,
+                        event.get("type"), body)
 
 
 def _credentials_problem() -> str | None:
@@ -173,7 +189,19 @@ def _credentials_problem() -> str | None:
                     f"({str(exc).splitlines()[0]}); set KUBECONFIG or run it in the cluster")
 
 
+def _cap_malloc_arenas(arenas: int = 2) -> None:
+    """At most ``arenas`` glibc malloc arenas from here on (MALLOC_ARENA_MAX, set in-process
+    so that every way of starting the operator gets it). glibc gives each thread that
+    allocates concurrently its own arena; with the API-call and handler threads, memory
+    freed in one arena is not reused by another and the RSS grows with the thread count."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _cap_malloc_arenas()
     parser = argparse.ArgumentParser(
         prog="kubescribe-operator",
         description="The kubescribe operator: TranscriptionRequests to runner Jobs. Configured by "

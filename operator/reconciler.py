@@ -163,6 +163,11 @@ class Reconciler:
                       if o.get("kind") == "TranscriptionRequest"), None)
         if owner is None:
             return  # a pooled runner: it serves many requests and reports through Redis
+        seen = self.registry.get(owner["uid"])
+        if seen is not None and seen.current and seen.phase in TERMINAL_PHASES:
+            # finished on its current spec: the Job's later events (its completion seen
+            # again, the TTL deleting it) change nothing, and need no read of the request
+            return
         with self.lock_for(owner["uid"]):
             meta = job["metadata"]
             body = self.kube.get_request(meta["namespace"], owner["name"])
@@ -330,6 +335,10 @@ class Reconciler:
                 self.apply(fresh, requeue(fresh, "JobLost", f"runner Job {name} no longer exists; queued again"))
             return
         self.on_job("MODIFIED", job)
+
+    def on_workload_event(self, event_type: str | None, workload: dict) -> None:
+        if event_type != "DELETED":
+            self.on_workload(workload)
 
     def on_workload(self, workload: dict) -> None:
         """A Kueue Workload changed: re-decide the request whose runner Job it stands for

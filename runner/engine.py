@@ -268,14 +268,19 @@ class Engine:
 
     def transcribe_many(self, items: list[tuple[bytes | np.ndarray, TranscriptionSpec, str | None]]
                         ) -> list[dict[str, Any]]:
-        """Several requests with the same :func:`batch_key`, decoded in one batch.
+        """Several requests with the same :func:`batch_key`, decoded together.
 
-        Their audio is joined with a second of silence between them, each cut into its
-        own VAD speech clips, and every clip of every request goes through one batched
-        pipeline call, so a batch of short requests shares the encoder and decoder passes
-        a single short request would leave mostly empty. Segments go back to the request
-        they came from, on its own timeline; each request gets its own result document.
-        ``items`` are (audio, spec, audio SHA-256).
+        Whisper pads every window to 30 s, so a 3 s request alone costs a whole 30 s
+        encoder pass: on a CPU that pass, not the decoder, is most of a short request's
+        time, and batching separate windows saves nothing. Here the requests' speech is
+        packed: their audio is joined with a second of silence between them, cut into VAD
+        speech regions, and regions are joined into shared windows of up to 30 s across
+        request boundaries (inside one request a pause longer than ``clip_gap_seconds``
+        still ends a window). The windows go through one batched pipeline call with word
+        timestamps, and every word goes back to the request whose speech it overlaps, on
+        that request's own timeline. Each request gets its own result document. ``items``
+        are (audio, spec, audio SHA-256); the caller keeps tenants apart (only requests
+        of one namespace share windows: a window's words condition each other).
         """
         if not items:
             return []
@@ -284,13 +289,8 @@ class Engine:
             raise ValueError("requests in one batch must share model, task, language, beam, prompt and batch size")
         first = items[0][1]
         parts = [decode(d) if isinstance(d, (bytes, bytearray)) else d for d, _, _ in items]
-        shared = _Shared(parts)
-        clips: list[tuple[float, float]] = []
-        speech = [0.0] * len(items)
-        for i, part in enumerate(parts):
-            own = speech_clips(speech_regions(part), CLIP_SECONDS, self.options.clip_gap_seconds)
-            speech[i] = sum(b - a for a, b in own)
-            clips += [(a + shared.offsets[i], b + shared.offsets[i]) for a, b in own]
+        shared = _Shared(parts, [speech_regions(p) for p in parts])
+        clips = pack_clips(shared.regions, CLIP_SECONDS, self.options.clip_gap_seconds)
         model = self.model(first.model, first.device, first.compute_type)
         language = first.language or "en"
         per: list[list[dict[str, Any]]] = [[] for _ in items]
@@ -300,12 +300,12 @@ class Engine:
 
             segments, _info = BatchedInferencePipeline(model).transcribe(
                 shared.samples, batch_size=first.batch_size, vad_filter=False, language=language, task=first.task,
-                beam_size=first.beam_size, word_timestamps=first.word_timestamps,
-                initial_prompt=first.initial_prompt or None,
+                beam_size=first.beam_size, word_timestamps=True, initial_prompt=first.initial_prompt or None,
                 clip_timestamps=[{"start": a, "end": b} for a, b in clips])
             for seg in segments:
-                i = shared.owner(seg.start, seg.end)
-                per[i].append(_segment(seg, len(per[i]) + 1, -shared.offsets[i], first.word_timestamps))
+                for i, piece in shared.split(seg):
+                    per[i].append(_piece(piece, seg, len(per[i]) + 1, -shared.offsets[i], shared.durations[i],
+                                         first.word_timestamps))
         elapsed = time.perf_counter() - t0
         total = sum(shared.durations) or 1.0
         out = []
@@ -318,7 +318,7 @@ class Engine:
                 "language": language,
                 "language_probability": 1.0,
                 "audio_duration_seconds": round(duration, 3),
-                "duration_after_vad_seconds": round(speech[i], 3),
+                "duration_after_vad_seconds": round(sum(b - a for a, b in shared.regions[i]), 3),
                 "processing_seconds": round(share, 3),
                 "realtime_factor": round(share / duration, 4) if duration > 0 else None,
                 "decoding": {"mode": "batched", "requested": spec.decoding, "batch_size": spec.batch_size,
@@ -347,29 +347,73 @@ def batch_key(spec: TranscriptionSpec) -> tuple | None:
 
 
 class _Shared:
-    """Several requests' audio end to end: where each starts in the joined samples."""
+    """Several requests' audio end to end, a second of silence apart.
 
-    def __init__(self, parts: list[np.ndarray], gap_seconds: float = 1.0):
+    ``offsets`` and ``durations`` say where each request is in the joined samples,
+    ``regions`` where each one's speech is (joined time), for :meth:`split`.
+    """
+
+    def __init__(self, parts: list[np.ndarray], regions: list[list[tuple[float, float]]],
+                 gap_seconds: float = 1.0):
         gap = np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
         self.offsets: list[float] = []
         self.durations: list[float] = []
+        self.regions: list[list[tuple[float, float]]] = []
         chunks: list[np.ndarray] = []
         t = 0.0
-        for p in parts:
+        for p, own in zip(parts, regions):
             self.offsets.append(t)
             self.durations.append(p.shape[0] / SAMPLE_RATE)
+            self.regions.append([(a + t, b + t) for a, b in own])
             chunks += [p, gap]
             t += p.shape[0] / SAMPLE_RATE + gap_seconds
         self.samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
     def owner(self, start: float, end: float) -> int:
-        """The request a segment (joined time) belongs to: the one its middle falls in
-        (its start may be rounded to just before the request's first sample)."""
-        middle = (start + end) / 2
-        i = 0
-        while i + 1 < len(self.offsets) and middle >= self.offsets[i + 1]:
-            i += 1
-        return i
+        """The request a stretch of joined time belongs to: the one whose speech it
+        overlaps most; touching none, the one with the nearest speech. Word times from
+        cross-attention often stretch a word into the silence before it, so the silence
+        between two requests is not split by position alone."""
+        best, best_key = 0, (-1.0, 0.0)
+        for i, own in enumerate(self.regions):
+            for a, b in own:
+                overlap = min(end, b) - max(start, a)
+                key = (overlap, 0.0) if overlap > 0 else (0.0, -max(a - end, start - b, 0.0))
+                if key > best_key:
+                    best, best_key = i, key
+        return best
+
+    def split(self, seg: Any) -> list[tuple[int, list[Any]]]:
+        """A decoded segment of a shared window as (request, its words) runs, in order."""
+        words = list(seg.words or [])
+        if not words:  # no alignment (empty text): the segment goes whole to its owner
+            return [(self.owner(seg.start, seg.end), [])] if seg.text.strip() else []
+        runs: list[tuple[int, list[Any]]] = []
+        for w in words:
+            i = self.owner(w.start, w.end)
+            if runs and runs[-1][0] == i:
+                runs[-1][1].append(w)
+            else:
+                runs.append((i, [w]))
+        return runs
+
+
+def pack_clips(regions: list[list[tuple[float, float]]], max_seconds: float, max_gap: float
+               ) -> list[tuple[float, float]]:
+    """Several requests' speech regions (joined time, request by request) packed into
+    shared windows of at most ``max_seconds``: a window goes on across a request
+    boundary (the silence there is the joining's own), and inside one request ends at a
+    pause longer than ``max_gap``, as :func:`speech_clips` does."""
+    clips: list[tuple[float, float]] = []
+    last_owner = -1
+    for i, own in enumerate(regions):
+        for start, end in own:
+            if clips and end - clips[-1][0] <= max_seconds and (i != last_owner or start - clips[-1][1] <= max_gap):
+                clips[-1] = (clips[-1][0], end)
+            else:
+                clips.append((start, end))
+            last_owner = i
+    return clips
 
 
 def choose_decoding(requested: str, duration: float, batched_min_seconds: float) -> str:
@@ -420,6 +464,30 @@ def resume_offset(done: list[dict[str, Any]], duration: float) -> float:
     if not done:
         return 0.0
     return max(0.0, min(float(done[-1]["end"]), duration))
+
+
+def _piece(words: list[Any], seg: Any, number: int, offset: float, duration: float, keep_words: bool
+           ) -> dict[str, Any]:
+    """One request's run of words from a shared window's segment, as a result segment on
+    that request's timeline (shifted by ``offset``, clamped to its ``duration``)."""
+    if not words:
+        return _segment(seg, number, offset, False)
+
+    def at(t: float) -> float:
+        return round(min(max(t + offset, 0.0), duration), 3)
+
+    item: dict[str, Any] = {
+        "id": number,
+        "start": at(words[0].start),
+        "end": at(words[-1].end),
+        "text": "".join(w.word for w in words).strip(),
+        "avg_logprob": round(seg.avg_logprob, 4),
+        "no_speech_prob": round(seg.no_speech_prob, 4),
+    }
+    if keep_words:
+        item["words"] = [{"start": at(w.start), "end": at(w.end), "word": w.word.strip(),
+                          "probability": round(w.probability, 4)} for w in words]
+    return item
 
 
 def _segment(seg: Any, number: int, offset: float, words: bool) -> dict[str, Any]:

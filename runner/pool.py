@@ -98,8 +98,8 @@ def _failed(queue: WorkQueue, delivery: Delivery, spec, exc: TaskError) -> None:
 def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetrics, consumer: str,
                   deliveries: list[Delivery], report_every: float = 2.0) -> None:
     """Several queued requests at once: cache answers and failures are finished one by one;
-    short misses that can share a batch (:func:`~.engine.batch_key`) are decoded together
-    by :meth:`~.engine.Engine.transcribe_many`; the rest run alone, as :func:`process`
+    short misses of one namespace that can share a batch (:func:`~.engine.batch_key`) are
+    packed into shared windows by :meth:`~.engine.Engine.transcribe_many`; the rest run alone, as :func:`process`
     runs them. Every request gets its own result, outcome and status."""
     if len(deliveries) == 1:
         process(queue, store, engine, metrics, consumer, deliveries[0], report_every)
@@ -136,7 +136,8 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
                 alone.append(d)
                 continue
             keys.add(p.key)
-            groups.setdefault(key, []).append((d, p, samples))
+            # One namespace per batch: requests sharing a window condition each other's text.
+            groups.setdefault((d.item.namespace, key), []).append((d, p, samples))
         for members in groups.values():
             if len(members) == 1:
                 alone.append(members[0][0])

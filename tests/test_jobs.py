@@ -392,3 +392,17 @@ def test_credentials_in_the_redis_url_never_reach_a_job():
     assert redis_url_without_credentials("redis://:pw@redis:6379/0") == "redis://redis:6379/0"
     assert redis_url_without_credentials("rediss://user:p%40ss@r.example:6380/1") == "rediss://r.example:6380/1"
     assert redis_url_without_credentials("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_pooled_runners_take_as_many_requests_at_once_as_the_pool_sizing_gives_them():
+    def pool_env(conf):
+        return {x["name"]: x.get("value") for x in
+                build_pool_job(conf, "ns", "pool-1")["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert pool_env(settings(requests_per_runner=6))["KUBESCRIBE_POOL_BATCH_MAX"] == "6"
+    assert pool_env(settings(requests_per_runner=500))["KUBESCRIBE_POOL_BATCH_MAX"] == "64"  # the runner's cap
+    # runner env set by the user wins, and the variable appears once
+    e = build_pool_job(settings(runner_env={"KUBESCRIBE_POOL_BATCH_MAX": "1"}), "ns", "p")
+    names = [x["name"] for x in e["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names.count("KUBESCRIBE_POOL_BATCH_MAX") == 1
+    assert pool_env(settings(runner_env={"KUBESCRIBE_POOL_BATCH_MAX": "1"}))["KUBESCRIBE_POOL_BATCH_MAX"] == "1"

@@ -127,3 +127,64 @@ def test_without_vad_sequential_decoding_of_silence_is_what_the_default_protects
     default = engine.transcribe(non_speech["silence"], spec())
     assert default["text"] == ""
     assert result["parameters"]["vad"] is False  # the opt-out is honoured as asked
+
+
+# -- packing short requests into shared windows: pure logic -------------------------------
+
+class _Word:
+    def __init__(self, start, end, word):
+        self.start, self.end, self.word, self.probability = start, end, word, 0.9
+
+
+class _Seg:
+    def __init__(self, words, text=None):
+        self.words = words
+        self.text = text if text is not None else "".join(w.word for w in words)
+        self.start = words[0].start if words else 0.0
+        self.end = words[-1].end if words else 0.0
+        self.avg_logprob, self.no_speech_prob = -0.2, 0.01
+
+
+def test_short_requests_are_packed_across_their_boundaries_but_not_across_long_pauses():
+    from kubescribe.runner.engine import pack_clips
+
+    # three requests of 4 s speech each, 5 s apart: one window holds them all
+    three = [[(0.0, 4.0)], [(5.0, 9.0)], [(10.0, 14.0)]]
+    assert pack_clips(three, 30.0, 2.0) == [(0.0, 14.0)]
+    # the 30 s cap holds across requests
+    many = [[(i * 5.0, i * 5.0 + 4.0)] for i in range(10)]
+    clips = pack_clips(many, 30.0, 2.0)
+    assert all(b - a <= 30.0 for a, b in clips) and len(clips) == 2
+    assert clips[0][0] == 0.0 and clips[-1][1] == 49.0
+    # inside one request a pause longer than the gap still ends the window
+    assert pack_clips([[(0.0, 2.0), (6.0, 8.0)], [(9.0, 10.0)]], 30.0, 2.0) == [(0.0, 2.0), (6.0, 10.0)]
+    assert pack_clips([[], [(1.0, 2.0)]], 30.0, 2.0) == [(1.0, 2.0)]
+
+
+def test_words_go_back_to_the_request_whose_speech_they_overlap():
+    from kubescribe.runner.engine import _Shared
+
+    parts = [np.zeros(16000 * 3, dtype=np.float32), np.zeros(16000 * 2, dtype=np.float32)]
+    shared = _Shared(parts, [[(0.5, 2.5)], [(0.2, 1.8)]])  # second request starts at 4.0
+    assert shared.offsets == [0.0, 4.0] and shared.durations == [3.0, 2.0]
+    assert shared.regions == [[(0.5, 2.5)], [(4.2, 5.8)]]
+    # "The", stretched back into the silence between the requests, still goes to the
+    # second one: it overlaps the second request's speech, not the first one's
+    seg = _Seg([_Word(1.0, 1.5, " dog."), _Word(2.6, 4.4, " The"), _Word(4.4, 5.0, " end")])
+    runs = shared.split(seg)
+    assert [(i, "".join(w.word for w in ws)) for i, ws in runs] == [(0, " dog."), (1, " The end")]
+    # touching no speech at all: the nearest speech decides
+    assert shared.owner(2.7, 2.8) == 0 and shared.owner(3.9, 4.0) == 1
+    # a segment without word times goes whole to the request it overlaps most
+    assert shared.split(_Seg([], text=" hello")) == [(0, [])]
+    assert shared.split(_Seg([], text="")) == []
+
+
+def test_a_run_of_words_becomes_a_segment_on_its_own_requests_timeline():
+    from kubescribe.runner.engine import _piece
+
+    seg = _Seg([_Word(4.3, 4.6, " The"), _Word(4.6, 6.4, " end.")])
+    item = _piece(seg.words, seg, 1, -4.0, 2.0, keep_words=True)
+    assert item["text"] == "The end." and item["start"] == 0.3 and item["end"] == 2.0  # clamped to 2.0 s
+    assert [w["word"] for w in item["words"]] == ["The", "end."]
+    assert "words" not in _piece(seg.words, seg, 2, -4.0, 2.0, keep_words=False)

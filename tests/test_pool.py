@@ -21,8 +21,8 @@ def pool_env(redis_server, monkeypatch):
     return client, settings
 
 
-def enqueue(client, name, spec):
-    item = WorkItem(uid=f"uid-{name}", namespace="ns", name=name, generation=1, spec=spec)
+def enqueue(client, name, spec, namespace="ns"):
+    item = WorkItem(uid=f"uid-{name}", namespace=namespace, name=name, generation=1, spec=spec)
     return client.xadd(QUEUE_STREAM, item.fields())
 
 
@@ -77,8 +77,9 @@ def test_a_poison_entry_is_given_up_after_repeated_crashes(pool_env):
 
 def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcome(pool_env, speech_dir, engine):
     """Cross-request batching: three compatible short requests share one batched call; a
-    repeat of one of them, an incompatible request (sequential) and bad audio taken in
-    the same sweep are each finished on their own."""
+    repeat of one of them, an incompatible request (sequential), bad audio and a
+    compatible request of another namespace (tenants never share a window) taken in the
+    same sweep are each finished on their own."""
     from kubescribe.runner import pool
     from kubescribe.streams import WorkQueue
 
@@ -90,8 +91,11 @@ def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcom
     enqueue(client, "alone", {"audio": {"redisKey": keys["fox"]}, "device": "cpu", "decoding": "sequential"})
     enqueue(client, "junk", {"audio": {"redisKey": store.put_audio(b"not audio" * 200)}, "device": "cpu"})
     enqueue(client, "fox-again", {"audio": {"redisKey": keys["fox"]}, "device": "cpu"})
-    queue = WorkQueue(client, claim_idle_ms=60000)  # nothing to reclaim: six new entries
-    deliveries = [queue.take("runner-b", block_ms=None) for _ in range(6)]
+    other = next(iter(SENTENCES))
+    # batch-compatible with the three (vad is not in the batch key), but another tenant's
+    enqueue(client, "elsewhere", {"audio": {"redisKey": keys[other]}, "device": "cpu", "vad": False}, namespace="other")
+    queue = WorkQueue(client, claim_idle_ms=60000)  # nothing to reclaim: seven new entries
+    deliveries = [queue.take("runner-b", block_ms=None) for _ in range(7)]
     assert None not in deliveries
     calls = []
     real = engine.transcribe_many
@@ -116,6 +120,8 @@ def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcom
         # segment times are on the request's own timeline
         assert 0 <= result["segments"][0]["start"] < result["segments"][-1]["end"] <= o.audio_duration_seconds + 0.1
     assert got["alone"].outcome.ok and got["alone"].outcome.decoding == "sequential"
+    elsewhere = store.read_result_key(got["elsewhere"].outcome.result_key)
+    assert got["elsewhere"].outcome.ok and "shared_with" not in elsewhere["decoding"]
     assert got["junk"].outcome.reason == "BadAudio"
     # the same audio and settings twice in one sweep: transcribed once, then a cache answer
     assert got["fox-again"].outcome.cached and got["fox-again"].outcome.result_key == got["fox"].outcome.result_key
