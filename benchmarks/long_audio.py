@@ -113,8 +113,39 @@ def long_batched_vs_sequential(ctx: Context) -> Outcome:
               [[k, secs(med[k]), ", ".join(f"{t:.1f}" for t in times[k]), f"{med[k] / seconds:.3f}",
                 f"{median(cpu[k]):.1f} s", f"{median(cpu[k]) / med[k]:.2f}", f"{errs[k]:.3f}",
                 len(results[k]["segments"])] for k in specs])
-    out.data = {"times": times, "cpu": cpu, "wer": errs, "audio_seconds": seconds}
+    per1, per8 = _encoder_seconds(engine, 1), _encoder_seconds(engine, 8)
+    windows = len(results[b]["segments"])  # batched decoding: one segment per speech clip
+    out.table("The encoder's share (same run)", ["what", "value"], [
+        ["encoder, one 30 s window at batch size 1", secs(per1)],
+        ["encoder, per window at batch size 8", secs(per8)],
+        ["batched run: windows (speech clips)", windows],
+        ["batched run: encoder alone (windows x per-window time at batch 8)",
+         f"{secs(windows * per8)} of {secs(med[b])}"],
+    ])
+    out.notes.append(
+        f"On this CPU a batch of 8 windows costs {per8 / per1:.2f}x per window what one window costs: batching "
+        "buys no encoder throughput on 2 cores, it only keeps a GPU busy. Batched decoding here gains from "
+        "skipping timestamp tokens and temperature fallbacks, and from clips that end on speech, not from the "
+        "batch; on a CPU the encoder alone bounds it far below 3x. `hack/gpu-smoke.sh` measures the GPU path.")
+    out.data = {"times": times, "cpu": cpu, "wer": errs, "audio_seconds": seconds,
+                "encoder_per_window": {"batch1": per1, "batch8": per8}, "windows": windows}
     return out
+
+
+def _encoder_seconds(engine, batch: int, repeats: int = 3) -> float:
+    """Seconds the loaded tiny.en encoder takes per 30 s window at ``batch`` windows a call."""
+    import ctranslate2
+
+    model = engine.model("tiny.en", "cpu", "int8")
+    mels = getattr(model.model, "n_mels", 80)
+    features = ctranslate2.StorageView.from_array(np.zeros((batch, mels, 3000), dtype=np.float32))
+    model.model.encode(features, to_cpu=False)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.model.encode(features, to_cpu=False)
+        runs.append(time.perf_counter() - t0)
+    return median(runs) / batch
 
 
 NON_SPEECH = {
@@ -229,56 +260,67 @@ def resume_after_kill(ctx: Context) -> Outcome:
 
 
 def pool_cross_request_batching(ctx: Context) -> Outcome:
-    """20 short requests: one batched call per 8 (what a pooled runner now does) vs one
-    request at a time on the same warm model (what it did before)."""
+    """20 short requests on a warm model: packed 4 at a time (what a pooled runner does
+    with the default requestsPerRunner) vs one request at a time (what it did before)."""
     from tests.support.core import wer
 
-    out = Outcome("pool_cross_request_batching", "Pool: 20 short requests decoded in shared batches")
+    out = Outcome("pool_cross_request_batching", "Pool: 20 short requests packed into shared decoding windows")
     engine = ctx.engine()
     engine.model("tiny.en", "cpu", "int8")
-    n = 10 if ctx.quick else 20
+    n = 8 if ctx.quick else 20
     wavs = [ctx.speech.sentence_wav(i) for i in range(n)]
     refs = [SENTENCES[i] for i in range(n)]
     spec = _spec()
     engine.transcribe(wavs[0], spec)  # warm-up, not timed
     engine.transcribe_many([(w, spec, None) for w in wavs[:2]])
     rounds = 1 if ctx.quick else 3
-    t_one, t_many = [], []
-    texts_one: list[str] = []
-    texts_many: list[str] = []
+    sizes = (4, 8)  # 4: KUBESCRIBE_REQUESTS_PER_RUNNER's default, which the operator gives its runners
+    times: dict[str, list[float]] = {"one": [], **{f"packed {k}": [] for k in sizes}}
+    texts: dict[str, list[str]] = {}
     for r in range(rounds):
-        for mode in (("one", "many") if r % 2 == 0 else ("many", "one")):
+        order = list(times) if r % 2 == 0 else list(reversed(times))
+        for mode in order:
             t0 = time.perf_counter()
             if mode == "one":
-                texts_one = [engine.transcribe(w, spec)["text"] for w in wavs]
-                t_one.append(time.perf_counter() - t0)
+                got = [engine.transcribe(w, spec)["text"] for w in wavs]
             else:
-                texts_many = []
-                for i in range(0, n, 8):  # KUBESCRIBE_POOL_BATCH_MAX
-                    texts_many += [r_["text"] for r_ in engine.transcribe_many([(w, spec, None) for w in wavs[i:i + 8]])]
-                t_many.append(time.perf_counter() - t0)
-        log(f"pool_cross_request_batching round {r + 1}/{rounds}: one at a time {t_one[-1]:.1f}s, "
-            f"batched {t_many[-1]:.1f}s")
-    e_one = wer(" ".join(refs), " ".join(texts_one))
-    e_many = wer(" ".join(refs), " ".join(texts_many))
-    ratio = median(t_one) / median(t_many)
+                k = int(mode.split()[1])
+                got = []
+                for i in range(0, n, k):
+                    got += [r_["text"] for r_ in engine.transcribe_many([(w, spec, None) for w in wavs[i:i + k]])]
+            times[mode].append(time.perf_counter() - t0)
+            texts[mode] = got
+        log(f"pool_cross_request_batching round {r + 1}/{rounds}: "
+            + ", ".join(f"{m} {t[-1]:.1f}s" for m, t in times.items()))
+    joined_ref = " ".join(refs)
+    errs = {m: wer(joined_ref, " ".join(t)) for m, t in texts.items()}
+    worst = {m: max(wer(a, b) for a, b in zip(refs, t)) for m, t in texts.items()}
+    med = {m: median(t) for m, t in times.items()}
+    head = "packed 4"
+    ratio = med["one"] / med[head]
     out.measured = (
         f"{n} distinct espeak-ng sentences (one request each, 3-5 s), tiny.en on CPU, int8, beam size 5, language "
-        "en, warm model, through the runner's engine. **kubescribe**: `Engine.transcribe_many` on batches of 8 "
-        "(`KUBESCRIBE_POOL_BATCH_MAX`), what `runner.pool.process_batch` calls for compatible short requests; "
-        "**baseline**: `Engine.transcribe` one request after another on the same warm model, what the pool did "
-        f"before. {rounds} round(s) in alternating order; medians. Neither side includes pod start or model load, "
-        "which one-Job-per-request pays per request on top (see pooled_vs_per_job for that end-to-end figure)."
+        "en, warm model, through the runner's engine. **kubescribe**: `Engine.transcribe_many` on groups of 4 "
+        "(what `runner.pool.process_batch` does with the requests a pooled runner takes at once; the operator "
+        "sets that to `KUBESCRIBE_REQUESTS_PER_RUNNER`, 4): their speech packed into shared 30 s windows, decoded "
+        "in one batched call with word timestamps, every word sent back to its request. Groups of 8 for "
+        "comparison. **Baseline**: `Engine.transcribe` one request after another on the same warm model, what "
+        f"the pool did before. {rounds} round(s) in rotating order; medians. WER over all requests, and the worst "
+        "single request's. Neither side includes pod start or model load: pooled_vs_per_job is the end-to-end "
+        "figure against one Job per request."
     )
-    out.headline = f"batched: median {secs(median(t_many))}, WER {e_many:.3f}"
-    out.baseline = f"one at a time: median {secs(median(t_one))}, WER {e_one:.3f}"
-    out.ratio = f"{ratio:.2f}x faster, WER {e_many - e_one:+.3f}"
-    out.target = "WER within 0.02 of one at a time (the >= 6x vs one Job per request is end to end)"
-    out.status = "PASS" if abs(e_many - e_one) <= 0.02 else "MISS"
-    out.table("Runs", ["path", "median", "all runs (s)", "per request", "WER"],
-              [["batched (8 per call)", secs(median(t_many)), ", ".join(f"{t:.1f}" for t in t_many),
-                secs(median(t_many) / n), f"{e_many:.3f}"],
-               ["one at a time", secs(median(t_one)), ", ".join(f"{t:.1f}" for t in t_one),
-                secs(median(t_one) / n), f"{e_one:.3f}"]])
-    out.data = {"batched": t_many, "one": t_one, "wer": {"batched": e_many, "one": e_one}}
+    out.headline = f"packed 4 at a time: median {secs(med[head])}, WER {errs[head]:.3f}"
+    out.baseline = f"one at a time: median {secs(med['one'])}, WER {errs['one']:.3f}"
+    out.ratio = f"{ratio:.2f}x faster, WER {errs[head] - errs['one']:+.3f}"
+    out.target = "faster, WER no more than 0.02 above one at a time (>= 6x vs one Job per request: pooled_vs_per_job)"
+    out.status = "PASS" if ratio > 1 and errs[head] <= errs["one"] + 0.02 else "MISS"
+    out.table("Runs", ["path", "median", "all runs (s)", "per request", "WER", "worst request's WER"],
+              [[m, secs(med[m]), ", ".join(f"{t:.1f}" for t in times[m]), secs(med[m] / n), f"{errs[m]:.3f}",
+                f"{worst[m]:.3f}"] for m in times])
+    out.notes.append(
+        "Why packing and not batching alone: Whisper pads every window to 30 s, so a 3-5 s request alone costs a "
+        "whole 30 s encoder pass, and on a CPU the encoder costs the same per window at batch size 1 or 8 "
+        "(long_batched_vs_sequential measures it). Batching separate windows saved nothing here (1.01x in an "
+        "earlier run); packing cuts the number of windows.")
+    out.data = {"times": times, "wer": errs, "worst": worst}
     return out

@@ -390,8 +390,9 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         "while the operator was down. 30 s bounds that recovery without loading the API server.",
     )
     workers: int = Field(
-        16, ge=1, description="kopf's handler thread pool, and as many admissions at once: watch "
-        "events and admissions of many requests proceed while one waits on the API server."
+        16, ge=1, description="Threads handling watch events (from the operator's event queue), and "
+        "as many admissions at once: events and admissions of many requests proceed while one "
+        "waits on the API server."
     )
     audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
 

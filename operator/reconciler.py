@@ -163,6 +163,9 @@ class Reconciler:
                       if o.get("kind") == "TranscriptionRequest"), None)
         if owner is None:
             return  # a pooled runner: it serves many requests and reports through Redis
+        deleted = event_type == "DELETED" or bool(job["metadata"].get("deletionTimestamp"))
+        if not deleted and not self.kueue and outcomes.quiet(job):
+            return  # running and healthy: nothing to decide, no read of the request
         seen = self.registry.get(owner["uid"])
         if seen is not None and seen.current and seen.phase in TERMINAL_PHASES:
             # finished on its current spec: the Job's later events (its completion seen

@@ -254,6 +254,17 @@ def test_a_job_event_for_another_job_or_a_finished_request_is_ignored():
                            last=DONE, stored=None, stuck=None) is None
 
 
+def test_a_running_healthy_job_is_quiet_and_needs_no_read_of_its_request():
+    assert outcomes.quiet(job(active=1, ready=1)) and outcomes.quiet(job(active=0, ready=0))
+    assert not outcomes.quiet(job(active=1, ready=0))  # a pod that may be stuck
+    assert not outcomes.quiet(job(active=1, ready=1, failed=1))  # a retry to count
+    assert not outcomes.quiet(job(succeeded=1, conditions=[("Complete", "", "")]))
+    assert not outcomes.quiet(job(failed=2, conditions=[("Failed", "BackoffLimitExceeded", "")]))
+    # whatever the request says, on_job answers a quiet Job with nothing
+    for body in (running_body(), running_body(attempts=1), request("Succeeded", job="job-r")):
+        assert outcomes.on_job(body, job(active=1, ready=1), deleted=False, last=None, stored=None, stuck=None) is None
+
+
 def test_which_job_states_need_the_pods():
     assert not outcomes.needs_pods(job(active=1, ready=1))
     assert outcomes.needs_pods(job(active=1, ready=0))
