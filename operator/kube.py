@@ -10,6 +10,7 @@ phase is.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,10 +61,26 @@ class Kube:
                 return None
             raise
 
-    def list_requests(self, namespace: str) -> dict:
+    def list_requests(self, namespace: str, limit: int = 0, continue_: str = "") -> dict:
+        """One LIST of requests (a page of ``limit`` when set, from ``continue_``)."""
+        kw: dict = {"limit": limit} if limit else {}
+        if continue_:
+            kw["_continue"] = continue_
         if namespace:
-            return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
+        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw)
+
+    def request_pages(self, namespace: str, limit: int = 500) -> Iterator[dict]:
+        """Every request, a page at a time: one consistent snapshot (the API server serves
+        every page at the first page's resourceVersion), never all the bodies in memory at
+        once. An expired continue token (410) raises: the caller's next pass starts over."""
+        token = ""
+        while True:
+            page = self.list_requests(namespace, limit=limit, continue_=token)
+            yield page
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     def delete_request(self, namespace: str, name: str, uid: str, resource_version: str | None) -> bool:
         """Delete a request if it is still the object that was judged (same uid and

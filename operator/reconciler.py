@@ -33,6 +33,9 @@ from .scheduler import Registry, entry_from_body
 
 log = logging.getLogger("kubescribe.operator")
 
+#: Requests per page of the resync's LIST.
+RESYNC_PAGE = 500
+
 
 class Reconciler:
     """The operator's state (registry, per-request locks) and its entry points.
@@ -243,12 +246,29 @@ class Reconciler:
 
     # -- resync -----------------------------------------------------------------------
     def resync(self) -> None:
-        """List every request: rebuild the registry, retry Pending ones, find lost Jobs."""
-        listing = self.kube.list_requests(self.settings.namespace)
-        items = listing["items"]
-        list_rv = (listing.get("metadata") or {}).get("resourceVersion")
-        self.registry.replace_all((entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")),
-                                  list_version=int(list_rv) if str(list_rv or "").isdigit() else 0)
+        """List every request: rebuild the registry, retry Pending ones, find lost Jobs.
+
+        A page at a time (``RESYNC_PAGE`` requests): at 10,000 requests one LIST of them
+        all held every body at once, and that transient doubled the operator's peak memory.
+        Each page is merged into the registry before its requests are looked at, as the
+        whole list used to be; what no page held is dropped at the end."""
+        listed: set[str] = set()
+        list_rv = None
+        for page in self.kube.request_pages(self.settings.namespace, RESYNC_PAGE):
+            if list_rv is None:
+                list_rv = (page.get("metadata") or {}).get("resourceVersion")
+            items = page["items"]
+            live = [entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")]
+            listed.update(e.uid for e in live)
+            self.registry.merge(live)
+            self._resync_page(items)
+        self.registry.drop_unlisted(listed, int(list_rv) if str(list_rv or "").isdigit() else 0)
+        # Admission starts only after the first full pass: every request found at startup
+        # is queued by then, so the budget goes by priority, not by watch-event order.
+        self.synced = True
+        self.wake()
+
+    def _resync_page(self, items: list[dict]) -> None:
         now = datetime.now(timezone.utc)
         for body in items:
             entry = entry_from_body(body)
@@ -267,10 +287,6 @@ class Reconciler:
                                                                   self.settings.claim_idle_ms / 1000))
             except Exception as exc:
                 log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
-        # Admission starts only after the first full pass: every request found at startup
-        # is queued by then, so the budget goes by priority, not by watch-event order.
-        self.synced = True
-        self.wake()
 
     def expire(self, body: dict) -> None:
         """Delete a finished request whose TTL has passed (found by the resync, so within

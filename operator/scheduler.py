@@ -147,15 +147,24 @@ class Registry:
     def replace_all(self, entries: Iterable[Entry], list_version: int = 0) -> None:
         """Merge a full LIST: newer entries win; an entry missing from the list is dropped
         only if it is not newer than the list itself (else it was created after it)."""
+        entries = list(entries)
+        self.merge(entries)
+        self.drop_unlisted({e.uid for e in entries}, list_version)
+
+    def merge(self, entries: Iterable[Entry]) -> None:
+        """One page of a LIST: each entry unless the registry holds a newer version."""
         with self._lock:
-            fresh = {e.uid: e for e in entries}
-            for uid, seen in self._entries.items():
-                if uid in fresh:
-                    if seen.resource_version > fresh[uid].resource_version:
-                        fresh[uid] = seen
-                elif list_version and seen.resource_version > list_version:
-                    fresh[uid] = seen
-            self._entries = fresh
+            for e in entries:
+                seen = self._entries.get(e.uid)
+                if seen is None or seen.resource_version <= e.resource_version:
+                    self._entries[e.uid] = e
+
+    def drop_unlisted(self, listed: set[str], list_version: int = 0) -> None:
+        """After a whole LIST: drop what it did not hold, unless newer than the list itself
+        (created after it). :meth:`merge` of every page, then this, is :meth:`replace_all`."""
+        with self._lock:
+            self._entries = {uid: e for uid, e in self._entries.items()
+                             if uid in listed or (list_version and e.resource_version > list_version)}
 
     def snapshot(self) -> list[Entry]:
         with self._lock:

@@ -348,3 +348,21 @@ def test_registry_keeps_the_newest_view_of_a_request():
     assert reg.get("uid-a").phase == "Running" and reg.get("uid-b") is not None
     reg.replace_all([], list_version=25)
     assert len(reg.snapshot()) == 0
+
+
+def test_a_list_read_in_pages_merges_like_one_list():
+    from kubescribe.operator.scheduler import Entry, Registry
+
+    def e(name, rv, phase="Queued"):
+        return Entry("ns", name, f"uid-{name}", 1, phase, 1, 0, "2026-01-01T00:00:00Z", 1, resource_version=rv)
+
+    reg = Registry()
+    for x in (e("a", 5), e("b", 30, "Running"), e("gone", 6), e("new", 40)):
+        reg.upsert(x)
+    # a LIST at version 20, in two pages: a is updated, b's newer watch version stays,
+    # c is added, gone (not listed, older than the list) goes, new (created after it) stays
+    reg.merge([e("a", 12, "Running"), e("b", 10)])
+    reg.merge([e("c", 15)])
+    reg.drop_unlisted({"uid-a", "uid-b", "uid-c"}, list_version=20)
+    got = {x.name: (x.phase, x.resource_version) for x in reg.snapshot()}
+    assert got == {"a": ("Running", 12), "b": ("Running", 30), "c": ("Queued", 15), "new": ("Queued", 40)}
