@@ -172,7 +172,7 @@ def scale_10k(ctx: Context) -> Outcome:
         cpu2 = proc.cpu_times()
         peak = sampler.stop()
         counts.stop()
-        writes = audit_writes(cluster.audit_events(), user=user, namespace=ns)
+        writes = audit_writes(cluster.iter_audit_events(), user=user, namespace=ns)
         op_log = op.logs()
 
     cpu_work = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)

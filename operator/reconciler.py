@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from kubescribe.metrics import OperatorMetrics
@@ -66,6 +67,7 @@ class Reconciler:
         self._running_since: dict[str, float] = {}  # uid -> when first seen Running
         self._progress_written: dict[str, int] = {}  # uid -> percent in its status
         self._progress_series: set[tuple[str, str, str]] = set()  # gauge series: (namespace, name, uid)
+        self._resync_workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="resync")
         metrics.gpu_budget.set(settings.gpu_budget)
 
     def wake(self) -> None:
@@ -269,24 +271,29 @@ class Reconciler:
         self.wake()
 
     def _resync_page(self, items: list[dict]) -> None:
+        """The requests of one page, ``KUBESCRIBE_WORKERS`` at a time: what a pass does
+        for each is API calls (a TTL deletion, a Job read), and after a burst thousands
+        of them come due in the same pass."""
         now = datetime.now(timezone.utc)
-        for body in items:
-            entry = entry_from_body(body)
-            try:
-                left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now)
-                if left is not None and left <= 0:
-                    self.expire(body)
-                elif needs_reconcile(entry):
-                    self.reconcile(body)
-                elif entry.job_name and (entry.phase == Phase.Running.value
-                                         or (self.kueue and entry.phase == Phase.Queued.value)):
-                    self.check_job(body, entry.job_name)  # under Kueue a Queued request may wait on its Job
-                elif entry.phase == Phase.Running.value and self.pool:
-                    with self.lock_for(entry.uid):
-                        self.apply(body, outcomes.on_pool_timeout(body, datetime.now(timezone.utc),
-                                                                  self.settings.claim_idle_ms / 1000))
-            except Exception as exc:
-                log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
+        list(self._resync_workers.map(lambda body: self._resync_one(body, now), items))
+
+    def _resync_one(self, body: dict, now: datetime) -> None:
+        entry = entry_from_body(body)
+        try:
+            left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now)
+            if left is not None and left <= 0:
+                self.expire(body)
+            elif needs_reconcile(entry):
+                self.reconcile(body)
+            elif entry.job_name and (entry.phase == Phase.Running.value
+                                     or (self.kueue and entry.phase == Phase.Queued.value)):
+                self.check_job(body, entry.job_name)  # under Kueue a Queued request may wait on its Job
+            elif entry.phase == Phase.Running.value and self.pool:
+                with self.lock_for(entry.uid):
+                    self.apply(body, outcomes.on_pool_timeout(body, datetime.now(timezone.utc),
+                                                              self.settings.claim_idle_ms / 1000))
+        except Exception as exc:
+            log.warning("resync of %s/%s failed: %s", entry.namespace, entry.name, exc)
 
     def expire(self, body: dict) -> None:
         """Delete a finished request whose TTL has passed (found by the resync, so within

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import yaml
 
@@ -92,7 +92,7 @@ class AuditWrite:
         return frozenset(((self.body or {}).get("status") or {}))
 
 
-def audit_writes(events: Sequence[dict[str, Any]], *, user: Optional[str] = None,
+def audit_writes(events: Iterable[dict[str, Any]], *, user: Optional[str] = None,
                  namespace: Optional[str] = None) -> list[AuditWrite]:
     """The successful writes (2xx) among audit ``events``, by ``user`` and in ``namespace``
     when given. A refused or conflicting write (4xx) changed nothing in etcd."""
@@ -574,7 +574,9 @@ class KubeCluster:
             # Blocking mode: an event is in the file when its request has returned, so a
             # test reads a complete log without waiting for a batch to flush.
             audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log_path}",
-                     "--audit-log-format=json", "--audit-log-mode=blocking", "--audit-log-maxsize=0"]
+                     "--audit-log-format=json", "--audit-log-mode=blocking",
+                     # rotated at 100 MB all the same when 0; iter_audit_events reads rotations too
+                     "--audit-log-maxsize=100000"]
         self.apiserver = ManagedProcess(
             "kube-apiserver",
             [
@@ -769,14 +771,24 @@ class KubeCluster:
 
     def audit_events(self) -> list[dict[str, Any]]:
         """Every event in the audit log so far (needs ``audit_policy``)."""
+        return list(self.iter_audit_events())
+
+    def iter_audit_events(self) -> Iterator[dict[str, Any]]:
+        """The audit log's events, oldest first, one at a time: the files the API server
+        rotated away (``audit-<time>.log`` beside it) and then the current one."""
         import json
 
         if self.audit_policy is None:
             raise RuntimeError("this KubeCluster was started without audit_policy")
-        if not self.audit_log_path.exists():
-            return []
-        with open(self.audit_log_path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        path = self.audit_log_path
+        rotated = sorted(p for p in path.parent.glob(f"{path.stem}-*{path.suffix}") if p != path)
+        for p in [*rotated, path]:
+            if not p.exists():
+                continue
+            with open(p, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
 
     def log_path(self, component: str) -> Path:
         """``etcd``, ``kube-apiserver`` or ``kube-controller-manager``."""
