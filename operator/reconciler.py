@@ -82,9 +82,16 @@ class Reconciler:
         meta = body["metadata"]
         for kind in t.errors:
             self.metrics.error(kind)
-        if t.status is not None and self.kube.patch_status(meta["namespace"], meta["name"], t.status) is None:
-            self.registry.remove(meta["uid"])
-            return False
+        if t.status is not None:
+            patched = self.kube.patch_status(meta["namespace"], meta["name"], t.status)
+            if patched is None:
+                self.registry.remove(meta["uid"])
+                return False
+            # The registry takes the patched object's resourceVersion: a LIST or a watch
+            # event read before this write is then older and cannot roll the entry back
+            # (a resync page listed just before the Queued patch used to queue it twice).
+            if (patched.get("metadata") or {}).get("uid") == meta["uid"]:
+                self.registry.upsert_if_newer(entry_from_body(patched))
         if t.registry:
             self.registry.mark(meta["uid"], **t.registry)
         if t.delete_job:

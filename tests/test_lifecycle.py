@@ -392,6 +392,32 @@ def test_apply_writes_the_status_then_registry_counts_and_event():
     assert value("kubescribe_jobs_total", {"outcome": "failed"}) == 1
 
 
+def test_a_list_read_before_a_status_write_cannot_roll_the_registry_back():
+    """The registry takes the patched object's resourceVersion, so a resync page listed
+    just before the Queued write does not make the request look new again."""
+
+    class VersionedKube(FakeKube):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def patch_status(self, ns, name, doc):
+            super().patch_status(ns, name, doc)
+            meta = {**self.body["metadata"], "resourceVersion": "7"}
+            return {**self.body, "metadata": meta, "status": {**(self.body.get("status") or {}), **doc}}
+
+    body = request()
+    body["metadata"]["resourceVersion"] = "5"
+    rec = reconciler(VersionedKube(body))
+    rec.registry.upsert(entry_from_body(body))
+    assert rec.apply(body, admission.on_seen(body, spec_of(body), KEY, None, CacheAnswer("miss")))
+    assert rec.registry.get("uid-r").phase == "Queued" and rec.registry.get("uid-r").resource_version == 7
+    stale = dict(body)
+    stale["metadata"] = {**body["metadata"], "resourceVersion": "6"}  # listed before the write
+    rec.registry.merge([entry_from_body(stale)])
+    assert rec.registry.get("uid-r").phase == "Queued"
+
+
 def test_apply_stops_at_a_404_no_registry_change_no_event_no_count():
     kube = FakeKube(exists=False)
     rec = reconciler(kube)
