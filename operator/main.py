@@ -150,26 +150,25 @@ async def _progress_loop(rec: Reconciler, seconds: float) -> None:
 
 # The handlers only record the event (operator/workqueue.py says why); the reconciler's
 # entry points run on the queue's threads.
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+def _record(memo: kopf.Memo, kind: str, handler: str, event: kopf.RawEvent) -> None:
     if "reconciler" in memo:
         body = event["object"]
-        memo.events.put(("request", body["metadata"]["uid"]), memo.reconciler.on_request, event.get("type"), body)
+        memo.events.put((kind, body["metadata"]["uid"]), getattr(memo.reconciler, handler), event.get("type"), body)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _record(memo, "request", "on_request", event)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    if "reconciler" in memo:
-        body = event["object"]
-        memo.events.put(("job", body["metadata"]["uid"]), memo.reconciler.on_job, event.get("type"), body)
+    _record(memo, "job", "on_job", event)
 
 
 async def workload_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Kueue's Workloads (admission engine kueue only): its reason for a waiting Job."""
-    if "reconciler" in memo:
-        body = event["object"]
-        memo.events.put(("workload", body["metadata"]["uid"]), memo.reconciler.on_workload_event,
-                        event.get("type"), body)
+    _record(memo, "workload", "on_workload_event", event)
 
 
 def _credentials_problem() -> str | None:

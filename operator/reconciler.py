@@ -188,7 +188,6 @@ class Reconciler:
             body = self.kube.get_request(meta["namespace"], owner["name"])
             if body is None or body["metadata"]["uid"] != owner["uid"]:
                 return  # gone
-            deleted = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
             if deleted and self._replaced(job):
                 return  # a late event of an earlier Job of the same (deterministic) name
             if self.kueue and (kueue.waiting(body, job) or (kueue.suspended(job) and outcomes.owns(body, job))):
