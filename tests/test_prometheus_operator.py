@@ -252,8 +252,14 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
     assert wait_done(node, ns, "missing")["phase"] == "Failed"
     create_request(node, ns, "fox-again", {"audio": {"redisKey": fox_key}, "language": "en", "device": "cpu"})
     assert wait_done(node, ns, "fox-again")["cached"] is True
-    prom.wait_for(f'sum(kubescribe_transcriptions_total{{namespace="{ns}",job="{release}",component="operator"}})',
-                  lambda r: r and float(r[0]["value"][1]) == 4, timeout=30)
+    total = f'sum(kubescribe_transcriptions_total{{namespace="{ns}",job="{release}",component="operator"}})'
+    prom.wait_for(total, lambda r: r and float(r[0]["value"][1]) == 4, timeout=30)
+    # increase() cannot count a series' first sample: when all four land between two
+    # scrapes, "Total transcriptions" reads 0. One more success after Prometheus has seen
+    # the series gives the panel an increase whatever the scrape timing.
+    create_request(node, ns, "fox-third", {"audio": {"redisKey": fox_key}, "language": "en", "device": "cpu"})
+    assert wait_done(node, ns, "fox-third")["cached"] is True
+    prom.wait_for(total, lambda r: r and float(r[0]["value"][1]) == 5, timeout=30)
 
     # Every query of release A's dashboard has data over the test's time range (GPU panels
     # excepted: no GPU here; and the gateway row, since these releases run no gateway:
@@ -281,7 +287,7 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
     assert max(finite_samples(prom.query_range(by_title["Total transcriptions"], t0, end, step="2s"))) == 0
     assert finite_samples(prom.query_range(by_title["Active workers"], t0, end, step="2s"))
     assert not prom.query_range(by_title["RAM"], t0, end, step="2s")
-    # (increase() cannot count a series' first sample, so the panel reads less than 4.)
+    # (increase() cannot count a series' first sample, so the panel reads less than 5.)
     a_total = dict(queries)["Total transcriptions"]
     assert max(finite_samples(prom.query_range(a_total, t0, end, step="2s"))) > 0
 
