@@ -144,13 +144,6 @@ class Registry:
         with self._lock:
             self._entries.pop(uid, None)
 
-    def replace_all(self, entries: Iterable[Entry], list_version: int = 0) -> None:
-        """Merge a full LIST: newer entries win; an entry missing from the list is dropped
-        only if it is not newer than the list itself (else it was created after it)."""
-        entries = list(entries)
-        self.merge(entries)
-        self.drop_unlisted({e.uid for e in entries}, list_version)
-
     def merge(self, entries: Iterable[Entry]) -> None:
         """One page of a LIST: each entry unless the registry holds a newer version."""
         with self._lock:
@@ -160,8 +153,8 @@ class Registry:
                     self._entries[e.uid] = e
 
     def drop_unlisted(self, listed: set[str], list_version: int = 0) -> None:
-        """After a whole LIST: drop what it did not hold, unless newer than the list itself
-        (created after it). :meth:`merge` of every page, then this, is :meth:`replace_all`."""
+        """After a whole LIST, every page of it given to :meth:`merge`: drop what it did not
+        hold, unless newer than the list itself (created after it)."""
         with self._lock:
             self._entries = {uid: e for uid, e in self._entries.items()
                              if uid in listed or (list_version and e.resource_version > list_version)}

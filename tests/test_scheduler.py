@@ -276,7 +276,8 @@ def test_registry_upsert_get_mark_remove_replace():
     r.remove("uid-b")
     r.remove("uid-b")  # idempotent
     assert [e.name for e in r.snapshot()] == ["a"]
-    r.replace_all([entry("c"), entry("d")])
+    r.merge([entry("c"), entry("d")])
+    r.drop_unlisted({"uid-c", "uid-d"})
     assert sorted(e.name for e in r.snapshot()) == ["c", "d"]
 
 
@@ -344,9 +345,10 @@ def test_registry_keeps_the_newest_view_of_a_request():
     # the LIST survives it; one missing from a newer LIST is gone.
     late = replace(base, uid="uid-b", name="b", resource_version=20)
     reg.upsert(late)
-    reg.replace_all([replace(base, phase="Queued", resource_version=10)], list_version=15)
+    reg.merge([replace(base, phase="Queued", resource_version=10)])
+    reg.drop_unlisted({"uid-a"}, list_version=15)
     assert reg.get("uid-a").phase == "Running" and reg.get("uid-b") is not None
-    reg.replace_all([], list_version=25)
+    reg.drop_unlisted(set(), list_version=25)
     assert len(reg.snapshot()) == 0
 
 
