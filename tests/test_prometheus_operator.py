@@ -265,7 +265,11 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
     # excepted: no GPU here; and the gateway row, since these releases run no gateway:
     # tests/test_gateway.py gives those panels data. Both must evaluate without error).
     _, queries = dashboard_queries(node, release, ns)
-    end = time.time()
+    # A range query evaluates at start, start + step, ... up to end, so its last point can fall
+    # up to a step before the scrape that saw the fifth transcription. The range ends on a
+    # whole second after that scrape and starts a whole number of steps before its end.
+    end = math.ceil(time.time())
+    t0 = end - 2 * math.ceil((end - t0) / 2)
     no_gpu, no_gateway = [], []
     for title, expr in queries:
         result = prom.query_range(expr, t0, end, step="2s")  # raises on a PromQL error
@@ -287,7 +291,8 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
     assert max(finite_samples(prom.query_range(by_title["Total transcriptions"], t0, end, step="2s"))) == 0
     assert finite_samples(prom.query_range(by_title["Active workers"], t0, end, step="2s"))
     assert not prom.query_range(by_title["RAM"], t0, end, step="2s")
-    # (increase() cannot count a series' first sample, so the panel reads less than 5.)
+    # (increase() cannot count a series' first sample, so the panel reads less than 5; the
+    # range's last point, after fox-third was scraped, reads at least 1.)
     a_total = dict(queries)["Total transcriptions"]
     assert max(finite_samples(prom.query_range(a_total, t0, end, step="2s"))) > 0
 
