@@ -244,7 +244,6 @@ def test_readyz_checks_redis_and_the_api_server(gateway_env):
 def test_prometheus_scrapes_the_gateway_and_every_gateway_panel_has_data(gateway_env, prometheus_factory, speech_dir):
     """The dashboard's gateway row, evaluated by a real Prometheus on this module's traffic."""
     import re
-    import time
 
     from tests.test_monitoring import INSTALL, panel_queries
 
@@ -260,7 +259,7 @@ def test_prometheus_scrapes_the_gateway_and_every_gateway_panel_has_data(gateway
     for family in ("upload_bytes", "request_duration_seconds"):
         prom.wait_for(f'sum(rate(kubescribe_gateway_{family}_count{{component="gateway"}}[10m]))',
                       lambda r: r and float(r[0]["value"][1]) > 0, timeout=30)
-    time.sleep(3)  # a few scrapes, as in tests/test_monitoring.py
+    prom.wait_for_scrapes(2)  # the last upload scraped, and one scrape more for rates
     gateway_panels = [(t, e) for t, e in panel_queries() if 'component="gateway"' in e]
     assert len({t for t, _ in gateway_panels}) == 5
     for title, expr in gateway_panels:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -389,7 +388,7 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
     fox, weather = (store.put_audio((speech_dir / f"{n}.wav").read_bytes()) for n in ("fox", "weather"))
     requests_api.create("fox", {"audio": {"redisKey": fox}, "language": "en"})
     assert requests_api.wait_phase("fox", "Succeeded", "Failed")["phase"] == "Succeeded"
-    time.sleep(2)  # a scrape between the two, so rates see the second one
+    prom.wait_for_scrapes()  # a scrape between the two, so rates see the second one
     requests_api.create("weather", {"audio": {"redisKey": weather}, "language": "en"})
     requests_api.create("missing", {"audio": {"redisKey": "kubescribe:audio:" + "7" * 64}, "device": "cpu"})
     assert requests_api.wait_phase("weather", "Succeeded", "Failed")["phase"] == "Succeeded"
@@ -403,7 +402,7 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
     prom.wait_for('sum(kubescribe_ram_usage_bytes{component="runner"})',
                   lambda r: r and float(r[0]["value"][1]) > 0, timeout=30)
     assert prom.query('kubescribe_transcriptions_total{component="runner"}') == []
-    time.sleep(3)  # a few more scrapes after the last change
+    prom.wait_for_scrapes(2)  # the last change scraped, and one scrape more for rates
 
     empty_gpu = []
     for title, expr in panel_queries():

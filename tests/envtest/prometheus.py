@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -249,6 +250,17 @@ class PrometheusServer:
             return wait_for(probe, timeout=timeout, interval=interval, description=f"PromQL {promql!r}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; last result: {last[0] if last else None!r}") from None
+
+    def wait_for_scrapes(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Until every target has been scraped ``count`` times after this call.
+
+        ``timestamp(up)`` is the start of a target's latest scrape, so a scrape that began
+        before the call does not count: what the scraped process held at the call is in
+        Prometheus when this returns.
+        """
+        for _ in range(count):
+            since = time.time()
+            self.wait_for("min(timestamp(up))", lambda r: r and float(r[0]["value"][1]) > since, timeout=timeout)
 
     def targets(self, state: str = "active") -> list[dict[str, Any]]:
         """``/api/v1/targets`` entries (``health``, ``lastError``, ``labels``, ...)."""
