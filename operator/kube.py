@@ -9,6 +9,7 @@ phase is.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -16,8 +17,8 @@ from typing import Any
 
 from kubescribe import GROUP, PLURAL, VERSION
 
-from .jobs import LABEL_POOL, LABEL_REQUEST_UID
-from .kubeapi import Retrying
+from .jobs import LABEL_MANAGED_BY, LABEL_POOL, LABEL_REQUEST_UID, MANAGED_BY
+from .kubeapi import REQUEST_TIMEOUT, Retrying
 
 log = logging.getLogger("kubescribe.operator")
 
@@ -126,7 +127,7 @@ class Kube:
             "reportingInstance": EVENT_SOURCE, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            self.events_api.create_namespaced_event(meta["namespace"], ev)
+            self.events_api.create_namespaced_event(meta["namespace"], ev, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
 
@@ -150,6 +151,24 @@ class Kube:
             raise JobGoingAway(name)
         log.info("Job %s/%s already exists (operator restart): adopting it", namespace, name)
         return False
+
+    def job_pages(self, namespace: str, limit: int = 500) -> Iterator[list[dict]]:
+        """The operator's runner Jobs, a page of ``limit`` at a time, as dicts read from
+        the response's JSON: the typed client's models would cost more CPU than the call,
+        for Jobs the caller mostly looks at once and drops."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        token = ""
+        while True:
+            kw: dict[str, Any] = {"label_selector": selector, "limit": limit, "_preload_content": False}
+            if token:
+                kw["_continue"] = token
+            resp = (self.batch.list_namespaced_job(namespace, **kw) if namespace
+                    else self.batch.list_job_for_all_namespaces(**kw))
+            page = json.loads(resp.data)
+            yield page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     def read_job(self, namespace: str, name: str) -> dict | None:
         """The Job as an API dict, or ``None`` when it no longer exists."""

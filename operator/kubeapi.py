@@ -4,6 +4,10 @@ The API server answers 429 (with Retry-After) under load and 5xx during upgrades
 etcd leader changes; a kopf handler that gave up on the first one would leave a request
 in the wrong phase until the next resync. Retries are bounded (about 15 s in all), so a
 real outage still surfaces as an error and the periodic resync takes over.
+
+Every call has a timeout (REQUEST_TIMEOUT: connect, then each read), which the kubernetes
+client has none of by default: without it, a connection the API server never answers
+(a dropped route, a proxy holding it open) blocks an operator thread for good.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = {409, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 6
 MAX_DELAY = 5.0
+#: (connect, read) seconds for one API call; a caller's own ``_request_timeout`` wins.
+REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 def _retry_after(exc) -> float | None:
@@ -81,6 +87,8 @@ class Retrying:
 
         def call(*args, **kwargs):
             import urllib3
+
+            kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
             from kubernetes.client.exceptions import ApiException
 
             delay = 0.2

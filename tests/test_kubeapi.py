@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTResponse
 
-from kubescribe.operator.kubeapi import MAX_ATTEMPTS, MAX_DELAY, RETRY_STATUSES, Retrying, _retry_after
+from kubescribe.operator.kubeapi import MAX_ATTEMPTS, MAX_DELAY, REQUEST_TIMEOUT, RETRY_STATUSES, Retrying, _retry_after
 
 REASONS = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError",
            503: "ServiceUnavailable", 422: "Invalid", 403: "Forbidden", 400: "BadRequest"}
@@ -278,7 +278,8 @@ def test_arguments_and_results_pass_through(sleeps):
     fake = FakeApi(api_exception(503), result={"x": 1})
     got = Retrying(fake, sleep=sleeps).create_namespaced_job("ns", {"kind": "Job"}, dry_run="All")
     assert got == {"x": 1}
-    assert fake.calls == [("create_namespaced_job", ("ns", {"kind": "Job"}), {"dry_run": "All"})] * 2
+    assert fake.calls == [("create_namespaced_job", ("ns", {"kind": "Job"}),
+                           {"dry_run": "All", "_request_timeout": REQUEST_TIMEOUT})] * 2
 
 
 def test_attributes_pass_through():
@@ -288,3 +289,51 @@ def test_attributes_pass_through():
     with pytest.raises(AttributeError):
         api.no_such_method
 
+
+
+def test_every_call_has_a_timeout_unless_the_caller_gives_its_own():
+    fake = FakeApi()
+    api = Retrying(fake, sleep=lambda s: None)
+    api.read_namespaced_job("j", "ns")
+    api.read_namespaced_job("j", "ns", _request_timeout=5)
+    assert [kw["_request_timeout"] for _, _, kw in fake.calls] == [REQUEST_TIMEOUT, 5]
+
+
+def test_a_server_that_never_answers_fails_the_call_instead_of_blocking_it(monkeypatch, sleeps):
+    """A real client against a server that accepts connections and never answers (a
+    dropped route, a proxy holding them open): each try times out on its read, and the
+    call fails after the bounded retries, so an operator thread is never held for good."""
+    import socket
+    import threading
+
+    from kubescribe.operator import kubeapi
+
+    monkeypatch.setattr(kubeapi, "REQUEST_TIMEOUT", (1.0, 0.1))
+    held, stop = [], threading.Event()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        silent.settimeout(0.1)
+
+        def accept_and_hold():
+            while not stop.is_set():
+                try:
+                    held.append(silent.accept()[0])
+                except OSError:
+                    continue
+
+        holder = threading.Thread(target=accept_and_hold, daemon=True)
+        holder.start()
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        core = Retrying(client.CoreV1Api(client.ApiClient(cfg)), sleep=sleeps)
+        try:
+            with pytest.raises(urllib3.exceptions.MaxRetryError) as failed:
+                core.read_namespace("x")
+        finally:
+            stop.set()
+            holder.join(5)
+            for conn in held:
+                conn.close()
+    assert isinstance(failed.value.reason, urllib3.exceptions.ReadTimeoutError), failed.value.reason
+    assert len(sleeps) == MAX_ATTEMPTS - 1 and held
