@@ -88,6 +88,10 @@ class RealNodeError(RuntimeError):
     """The real node could not start; the message says what is missing or which log to read."""
 
 
+#: The images a real node's pods run (the base is only a build input).
+IMAGES_NEEDED = ("operator", "runner", "redis", "pause")
+
+
 def image_manifest() -> dict[str, dict[str, str]]:
     """``{name: {"ref": ..., "archive": ...}}`` of the images ``hack/build-images.sh`` built."""
     proc = subprocess.run(["bash", str(IMAGES_SCRIPT), "--print-manifest"], capture_output=True, text=True, timeout=30)
@@ -99,8 +103,9 @@ def image_manifest() -> dict[str, dict[str, str]]:
         )
     manifest = json.loads(path.read_text())
     missing = [n for n, e in manifest.items() if not Path(e["archive"]).is_file()]
+    missing += [n for n in IMAGES_NEEDED if n not in manifest]  # not built for the current source
     if missing:
-        raise RealNodeError(f"image archives missing for {', '.join(missing)}; run `make images`")
+        raise RealNodeError(f"no image of the current source for {', '.join(missing)}; run `make images`")
     return manifest
 
 
