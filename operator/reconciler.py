@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
+from kubescribe import KIND
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, TranscriptionSpec, parse_spec
 from kubescribe.outcomes import RunnerOutcome
@@ -262,6 +263,7 @@ class Reconciler:
         whole list used to be; what no page held is dropped at the end."""
         listed: set[str] = set()
         list_rv = None
+        quiet = self._quiet_jobs()
         for page in self.kube.request_pages(self.settings.namespace, RESYNC_PAGE):
             if list_rv is None:
                 list_rv = (page.get("metadata") or {}).get("resourceVersion")
@@ -269,21 +271,45 @@ class Reconciler:
             live = [entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")]
             listed.update(e.uid for e in live)
             self.registry.merge(live)
-            self._resync_page(items)
+            self._resync_page(items, quiet)
         self.registry.drop_unlisted(listed, int(list_rv) if str(list_rv or "").isdigit() else 0)
         # Admission starts only after the first full pass: every request found at startup
         # is queued by then, so the budget goes by priority, not by watch-event order.
         self.synced = True
         self.wake()
 
-    def _resync_page(self, items: list[dict]) -> None:
+    def _quiet_jobs(self) -> set[tuple[str, str, str]]:
+        """(namespace, name, owner uid) of the runner Jobs that need no look this pass
+        (:func:`outcomes.quiet`: running, no pod failed, every pod ready).
+
+        One paged LIST of Jobs replaces a read of the Job of every Running request: with
+        thousands Running, thousands of reads every pass. Only names are kept. A Job that ends after this listing is seen by its watch event, or by the
+        next pass; a Job missing from it is read, so one created meanwhile is not taken
+        for lost. If the listing fails, every Job is read as before."""
+        quiet: set[tuple[str, str, str]] = set()
+        if self.kueue:
+            return quiet  # on_job reads every Job under Kueue: a suspended Job is not quiet
+        try:
+            for items in self.kube.job_pages(self.settings.namespace, RESYNC_PAGE):
+                for job in items:
+                    meta = job.get("metadata") or {}
+                    owner = next((o.get("uid") for o in meta.get("ownerReferences") or []
+                                  if o.get("kind") == KIND), None)
+                    if owner and not meta.get("deletionTimestamp") and outcomes.quiet(job):
+                        quiet.add((meta.get("namespace"), meta.get("name"), owner))
+        except Exception as exc:
+            log.warning("listing runner Jobs failed; this pass reads each Running request's Job: %s", exc)
+            return set()
+        return quiet
+
+    def _resync_page(self, items: list[dict], quiet: set[tuple[str, str, str]] = frozenset()) -> None:
         """The requests of one page, ``KUBESCRIBE_WORKERS`` at a time: what a pass does
         for each is API calls (a TTL deletion, a Job read), and after a burst thousands
         of them come due in the same pass."""
         now = datetime.now(timezone.utc)
-        list(self._resync_workers.map(lambda body: self._resync_one(body, now), items))
+        list(self._resync_workers.map(lambda body: self._resync_one(body, now, quiet), items))
 
-    def _resync_one(self, body: dict, now: datetime) -> None:
+    def _resync_one(self, body: dict, now: datetime, quiet: set[tuple[str, str, str]] = frozenset()) -> None:
         entry = entry_from_body(body)
         try:
             left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now)
@@ -291,6 +317,9 @@ class Reconciler:
                 self.expire(body)
             elif needs_reconcile(entry):
                 self.reconcile(body)
+            elif entry.job_name and entry.phase == Phase.Running.value and \
+                    (entry.namespace, entry.job_name, entry.uid) in quiet:
+                pass  # its Job was listed this pass, running and healthy
             elif entry.job_name and (entry.phase == Phase.Running.value
                                      or (self.kueue and entry.phase == Phase.Queued.value)):
                 self.check_job(body, entry.job_name)  # under Kueue a Queued request may wait on its Job

@@ -617,3 +617,82 @@ def test_a_request_edited_after_it_finished_does_not_expire_it_runs_again():
 
 def test_an_unreadable_completion_time_keeps_the_request():
     assert seconds_until_expiry(finished_request(completed="yesterday", ttl=0), 1, AT) is None
+
+
+# --------------------------------------------------------------------------- the resync's Job reads
+
+
+class ResyncKube(FakeKube):
+    """Running requests, the runner Jobs one LIST shows, and the Jobs a read finds."""
+
+    def __init__(self, bodies, listed, existing, list_fails=False):
+        super().__init__()
+        self.bodies = {b["metadata"]["name"]: b for b in bodies}
+        self.listed, self.existing, self.list_fails = listed, existing, list_fails
+        self.reads = []
+
+    def request_pages(self, ns, limit):
+        yield {"metadata": {"resourceVersion": "9"}, "items": list(self.bodies.values())}
+
+    def job_pages(self, ns, limit):
+        if self.list_fails:
+            raise OSError("connection reset")
+        yield self.listed
+
+    def read_job(self, ns, name):
+        self.reads.append(name)
+        return self.existing.get(name)
+
+    def get_request(self, ns, name):
+        return self.bodies.get(name)
+
+    def job_pods(self, ns, name):
+        return []
+
+
+def running_named(name):
+    body = running_body()
+    body["metadata"] = {**body["metadata"], "name": name, "uid": f"uid-{name}"}
+    body["status"] = {**body["status"], "jobName": f"job-{name}"}
+    return body
+
+
+def job_of(name, **counts):
+    j = job(f"job-{name}", **counts)
+    j["metadata"]["ownerReferences"] = [{"kind": "TranscriptionRequest", "name": name, "uid": f"uid-{name}"}]
+    return j
+
+
+def test_the_resync_reads_only_the_jobs_a_list_did_not_show_running_and_healthy():
+    """One LIST of Jobs instead of a read per Running request: a quiet Job costs nothing; a
+    Job with a failed pod, one the LIST did not show (created after it) and one that is
+    gone are read, and only the gone one re-queues its request."""
+    names = ["quiet", "failing", "newer", "lost", "other-owner"]
+    listed = [job_of("quiet", active=1, ready=1), job_of("failing", active=1, ready=1, failed=1),
+              {**job_of("other-owner", active=1, ready=1),
+               "metadata": {**job_of("other-owner")["metadata"],
+                            "ownerReferences": [{"kind": "TranscriptionRequest", "name": "other-owner",
+                                                 "uid": "uid-an-earlier-request"}]}}]
+    existing = {j["metadata"]["name"]: j for j in listed}
+    existing["job-newer"] = job_of("newer", active=1, ready=1)
+    kube = ResyncKube([running_named(n) for n in names], listed, existing)
+    rec = reconciler(kube)
+    rec.resync()
+    assert sorted(kube.reads) == ["job-failing", "job-lost", "job-newer", "job-other-owner"]
+    assert [p.get("reason") for p in kube.patches if p.get("phase")] == ["JobLost"]
+    assert [p for p in kube.patches if "attempts" in p and not p.get("phase")] != []  # the failed pod: a retry
+
+    # The LIST refused: every Running request's Job is read, as before.
+    kube = ResyncKube([running_named(n) for n in names], listed, existing, list_fails=True)
+    reconciler(kube).resync()
+    assert sorted(kube.reads) == sorted(f"job-{n}" for n in names)
+
+
+def test_under_kueue_the_resync_lists_no_jobs_and_reads_each():
+    """Under Kueue on_job reads every Job (a suspended Job is not quiet), so the resync does too."""
+    kube = ResyncKube([running_named("quiet")], [job_of("quiet", active=1, ready=1)],
+                      {"job-quiet": job_of("quiet", active=1, ready=1)})
+    rec = reconciler(kube, admission_engine="kueue")
+    assert rec.kueue
+    rec.resync()
+    assert kube.reads == ["job-quiet"]

@@ -261,3 +261,26 @@ def test_pool_mode_transcribes_a_burst_with_warm_runners(
     # fewer runner processes than requests: the model stayed loaded between requests
     assert len(fake_kubelet.runs(requests_api.namespace)) <= 2
     assert "Dispatched" in [e.reason for e in requests_api.events("pooled-1")]
+
+
+def test_runner_jobs_are_listed_a_page_at_a_time_by_the_operators_label(kube_api, kube_namespace):
+    """Kube.job_pages against the real API server: the resync's one LIST of runner Jobs."""
+    from kubernetes import client
+
+    from kubescribe.operator.jobs import LABEL_MANAGED_BY, MANAGED_BY
+    from kubescribe.operator.kube import Kube
+
+    batch = client.BatchV1Api(kube_api)
+    for name, labels in (("r1", {LABEL_MANAGED_BY: MANAGED_BY}), ("r2", {LABEL_MANAGED_BY: MANAGED_BY}),
+                         ("r3", {LABEL_MANAGED_BY: MANAGED_BY}), ("someone-elses", {})):
+        batch.create_namespaced_job(kube_namespace, {
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
+            "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "c", "image": "none", "command": ["true"]}]}}}})
+    kube = Kube(kube_api)
+    pages = list(kube.job_pages(kube_namespace, limit=2))
+    assert [len(p) for p in pages] == [2, 1]
+    assert sorted(j["metadata"]["name"] for p in pages for j in p) == ["r1", "r2", "r3"]
+    assert all(j["spec"]["suspend"] is True for p in pages for j in p)  # whole Jobs, as plain dicts
+    everywhere = [j["metadata"] for p in kube.job_pages("", limit=500) for j in p]
+    assert {m["name"] for m in everywhere if m["namespace"] == kube_namespace} == {"r1", "r2", "r3"}

@@ -180,6 +180,40 @@ def test_job_deleted_by_hand_is_recreated(operator_factory, requests_api, redis_
     assert [j.metadata.name for j in requests_api.jobs()] == [job]  # same deterministic name
 
 
+def test_a_job_lost_while_the_operator_was_down_is_found_by_the_resync(
+        operator_factory, requests_api, redis_server, speech_dir, fake_kubelet, tmp_path, kube_api):
+    """No watch event tells a restarted operator of a Job deleted while it was down: its
+    resync lists the runner Jobs, reads the one the list lacks, and re-queues the request."""
+    from kubernetes import client
+
+    gate = tmp_path / "go"
+    with fake_kubelet.override_command(gated(gate)):
+        op = operator_factory()
+        requests_api.create("lost", {"audio": {"redisKey": upload(redis_server, speech_dir, "fox")},
+                                     "cache": {"enabled": False}})
+        job = requests_api.wait("lost", lambda s: s.get("phase") == "Running", description="Running")["jobName"]
+        op.kill()
+        batch = client.BatchV1Api(kube_api)
+        batch.delete_namespaced_job(job, requests_api.namespace, propagation_policy="Foreground")
+
+        def gone():
+            try:
+                batch.read_namespaced_job(job, requests_api.namespace)
+                return False
+            except client.exceptions.ApiException as exc:
+                return exc.status == 404
+
+        wait_for(gone, timeout=60, description="Job deleted")
+        op.start()
+        wait_for(lambda: "JobLost" in [e.reason for e in requests_api.events("lost")], timeout=60,
+                 description="JobLost event")
+        requests_api.wait("lost", lambda s: s.get("phase") == "Running", description="Running again")
+        gate.touch()
+        status = requests_api.wait_phase("lost", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded"
+    assert [j.metadata.name for j in requests_api.jobs()] == [job]
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 def test_bad_audio_of_every_kind_fails_fast_with_a_reason(
