@@ -96,7 +96,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     stop = threading.Event()
     if rec.pool:
         threading.Thread(target=rec.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
-    memo.events = EventQueue(conf.workers).start()
+    memo.events = EventQueue(conf.workers, observer=metrics.workqueue).start()
+    metrics.workqueue.watch(memo.events)
     memo.reconciler = rec
     memo.server = server
     memo.stop = stop

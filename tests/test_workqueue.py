@@ -105,3 +105,92 @@ def test_bodies_lose_only_what_no_handler_reads():
     assert "template" in job["spec"] and "managedFields" in job["metadata"]  # the original is untouched
     req = trimmed(body("r", 1))
     assert req["spec"] == {"x": 1} and "managedFields" not in req["metadata"]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class Heard:
+    """An observer that writes down what the queue tells it."""
+
+    def __init__(self):
+        self.events, self.adds, self.waits, self.works = [], 0, [], []
+
+    def event(self, kind):
+        self.events.append(kind)
+
+    def added(self):
+        self.adds += 1
+
+    def started(self, waited):
+        self.waits.append(waited)
+
+    def finished(self, seconds):
+        self.works.append(seconds)
+
+
+def test_the_observer_hears_events_adds_waits_and_handling_times():
+    clock, heard = Clock(), Heard()
+    q = EventQueue(workers=1, observer=heard, clock=clock)  # not started: everything queues
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def handler(event_type, obj):
+        if obj["metadata"]["uid"] == "a" and obj["metadata"]["resourceVersion"] == "2":
+            entered.set()
+            assert release.wait(10)
+            clock.now += 2.0  # the handling's API calls
+        if obj["metadata"]["uid"] == "a" and obj["metadata"]["resourceVersion"] == "3":
+            done.set()
+
+    q.put("a", handler, "ADDED", body("a", 1))
+    q.put("j", handler, "ADDED", body("j", 1, kind="Job"))
+    q.put("a", handler, "MODIFIED", body("a", 2))  # coalesced with the first
+    assert heard.events == ["TranscriptionRequest", "Job", "TranscriptionRequest"] and heard.adds == 2
+    assert q.depth() == 2 and q.longest_running() == 0.0
+    clock.now += 5.0
+    q.start()
+    try:
+        assert entered.wait(10)
+        assert heard.waits == [5.0]
+        clock.now += 1.5
+        assert q.longest_running() == 1.5  # a's handling, still under way
+        q.put("a", handler, "MODIFIED", body("a", 3))  # during the handling: a is queued again
+        release.set()
+        assert done.wait(10)
+        q.stop()
+        assert heard.adds == 3 and heard.works[0] == 3.5
+        assert heard.waits == [5.0, 8.5, 0.0]  # a; then j, which waited behind a's handling; then a again
+        assert q.depth() == 0 and q.longest_running() == 0.0
+    finally:
+        release.set()
+        q.stop()
+
+
+def test_the_operator_exports_the_queue_as_workqueue_metrics():
+    from prometheus_client import generate_latest
+
+    from kubescribe.metrics import OperatorMetrics
+
+    clock, m = Clock(), OperatorMetrics()
+    q = EventQueue(workers=1, observer=m.workqueue, clock=clock)
+    m.workqueue.watch(q)
+    q.put("a", lambda *_: None, "ADDED", body("a", 1))
+    q.put("a", lambda *_: None, "MODIFIED", body("a", 2))
+    q.put("j", lambda *_: None, "ADDED", body("j", 1, kind="Job"))
+    r = m.registry
+    assert r.get_sample_value("kubescribe_workqueue_depth") == 2
+    assert r.get_sample_value("kubescribe_workqueue_events_total", {"kind": "TranscriptionRequest"}) == 2
+    assert r.get_sample_value("kubescribe_workqueue_events_total", {"kind": "Job"}) == 1
+    assert r.get_sample_value("kubescribe_workqueue_events_total", {"kind": "Workload"}) == 0
+    assert r.get_sample_value("kubescribe_workqueue_adds_total") == 2
+    m.workqueue.started(0.02)
+    m.workqueue.finished(7.0)
+    assert r.get_sample_value("kubescribe_workqueue_queue_duration_seconds_bucket", {"le": "0.05"}) == 1
+    assert r.get_sample_value("kubescribe_workqueue_work_duration_seconds_bucket", {"le": "5.0"}) == 0
+    assert r.get_sample_value("kubescribe_workqueue_work_duration_seconds_bucket", {"le": "10.0"}) == 1
+    assert b"kubescribe_workqueue_longest_running_seconds 0.0" in generate_latest(r)
