@@ -78,6 +78,22 @@ class CountSampler:
             self.api.close()
 
 
+def apiserver_requests(api, resource: str) -> collections.Counter:
+    """Requests the API server answered on ``resource`` since it started, by verb, from its
+    own ``apiserver_request_total`` (every client together)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = api.call_api("GET", api.configuration.host + "/metrics")
+    resp.read()
+    counts: collections.Counter = collections.Counter()
+    for family in text_string_to_metric_families(resp.data.decode()):
+        for sample in family.samples:
+            if sample.name == "apiserver_request_total" and sample.labels.get("resource") == resource \
+                    and not sample.labels.get("subresource"):
+                counts[sample.labels["verb"]] += int(sample.value)
+    return counts
+
+
 def scale_10k(ctx: Context) -> Outcome:
     import psutil
 
@@ -173,6 +189,7 @@ def scale_10k(ctx: Context) -> Outcome:
         peak = sampler.stop()
         counts.stop()
         writes = audit_writes(cluster.iter_audit_events(), user=user, namespace=ns)
+        job_requests = apiserver_requests(api, "jobs")
         op_log = op.logs()
 
     cpu_work = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
@@ -235,6 +252,8 @@ def scale_10k(ctx: Context) -> Outcome:
          f"{positions_per_request:.3f}"],
         *[[f"writes: {k}", f"{v:,} ({v / n:.3f} per request)"] for k, v in sorted(kinds.items())],
         ["requests left after the TTL", "0" if emptied else f"{counts.samples[-1][1]:,} ({secs(t_empty - t_wait)})"],
+        ["API server requests on Jobs, all clients (apiserver_request_total): GET / LIST / POST / DELETE",
+         " / ".join(f"{job_requests[v]:,}" for v in ("GET", "LIST", "POST", "DELETE"))],
     ])
     step = max(1, len(counts.samples) // 40)
     out.table("Objects in etcd over time (s from the burst's start)", ["t", "TranscriptionRequests", "Jobs", "Pods"],
@@ -246,5 +265,6 @@ def scale_10k(ctx: Context) -> Outcome:
     out.data = {"n": n, "nodes": nodes_n, "create_s": create_s, "seen_after_s": seen_after,
                 "admitted_after_s": admitted_after, "throughput": throughput, "cpu_work_s": cpu_work,
                 "cpu_all_s": cpu_all, "peak_rss": peak, "idle_rss": idle_rss, "writes": dict(kinds),
-                "writes_per_request": per_request, "positions_per_request": positions_per_request, "emptied": emptied, "counts": counts.samples}
+                "writes_per_request": per_request, "positions_per_request": positions_per_request, "emptied": emptied, "counts": counts.samples,
+                "job_requests": dict(job_requests)}
     return out

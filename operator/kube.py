@@ -153,13 +153,18 @@ class Kube:
         return False
 
     def job_pages(self, namespace: str, limit: int = 500) -> Iterator[list[dict]]:
-        """The operator's runner Jobs, a page of ``limit`` at a time, as dicts read from
-        the response's JSON: the typed client's models would cost more CPU than the call,
-        for Jobs the caller mostly looks at once and drops."""
+        """The operator's runner Jobs that have not succeeded, a page of ``limit`` at a
+        time, as dicts read from the response's JSON: the typed client's models would cost
+        more CPU than the call, for Jobs the caller looks at once and drops.
+
+        Succeeded Jobs stay until their request is deleted, and after a burst they are most
+        of the runner Jobs; the API server leaves them out (field ``status.successful``),
+        so a pass costs what is still running, not what ever ran."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         token = ""
         while True:
-            kw: dict[str, Any] = {"label_selector": selector, "limit": limit, "_preload_content": False}
+            kw: dict[str, Any] = {"label_selector": selector, "field_selector": "status.successful=0",
+                                  "limit": limit, "_preload_content": False}
             if token:
                 kw["_continue"] = token
             resp = (self.batch.list_namespaced_job(namespace, **kw) if namespace

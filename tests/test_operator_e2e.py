@@ -213,9 +213,7 @@ def test_cli_submit_waits_and_prints_the_transcript(
 
 
 def test_deleting_a_running_request_deletes_its_job(
-        operator_factory, requests_api, kube_api, redis_server, speech_dir, fake_kubelet):
-    from kubernetes import client
-
+        operator_factory, requests_api, redis_server, speech_dir, fake_kubelet):
     operator_factory()
     key = upload(redis_server, speech_dir, "library")
     # Hold the runner so the request is surely Running when it is deleted.
@@ -226,16 +224,7 @@ def test_deleting_a_running_request_deletes_its_job(
         run = wait_for(lambda: next((r for r in fake_kubelet.runs(requests_api.namespace) if r.pid), None),
                        timeout=60, description="runner process started")
         requests_api.delete("doomed")
-        batch = client.BatchV1Api(kube_api)
-
-        def job_gone():
-            try:
-                batch.read_namespaced_job(job, requests_api.namespace)
-                return False
-            except client.exceptions.ApiException as exc:
-                return exc.status == 404
-
-        wait_for(job_gone, timeout=60, description="Job garbage-collected")
+        wait_for(lambda: requests_api.job_gone(job), timeout=60, description="Job garbage-collected")
         # The pod went with the Job, and the kubelet stopped its process.
         assert run.done.wait(60) and run.kill_reason == "deleted"
 
@@ -263,20 +252,28 @@ def test_pool_mode_transcribes_a_burst_with_warm_runners(
     assert "Dispatched" in [e.reason for e in requests_api.events("pooled-1")]
 
 
-def test_runner_jobs_are_listed_a_page_at_a_time_by_the_operators_label(kube_api, kube_namespace):
-    """Kube.job_pages against the real API server: the resync's one LIST of runner Jobs."""
+def test_runner_jobs_not_yet_succeeded_are_listed_a_page_at_a_time(kube_api, kube_namespace, fake_kubelet):
+    """Kube.job_pages against the real API server: the resync's one LIST of runner Jobs,
+    by the operator's label, without the Jobs that succeeded."""
     from kubernetes import client
 
     from kubescribe.operator.jobs import LABEL_MANAGED_BY, MANAGED_BY
     from kubescribe.operator.kube import Kube
 
     batch = client.BatchV1Api(kube_api)
-    for name, labels in (("r1", {LABEL_MANAGED_BY: MANAGED_BY}), ("r2", {LABEL_MANAGED_BY: MANAGED_BY}),
-                         ("r3", {LABEL_MANAGED_BY: MANAGED_BY}), ("someone-elses", {})):
-        batch.create_namespaced_job(kube_namespace, {
-            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
-            "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
-                {"name": "c", "image": "none", "command": ["true"]}]}}}})
+
+    def job(name, labels, suspend):
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
+                "spec": {"suspend": suspend, "backoffLimit": 0, "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "kubescribe-runner:test", "command": ["true"]}]}}}}
+
+    ours = {LABEL_MANAGED_BY: MANAGED_BY}
+    batch.create_namespaced_job(kube_namespace, job("done", ours, suspend=False))
+    wait_for(lambda: (batch.read_namespaced_job_status("done", kube_namespace).status.succeeded or 0) == 1,
+             timeout=60, description="Job 'done' succeeded")
+    for name, labels in (("r1", ours), ("r2", ours), ("r3", ours), ("someone-elses", {})):
+        batch.create_namespaced_job(kube_namespace, job(name, labels, suspend=True))
     kube = Kube(kube_api)
     pages = list(kube.job_pages(kube_namespace, limit=2))
     assert [len(p) for p in pages] == [2, 1]

@@ -160,58 +160,39 @@ def test_runner_killed_mid_task_is_retried_then_reported(
     assert "retries exhausted" in status["message"] and "137" in status["message"]
 
 
-def test_job_deleted_by_hand_is_recreated(operator_factory, requests_api, redis_server, speech_dir,
-                                          fake_kubelet, tmp_path, kube_api):
-    from kubernetes import client
-
-    gate = tmp_path / "go"
-    with fake_kubelet.override_command(gated(gate)):
-        operator_factory()
-        requests_api.create("orphan", {"audio": {"redisKey": upload(redis_server, speech_dir, "fox")},
-                                       "cache": {"enabled": False}})
-        job = requests_api.wait("orphan", lambda s: s.get("phase") == "Running", description="Running")["jobName"]
-        client.BatchV1Api(kube_api).delete_namespaced_job(job, requests_api.namespace, propagation_policy="Foreground")
-        wait_for(lambda: "JobDeleted" in [e.reason for e in requests_api.events("orphan")], timeout=60,
-                 description="JobDeleted event")
-        requests_api.wait("orphan", lambda s: s.get("phase") == "Running", description="Running again")
-        gate.touch()
-        status = requests_api.wait_phase("orphan", "Succeeded", "Failed")
-    assert status["phase"] == "Succeeded"
-    assert [j.metadata.name for j in requests_api.jobs()] == [job]  # same deterministic name
+def running_on_a_job(requests_api, redis_server, speech_dir, name: str) -> str:
+    """Create a request that skips the cache; the name of its Job once it is Running."""
+    requests_api.create(name, {"audio": {"redisKey": upload(redis_server, speech_dir, "fox")},
+                               "cache": {"enabled": False}})
+    return requests_api.wait(name, lambda s: s.get("phase") == "Running", description=f"{name} Running")["jobName"]
 
 
-def test_a_job_lost_while_the_operator_was_down_is_found_by_the_resync(
-        operator_factory, requests_api, redis_server, speech_dir, fake_kubelet, tmp_path, kube_api):
-    """No watch event tells a restarted operator of a Job deleted while it was down: its
+@pytest.mark.parametrize("operator_down, reason", [(False, "JobDeleted"), (True, "JobLost")])
+def test_a_job_deleted_by_hand_is_recreated_under_the_same_name(
+        operator_factory, requests_api, redis_server, speech_dir, fake_kubelet, tmp_path, kube_api,
+        operator_down, reason):
+    """Deleted while the operator runs, the Job's DELETED event re-queues its request.
+    Deleted while the operator is down, no event ever tells of it: the restarted operator's
     resync lists the runner Jobs, reads the one the list lacks, and re-queues the request."""
     from kubernetes import client
 
     gate = tmp_path / "go"
     with fake_kubelet.override_command(gated(gate)):
         op = operator_factory()
-        requests_api.create("lost", {"audio": {"redisKey": upload(redis_server, speech_dir, "fox")},
-                                     "cache": {"enabled": False}})
-        job = requests_api.wait("lost", lambda s: s.get("phase") == "Running", description="Running")["jobName"]
-        op.kill()
-        batch = client.BatchV1Api(kube_api)
-        batch.delete_namespaced_job(job, requests_api.namespace, propagation_policy="Foreground")
-
-        def gone():
-            try:
-                batch.read_namespaced_job(job, requests_api.namespace)
-                return False
-            except client.exceptions.ApiException as exc:
-                return exc.status == 404
-
-        wait_for(gone, timeout=60, description="Job deleted")
-        op.start()
-        wait_for(lambda: "JobLost" in [e.reason for e in requests_api.events("lost")], timeout=60,
-                 description="JobLost event")
-        requests_api.wait("lost", lambda s: s.get("phase") == "Running", description="Running again")
+        job = running_on_a_job(requests_api, redis_server, speech_dir, "orphan")
+        if operator_down:
+            op.kill()
+        client.BatchV1Api(kube_api).delete_namespaced_job(job, requests_api.namespace, propagation_policy="Foreground")
+        if operator_down:
+            wait_for(lambda: requests_api.job_gone(job), timeout=60, description="Job deleted")
+            op.start()
+        wait_for(lambda: reason in [e.reason for e in requests_api.events("orphan")], timeout=60,
+                 description=f"{reason} event")
+        requests_api.wait("orphan", lambda s: s.get("phase") == "Running", description="Running again")
         gate.touch()
-        status = requests_api.wait_phase("lost", "Succeeded", "Failed")
+        status = requests_api.wait_phase("orphan", "Succeeded", "Failed")
     assert status["phase"] == "Succeeded"
-    assert [j.metadata.name for j in requests_api.jobs()] == [job]
+    assert [j.metadata.name for j in requests_api.jobs()] == [job]  # same deterministic name
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -327,9 +308,7 @@ def test_spec_changed_while_running_replaces_the_job(
     gate = tmp_path / "go"
     with fake_kubelet.override_command(gated(gate)):
         op = operator_factory()
-        requests_api.create("edited", {"audio": {"redisKey": upload(redis_server, speech_dir, "fox")},
-                                       "cache": {"enabled": False}})
-        first = requests_api.wait("edited", lambda s: s.get("phase") == "Running", description="Running")["jobName"]
+        first = running_on_a_job(requests_api, redis_server, speech_dir, "edited")
         requests_api.custom.patch_namespaced_custom_object(
             "kubescribe.io", "v1alpha1", requests_api.namespace, "transcriptionrequests", "edited",
             {"spec": {"beamSize": 1}})

@@ -93,6 +93,18 @@ class Requests:
     def jobs(self) -> list:
         return self.batch.list_namespaced_job(self.namespace).items
 
+    def job_gone(self, name: str) -> bool:
+        """The Job ``name`` no longer exists (a read answers 404)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch.read_namespaced_job(name, self.namespace)
+            return False
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+
     def events(self, name: str) -> list:
         return [e for e in self.core.list_namespaced_event(self.namespace).items
                 if e.involved_object.name == name]
