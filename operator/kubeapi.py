@@ -87,10 +87,9 @@ class Retrying:
 
         def call(*args, **kwargs):
             import urllib3
-
-            kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
             from kubernetes.client.exceptions import ApiException
 
+            kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
             delay = 0.2
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 hinted = None

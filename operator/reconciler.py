@@ -283,9 +283,10 @@ class Reconciler:
         (:func:`outcomes.quiet`: running, no pod failed, every pod ready).
 
         One paged LIST of Jobs replaces a read of the Job of every Running request: with
-        thousands Running, thousands of reads every pass. Only names are kept. A Job that ends after this listing is seen by its watch event, or by the
-        next pass; a Job missing from it (created meanwhile, or succeeded: the list leaves
-        those out) is read, so none is taken for lost. If the listing fails, every Job is read as before."""
+        thousands Running, thousands of reads every pass. Only names are kept. A Job that
+        ends after this listing is seen by its watch event, or by the next pass; a Job
+        missing from it (created meanwhile, or succeeded: the list leaves those out) is
+        read, so none is taken for lost. If the listing fails, every Job is read as before."""
         quiet: set[tuple[str, str, str]] = set()
         if self.kueue:
             return quiet  # on_job reads every Job under Kueue: a suspended Job is not quiet
