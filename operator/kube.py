@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,6 +24,18 @@ log = logging.getLogger("kubescribe.operator")
 
 #: Events are posted as this component (kubectl describe shows "From: kubescribe-operator").
 EVENT_SOURCE = "kubescribe-operator"
+
+
+def _paged(fetch: Callable[[str], dict]) -> Iterator[dict]:
+    """The pages of a LIST: ``fetch(continue_token)`` ("" for the first) until a page
+    carries no continue token."""
+    token = ""
+    while True:
+        page = fetch(token)
+        yield page
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return
 
 
 class JobGoingAway(Exception):
@@ -75,13 +87,7 @@ class Kube:
         """Every request, a page at a time: one consistent snapshot (the API server serves
         every page at the first page's resourceVersion), never all the bodies in memory at
         once. An expired continue token (410) raises: the caller's next pass starts over."""
-        token = ""
-        while True:
-            page = self.list_requests(namespace, limit=limit, continue_=token)
-            yield page
-            token = (page.get("metadata") or {}).get("continue") or ""
-            if not token:
-                return
+        return _paged(lambda token: self.list_requests(namespace, limit=limit, continue_=token))
 
     def delete_request(self, namespace: str, name: str, uid: str, resource_version: str | None) -> bool:
         """Delete a request if it is still the object that was judged (same uid and
@@ -161,19 +167,17 @@ class Kube:
         of the runner Jobs; the API server leaves them out (field ``status.successful``),
         so a pass costs what is still running, not what ever ran."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-        token = ""
-        while True:
+
+        def page(token: str) -> dict:
             kw: dict[str, Any] = {"label_selector": selector, "field_selector": "status.successful=0",
                                   "limit": limit, "_preload_content": False}
             if token:
                 kw["_continue"] = token
             resp = (self.batch.list_namespaced_job(namespace, **kw) if namespace
                     else self.batch.list_job_for_all_namespaces(**kw))
-            page = json.loads(resp.data)
-            yield page.get("items") or []
-            token = (page.get("metadata") or {}).get("continue") or ""
-            if not token:
-                return
+            return json.loads(resp.data)
+
+        return (p.get("items") or [] for p in _paged(page))
 
     def read_job(self, namespace: str, name: str) -> dict | None:
         """The Job as an API dict, or ``None`` when it no longer exists."""
