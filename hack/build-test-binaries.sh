@@ -2,8 +2,9 @@
 # Build the real Kubernetes parts kubescribe's tests run against, from Go modules:
 # etcd, the Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, kwok
-# (simulated nodes for the scale tests and benchmark), the Prometheus Operator, and the
-# Kueue manager with its CRDs and webhook manifests.
+# (simulated nodes for the scale tests and benchmark), the Prometheus Operator, the
+# Kueue manager with its CRDs and webhook manifests, and versitygw (an S3 server on a
+# local directory, for the object store tests).
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -26,6 +27,8 @@ PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 # Kueue 0.17 serves kueue.x-k8s.io/v1beta2 and is built against client-go 0.35, within
 # the one-minor skew Kubernetes allows against our 1.34 control plane.
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
+# versitygw's posix backend serves the S3 API from a plain directory: a real S3 server.
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -239,11 +242,22 @@ GO
   rm -rf "$w"
 }
 
+build_versitygw() {
+  local out="$TOOLS_DIR/versitygw-$VERSITYGW_VERSION"
+  have "$out" versitygw && { log "versitygw $VERSITYGW_VERSION cached"; return; }
+  log "building versitygw $VERSITYGW_VERSION"
+  # versitygw's go.mod has no replace lines, so `go install pkg@version` builds it as
+  # published. main.Version is what its release builds set (without the "v").
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w -X main.Version=${VERSITYGW_VERSION#v}" \
+    "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+}
+
 print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
     "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
     "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kwok-$KWOK_VERSION/bin" \
-    "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" "$TOOLS_DIR/kueue-$KUEUE_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" "$TOOLS_DIR/kueue-$KUEUE_VERSION/bin" \
+    "$TOOLS_DIR/versitygw-$VERSITYGW_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -256,6 +270,7 @@ case "${1:-all}" in
   kwok) build_kwok ;;
   prometheus-operator) build_prometheus_operator ;;
   kueue) build_kueue ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; build_kueue; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|--print-path]" >&2; exit 2 ;;
+  versitygw) build_versitygw ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; build_kueue; build_versitygw; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|versitygw|--print-path]" >&2; exit 2 ;;
 esac

@@ -11,6 +11,9 @@
   kube-proxy and CoreDNS, and the images built from our Dockerfiles imported.
 - ``kueue_manager`` (module): Kueue's manager on ``kube_cluster``, with its CRDs and
   webhooks; module-scoped so its Job webhook is registered only while a module uses it.
+- ``s3_server`` (session): versitygw, a real S3 server over a temporary directory.
+- ``s3_bucket`` (function): a fresh bucket on it, yielded as its name; emptied and
+  deleted afterwards.
 
 Missing binaries fail the test with the command that builds them; nothing here skips.
 """
@@ -31,6 +34,7 @@ from .kubelet import FakeKubelet
 from .kueue import KueueManager
 from .prometheus import PrometheusServer
 from .realnode import RealNode, image_manifest
+from .s3 import S3Server, bucket_name
 
 __all__ = [
     "fake_kubelet",
@@ -43,6 +47,8 @@ __all__ = [
     "kueue_manager",
     "prometheus_factory",
     "real_node",
+    "s3_bucket",
+    "s3_server",
 ]
 
 
@@ -191,6 +197,39 @@ def real_node() -> Iterator[RealNode]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One versitygw for the session (well under a second to start).
+
+    Tests share it through ``s3_bucket``; a test that stops the server to play an
+    outage starts an ``S3Server`` of its own, so a failure halfway cannot leave the
+    shared one down.
+    """
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A bucket of its own for one test, named after it; emptied and deleted afterwards.
+
+    The cleanup is best-effort: a test that left the server unreachable must not turn
+    into a second failure in teardown.
+    """
+    name = s3_server.create_bucket(bucket_name(request.node.name))
+    try:
+        yield name
+    finally:
+        try:
+            s3_server.delete_bucket(name)
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass
 
 
 def pytest_report_header(config: pytest.Config) -> str:
