@@ -13,7 +13,7 @@ from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
 from kubescribe.render import render
-from kubescribe.store import StoreError
+from kubescribe.store import StoreError, gone_message
 
 from .common import CliError, open_cli_store, read_audio, spec_from_args
 from .history import cmd_history_clear, parse_age
@@ -162,7 +162,7 @@ def _print_result(store, obj: dict, fmt: str) -> int:
         return EXIT_FAILED
     result = store.read_result_key(status["resultKey"])
     if result is None:
-        print(f"kubescribe: the result of {name} has expired from Redis ({status['resultKey']})", file=sys.stderr)
+        print(f"kubescribe: {gone_message(name, store)} ({status['resultKey']})", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.write(render(result, fmt))
     return EXIT_OK
@@ -223,7 +223,7 @@ def cmd_analyze(args) -> int:
                        "can be analysed", EXIT_FAILED)
     got = store.analysis(status["resultKey"])
     if got is None:
-        raise CliError(f"the result of {args.name} has expired from Redis ({status['resultKey']})", EXIT_FAILED)
+        raise CliError(f"{gone_message(args.name, store)} ({status['resultKey']})", EXIT_FAILED)
     doc, cached = got
     if args.format == "json":
         sys.stdout.write(json.dumps({"name": args.name, **doc, "cached": cached}, indent=2) + "\n")

@@ -10,7 +10,7 @@ from typing import Any
 from kubescribe.metrics import Metrics
 from kubescribe.outcomes import EXIT_USAGE
 from kubescribe.settings import CliSettings
-from kubescribe.store import Store, open_store
+from kubescribe.store import Store, store_from_settings
 
 
 class CliError(Exception):
@@ -38,7 +38,7 @@ def open_cli_store(args, *, local_default: bool = False, metrics: Metrics | None
     else:
         url = None
     try:
-        return open_store(url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
+        return store_from_settings(conf, metrics=metrics, url=url)
     except ValueError as exc:  # a URL without a scheme
         raise CliError(f"--redis: {exc}", EXIT_USAGE) from None
 

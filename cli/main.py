@@ -29,6 +29,7 @@ from kubescribe.models import DEFAULT_MODEL
 from kubescribe.outcomes import EXIT_FAILED, EXIT_TRANSIENT
 from kubescribe.render import FORMATS
 from kubescribe.settings import CliSettings
+from kubescribe.objectstore import ObjectStoreError
 from kubescribe.store import StoreError
 
 from .cluster import cmd_analyze, cmd_history, cmd_result, cmd_submit
@@ -156,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         error = exc
     except StoreError as exc:
         error = CliError(str(exc), EXIT_TRANSIENT)
+    except ObjectStoreError as exc:
+        error = CliError(f"object store: {exc.message}", EXIT_TRANSIENT if exc.reason == "ObjectStoreUnavailable"
+                         else EXIT_FAILED)
     except Exception as exc:  # no traceback reaches a user: one line, the documented code
         if type(exc).__name__ == "ApiException" and hasattr(exc, "status"):
             error = _api_error(exc)

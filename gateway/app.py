@@ -30,7 +30,8 @@ from kubescribe.metrics import GatewayMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
 from kubescribe.outcomes import reason as reason_of
 from kubescribe.settings import GatewaySettings
-from kubescribe.store import Store, analysis_key, audio_key, decode_result
+from kubescribe.objectstore import ObjectStoreError
+from kubescribe.store import Store, analysis_key, audio_key, decode_result, gone_message
 
 from . import openai
 from .auth import ADMIN_CLEAR, ADMIN_STATS, ApiKeys, AuthError, Authorizer, Identity, namespace_for, request_attributes
@@ -265,9 +266,13 @@ class Gateway:
         if phase != "Succeeded":
             raise HttpError(409, f"{name} is not finished (phase {phase})", code="not_finished")
         blob = await self.redis.get(status["resultKey"])
-        if blob is None:
-            raise HttpError(410, f"the result of {name} has expired from Redis", code="result_expired")
-        return decode_result(blob)
+        if blob is not None:
+            return decode_result(blob)
+        if self.store.objects is not None:  # the system of record: read it there, warm the cache
+            result = await asyncio.to_thread(self.store.read_result_key, status["resultKey"])
+            if result is not None:
+                return result
+        raise HttpError(410, gone_message(name, self.store), code="result_expired")
 
 
 def state_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -405,7 +410,7 @@ async def analysis_async(request: Request) -> Response:
     rkey = obj["status"]["resultKey"]
     got = await asyncio.to_thread(gw.store.analysis, rkey, gw.settings.gateway_analysis_ttl_seconds)
     if got is None:
-        raise HttpError(410, f"the result of {obj['metadata']['name']} has expired from Redis", code="result_expired")
+        raise HttpError(410, gone_message(obj["metadata"]["name"], gw.store), code="result_expired")
     doc, cached = got
     return JSONResponse({"name": obj["metadata"]["name"], **doc, "cached": cached},
                         headers={"X-Kubescribe-Analysis-Key": analysis_key(rkey)})
@@ -476,6 +481,12 @@ async def _on_redis_error(request: Request, exc: Exception) -> Response:
     return _error(503, f"Redis is not answering ({type(exc).__name__}): retry", "redis_unavailable")
 
 
+async def _on_object_store_error(request: Request, exc: Exception) -> Response:
+    final = isinstance(exc, ObjectStoreError) and exc.reason != "ObjectStoreUnavailable"
+    return _error(500 if final else 503, f"the object store refused a read: {exc}" if final
+                  else f"the object store is not answering ({exc}): retry", "storage_unavailable")
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error(500, f"unexpected error ({type(exc).__name__}); the gateway log has the details", "internal")
@@ -539,7 +550,8 @@ def build_app(gateway: Gateway) -> Starlette:
 
     handlers: dict[Any, Any] = {
         HttpError: _on_http_error, AuthError: _on_auth_error, KubeError: _on_kube_error,
-        redis.exceptions.RedisError: _on_redis_error, Exception: _on_unexpected,
+        redis.exceptions.RedisError: _on_redis_error, ObjectStoreError: _on_object_store_error,
+        Exception: _on_unexpected,
     }
     app = Starlette(routes=ROUTES, exception_handlers=handlers)
     app.state.gateway = gateway

@@ -32,7 +32,7 @@ EXIT_BAD_INPUT = 65
 EXIT_TRANSIENT = 75
 
 #: Error types of ``kubescribe_errors_total``, in the order the help text lists them.
-ERROR_TYPES = ("invalid_spec", "bad_audio", "audio_not_found", "redis", "model_load", "transcription",
+ERROR_TYPES = ("invalid_spec", "bad_audio", "audio_not_found", "redis", "storage", "model_load", "transcription",
                "job_failed", "timeout", "internal")
 
 
@@ -69,6 +69,9 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason("AudioServerUnavailable", "internal", False, True, "audio.url unreachable or answered 5xx"),
     Reason("ModelLoadFailed", "model_load", True, True, "unknown model, or not available offline"),
     Reason("RedisUnavailable", "redis", False, True, "Redis unreachable"),
+    Reason("ObjectStoreUnavailable", "storage", False, True, "the object store is unreachable or answered 5xx"),
+    Reason("ObjectStoreAccessDenied", "storage", True, True, "the object store refused the credentials or the access"),
+    Reason("ObjectStoreBucketMissing", "storage", True, True, "the bucket does not exist"),
     Reason("OutOfMemory", "transcription", False, True, "the runner ran out of memory"),
     Reason("RunnerKilled", "job_failed", False, False, "the runner was killed (SIGKILL/SIGTERM)"),
     Reason("RunnerCrashed", "job_failed", False, False, "the runner exited without an outcome"),

@@ -95,8 +95,10 @@ class StreamSettings(_Settings):
 class RedisSettings(_Settings):
     redis_url: str = Field(
         "redis://localhost:6379/0",
-        description="Redis URL, redis:// or rediss:// (TLS). A local default so that "
-        "`kubescribe` on a laptop works with `redis-server` and no flags.",
+        description="Redis URL, redis:// or rediss:// (TLS), or redis+sentinel://"
+        "[:password@]host1:26379,host2:26379/<service>[/<db>] (rediss+sentinel:// for TLS) "
+        "to find the primary through Redis Sentinel and follow it when it fails over. A local "
+        "default so that `kubescribe` on a laptop works with `redis-server` and no flags.",
     )
     redis_password: str | None = Field(
         None,
@@ -107,9 +109,58 @@ class RedisSettings(_Settings):
     redis_ca_file: str | None = Field(
         None, description="CA bundle for rediss:// when the server's CA is private."
     )
+    redis_sentinel_password: str | None = Field(
+        None,
+        repr=False,
+        description="Password of the Redis Sentinels (redis+sentinel:// URLs), from a Secret "
+        "like the Redis password. Sentinels are separate servers with their own `requirepass`: "
+        "some installs give them the Redis password, some another, some none; unset asks them "
+        "without one. KUBESCRIBE_REDIS_PASSWORD still authenticates to the primary.",
+    )
 
 
-class CliSettings(RedisSettings):
+class ObjectStoreSettings(_Settings):
+    """Where transcripts are kept for good: an S3-compatible object store
+    (kubescribe.objectstore). Credentials are not settings: the standard AWS chain reads
+    them (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret, a web identity token,
+    the pod's cloud identity), so every way a cluster grants S3 access works unchanged."""
+
+    s3_bucket: str = Field(
+        "",
+        description="Bucket that keeps every transcript while its request exists. Empty: no "
+        "object store, transcripts live only in Redis (they expire with the result cache's TTL "
+        "or under memory pressure).",
+    )
+    s3_endpoint: str = Field(
+        "",
+        description="S3 API endpoint, e.g. https://minio.storage:9000 or a Ceph RGW; empty: "
+        "AWS S3 of s3_region (or AWS_ENDPOINT_URL_S3, which the AWS SDK reads itself).",
+    )
+    s3_region: str = Field(
+        "us-east-1",
+        description="Region of the bucket; us-east-1 is what most S3-compatible servers accept.",
+    )
+    s3_prefix: str = Field(
+        "kubescribe/",
+        description="Key prefix of everything kubescribe writes, so one bucket can serve several "
+        "installs or applications.",
+    )
+    s3_path_style: Annotated[bool, BeforeValidator(lambda v: v or False)] = Field(
+        False,
+        description="Path-style addressing (endpoint/bucket/key) instead of virtual hosts "
+        "(bucket.endpoint/key): MinIO, SeaweedFS and most in-cluster servers need it; AWS "
+        "prefers virtual hosts. Empty is false.",
+    )
+    s3_ca_file: str | None = Field(
+        None, description="CA bundle for an https:// endpoint whose certificate a private CA signed."
+    )
+
+    @property
+    def s3_enabled(self) -> bool:
+        return bool(self.s3_bucket)
+
+
+class CliSettings(RedisSettings, ObjectStoreSettings):
     """What the ``kubescribe`` command line reads from the environment."""
 
     kubeconfig: str | None = Field(
@@ -176,7 +227,7 @@ class EngineSettings(_Settings):
     )
 
 
-class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessSettings):
+class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, StreamSettings, ProcessSettings):
     spec: str | None = Field(
         None, description="The request spec as JSON; the operator sets it on the Job."
     )
@@ -225,7 +276,7 @@ class RunnerSettings(RedisSettings, AudioInputSettings, StreamSettings, ProcessS
     )
 
 
-class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
+class OperatorSettings(RedisSettings, ObjectStoreSettings, StreamSettings, ProcessSettings):
     instance: str = Field(
         "",
         description="Release name, copied to runner Jobs as app.kubernetes.io/instance so two "
@@ -330,6 +381,23 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         "", description="Secret with the Redis password, passed to runners by secretKeyRef."
     )
     redis_secret_key: str = Field("redis-password", description="Key in that Secret.")
+    redis_sentinel_secret_name: str = Field(
+        "", description="Secret with the Redis Sentinels' password, passed to runners by "
+        "secretKeyRef as KUBESCRIBE_REDIS_SENTINEL_PASSWORD. Empty: sentinels without a password."
+    )
+    redis_sentinel_secret_key: str = Field("sentinel-password", description="Key in that Secret.")
+    s3_sweep_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How often the resync looks for object-store references of requests that "
+        "were deleted while the operator was down (or whose release failed) and releases them. "
+        "It lists every reference of the install, so hourly, not every resync.",
+    )
+    s3_secret_name: str = Field(
+        "", description="Secret with the object store's credentials (keys access-key-id and "
+        "secret-access-key), passed to runners by secretKeyRef like the Redis password. Empty: "
+        "runners use their own identity (IRSA, workload identity)."
+    )
     job_ttl_seconds: int = Field(
         3600,
         ge=0,
@@ -406,7 +474,7 @@ class OperatorSettings(RedisSettings, StreamSettings, ProcessSettings):
         return self
 
 
-class GatewaySettings(RedisSettings, ProcessSettings):
+class GatewaySettings(RedisSettings, ObjectStoreSettings, ProcessSettings):
     """What ``kubescribe-gateway`` (kubescribe.gateway) reads from the environment."""
 
     gateway_host: str = Field(

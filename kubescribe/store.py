@@ -8,8 +8,13 @@ Key layout (docs/architecture.md)::
     kubescribe:stats:clears          how many times the cache was cleared (not reset by a clear)
     kubescribe:analysis:<cache key>  JSON analysis of a transcript (kubescribe.analysis), 7 days
 
-Redis is reached through a URL (``redis://`` or ``rediss://`` for TLS) and a password that
-comes from a Secret via the environment, never from a custom resource. ``MemoryStore``
+With an object store (kubescribe.objectstore) the store is a read-through cache in front
+of it: every result is written there first, a read that misses Redis reads it there and
+warms Redis, and losing Redis (a key, or all of it) costs speed, never a transcript.
+
+Redis is reached through a URL (``redis://``, ``rediss://`` for TLS, ``redis+sentinel://``
+for a primary that can fail over; kubescribe.redisconn) and a password that comes from a
+Secret via the environment, never from a custom resource. ``MemoryStore``
 is the same store on an in-process dict, so ``kubescribe transcribe`` needs no server.
 """
 
@@ -19,14 +24,19 @@ import fnmatch
 import gzip
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kubescribe.objectstore import ObjectStore
+
 if TYPE_CHECKING:
     from kubescribe.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 PREFIX = "kubescribe"
 AUDIO_PREFIX = f"{PREFIX}:audio:"
@@ -130,6 +140,15 @@ def decode_result(blob: bytes) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """The request a result is read or written for: its reference in the object store
+    keeps the result while the request exists."""
+
+    uid: str
+    name: str  # namespace/name, for a person reading the bucket
+
+
+@dataclass(frozen=True)
 class CacheStats:
     hits: int
     misses: int
@@ -168,12 +187,16 @@ class Store:
         metrics: optional :class:`~kubescribe.metrics.Metrics` to count cache operations.
         codec: compression for new results, ``gzip`` (default, the inherited format) or
             ``zstd``; reads accept both.
+        objects: the object store that keeps results for good; None keeps them in Redis
+            only (they expire with the cache).
     """
 
-    def __init__(self, client: _Backend, metrics: "Metrics | None" = None, codec: str = "gzip"):
+    def __init__(self, client: _Backend, metrics: "Metrics | None" = None, codec: str = "gzip",
+                 objects: ObjectStore | None = None):
         self.client = client
         self.metrics = metrics
         self.codec = codec
+        self.objects = objects
 
     # -- plumbing -------------------------------------------------------------------
     def _call(self, fn, *args, **kwargs):
@@ -212,33 +235,112 @@ class Store:
         return bool(self._call(self.client.exists, key))
 
     # -- results --------------------------------------------------------------------
-    def put_result(self, key: str, result: Mapping[str, Any], ttl: int = DEFAULT_RESULT_TTL) -> str:
-        """Write a transcript under its cache key; returns the Redis key."""
+    def put_result(self, key: str, result: Mapping[str, Any], ttl: int = DEFAULT_RESULT_TTL, *,
+                   formats: tuple[str, ...] | list[str] = (), owner: Owner | None = None) -> str:
+        """Write a transcript under its cache key; returns the Redis key.
+
+        With an object store the result goes there first (with ``formats`` rendered beside
+        it, and ``owner``'s reference taken before anything is written): an
+        :class:`~kubescribe.objectstore.ObjectStoreError` then means nothing was promised and the caller retries.
+        Redis is only warmed after that, and a Redis failure no longer loses anything.
+        """
         rkey = result_key(key)
+        blob = encode_result(result, self.codec)
+        if self.objects is not None:
+            from kubescribe.render import render
+
+            if owner is not None:
+                self.objects.retain(key, owner.uid, owner.name)
+            self.objects.put_result(key, blob, {f: render(result, f) for f in formats})
         try:
-            self._call(self.client.set, rkey, encode_result(result, self.codec), ex=ttl)
-        except StoreError:
+            self._call(self.client.set, rkey, blob, ex=ttl)
+        except StoreError as exc:
             self._count("set", "error")
-            raise
+            if self.objects is None:
+                raise
+            log.warning("result %s kept in the object store; Redis not warmed: %s", key, exc)
+            return rkey
         self._count("set", "ok")
         return rkey
 
-    def get_result(self, key: str, *, count: bool = True) -> dict[str, Any] | None:
-        """Read a transcript by cache key; records a hit or miss unless ``count=False``."""
-        try:
-            blob = self._call(self.client.get, result_key(key))
-        except StoreError:
-            self._count("get", "error")
-            raise
+    def get_result(self, key: str, *, count: bool = True, owner: Owner | None = None) -> dict[str, Any] | None:
+        """Read a transcript by cache key; records a hit or miss unless ``count=False``.
+
+        Redis first; on a miss (or with Redis down) the object store, whose copy then warms
+        Redis. A hit for ``owner`` takes its reference and makes sure the object store holds
+        the result (a copy left only in Redis is written back), so a request answered from
+        the cache keeps its transcript as long as one that ran.
+        """
+        blob, redis_up = self._redis_result(key)
+        from_cache = blob is not None
+        if blob is None and self.objects is not None:
+            blob = self.objects.get_result(key)
+            if blob is not None and redis_up:
+                self._warm(key, blob)
         hit = blob is not None
         if count:
             self.record_lookup(hit)
-        return decode_result(blob) if hit else None
+        if not hit:
+            return None
+        if owner is not None and self.objects is not None:
+            self.objects.retain(key, owner.uid, owner.name)
+            if from_cache and self.objects.get_result(key) is None:
+                self.objects.put_result(key, blob)
+        return decode_result(blob)
+
+    def _redis_result(self, key: str) -> tuple[bytes | None, bool]:
+        """(the cached blob or None, whether Redis answered); Redis down is a StoreError
+        only without an object store to fall back on."""
+        try:
+            return self._call(self.client.get, result_key(key)), True
+        except StoreError:
+            self._count("get", "error")
+            if self.objects is None:
+                raise
+            return None, False
+
+    def _warm(self, key: str, blob: bytes, ttl: int = DEFAULT_RESULT_TTL) -> None:
+        try:
+            self._call(self.client.set, result_key(key), blob, ex=ttl)
+        except StoreError as exc:
+            log.debug("cache not warmed for %s: %s", key, exc)
 
     def read_result_key(self, rkey: str) -> dict[str, Any] | None:
         """Read a transcript by its full Redis key (``status.resultKey``); no stats."""
+        if rkey.startswith(RESULT_PREFIX):
+            return self.get_result(rkey[len(RESULT_PREFIX):], count=False)
         blob = self._call(self.client.get, rkey)
         return decode_result(blob) if blob is not None else None
+
+    def release(self, key: str, uid: str) -> bool:
+        """Drop request ``uid``'s reference to a result; the last one out deletes the result
+        from the object store and the cache. Returns whether it was deleted.
+
+        Lock-free and safe against a request that takes a reference meanwhile
+        (:meth:`get_result` with an owner, :meth:`put_result`): that one writes its
+        reference *before* it checks the object store, and this one looks for references
+        again *after* it deleted, putting the result back if one appeared. Whichever order
+        the calls interleave in, a request that holds a reference ends with its result
+        stored. Without an object store there is nothing to release (results expire).
+        """
+        if self.objects is None:
+            return False
+        self.objects.drop_ref(key, uid)
+        if self.objects.holders(key):
+            return False
+        d = self.objects.result_dir(key)
+        kept = {k: self.objects.get(k) for k in self.objects.keys(d)}
+        for rk in (result_key(key), ANALYSIS_PREFIX + key):
+            try:
+                self._call(self.client.delete, rk)
+            except StoreError as exc:
+                log.warning("cached copy %s not deleted: %s", rk, exc)
+        self.objects.delete(kept)
+        if self.objects.holders(key):
+            for k, data in kept.items():
+                self.objects.put(k, data)
+            return False
+        return bool(kept)
 
     def analysis(self, rkey: str, ttl: int = DEFAULT_ANALYSIS_TTL) -> tuple[dict[str, Any], bool] | None:
         """The analysis of the transcript at ``rkey`` and whether it came from the cache:
@@ -394,34 +496,43 @@ def connect(
     url: str,
     password: str | None = None,
     *,
+    sentinel_password: str | None = None,
     ca_file: str | None = None,
     socket_timeout: float = 10.0,
 ):
-    """Open a Redis client for ``redis://`` or ``rediss://`` URLs.
+    """A Redis client for any URL form of :mod:`kubescribe.redisconn` (``redis://``,
+    ``rediss://``, ``unix://``, ``redis+sentinel://``, ``rediss+sentinel://``), which holds
+    the parsing, timeouts and retries shared with the gateway's async client."""
+    from kubescribe import redisconn
 
-    Timeouts are set because a silent network partition must surface as a retryable
-    error, not a hang; ``health_check_interval`` re-validates pooled connections that sat
-    idle past a Redis or proxy timeout.
-    """
-    import redis
-
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"Redis URL must start with redis://, rediss:// or unix:// (got {url[:20]!r})")
-    kwargs: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_timeout,
-        "health_check_interval": 30,
-        "retry_on_timeout": True,
-    }
-    if password:
-        kwargs["password"] = password
-    if url.startswith("rediss://") and ca_file:
-        kwargs["ssl_ca_certs"] = ca_file
-    return redis.Redis.from_url(url, **kwargs)
+    return redisconn.connect(url, password, sentinel_password=sentinel_password, ca_file=ca_file,
+                             socket_timeout=socket_timeout)
 
 
-def open_store(url: str | None, password: str | None = None, metrics: "Metrics | None" = None, **kw) -> Store:
-    """A Store on Redis when a URL is given, else the in-process MemoryStore."""
+def open_store(url: str | None, password: str | None = None, metrics: "Metrics | None" = None, *,
+               objects: ObjectStore | None = None, **kw) -> Store:
+    """A Store on Redis when a URL is given, else the in-process MemoryStore; ``objects``
+    is the object store behind it, if the install has one."""
     if not url or url == "memory://":
-        return MemoryStore(metrics=metrics)
-    return Store(connect(url, password, **kw), metrics=metrics)
+        store: Store = MemoryStore(metrics=metrics)
+        store.objects = objects
+        return store
+    return Store(connect(url, password, **kw), metrics=metrics, objects=objects)
+
+
+def gone_message(name: str, store: Store) -> str:
+    """Why a finished request's transcript cannot be read, in one line."""
+    if store.objects is None:
+        return (f"the result of {name} has expired from Redis (no object store is configured, so results "
+                "last only as long as the cache keeps them: set KUBESCRIBE_S3_BUCKET)")
+    return f"the result of {name} is missing from the object store and from Redis"
+
+
+def store_from_settings(settings: Any, metrics: "Metrics | None" = None, *, url: str | None = None) -> Store:
+    """The store an entry point opens from its settings: Redis from the ``redis_*`` fields,
+    and the object store from the ``s3_*`` fields when a bucket is set. ``url`` overrides
+    the Redis URL (the CLI's embedded ``memory://``)."""
+    objects = ObjectStore.from_settings(settings) if getattr(settings, "s3_bucket", "") else None
+    return open_store(settings.redis_url if url is None else url, settings.redis_password, metrics=metrics,
+                      objects=objects, ca_file=settings.redis_ca_file,
+                      sentinel_password=getattr(settings, "redis_sentinel_password", None))

@@ -127,7 +127,7 @@ class Admitter:
             self.rec.apply(body, admission.on_admitted(body, exc, NOT_ASKED, job_name=None))
             return
         # An identical request may have finished while this one waited.
-        cache = self.rec.cache_answer(status.get("cacheKey"), spec)
+        cache = self.rec.cache_answer(status.get("cacheKey"), spec, body)
         if cache.state == "hit":
             self.rec.apply(body, admission.on_admitted(body, spec, cache, job_name=None))
             return

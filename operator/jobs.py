@@ -43,7 +43,10 @@ def _label_value(value: str) -> str:
 
 
 def redis_url_without_credentials(url: str) -> str:
-    """Runners get the password from the Secret, never inside a URL written into a Job."""
+    """Runners get the password from the Secret, never inside a URL written into a Job.
+
+    A Sentinel URL (``redis+sentinel://h1:26379,h2:26379/<service>``) keeps its host list,
+    service and database: runners find the primary through the same sentinels."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
@@ -69,6 +72,19 @@ def _base_env(settings: OperatorSettings) -> list[dict[str, Any]]:
     if settings.redis_secret_name:
         env.append({"name": "KUBESCRIBE_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
             "name": settings.redis_secret_name, "key": settings.redis_secret_key}}})
+    if settings.redis_sentinel_secret_name:
+        env.append({"name": "KUBESCRIBE_REDIS_SENTINEL_PASSWORD", "valueFrom": {"secretKeyRef": {
+            "name": settings.redis_sentinel_secret_name, "key": settings.redis_sentinel_secret_key}}})
+    if settings.s3_enabled:
+        env += [{"name": f"KUBESCRIBE_S3_{name.upper()}", "value": str(value)} for name, value in (
+            ("bucket", settings.s3_bucket), ("endpoint", settings.s3_endpoint), ("region", settings.s3_region),
+            ("prefix", settings.s3_prefix), ("path_style", "true" if settings.s3_path_style else "")) if value]
+        # Not KUBESCRIBE_S3_CA_FILE: the operator's path does not exist in runner pods; a
+        # private CA reaches runners through their image or KUBESCRIBE_RUNNER_ENV (README).
+        if settings.s3_secret_name:
+            env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": settings.s3_secret_name, "key": key}}}
+                    for var, key in (("AWS_ACCESS_KEY_ID", "access-key-id"),
+                                     ("AWS_SECRET_ACCESS_KEY", "secret-access-key"))]
     if settings.model_cache_pvc:
         env.append({"name": "KUBESCRIBE_MODEL_DIR", "value": settings.model_cache_mount_path})
     if settings.audio_url_allow_cidrs:

@@ -25,7 +25,7 @@ from kubescribe.metrics import OperatorMetrics
 from kubescribe.serving import MetricsServer
 from kubescribe.outcomes import EXIT_USAGE
 from kubescribe.settings import OperatorSettings, load_or_exit
-from kubescribe.store import open_store
+from kubescribe.store import store_from_settings
 
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
 from . import kueue
@@ -86,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         log.warning("KUBESCRIBE_REDIS_URL carries credentials, which are not passed to runners; "
                     "set KUBESCRIBE_REDIS_SECRET_NAME so runners can authenticate")
     metrics = OperatorMetrics()
-    store = open_store(conf.redis_url, conf.redis_password, metrics=metrics, ca_file=conf.redis_ca_file)
+    store = store_from_settings(conf, metrics=metrics)
     rec = Reconciler(conf, store, Kube(_api_client(conf.workers)), metrics)
     server = MetricsServer(metrics.registry, port=conf.metrics_port, health=rec.healthy, ready=rec.ready,
                            before_scrape=rec.refresh_gauges).start()

@@ -21,7 +21,8 @@ from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, Transcription
 from kubescribe.outcomes import RunnerOutcome
 from kubescribe.progress import RunBoard
 from kubescribe.settings import OperatorSettings
-from kubescribe.store import Store, StoreError, known_cache_key, result_key
+from kubescribe.objectstore import ObjectStoreError
+from kubescribe.store import Owner, Store, StoreError, known_cache_key, result_key
 from kubescribe.streams import Finished, WorkQueue
 
 from . import admission, kueue, outcomes, status
@@ -31,6 +32,7 @@ from .kube import Kube
 from .lifecycle import Transition, age_seconds, needs_reconcile, requeue, seconds_until_expiry, stale_job
 from .pods import stuck_pod
 from .progress import progress_to_write
+from .retention import Retention
 from .scheduler import Registry, entry_from_body
 
 log = logging.getLogger("kubescribe.operator")
@@ -65,6 +67,7 @@ class Reconciler:
         self.kueue = settings.admission_engine == "kueue"
         self.last_step = time.monotonic()  # the admission loop's last pass (liveness)
         self.board = RunBoard(store.client)
+        self.retention = Retention(store, settings.s3_sweep_seconds)
         self._running_since: dict[str, float] = {}  # uid -> when first seen Running
         self._progress_written: dict[str, int] = {}  # uid -> percent in its status
         self._progress_series: set[tuple[str, str, str]] = set()  # gauge series: (namespace, name, uid)
@@ -118,12 +121,16 @@ class Reconciler:
         if t.cache_lookup is not None:
             self.store.record_lookup(t.cache_lookup)
 
-    def cache_answer(self, key: str | None, spec: TranscriptionSpec) -> CacheAnswer:
+    def cache_answer(self, key: str | None, spec: TranscriptionSpec, body: dict) -> CacheAnswer:
+        """The cache's answer for ``body``'s request; a hit takes the request's reference
+        to the result in the object store (kubescribe.objectstore)."""
         if not key or not spec.cache.enabled:
             return NOT_ASKED
+        meta = body["metadata"]
+        owner = Owner(meta["uid"], f"{meta.get('namespace')}/{meta.get('name')}")
         try:
-            hit = self.store.get_result(key, count=False)  # counted once, by the transition
-        except StoreError as exc:
+            hit = self.store.get_result(key, count=False, owner=owner)  # counted once, by the transition
+        except (StoreError, ObjectStoreError) as exc:
             return CacheAnswer("unreachable", error=str(exc))
         return CacheAnswer("miss") if hit is None else CacheAnswer("hit", result=hit)
 
@@ -142,6 +149,8 @@ class Reconciler:
             if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
                 self.registry.remove(uid)
                 self.wake()
+                if event_type == "DELETED":
+                    self.retention.on_deleted(body)
                 return
             entry = entry_from_body(body)
             if not self.registry.upsert_if_newer(entry):
@@ -167,7 +176,7 @@ class Reconciler:
             except InvalidSpec as exc:
                 spec = exc
             key, sha = known_cache_key(spec) if isinstance(spec, TranscriptionSpec) else (None, None)
-            cache = self.cache_answer(key, spec) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
+            cache = self.cache_answer(key, spec, body) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
             self.apply(body, admission.on_seen(body, spec, key, sha, cache))
 
     # -- Jobs and runner outcomes -----------------------------------------------------
@@ -273,6 +282,8 @@ class Reconciler:
             self.registry.merge(live)
             self._resync_page(items, quiet)
         self.registry.drop_unlisted(listed, int(list_rv) if str(list_rv or "").isdigit() else 0)
+        if self.retention.sweep_due():
+            self.retention.sweep(listed)
         # Admission starts only after the first full pass: every request found at startup
         # is queued by then, so the budget goes by priority, not by watch-event order.
         self.synced = True

@@ -28,7 +28,7 @@ from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
 from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings, load_or_exit
-from kubescribe.store import open_store
+from kubescribe.store import Owner, store_from_settings
 
 from .engine import Engine, EngineOptions
 from .pool import cmd_pool
@@ -73,7 +73,7 @@ def cmd_run(settings: RunnerSettings) -> int:
             spec = parse_spec(json.loads(settings.spec or "null") or {})
         except (InvalidSpec, json.JSONDecodeError) as exc:
             return _finish(settings, RunnerOutcome.failure("InvalidSpec", str(exc)))
-        store = open_store(settings.redis_url, settings.redis_password, ca_file=settings.redis_ca_file)
+        store = store_from_settings(settings)
         engine = Engine(EngineOptions(), metrics=metrics)
         log.info("request %s: model=%s device=%s", settings.request or "-", spec.model, spec.device)
         board = RunBoard(store.client) if hasattr(store.client, "pipeline") else None  # None: memory://
@@ -81,8 +81,9 @@ def cmd_run(settings: RunnerSettings) -> int:
                     if board is not None and settings.request_uid else None)
         try:
             # The operator counted this request's cache lookup at admission.
+            owner = Owner(settings.request_uid, settings.request or "") if settings.request_uid else None
             outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False, board=board,
-                               progress=progress).outcome
+                               progress=progress, owner=owner).outcome
         except TaskError as exc:
             return _finish(settings, exc.outcome())
         engine.unload()

@@ -24,8 +24,8 @@ from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
 from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings
-from kubescribe.store import Store, open_store
-from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkQueue
+from kubescribe.store import Owner, Store, store_from_settings
+from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkItem, WorkQueue
 
 from .engine import Engine, EngineOptions, batch_key, decode
 from .resources import Nvml, release_memory, start_metrics_server
@@ -72,7 +72,8 @@ def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetri
                 # A reclaimed entry resumes after the crashed runner's last checkpoint.
                 board = RunBoard(store.client)
                 outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False, board=board,
-                                   progress=ProgressReporter(board, item.uid, report_every)).outcome
+                                   progress=ProgressReporter(board, item.uid, report_every),
+                                   owner=_owner(item)).outcome
         except TaskError as exc:
             if not exc.final and item.attempt < spec.retries:
                 log.warning("%s/%s attempt %d failed (%s); queued again", item.namespace, item.name,
@@ -82,6 +83,10 @@ def process(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetri
             outcome = exc.outcome()
     queue.finish(entry_id, item, attempts, outcome)
     log.info("%s/%s done: ok=%s cached=%s", item.namespace, item.name, outcome.ok, outcome.cached)
+
+
+def _owner(item: WorkItem) -> Owner:
+    return Owner(item.uid, f"{item.namespace}/{item.name}")
 
 
 def _failed(queue: WorkQueue, delivery: Delivery, spec, exc: TaskError) -> None:
@@ -121,7 +126,7 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
                 alone.append(d)
                 continue
             try:
-                p = prepare(store, spec, count_known_lookup=False)
+                p = prepare(store, spec, count_known_lookup=False, owner=_owner(d.item))
                 if isinstance(p, TaskOutcome):
                     queue.finish(d.entry_id, d.item, d.item.attempt + 1, p.outcome)
                     continue
@@ -171,7 +176,7 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
     consumer = settings.consumer or settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
     metrics = RunnerMetrics()
     server = start_metrics_server(settings.metrics_port, metrics, Nvml())
-    store = open_store(settings.redis_url, settings.redis_password, ca_file=settings.redis_ca_file)
+    store = store_from_settings(settings)
     queue = WorkQueue(store.client, claim_idle_ms=settings.claim_idle_ms)
     engine = Engine(EngineOptions(), metrics=metrics)
     last_work = time.monotonic()

@@ -19,7 +19,9 @@ from kubescribe.models import TranscriptionSpec
 from kubescribe.outcomes import RunnerOutcome, reason
 from kubescribe.progress import RunBoard
 from kubescribe.settings import AudioInputSettings
-from kubescribe.store import AudioNotFound, Store, StoreError, cache_key, known_cache_key, result_key, sha256_hex
+from kubescribe.objectstore import ObjectStoreError
+from kubescribe.store import (AudioNotFound, Owner, Store, StoreError, cache_key, known_cache_key, result_key,
+                              sha256_hex)
 
 from .engine import BadAudio, Engine, ModelLoadError, ProgressFn
 from .url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
@@ -137,6 +139,7 @@ class Prepared:
     data: bytes
     sha: str
     lookup: str | None
+    owner: Owner | None = None
 
 
 @contextlib.contextmanager
@@ -150,6 +153,8 @@ def task_errors():
         raise TaskError("ModelLoadFailed", str(exc)) from None
     except StoreError as exc:
         raise TaskError("RedisUnavailable", str(exc)) from None
+    except ObjectStoreError as exc:
+        raise TaskError(exc.reason, exc.message) from None
     except RedisError as exc:  # a checkpoint write that failed mid-transcription
         raise TaskError("RedisUnavailable", f"redis: {type(exc).__name__}: {exc}") from None
     except MemoryError:
@@ -157,12 +162,12 @@ def task_errors():
 
 
 def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | None = None,
-            count_known_lookup: bool = True) -> TaskOutcome | Prepared:
+            count_known_lookup: bool = True, owner: Owner | None = None) -> TaskOutcome | Prepared:
     """The cache answer, or the fetched audio of a miss (see :func:`run_task`)."""
     with task_errors():
         key = known_cache_key(spec)[0] if audio is None else None
         if key and spec.cache.enabled:
-            hit = store.get_result(key, count=count_known_lookup)
+            hit = store.get_result(key, count=count_known_lookup, owner=owner)
             if hit is not None:
                 return TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True))
         data = audio if audio is not None else fetch_audio(store, spec)
@@ -171,18 +176,18 @@ def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | None = None
         if key is None:
             key = cache_key(sha, spec.output_params())
             if spec.cache.enabled:
-                hit = store.get_result(key)
+                hit = store.get_result(key, owner=owner)
                 lookup = "miss" if hit is None else "hit"
                 if hit is not None:
                     return TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True,
                                                                       size_bytes=len(data), cache_lookup=lookup))
-        return Prepared(spec, key, data, sha, lookup)
+        return Prepared(spec, key, data, sha, lookup, owner)
 
 
 def store_result(store: Store, p: Prepared, result: dict[str, Any], board: RunBoard | None = None) -> TaskOutcome:
     """Write a transcribed result under its cache key and drop its checkpoints."""
     with task_errors():
-        rkey = store.put_result(p.key, result, ttl=p.spec.cache.ttl_seconds)
+        rkey = store.put_result(p.key, result, ttl=p.spec.cache.ttl_seconds, formats=p.spec.formats, owner=p.owner)
         if board is not None:
             _call_store(board.drop_checkpoint, p.key)
     return TaskOutcome(result, RunnerOutcome.from_result(result, p.key, rkey, cached=False, size_bytes=len(p.data),
@@ -199,6 +204,7 @@ def run_task(
     audio: bytes | None = None,
     count_known_lookup: bool = True,
     board: RunBoard | None = None,
+    owner: Owner | None = None,
 ) -> TaskOutcome:
     """Answer from the cache or transcribe; raise :class:`TaskError` on failure.
 
@@ -210,8 +216,11 @@ def run_task(
     With a ``board`` every finished segment is checkpointed under the cache key, and a
     task that finds checkpoints (an earlier attempt died) resumes after the last one;
     the checkpoints are dropped once the result is stored.
+
+    ``owner`` is the request the task runs for: with an object store, its reference to
+    the result is taken before the result is read or written (kubescribe.objectstore).
     """
-    p = prepare(store, spec, audio=audio, count_known_lookup=count_known_lookup)
+    p = prepare(store, spec, audio=audio, count_known_lookup=count_known_lookup, owner=owner)
     if isinstance(p, TaskOutcome):
         return p
     with task_errors():

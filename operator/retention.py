@@ -1,0 +1,90 @@
+"""What the operator does for the object store: a deleted request gives up its transcript.
+
+Results are kept in the object store while a request that uses them exists
+(kubescribe.objectstore has the layout). Runners and cache hits take a request's
+reference; the operator drops it when the request is deleted (by hand, by its TTL, by
+``kubescribe history clear``), and the last reference out deletes the result. A deletion
+missed while the operator was down, or one whose object store call failed, is found by
+the sweep: references whose request no longer exists are released on a later resync.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+
+from kubescribe.objectstore import ObjectStoreError
+from kubescribe.store import Store, StoreError
+
+log = logging.getLogger("kubescribe.operator")
+
+#: A reference younger than this is never swept: its request may have been created after
+#: the LIST the sweep compares against.
+SWEEP_MIN_AGE_SECONDS = 600.0
+
+
+class Retention:
+    """Releases the results of deleted requests.
+
+    Args:
+        store: the store, with its object store (without one, nothing is kept or released).
+        sweep_seconds: least time between two sweeps for orphaned references; a sweep
+            lists every reference of the install, so it runs far less often than the resync.
+        clock: time source (tests pass their own).
+    """
+
+    def __init__(self, store: Store, sweep_seconds: float = 3600.0, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.sweep_seconds = sweep_seconds
+        self.clock = clock
+        self._last_sweep = 0.0
+        self._lock = threading.Lock()
+        self.released = 0  # results deleted so far (tests and logs)
+
+    @property
+    def enabled(self) -> bool:
+        return self.store.objects is not None
+
+    def on_deleted(self, body: dict) -> None:
+        """A request is gone: drop its reference to its result."""
+        key = (body.get("status") or {}).get("cacheKey")
+        if self.enabled and key:
+            self._release(key, body["metadata"]["uid"], f"{body['metadata'].get('namespace')}/"
+                          f"{body['metadata'].get('name')}")
+
+    def _release(self, key: str, uid: str, name: str) -> None:
+        try:
+            if self.store.release(key, uid):
+                self.released += 1
+                log.info("deleted the result %s: %s was its last request", key, name)
+        except (ObjectStoreError, StoreError) as exc:
+            log.warning("result %s of deleted %s not released (the sweep retries): %s", key, name, exc)
+
+    def sweep_due(self) -> bool:
+        return self.enabled and self.clock() - self._last_sweep >= self.sweep_seconds
+
+    def sweep(self, live_uids: Collection[str]) -> int:
+        """Release every reference older than SWEEP_MIN_AGE_SECONDS whose request is not in
+        ``live_uids`` (the uids of a complete LIST of requests). Returns how many."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            self._last_sweep = self.clock()
+            objects = self.store.objects
+            if objects is None:
+                return 0
+            cutoff = self.clock() - SWEEP_MIN_AGE_SECONDS
+            orphans = [(key, uid) for key, uid, modified in objects.all_refs()
+                       if uid not in live_uids and modified < cutoff]
+            for key, uid in orphans:
+                self._release(key, uid, f"request {uid}")
+            if orphans:
+                log.info("sweep: released %d reference(s) of deleted requests", len(orphans))
+            return len(orphans)
+        except (ObjectStoreError, StoreError) as exc:
+            log.warning("sweep of the object store's references failed: %s", exc)
+            return 0
+        finally:
+            self._lock.release()
