@@ -33,6 +33,15 @@ _LANGUAGE = r"^([a-z]{2,3}(-[A-Za-z]{2,4})?)?$"
 #: A Kueue LocalQueue name that is also a label value: a DNS-1123 label.
 _QUEUE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _REDIS_KEY = r"^[A-Za-z0-9][A-Za-z0-9:._/-]*$"
+#: S3's bucket naming rules (3-63 characters; no underscores, no upper case).
+_S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_AUDIO_URL = r"^(https?://\S+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+)$"
+#: S3 keys are at most 1024 bytes.
+MAX_S3_KEY_CHARS = 1024
+#: An output key is <prefix><namespace>/<name>.<format>: 256 + 63 + 1 + 253 + 5 stays far
+#: below S3's 1024-byte keys, and four such URLs fit a 4096-byte termination message
+#: beside the rest of the runner's outcome.
+MAX_OUTPUT_PREFIX_CHARS = 256
 
 
 class _Model(BaseModel):
@@ -109,16 +118,55 @@ class Phase(str, Enum):
 TERMINAL_PHASES = frozenset({Phase.Succeeded.value, Phase.Failed.value})
 
 
+class S3Object(_Model):
+    """One object in a bucket the runner reads with its own credentials."""
+
+    bucket: Annotated[
+        str,
+        Field(min_length=3, max_length=63, pattern=_S3_BUCKET,
+              description="Bucket name (S3's naming rules: 3-63 characters, lower-case letters, digits, "
+              "dots and hyphens)."),
+    ]
+    key: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_S3_KEY_CHARS,
+              description="Object key, taken literally (no URL decoding)."),
+    ]
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def s3_url_object(url: str) -> S3Object | None:
+    """``s3://bucket/key`` as an :class:`S3Object`; None for an HTTP(S) URL.
+
+    Read literally, as the AWS CLI reads it: everything after the bucket's slash is the
+    key, with no percent-decoding and no query or fragment (``?`` and ``#`` are part of
+    the key). Raises ValueError (pydantic's) for a bucket or key S3 would refuse.
+    """
+    if not url.startswith("s3://"):
+        return None
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return S3Object(bucket=bucket, key=key)
+
+
 class AudioSource(_Model):
-    """Where the runner finds the audio. Exactly one of ``redisKey`` and ``url``."""
+    """Where the runner finds the audio. Exactly one of ``redisKey``, ``url`` and ``s3``;
+    an ``s3://bucket/key`` url means the same as ``s3`` (:meth:`s3_object`)."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "has(self.redisKey) != has(self.url)",
-                    "message": "set exactly one of audio.redisKey and audio.url",
-                }
+                    "rule": "(has(self.redisKey) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1",
+                    "message": "set exactly one of audio.redisKey, audio.url and audio.s3",
+                },
+                {
+                    # indexOf(substring, offset) is in the Kubernetes CEL strings library.
+                    "rule": "!has(self.url) || !self.url.startsWith('s3://') "
+                            f"|| size(self.url) - self.url.indexOf('/', 5) - 1 <= {MAX_S3_KEY_CHARS}",
+                    "message": f"the key of an s3:// audio.url is at most {MAX_S3_KEY_CHARS} characters",
+                },
             ]
         }
     )
@@ -138,9 +186,17 @@ class AudioSource(_Model):
         Field(
             min_length=1,
             max_length=2048,
-            pattern=r"^https?://\S+$",
-            description="HTTP(S) URL the runner downloads the audio from.",
+            pattern=_AUDIO_URL,
+            description="HTTP(S) URL the runner downloads the audio from, or s3://bucket/key: "
+            "an s3:// URL is read exactly like audio.s3 (the same object, the runner's object "
+            "store credentials and endpoint, the same reasons); its key is taken literally.",
         ),
+    ] = None
+    s3: Annotated[
+        S3Object | None,
+        Field(description="An object in a bucket the runner reads with its object store "
+              "credentials (KUBESCRIBE_S3_ENDPOINT, the AWS credential chain); the bucket need "
+              "not be the install's. Size-checked (HEAD) before it is read."),
     ] = None
     sha256: Annotated[
         str | None,
@@ -154,9 +210,56 @@ class AudioSource(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "AudioSource":
-        if (self.redis_key is None) == (self.url is None):
-            raise ValueError("set exactly one of audio.redisKey and audio.url")
+        if sum(x is not None for x in (self.redis_key, self.url, self.s3)) != 1:
+            raise ValueError("set exactly one of audio.redisKey, audio.url and audio.s3")
+        if self.url and self.url.startswith("s3://") and len(self.url) - self.url.index("/", 5) - 1 > MAX_S3_KEY_CHARS:
+            raise ValueError(f"the key of an s3:// audio.url is at most {MAX_S3_KEY_CHARS} characters")
         return self
+
+    def s3_object(self) -> S3Object | None:
+        """The object to read from an object store: ``s3``, or ``url`` when it is an
+        s3:// URL; None for Redis and HTTP(S) audio. The one normalisation of the two
+        spellings: the runner and the gateway both ask this, never the fields."""
+        if self.s3 is not None:
+            return self.s3
+        return s3_url_object(self.url) if self.url else None
+
+
+class S3Prefix(_Model):
+    """A bucket and a key prefix to write under."""
+
+    bucket: Annotated[
+        str,
+        Field(min_length=3, max_length=63, pattern=_S3_BUCKET,
+              description="Bucket name (S3's naming rules)."),
+    ]
+    prefix: Annotated[
+        str,
+        Field(max_length=MAX_OUTPUT_PREFIX_CHARS, pattern=r"^[!-~]*$",
+              description="Key prefix, used literally: end it with / for a folder. Printable "
+              f"ASCII without spaces, at most {MAX_OUTPUT_PREFIX_CHARS} characters, so that "
+              "prefix + namespace + name stays within S3's 1024-byte keys and the written URLs "
+              "within a runner's 4096-byte termination message."),
+    ] = ""
+
+
+class OutputSpec(_Model):
+    """Where to deliver the transcript files, besides the result kubescribe keeps."""
+
+    s3: Annotated[
+        S3Prefix,
+        Field(description="The runner writes json and every format of spec.formats to "
+              "<prefix><namespace>/<name>.<format> in this bucket, with its object store "
+              "credentials, before the request ends Succeeded (a cache hit writes them too). "
+              "Namespace and name together are unique in the cluster, so requests of the same "
+              "name in different namespaces never overwrite each other; a request re-created "
+              "with the same name overwrites its files. status.outputs lists the URLs."),
+    ]
+
+    def keys(self, namespace: str, name: str, formats: list[str]) -> dict[str, str]:
+        """Format -> key of every file to write: json first, then spec.formats."""
+        fmts = ["json"] + [f for f in formats if f != "json"]
+        return {f: f"{self.s3.prefix}{namespace}/{name}.{f}" for f in fmts}
 
 
 class CacheSpec(_Model):
@@ -321,6 +424,11 @@ class TranscriptionSpec(_Model):
         Field(ge=0, le=10, description="Retries after a transient runner failure (backoffLimit)."),
     ] = 2
     cache: Annotated[CacheSpec, Field(description="Result cache settings.")] = CacheSpec()
+    output: Annotated[
+        OutputSpec | None,
+        Field(description="Also write the transcript files to a bucket of yours (output.s3); "
+              "unset: the transcript is only kept by kubescribe."),
+    ] = None
     ttl_seconds_after_finished: Annotated[
         int | None,
         Field(
@@ -362,8 +470,8 @@ class TranscriptionSpec(_Model):
     def output_params(self) -> dict[str, Any]:
         """Every parameter that changes the transcript: the cache key covers these.
 
-        Formats, priority, queue name, device, GPUs, timeouts, retries and the request's
-        TTL change how and where the work runs, not the words that come out, so they are
+        Formats, output location, priority, queue name, device, GPUs, timeouts, retries and
+        the request's TTL change how and where the work runs, not the words that come out, so they are
         left out and a request that differs only in those is still a cache hit.
         compute_type, decoding and batch_size do change the decoder's numerics, so they are in.
         """
@@ -466,6 +574,11 @@ class TranscriptionStatus(_Model):
     ] = None
     text_preview: Annotated[
         str | None, Field(description="First characters of the transcript.")
+    ] = None
+    outputs: Annotated[
+        list[Annotated[str, Field(description="s3://bucket/key of one file.")]] | None,
+        Field(description="s3:// URLs of the transcript files written for spec.output: json "
+              "first, then spec.formats. Set once they are all written."),
     ] = None
 
 

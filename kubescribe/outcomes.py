@@ -120,6 +120,10 @@ class RunnerOutcome(BaseModel):
     decoding: str | None = None
     text_preview: str | None = None
     size_bytes: int | None = None
+    #: s3:// URLs of the files written for spec.output (status.outputs): a few short URLs,
+    #: bounded by the spec (four formats, a 256-character prefix), so the outcome stays
+    #: within the termination message.
+    outputs: list[str] | None = None
     #: hit or miss when the runner's own lookup counted (the audio hash was unknown to
     #: the operator before the download); None when the operator's lookup counted.
     cache_lookup: str | None = None

@@ -71,7 +71,7 @@ def queued(body: dict, *, cache_key: str | None, audio_sha: str | None, position
         phase=Phase.Queued, reason="Queued", message="waiting for a runner slot in the GPU budget",
         observed_generation=gen, queued_at=status.get("queuedAt") if same_generation else now_rfc3339(),
         queue_position=position, cache_key=cache_key, audio_sha256=audio_sha, conditions=conds,
-        job_name=None, started_at=None, completed_at=None, cached=None,
+        job_name=None, started_at=None, completed_at=None, cached=None, outputs=None,
     )
 
 
@@ -111,7 +111,8 @@ def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int
         conditions=conds, progress=100,
     )
     for name in ("cache_key", "result_key", "audio_sha256", "language", "language_probability",
-                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "decoding", "text_preview"):
+                 "audio_duration_seconds", "processing_seconds", "realtime_factor", "decoding", "text_preview",
+                 "outputs"):
         value = getattr(outcome, name)
         if value is not None:
             fields[name] = value

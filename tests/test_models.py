@@ -20,7 +20,7 @@ def test_defaults_fill_a_minimal_spec():
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ({"audio": {}}, "set exactly one of audio.redisKey and audio.url"),
+        ({"audio": {}}, "set exactly one of audio.redisKey, audio.url and audio.s3"),
         ({"audio": {"redisKey": KEY, "url": "https://x/y.wav"}}, "set exactly one"),
         ({"audio": {"redisKey": KEY}, "beamSize": 50}, "spec.beamSize: Input should be less than or equal to 20 (got 50)"),
         ({"audio": {"redisKey": KEY}, "bogus": 1}, "spec.bogus: unknown field"),
@@ -32,6 +32,17 @@ def test_defaults_fill_a_minimal_spec():
         ({"audio": {"redisKey": KEY}, "initialPrompt": "x" * 5000}, "spec.initialPrompt"),
         ({"audio": {"url": "ftp://host/file"}}, "spec.audio.url"),
         ({"audio": {"redisKey": KEY, "sha256": "XYZ"}}, "spec.audio.sha256"),
+        ({"audio": {"url": "s3://bkt/k.wav", "s3": {"bucket": "bkt", "key": "k"}}}, "set exactly one"),
+        ({"audio": {"redisKey": KEY, "s3": {"bucket": "bkt", "key": "k"}}}, "set exactly one"),
+        ({"audio": {"s3": {"bucket": "Bad_Bucket", "key": "k"}}}, "spec.audio.s3.bucket"),
+        ({"audio": {"s3": {"bucket": "bkt", "key": ""}}}, "spec.audio.s3.key"),
+        ({"audio": {"url": "s3://bkt"}}, "spec.audio.url"),
+        ({"audio": {"url": "s3://Bad_Bucket/k"}}, "spec.audio.url"),
+        ({"audio": {"url": "s3://bkt/" + "k" * 1025}}, "the key of an s3:// audio.url is at most 1024 characters"),
+        ({"audio": {"redisKey": KEY}, "output": {"s3": {"bucket": "bkt", "prefix": "p" * 257}}},
+         "spec.output.s3.prefix"),
+        ({"audio": {"redisKey": KEY}, "output": {"s3": {"bucket": "bkt", "prefix": "a b/"}}}, "spec.output.s3.prefix"),
+        ({"audio": {"redisKey": KEY}, "output": {"s3": {"prefix": "p/"}}}, "spec.output.s3.bucket"),
         ({}, "spec.audio: Field required"),
     ],
 )
@@ -46,5 +57,5 @@ def test_output_params_cover_every_output_changing_field():
     fields = set(TranscriptionSpec.model_fields)
     changes_output = set(parse_spec({"audio": {"redisKey": KEY}}).output_params())
     operational = {"audio", "formats", "priority", "queue_name", "device", "gpus", "timeout_seconds", "retries",
-                   "cache", "ttl_seconds_after_finished"}
+                   "cache", "output", "ttl_seconds_after_finished"}
     assert fields == changes_output | operational, fields ^ (changes_output | operational)

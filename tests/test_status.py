@@ -98,7 +98,7 @@ def test_queued_keeps_queued_at_within_a_generation(clock):
     assert q2["queuedAt"] == q1["queuedAt"]
     q3 = st.queued(body(q1, generation=3), cache_key="k", audio_sha="s")
     assert q3["queuedAt"] != q1["queuedAt"] and q3["observedGeneration"] == 3
-    for key in ("jobName", "startedAt", "completedAt", "cached"):
+    for key in ("jobName", "startedAt", "completedAt", "cached", "outputs"):
         assert q1[key] is None  # merge patch: clears what an earlier run left
 
 
@@ -116,3 +116,10 @@ def test_succeeded_and_failed(clock):
     assert by_type(bad["conditions"])[st.READY]["reason"] == "BadAudio"
     # Ready stayed False: its transition time is that of the Running condition.
     assert by_type(bad["conditions"])[st.READY]["lastTransitionTime"] == running["conditions"][0]["lastTransitionTime"]
+
+
+def test_succeeded_copies_the_outputs_written(clock):
+    urls = ["s3://team-out/t/ns/req.json", "s3://team-out/t/ns/req.srt"]
+    ok = st.succeeded(body(), RunnerOutcome(ok=True, outputs=urls), message="done")
+    assert ok["outputs"] == urls
+    assert "outputs" not in st.succeeded(body(), RunnerOutcome(ok=True), message="done")
