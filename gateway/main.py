@@ -23,19 +23,15 @@ log = logging.getLogger("kubescribe.gateway")
 
 
 def _async_redis(conf: GatewaySettings):
-    """redis.asyncio with the same URL, password, TLS CA and timeouts as the sync store."""
-    import redis.asyncio
+    """redis.asyncio with the same URL forms (Sentinel too), password, TLS CA, timeouts and
+    failover retries as the sync store (kubescribe.redisconn)."""
+    from kubescribe.redisconn import connect_async
 
-    if not conf.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"KUBESCRIBE_REDIS_URL must start with redis://, rediss:// or unix:// "
-                         f"(got {conf.redis_url[:20]!r})")
-    kwargs = {"socket_timeout": 10.0, "socket_connect_timeout": 10.0, "health_check_interval": 30,
-              "max_connections": 1000}
-    if conf.redis_password:
-        kwargs["password"] = conf.redis_password
-    if conf.redis_url.startswith("rediss://") and conf.redis_ca_file:
-        kwargs["ssl_ca_certs"] = conf.redis_ca_file
-    return redis.asyncio.Redis.from_url(conf.redis_url, **kwargs)
+    try:
+        return connect_async(conf.redis_url, conf.redis_password, sentinel_password=conf.redis_sentinel_password,
+                             ca_file=conf.redis_ca_file, max_connections=1000)
+    except ValueError as exc:
+        raise ValueError(f"KUBESCRIBE_REDIS_URL: {exc}") from None
 
 
 def build(conf: GatewaySettings):
@@ -53,7 +49,8 @@ def build(conf: GatewaySettings):
     creds = load_credentials(conf.kubeconfig, in_cluster=bool(conf.kubernetes_service_host))
     metrics = GatewayMetrics()
     gateway = Gateway(settings=conf, kube=KubeClient(creds), redis=_async_redis(conf),
-                      store=Store(connect(conf.redis_url, conf.redis_password, ca_file=conf.redis_ca_file)),
+                      store=Store(connect(conf.redis_url, conf.redis_password, ca_file=conf.redis_ca_file,
+                                          sentinel_password=conf.redis_sentinel_password)),
                       metrics=metrics)
     return build_app(gateway), gateway
 

@@ -1,1 +1,2 @@
-pytest_plugins = ["tests.support.core", "tests.envtest.fixtures", "tests.support.operator", "tests.support.gateway"]
+pytest_plugins = ["tests.support.core", "tests.envtest.fixtures", "tests.support.operator", "tests.support.gateway",
+                  "tests.support.sentinel"]
