@@ -138,12 +138,14 @@ class ObjectStore:
 
     Args:
         client: a boto3 S3 client (:func:`make_client`).
-        bucket: the install's bucket, where results and references live.
+        bucket: the install's bucket, where results and references live; None for a
+            client of the buckets requests name only (:meth:`for_requests`), whose every
+            call names its bucket.
         prefix: key prefix of everything kubescribe writes in that bucket.
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "kubescribe/"):
-        if not bucket:
+    def __init__(self, client: Any, bucket: str | None, prefix: str = "kubescribe/"):
+        if bucket is not None and not bucket:
             raise ValueError("an object store needs a bucket (KUBESCRIBE_S3_BUCKET)")
         self.client = client
         self.bucket = bucket
@@ -156,10 +158,25 @@ class ObjectStore:
             return None
         return cls(make_client(settings), settings.s3_bucket, settings.s3_prefix)
 
+    @classmethod
+    def for_requests(cls, settings: "ObjectStoreSettings") -> "ObjectStore":
+        """A client for the buckets requests name (``spec.audio.s3``, ``spec.output.s3``)
+        on the install's endpoint, with the same credential chain, even when the install
+        keeps no results in a bucket of its own (then it has no ``bucket``, and a call
+        that does not name one is a ValueError). The install's store serves as well
+        when there is one: it is the same client."""
+        return cls.from_settings(settings) or cls(make_client(settings), None)
+
     def __repr__(self) -> str:
-        return f"ObjectStore(s3://{self.bucket}/{self.prefix})"
+        return f"ObjectStore(s3://{self.bucket}/{self.prefix})" if self.bucket else "ObjectStore(no bucket)"
 
     # -- plumbing -------------------------------------------------------------------
+    def _bucket(self, bucket: str | None) -> str:
+        b = bucket or self.bucket
+        if not b:
+            raise ValueError("this object store has no bucket of its own: name the bucket")
+        return b
+
     def _call(self, what: str, fn, **kwargs):
         try:
             return fn(**kwargs)
@@ -168,13 +185,13 @@ class ObjectStore:
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             bucket: str | None = None) -> None:
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         self._call(f"PUT s3://{b}/{key}", self.client.put_object, Bucket=b, Key=key, Body=data,
                    ContentType=content_type)
 
     def get(self, key: str, *, bucket: str | None = None) -> bytes:
         """The object's bytes; ObjectNotFound when it does not exist."""
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         resp = self._call(f"GET s3://{b}/{key}", self.client.get_object, Bucket=b, Key=key)
         try:
             return resp["Body"].read()
@@ -182,13 +199,27 @@ class ObjectStore:
             raise classify(exc, f"GET s3://{b}/{key}") from exc
 
     def size(self, key: str, *, bucket: str | None = None) -> int:
-        """The object's size in bytes (HEAD); ObjectNotFound when it does not exist."""
-        b = bucket or self.bucket
-        return int(self._call(f"HEAD s3://{b}/{key}", self.client.head_object, Bucket=b, Key=key)["ContentLength"])
+        """The object's size in bytes (HEAD); ObjectNotFound when it does not exist,
+        ObjectStoreBucketMissing when its bucket does not.
+
+        A HEAD answer has no body, so S3 says a bare 404 for a missing key and a missing
+        bucket alike; after a 404 a HEAD of the bucket tells the two apart.
+        """
+        b = self._bucket(bucket)
+        try:
+            return int(self._call(f"HEAD s3://{b}/{key}", self.client.head_object, Bucket=b,
+                                  Key=key)["ContentLength"])
+        except ObjectNotFound:
+            try:
+                self._call(f"HEAD s3://{b}", self.client.head_bucket, Bucket=b)
+            except ObjectNotFound:
+                raise ObjectStoreError("ObjectStoreBucketMissing", f"HEAD s3://{b}/{key}: the bucket does not "
+                                       "exist; create it or fix the bucket name") from None
+            raise
 
     def open(self, key: str, *, bucket: str | None = None) -> IO[bytes]:
         """A stream of the object's bytes, read as it is consumed (nothing buffered whole)."""
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         return self._call(f"GET s3://{b}/{key}", self.client.get_object, Bucket=b, Key=key)["Body"]
 
     def upload(self, key: str, stream: IO[bytes], *, bucket: str | None = None,
@@ -197,7 +228,7 @@ class ObjectStore:
         whatever the size, and a failed upload is aborted (no orphaned parts)."""
         from boto3.s3.transfer import TransferConfig
 
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         config = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
                                 max_concurrency=MULTIPART_CONCURRENCY)
         self._call(f"PUT s3://{b}/{key}", self.client.upload_fileobj, Fileobj=stream, Bucket=b, Key=key,
@@ -205,7 +236,7 @@ class ObjectStore:
 
     def presign_put(self, key: str, expires: int, *, bucket: str | None = None) -> str:
         """A URL that lets its holder PUT this one key for ``expires`` seconds."""
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         return self._call(f"presign s3://{b}/{key}", self.client.generate_presigned_url,
                           ClientMethod="put_object", Params={"Bucket": b, "Key": key}, ExpiresIn=expires)
 
@@ -215,7 +246,7 @@ class ObjectStore:
 
     def listing(self, prefix: str, *, bucket: str | None = None) -> list[tuple[str, float]]:
         """(key, last modified as a Unix time) of every object under ``prefix``."""
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         out: list[tuple[str, float]] = []
         token = None
         while True:
@@ -230,7 +261,7 @@ class ObjectStore:
 
     def delete(self, keys: Iterable[str], *, bucket: str | None = None) -> int:
         """Delete keys, a thousand per call (S3's batch limit); a missing key is no error."""
-        b = bucket or self.bucket
+        b = self._bucket(bucket)
         keys = list(keys)
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i:i + 1000]]
@@ -244,7 +275,8 @@ class ObjectStore:
 
     def ping(self) -> None:
         """HEAD the install's bucket: raises ObjectStoreError when it cannot be used."""
-        self._call(f"HEAD s3://{self.bucket}", self.client.head_bucket, Bucket=self.bucket)
+        b = self._bucket(None)
+        self._call(f"HEAD s3://{b}", self.client.head_bucket, Bucket=b)
 
     # -- results and their references ------------------------------------------------
     def result_dir(self, cache_key: str) -> str:

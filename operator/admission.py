@@ -4,7 +4,8 @@ admission and the size of the runner pool. Pure functions, like ``scheduler.plan
 One cache lookup counts per request, where its answer becomes known: a hit when the
 request is answered from the cache (when it is first seen, or when an identical request
 finished while it waited), a miss when it is admitted to a runner. A runner never counts
-a lookup the operator could make (kubescribe.runner.task).
+a lookup the operator could make (kubescribe.runner.task), except for a request with
+``spec.output``: see :func:`answers_from_cache`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ class CacheAnswer:
 NOT_ASKED = CacheAnswer("not_asked")
 
 
+def answers_from_cache(spec: TranscriptionSpec) -> bool:
+    """Whether the operator may answer this request from the cache itself.
+
+    Not when it has ``spec.output``: the user asked for files in a bucket, and only a
+    runner writes them (with the runner's credentials, which the operator does not
+    hold). Such a request goes to a runner, which then hits the cache, writes the files
+    and counts that lookup; the operator counts none for it. Skipping a Job would
+    otherwise end the request Succeeded with no files where the pipeline looks.
+    """
+    return spec.output is None
+
+
 def answered_from_cache(body: dict, key: str, result: dict[str, Any], now: datetime | None = None) -> Transition:
     """Pending or Queued -> Succeeded (cached): no Job, milliseconds."""
     outcome = RunnerOutcome.from_result(result, key, result_key(key), cached=True)
@@ -70,7 +83,7 @@ def on_seen(body: dict, spec: TranscriptionSpec | InvalidSpec, key: str | None, 
             return Transition(errors=("redis",), wake=False)
         return Transition(status=st.pending(body, "RedisUnavailable", msg),
                           event=Event("Warning", "RedisUnavailable", msg), errors=("redis",), wake=False)
-    if cache.state == "hit" and key and cache.result is not None:
+    if cache.state == "hit" and key and cache.result is not None and answers_from_cache(spec):
         return answered_from_cache(body, key, cache.result, now)
     gen = body["metadata"].get("generation") or 1
     return Transition(
@@ -88,10 +101,11 @@ def on_admitted(body: dict, spec: TranscriptionSpec | InvalidSpec, cache: CacheA
         return fail(body, "InvalidSpec", str(spec))
     status = body.get("status") or {}
     key = status.get("cacheKey")
-    if cache.state == "hit" and key and cache.result is not None:
+    if cache.state == "hit" and key and cache.result is not None and answers_from_cache(spec):
         return answered_from_cache(body, key, cache.result, now)
     # Its lookup missed: counted once, on the first start (a requeued request has attempts).
-    lookup = False if key and spec.cache.enabled and status.get("attempts") is None else None
+    counted = key and spec.cache.enabled and answers_from_cache(spec) and status.get("attempts") is None
+    lookup = False if counted else None
     if job_name:
         reason, message = "JobCreated", f"runner Job {job_name} created"
     else:

@@ -1,4 +1,5 @@
-"""One transcription task: cache check, audio fetch, transcription, result write.
+"""One transcription task: cache check, audio fetch, transcription, result write, and
+the transcript files a request asked for in its own bucket (``spec.output``).
 
 Used by the runner Job entry point, the pooled runner and the local CLI, so all three
 behave the same way. A task ends as a :class:`~kubescribe.outcomes.RunnerOutcome`;
@@ -19,10 +20,11 @@ from kubescribe.models import TranscriptionSpec
 from kubescribe.outcomes import RunnerOutcome, reason
 from kubescribe.progress import RunBoard
 from kubescribe.settings import AudioInputSettings
-from kubescribe.objectstore import ObjectStoreError
+from kubescribe.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
 from kubescribe.store import (AudioNotFound, Owner, Store, StoreError, cache_key, known_cache_key, result_key,
                               sha256_hex)
 
+from . import buckets
 from .engine import BadAudio, Engine, ModelLoadError, ProgressFn
 from .url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
 
@@ -108,9 +110,27 @@ def _download(url: str, limit: int, guard: UrlGuard) -> bytes:
         raise TaskError("AudioServerUnavailable", f"GET {url}: {exc}") from None
 
 
-def fetch_audio(store: Store, spec: TranscriptionSpec, settings: AudioInputSettings | None = None) -> bytes:
-    """The request's audio from Redis or its URL, checked against the size limit and
-    ``spec.audio.sha256``. ``settings`` default to the environment."""
+def _read_object(objects: ObjectStore, spec: TranscriptionSpec, limit: int) -> bytes:
+    obj = spec.audio.s3_object()
+    assert obj is not None
+    field = "spec.audio.s3.key" if spec.audio.s3 is not None else "spec.audio.url"
+    try:
+        return buckets.read_audio(objects, obj, limit)
+    except ObjectNotFound:
+        raise TaskError("AudioNotFound", f"{obj} does not exist: upload it or fix {field}") from None
+    except buckets.TooLarge as exc:
+        raise TaskError("AudioTooLarge", str(exc)) from None
+    except ObjectStoreError as exc:
+        hint = (" (without s3:ListBucket on the bucket, S3 answers a missing key with 403 too)"
+                if exc.reason == "ObjectStoreAccessDenied" else "")
+        raise TaskError(exc.reason, exc.message + hint) from None
+
+
+def fetch_audio(store: Store, spec: TranscriptionSpec, settings: AudioInputSettings | None = None, *,
+                objects: ObjectStore | None = None) -> bytes:
+    """The request's audio from Redis, its URL or a bucket, checked against the size
+    limit and ``spec.audio.sha256``. ``settings`` default to the environment; ``objects``
+    (for ``spec.audio.s3`` or an s3:// URL) to :func:`buckets.client`."""
     settings = settings or AudioInputSettings()
     limit = settings.max_audio_bytes
     if spec.audio.redis_key:
@@ -118,6 +138,8 @@ def fetch_audio(store: Store, spec: TranscriptionSpec, settings: AudioInputSetti
             data = store.get_audio(spec.audio.redis_key)
         except AudioNotFound as exc:
             raise TaskError("AudioNotFound", str(exc)) from None
+    elif spec.audio.s3_object() is not None:
+        data = _read_object(objects or buckets.client(store.objects), spec, limit)
     else:
         data = _download(spec.audio.url, limit, UrlGuard.from_settings(settings))
     if len(data) > limit:
@@ -161,37 +183,78 @@ def task_errors():
         raise TaskError("OutOfMemory", "the runner ran out of memory") from None
 
 
+def _request_name(owner: Owner | None) -> tuple[str, str]:
+    """(namespace, name) of the request, which names the files of ``spec.output``."""
+    namespace, _, name = (owner.name if owner is not None else "").partition("/")
+    if not namespace or not name:
+        raise TaskError("InvalidSpec", "spec.output names its files after the request, but the runner was not "
+                        "told the request's namespace/name (KUBESCRIBE_REQUEST and KUBESCRIBE_REQUEST_UID)")
+    return namespace, name
+
+
+def deliver(store: Store, spec: TranscriptionSpec, owner: Owner | None, done: TaskOutcome, *,
+            objects: ObjectStore | None = None) -> TaskOutcome:
+    """Write the files of ``spec.output`` for a finished task (transcribed or a cache
+    hit) and name them in its outcome; nothing to do without ``spec.output``.
+
+    A failure is the task's: ObjectStoreUnavailable is retried (the request stays
+    Running and ends Succeeded only once the files are written), the others end it.
+    The files are named after the request (``owner``: namespace/name).
+    """
+    if spec.output is None:
+        return done
+    namespace, name = _request_name(owner)
+    with task_errors():
+        urls = buckets.write_outputs(objects or buckets.client(store.objects), spec, namespace, name, done.result)
+    log.info("wrote %d transcript file(s) to s3://%s/%s", len(urls), spec.output.s3.bucket, spec.output.s3.prefix)
+    return TaskOutcome(done.result, done.outcome.model_copy(update={"outputs": urls}))
+
+
 def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | None = None,
-            count_known_lookup: bool = True, owner: Owner | None = None) -> TaskOutcome | Prepared:
-    """The cache answer, or the fetched audio of a miss (see :func:`run_task`)."""
+            count_known_lookup: bool = True, owner: Owner | None = None,
+            objects: ObjectStore | None = None) -> TaskOutcome | Prepared:
+    """The cache answer (with ``spec.output``'s files written), or the fetched audio of a
+    miss (see :func:`run_task`)."""
+    # With spec.output the operator leaves even a cache hit to the runner, which must
+    # write the files (operator.admission), so the runner counts that lookup itself.
+    own_count = spec.output is not None and not count_known_lookup
+    if spec.output is not None:
+        _request_name(owner)  # refused before any work, not after it
     with task_errors():
         key = known_cache_key(spec)[0] if audio is None else None
-        if key and spec.cache.enabled:
-            hit = store.get_result(key, count=count_known_lookup, owner=owner)
-            if hit is not None:
-                return TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True))
-        data = audio if audio is not None else fetch_audio(store, spec)
-        sha = sha256_hex(data)
         lookup = None
+        if key and spec.cache.enabled:
+            hit = store.get_result(key, count=count_known_lookup or own_count, owner=owner)
+            lookup = ("miss" if hit is None else "hit") if own_count else None
+            if hit is not None:
+                done = TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True,
+                                                                  cache_lookup=lookup))
+                return deliver(store, spec, owner, done, objects=objects)
+        data = audio if audio is not None else fetch_audio(store, spec, objects=objects)
+        sha = sha256_hex(data)
         if key is None:
             key = cache_key(sha, spec.output_params())
             if spec.cache.enabled:
                 hit = store.get_result(key, owner=owner)
                 lookup = "miss" if hit is None else "hit"
                 if hit is not None:
-                    return TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True,
+                    done = TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True,
                                                                       size_bytes=len(data), cache_lookup=lookup))
+                    return deliver(store, spec, owner, done, objects=objects)
         return Prepared(spec, key, data, sha, lookup, owner)
 
 
-def store_result(store: Store, p: Prepared, result: dict[str, Any], board: RunBoard | None = None) -> TaskOutcome:
-    """Write a transcribed result under its cache key and drop its checkpoints."""
+def store_result(store: Store, p: Prepared, result: dict[str, Any], board: RunBoard | None = None, *,
+                 objects: ObjectStore | None = None) -> TaskOutcome:
+    """Write a transcribed result under its cache key, drop its checkpoints, then write
+    ``spec.output``'s files (:func:`deliver`)."""
     with task_errors():
         rkey = store.put_result(p.key, result, ttl=p.spec.cache.ttl_seconds, formats=p.spec.formats, owner=p.owner)
         if board is not None:
             _call_store(board.drop_checkpoint, p.key)
-    return TaskOutcome(result, RunnerOutcome.from_result(result, p.key, rkey, cached=False, size_bytes=len(p.data),
+    done = TaskOutcome(result, RunnerOutcome.from_result(result, p.key, rkey, cached=False, size_bytes=len(p.data),
                                                          cache_lookup=p.lookup))
+    return deliver(store, p.spec, p.owner, done, objects=objects)
 
 
 def run_task(
@@ -205,6 +268,7 @@ def run_task(
     count_known_lookup: bool = True,
     board: RunBoard | None = None,
     owner: Owner | None = None,
+    objects: ObjectStore | None = None,
 ) -> TaskOutcome:
     """Answer from the cache or transcribe; raise :class:`TaskError` on failure.
 
@@ -218,9 +282,13 @@ def run_task(
     the checkpoints are dropped once the result is stored.
 
     ``owner`` is the request the task runs for: with an object store, its reference to
-    the result is taken before the result is read or written (kubescribe.objectstore).
+    the result is taken before the result is read or written (kubescribe.objectstore);
+    its namespace/name names the files of ``spec.output``.
+
+    ``objects`` reads ``spec.audio.s3`` and writes ``spec.output.s3``; by default the
+    store's object store, or a client made from the environment (:func:`buckets.client`).
     """
-    p = prepare(store, spec, audio=audio, count_known_lookup=count_known_lookup, owner=owner)
+    p = prepare(store, spec, audio=audio, count_known_lookup=count_known_lookup, owner=owner, objects=objects)
     if isinstance(p, TaskOutcome):
         return p
     with task_errors():
@@ -238,4 +306,4 @@ def run_task(
         finally:
             if metrics is not None:
                 metrics.active_workers.dec()
-    return store_result(store, p, result, board)
+    return store_result(store, p, result, board, objects=objects)
