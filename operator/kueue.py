@@ -101,7 +101,8 @@ def on_submitted(body: dict[str, Any], *, job_name: str, queue: str) -> Transiti
     """
     status = body.get("status") or {}
     key = status.get("cacheKey")
-    spec_cache = ((body.get("spec") or {}).get("cache") or {}).get("enabled", True)
+    # With spec.output the runner looks the cache up and counts it (admission.answers_from_cache).
+    spec_cache = ((body.get("spec") or {}).get("cache") or {}).get("enabled", True) and not (body.get("spec") or {}).get("output")
     lookup = False if key and spec_cache and status.get("attempts") is None else None
     message = f"runner Job {job_name} waits in Kueue LocalQueue {queue}"
     gen = body["metadata"].get("generation")

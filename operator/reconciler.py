@@ -124,7 +124,7 @@ class Reconciler:
     def cache_answer(self, key: str | None, spec: TranscriptionSpec, body: dict) -> CacheAnswer:
         """The cache's answer for ``body``'s request; a hit takes the request's reference
         to the result in the object store (kubescribe.objectstore)."""
-        if not key or not spec.cache.enabled:
+        if not key or not spec.cache.enabled or not admission.answers_from_cache(spec):
             return NOT_ASKED
         meta = body["metadata"]
         owner = Owner(meta["uid"], f"{meta.get('namespace')}/{meta.get('name')}")

@@ -25,6 +25,17 @@ log = logging.getLogger("kubescribe.operator")
 SWEEP_MIN_AGE_SECONDS = 600.0
 
 
+def uploaded_audio(body: dict, objects) -> str | None:
+    """The key of the audio upload a request owns: ``spec.audio.s3`` in the install's bucket
+    under its ``uploads/`` prefix, where only the gateway and the CLI write, one object per
+    upload. Audio a user keeps in a bucket of their own is never deleted."""
+    s3 = ((body.get("spec") or {}).get("audio") or {}).get("s3") or {}
+    key = s3.get("key") or ""
+    if objects is not None and s3.get("bucket") == objects.bucket and key.startswith(objects.prefix + "uploads/"):
+        return key
+    return None
+
+
 class Retention:
     """Releases the results of deleted requests.
 
@@ -48,11 +59,22 @@ class Retention:
         return self.store.objects is not None
 
     def on_deleted(self, body: dict) -> None:
-        """A request is gone: drop its reference to its result."""
+        """A request is gone: drop its reference to its result, and delete the audio it
+        uploaded (the gateway's and the CLI's uploads, under ``<prefix>uploads/``: no other
+        request names them)."""
+        if not self.enabled:
+            return
+        meta = body["metadata"]
+        name = f"{meta.get('namespace')}/{meta.get('name')}"
         key = (body.get("status") or {}).get("cacheKey")
-        if self.enabled and key:
-            self._release(key, body["metadata"]["uid"], f"{body['metadata'].get('namespace')}/"
-                          f"{body['metadata'].get('name')}")
+        if key:
+            self._release(key, meta["uid"], name)
+        upload = uploaded_audio(body, self.store.objects)
+        if upload:
+            try:
+                self.store.objects.delete([upload])
+            except ObjectStoreError as exc:
+                log.warning("upload %s of deleted %s not deleted: %s", upload, name, exc)
 
     def _release(self, key: str, uid: str, name: str) -> None:
         try:
