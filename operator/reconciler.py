@@ -130,8 +130,15 @@ class Reconciler:
         owner = Owner(meta["uid"], f"{meta.get('namespace')}/{meta.get('name')}")
         try:
             hit = self.store.get_result(key, count=False, owner=owner)  # counted once, by the transition
-        except (StoreError, ObjectStoreError) as exc:
+        except StoreError as exc:
             return CacheAnswer("unreachable", error=str(exc))
+        except ObjectStoreError as exc:
+            # Redis answered and missed; only the bucket is down. A runner looks again and
+            # keeps retrying (ObjectStoreUnavailable) until it can read or store the
+            # result, which is where the request should wait: Running, with its Job.
+            log.warning("cache lookup of %s/%s: the object store did not answer (%s); treated as a miss",
+                        meta.get("namespace"), meta.get("name"), exc.message)
+            return CacheAnswer("miss")
         return CacheAnswer("miss") if hit is None else CacheAnswer("hit", result=hit)
 
     # -- per-request serialisation ----------------------------------------------------
