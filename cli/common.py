@@ -36,7 +36,7 @@ def open_cli_store(args, *, local_default: bool = False, metrics: Metrics | None
     elif conf.redis_url_given or not local_default:
         url = conf.redis_url
     else:
-        url = None
+        url = "memory://"
     try:
         return store_from_settings(conf, metrics=metrics, url=url)
     except ValueError as exc:  # a URL without a scheme
