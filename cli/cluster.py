@@ -3,6 +3,7 @@ and ``history clear``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -10,9 +11,12 @@ import time
 from pathlib import Path
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe.gateway.uploads import Audio, upload_file
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
+from kubescribe.objectstore import ObjectStoreError
 from kubescribe.outcomes import EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
 from kubescribe.render import render
+from kubescribe.settings import CliSettings
 from kubescribe.store import StoreError, gone_message
 
 from .common import CliError, open_cli_store, read_audio, spec_from_args
@@ -51,31 +55,56 @@ def _name_for(path: Path) -> str:
 
 def cmd_submit(args) -> int:
     path = Path(args.file)
-    data = read_audio(path)
+    # The options are checked before any upload, so a typo costs no transfer.
+    try:
+        parse_spec({**spec_from_args(args, {"redisKey": "kubescribe:audio:" + "0" * 64}), "priority": args.priority})
+    except InvalidSpec as exc:
+        print(f"kubescribe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     store = open_cli_store(args)
+    audio, stored = _upload(path, store)
+    spec = spec_from_args(args, audio)
+    spec["priority"] = args.priority
+    name = args.name or _name_for(path)
+    ns = _namespace(args)
+    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    try:
+        api = _custom_api(args)
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+    except BaseException:
+        if stored is not None:  # an object no request names would stay until a lifecycle rule
+            with contextlib.suppress(ObjectStoreError):
+                store.objects.delete([stored.key])
+        raise
+    print(f"transcriptionrequest.{GROUP}/{name} created in {ns}", file=sys.stderr)
+    if not args.wait:
+        return EXIT_OK
+    return _wait_and_print(api, store, ns, name, args.format, args.timeout)
+
+
+def _upload(path: Path, store) -> tuple[dict, Audio | None]:
+    """The file into the object store in parts when it is larger than
+    KUBESCRIBE_STREAM_UPLOAD_BYTES and the install has one (read in chunks, hashed as
+    read: memory stays at a few parts whatever the size), else whole into Redis.
+    Returns ``spec.audio`` and the object written, if any."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    if store.objects is not None and size > CliSettings().stream_upload_bytes:
+        try:
+            audio = upload_file(store.objects, path)  # an ObjectStoreError is main()'s to report
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+        return {"s3": {"bucket": audio.bucket, "key": audio.key}, "sha256": audio.sha256}, audio
+    data = read_audio(path)
     try:
         key = store.put_audio(data)
     except StoreError as exc:
         raise CliError(f"upload failed: {exc}", EXIT_TRANSIENT) from None
     except ValueError as exc:
         raise CliError(f"{path}: {exc}", EXIT_USAGE) from None
-    sha = key.rsplit(":", 1)[1]
-    spec = spec_from_args(args, {"redisKey": key, "sha256": sha})
-    spec["priority"] = args.priority
-    try:
-        parse_spec(spec)
-    except InvalidSpec as exc:
-        print(f"kubescribe: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    name = args.name or _name_for(path)
-    ns = _namespace(args)
-    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": ns}, "spec": spec}
-    api = _custom_api(args)
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-    print(f"transcriptionrequest.{GROUP}/{name} created in {ns}", file=sys.stderr)
-    if not args.wait:
-        return EXIT_OK
-    return _wait_and_print(api, store, ns, name, args.format, args.timeout)
+    return {"redisKey": key, "sha256": key.rsplit(":", 1)[1]}, None
 
 
 def bar_line(status: dict, width: int = 30) -> str:

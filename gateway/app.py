@@ -1,15 +1,20 @@
-"""The gateway's routes: one handler per endpoint, every refusal before anything is stored.
+"""The gateway's routes: one handler per endpoint, every refusal before anything is kept.
 
 Order of checks on a call that creates work (README, "HTTP gateway"): authenticate (401)
 -> namespace (400/403) -> SubjectAccessReview (403) -> per-identity concurrency (429)
--> upload size (413) -> fields (400) -> content sniffing (400) -> spec validation (400)
--> audio to Redis -> TranscriptionRequest. A refused call has written nothing.
+-> upload size (413, counted as the body streams in) -> content sniffing on the file's
+first bytes (400) -> fields (400) -> spec validation (400) -> audio to Redis ->
+TranscriptionRequest. An upload above KUBESCRIBE_GATEWAY_STREAM_UPLOAD_BYTES, with an
+object store, is written to the bucket while it arrives (:mod:`.form`, :mod:`.uploads`),
+so the field and spec checks come after it: a refused call deletes that object. Either
+way a refused call has kept nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
@@ -20,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 
@@ -30,34 +34,22 @@ from kubescribe.metrics import GatewayMetrics
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
 from kubescribe.outcomes import reason as reason_of
 from kubescribe.settings import GatewaySettings
-from kubescribe.objectstore import ObjectStoreError
+from kubescribe.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError, classify
 from kubescribe.store import Store, analysis_key, audio_key, decode_result, gone_message
 
-from . import openai
+from . import form, openai
 from .auth import ADMIN_CLEAR, ADMIN_STATS, ApiKeys, AuthError, Authorizer, Identity, namespace_for, request_attributes
+from .errors import HttpError
 from .kubeclient import KubeClient, KubeError
 from .sniff import HEAD_BYTES, sniff_audio
+from .uploads import Audio, AudioStream, new_upload_id, upload_key
 from .waiter import Waiter
 
 log = logging.getLogger("kubescribe.gateway")
 
-#: Room for the multipart framing and the small fields around the file.
-FORM_OVERHEAD = 64 * 1024
 NAMESPACE_HEADER = "x-kubescribe-namespace"
 CREATED_BY = {"app.kubernetes.io/created-by": "kubescribe-gateway"}
 REQUESTED_BY = "kubescribe.io/requested-by"
-
-
-class HttpError(Exception):
-    """A refusal or failure the client reads: HTTP status, message, OpenAI code/param."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Timing:
@@ -121,69 +113,51 @@ class Gateway:
         return ident, ns
 
     # -- uploads ------------------------------------------------------------------------
-    async def read_upload(self, request: Request) -> tuple[dict[str, Any], bytes]:
-        """The form's fields and the audio bytes, refused early when too large.
+    async def read_upload(self, request: Request) -> tuple[dict[str, Any], Audio | None]:
+        """The form's fields and the audio, refused early when too large or not audio
+        (:mod:`.form`): small uploads in memory for Redis, larger ones, with an object
+        store, already streamed into it (:mod:`.uploads`). None: the form names a
+        presigned ``upload_id`` instead."""
+        conf = self.settings
+        sink = AudioStream(self.store.objects, limit=conf.gateway_max_upload_bytes,
+                           threshold=conf.gateway_stream_upload_bytes)
+        return await form.read_upload(request, sink, conf.gateway_max_upload_bytes)
 
-        Starlette's parser streams the body and spools the file to disk past 1 MiB; the
-        byte counter stops a chunked upload at the limit instead of after it. The bytes
-        are read into memory once, for the Redis SET.
-        """
+    async def presigned_audio(self, upload_id: str) -> Audio:
+        """The object a client PUT to a presigned URL, checked like a form upload: it
+        exists (400), fits the limit (413), is not empty and is audio (400). Its SHA-256
+        is not known without reading it all: the runner computes it."""
+        objects = self.store.objects
+        if objects is None:
+            raise HttpError(400, "upload_id needs object storage, which this gateway does not have: send "
+                                 "the audio as `file`", param="upload_id")
+        try:
+            key = upload_key(objects, upload_id)
+        except ValueError as exc:
+            raise HttpError(400, str(exc), param="upload_id") from None
         limit = self.settings.gateway_max_upload_bytes
-        too_large = HttpError(413, f"the upload is larger than the gateway's limit of {limit} bytes "
-                                   "(KUBESCRIBE_GATEWAY_MAX_UPLOAD_BYTES)", code="file_too_large", param="file")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + FORM_OVERHEAD:
-            raise too_large
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise HttpError(400, "send the audio as multipart/form-data with a `file` field", param="file")
-        seen = 0
-        upstream = request.receive
-
-        async def counted() -> dict[str, Any]:
-            nonlocal seen
-            message = await upstream()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit + FORM_OVERHEAD:
-                    raise _TooLarge()
-            return message
-
         try:
-            form = await Request(request.scope, counted).form(max_files=1, max_fields=32)
-        except _TooLarge:
-            raise too_large from None
-        except ClientDisconnect:
-            raise
-        except Exception as exc:  # starlette's MultiPartException and parser errors
-            raise HttpError(400, f"cannot read the form: {exc}", param="file") from None
+            size = await asyncio.to_thread(objects.size, key)
+            if size > limit:
+                raise form.too_large(limit)
+            if size == 0:
+                raise HttpError(400, "the uploaded file is empty", param="upload_id", code="empty_file")
+            head = await asyncio.to_thread(_first_bytes, objects, key, HEAD_BYTES)
+        except ObjectNotFound:
+            raise HttpError(400, f"upload {upload_id} not found: PUT the file to upload_url first",
+                            param="upload_id", code="upload_not_found") from None
+        if sniff_audio(head) is None:
+            raise HttpError(400, f"upload {upload_id} is not audio (no known audio or video container: wav, mp3, "
+                                 "flac, ogg/opus, m4a/mp4, webm, ...)", param="upload_id", code="invalid_file_format")
+        return Audio(size, "", bucket=objects.bucket, key=key)
+
+    async def discard(self, audio: Audio) -> None:
+        """Delete an object this call streamed (a refused create keeps nothing)."""
+        assert self.store.objects is not None and audio.key
         try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise HttpError(400, "the `file` field with the audio is missing", param="file")
-            if upload.size is not None and upload.size > limit:
-                raise too_large
-            head = await upload.read(HEAD_BYTES)
-            if not head:
-                raise HttpError(400, "the uploaded file is empty", param="file", code="empty_file")
-            if sniff_audio(head) is None:
-                raise HttpError(400, f"{upload.filename or 'the file'} is not audio (no known audio or video "
-                                     "container: wav, mp3, flac, ogg/opus, m4a/mp4, webm, ...)",
-                                param="file", code="invalid_file_format")
-            await upload.seek(0)
-            data = await upload.read()
-            if len(data) > limit:
-                raise too_large
-            fields: dict[str, Any] = {}
-            for key, value in form.multi_items():
-                if key == "file" or isinstance(value, UploadFile):
-                    continue
-                if key.endswith("[]"):
-                    fields.setdefault(key, []).append(value)
-                else:
-                    fields[key] = value
-            return fields, data
-        finally:
-            await form.close()
+            await asyncio.to_thread(self.store.objects.delete, [audio.key])
+        except ObjectStoreError as exc:
+            log.warning("could not delete s3://%s/%s after a refused call: %s", audio.bucket, audio.key, exc)
 
     async def store_audio(self, data: bytes) -> tuple[str, str, bool]:
         """(key, sha256, newly written): content-addressed, so a second upload of the same
@@ -203,35 +177,81 @@ class Gateway:
         With ``wait``, return the request once it is terminal (504 at the deadline).
         """
         timing = timing or Timing()
-        fields, data = await self.read_upload(request)
-        timing.mark("upload")
-        priority = 0
-        if priority_field and fields.get("priority") not in (None, ""):
-            try:
-                priority = int(fields["priority"])
-            except ValueError:
-                raise HttpError(400, "priority must be an integer", param="priority") from None
-        sha = hashlib.sha256(data).hexdigest()
+        fields, audio = await self.read_upload(request)
+        # An object this call streamed is its to delete when the call is refused; one a
+        # client PUT to a presigned URL stays, so the client can retry with other fields.
+        streamed = audio if audio is not None and audio.stored else None
         try:
-            spec, fmt = openai.build_spec(fields, task=task, aliases=self.settings.gateway_model_aliases,
-                                          audio={"redisKey": audio_key(sha), "sha256": sha}, priority=priority)
-            parse_spec(spec)
-        except openai.BadField as exc:
-            raise HttpError(400, str(exc), param=exc.param) from None
-        except InvalidSpec as exc:
-            raise HttpError(400, str(exc), code="invalid_spec") from None
-        # The gateway names the request (rather than generateName) so that a waiting call
-        # is registered with the namespace's watch before the request exists.
-        name = f"gateway-{secrets.token_hex(6)}"
-        metadata = {"name": name, "labels": dict(CREATED_BY), "annotations": {REQUESTED_BY: ident.user[:253]}}
-        deadline = time.monotonic() + self.settings.gateway_wait_seconds
-        done = await self.waiter.register(ns, name) if wait else None
-        # The audio write and the create go out together: the operator needs only the
-        # hash (in the spec) to answer from the cache, and a runner reads the audio seconds
-        # later, long after the write. A refused create still deletes what this call wrote.
+            if audio is None:
+                audio = await self.presigned_audio(str(fields[form.UPLOAD_FIELD]))
+            timing.mark("upload")
+            priority = 0
+            if priority_field and fields.get("priority") not in (None, ""):
+                try:
+                    priority = int(fields["priority"])
+                except ValueError:
+                    raise HttpError(400, "priority must be an integer", param="priority") from None
+            if audio.stored:
+                source: dict[str, Any] = {"s3": {"bucket": audio.bucket, "key": audio.key}}
+                if audio.sha256:
+                    source["sha256"] = audio.sha256
+            else:
+                source = {"redisKey": audio_key(audio.sha256), "sha256": audio.sha256}
+            try:
+                spec, fmt = openai.build_spec(fields, task=task, aliases=self.settings.gateway_model_aliases,
+                                              audio=source, priority=priority)
+                parse_spec(spec)
+            except openai.BadField as exc:
+                raise HttpError(400, str(exc), param=exc.param) from None
+            except InvalidSpec as exc:
+                raise HttpError(400, str(exc), code="invalid_spec") from None
+            # The gateway names the request (rather than generateName) so that a waiting call
+            # is registered with the namespace's watch before the request exists. A presigned
+            # upload names it after its id: the operator deletes an upload with the request
+            # that names it, so a second request from the same upload (a retry after a
+            # timeout) must be refused, and the API server refuses a name twice.
+            name = f"gateway-{fields[form.UPLOAD_FIELD]}" if streamed is None and audio.stored \
+                else f"gateway-{secrets.token_hex(6)}"
+            metadata = {"name": name, "labels": dict(CREATED_BY), "annotations": {REQUESTED_BY: ident.user[:253]}}
+            deadline = time.monotonic() + self.settings.gateway_wait_seconds
+            done = await self.waiter.register(ns, name) if wait else None
+            if audio.data is None:  # already in the object store
+                try:
+                    created_obj = await self.kube.create_request(ns, metadata, spec)
+                except BaseException as exc:
+                    if done is not None:
+                        self.waiter.forget(ns, name)
+                    if streamed is None and isinstance(exc, KubeError) and exc.status == 409:
+                        raise HttpError(409, f"upload {fields[form.UPLOAD_FIELD]} is already the audio of {name}: "
+                                             f"GET /v1/transcriptions/{name}, or upload again for another request",
+                                        param="upload_id", code="upload_used") from None
+                    raise
+                timing.mark("create")
+            else:
+                created_obj = await self._store_and_create(audio.data, ns, metadata, spec, name, done)
+                timing.mark("store+create")
+        except BaseException:
+            if streamed is not None:
+                await self.discard(streamed)
+            raise
+        obj = created_obj
+        self.metrics.upload_bytes.observe(audio.size)
+        if done is not None:
+            final = await self.waiter.wait(ns, name, done, deadline)
+            timing.mark("wait")
+            if final is None:
+                raise HttpError(504, f"{name} did not finish within {self.settings.gateway_wait_seconds:.0f}s; it "
+                                     f"keeps running: GET /v1/transcriptions/{name}", code="timeout")
+            obj = final
+        return obj, fmt, spec["wordTimestamps"]
+
+    async def _store_and_create(self, data: bytes, ns: str, metadata: dict[str, Any], spec: dict[str, Any],
+                                name: str, done: Any) -> dict[str, Any]:
+        """Audio to Redis and the request, together: the operator needs only the hash (in
+        the spec) to answer from the cache, and a runner reads the audio seconds later,
+        long after the write. A refused create still deletes what this call wrote."""
         stored, created_obj = await asyncio.gather(self.store_audio(data), self.kube.create_request(ns, metadata, spec),
                                                    return_exceptions=True)
-        timing.mark("store+create")
         if isinstance(created_obj, BaseException) or isinstance(stored, BaseException):
             if done is not None:
                 self.waiter.forget(ns, name)
@@ -242,16 +262,7 @@ class Gateway:
                     await self.kube.delete_request(ns, name)
                 raise stored
             raise created_obj
-        obj = created_obj
-        self.metrics.upload_bytes.observe(len(data))
-        if done is not None:
-            final = await self.waiter.wait(ns, name, done, deadline)
-            timing.mark("wait")
-            if final is None:
-                raise HttpError(504, f"{name} did not finish within {self.settings.gateway_wait_seconds:.0f}s; it "
-                                     f"keeps running: GET /v1/transcriptions/{name}", code="timeout")
-            obj = final
-        return obj, fmt, spec["wordTimestamps"]
+        return created_obj
 
     async def result_of(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The transcript of a finished request, or the HttpError its failure maps to."""
@@ -273,6 +284,15 @@ class Gateway:
             if result is not None:
                 return result
         raise HttpError(410, gone_message(name, self.store), code="result_expired")
+
+
+def _first_bytes(objects: ObjectStore, key: str, n: int) -> bytes:
+    """The first ``n`` bytes of an object (a ranged GET), for sniffing."""
+    try:
+        resp = objects.client.get_object(Bucket=objects.bucket, Key=key, Range=f"bytes=0-{n - 1}")
+        return resp["Body"].read(n)
+    except Exception as exc:
+        raise classify(exc, f"GET s3://{objects.bucket}/{key}") from exc
 
 
 def state_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +366,26 @@ async def create_async(request: Request) -> Response:
     base = f"/v1/transcriptions/{name}"
     return JSONResponse({**state_of(obj), "status_url": base, "result_url": f"{base}/result",
                          "events_url": f"{base}/events"}, status_code=202, headers={"Location": base})
+
+
+async def create_upload(request: Request) -> Response:
+    """A presigned PUT URL for one new upload: the client sends the bytes straight to the
+    bucket (no size limit of the gateway's process, no proxy timeouts in between), then
+    creates the request with ``upload_id``. The same right as creating a transcription."""
+    gw = _gw(request)
+    await gw.caller(request, "create")
+    objects = gw.store.objects
+    if objects is None:
+        raise HttpError(501, "object storage is not configured on this gateway (KUBESCRIBE_S3_BUCKET), and "
+                             "presigned uploads need it: send the audio as `file` to /v1/transcriptions",
+                        code="object_storage_not_configured")
+    upload_id = new_upload_id()
+    seconds = gw.settings.gateway_upload_url_seconds
+    url = await asyncio.to_thread(objects.presign_put, upload_key(objects, upload_id), seconds)
+    expires = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=seconds)
+    return JSONResponse({"upload_id": upload_id, "upload_url": url, "method": "PUT",
+                         "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                         "max_bytes": gw.settings.gateway_max_upload_bytes})
 
 
 async def _read(request: Request, verb: str) -> tuple[Gateway, str, dict[str, Any]]:
@@ -459,7 +499,12 @@ async def readyz(request: Request) -> Response:
 
 # -- errors and metrics --------------------------------------------------------------------
 async def _on_http_error(request: Request, exc: HttpError) -> Response:
-    return _error(exc.status, exc.message, exc.code, exc.param)
+    response = _error(exc.status, exc.message, exc.code, exc.param)
+    if exc.status == 413:
+        # Close rather than read the rest of a body that is refused: uvicorn would
+        # otherwise drain it, however many gigabytes the client still has to send.
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def _on_auth_error(request: Request, exc: AuthError) -> Response:
@@ -471,6 +516,9 @@ async def _on_kube_error(request: Request, exc: KubeError) -> Response:
         return _error(404, f"no such transcription: {exc.message}", "not_found")
     if exc.status in (400, 409, 422):
         return _error(400, f"the API server refused the request: {exc.message}", "invalid_spec")
+    if exc.status == 403 and "exceeded quota" in exc.message:
+        return _error(403, f"the namespace's ResourceQuota allows no more transcription requests ({exc.message})",
+                      "quota_exceeded")
     if exc.status == 403:
         return _error(503, f"the gateway's own RBAC does not allow this ({exc.message}): check the chart's Role",
                       "gateway_rbac")
@@ -533,6 +581,7 @@ ROUTES = [
     Route("/v1/audio/translations", translations, methods=["POST"]),
     Route("/v1/models", models, methods=["GET"]),
     Route("/v1/transcriptions", create_async, methods=["POST"]),
+    Route("/v1/uploads", create_upload, methods=["POST"]),
     Route("/v1/transcriptions/{name}", get_async, methods=["GET"]),
     Route("/v1/transcriptions/{name}", delete_async, methods=["DELETE"]),
     Route("/v1/transcriptions/{name}/result", result_async, methods=["GET"]),

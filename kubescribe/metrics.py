@@ -335,7 +335,7 @@ GATEWAY_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 #: Every route the gateway serves, the ``route`` label's values.
 GATEWAY_ROUTES = (
-    "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/transcriptions",
+    "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/transcriptions", "/v1/uploads",
     "/v1/transcriptions/{name}", "/v1/transcriptions/{name}/result", "/v1/transcriptions/{name}/events",
     "/v1/transcriptions/{name}/analysis", "/v1/models", "/api/admin/cache/stats", "/api/admin/cache/clear",
     "/health", "/readyz", "other",

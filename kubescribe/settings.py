@@ -160,8 +160,22 @@ class ObjectStoreSettings(_Settings):
         return bool(self.s3_bucket)
 
 
+#: Uploads larger than this go to the object store in parts instead of into Redis whole
+#: (the gateway's and ``kubescribe submit``'s default): one 8 MiB multipart part.
+STREAM_UPLOAD_BYTES = 8 * 1024 * 1024
+
+
 class CliSettings(RedisSettings, ObjectStoreSettings):
     """What the ``kubescribe`` command line reads from the environment."""
+
+    stream_upload_bytes: int = Field(
+        STREAM_UPLOAD_BYTES,
+        ge=0,
+        description="`kubescribe submit` streams files larger than this into the object store "
+        "(<prefix>uploads/<id>, in 8 MiB parts, hashed as read) when one is configured "
+        "(KUBESCRIBE_S3_BUCKET), instead of reading them whole into memory and Redis; the "
+        "same default as the gateway's KUBESCRIBE_GATEWAY_STREAM_UPLOAD_BYTES.",
+    )
 
     kubeconfig: str | None = Field(
         None, validation_alias="KUBECONFIG", description="kubeconfig of the cluster commands."
@@ -504,6 +518,26 @@ class GatewaySettings(RedisSettings, ObjectStoreSettings, ProcessSettings):
         description="Largest audio upload, in bytes: 25 MiB, OpenAI's own limit, so clients "
         "written for it fit; raise it for long recordings (the runners' own limit is "
         "KUBESCRIBE_MAX_AUDIO_BYTES).",
+    )
+    gateway_stream_upload_bytes: int = Field(
+        STREAM_UPLOAD_BYTES,
+        ge=0,
+        description="Uploads larger than this, when an object store is configured "
+        "(KUBESCRIBE_S3_BUCKET), are written to <prefix>uploads/<id> in its bucket while they "
+        "arrive, in 8 MiB parts, instead of into memory and Redis: a replica then holds about "
+        "two parts per upload whatever its size, and Redis never holds a large value (a 1 GiB "
+        "SET blocks Redis while it is written and counts against its maxmemory). 8 MiB, one "
+        "part: smaller uploads, most calls, keep the one-round-trip Redis path and leave no "
+        "object to clean up. Without an object store every upload goes to Redis.",
+    )
+    gateway_upload_url_seconds: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86400,
+        description="How long a presigned upload URL from POST /v1/uploads may be used: an hour "
+        "starts a multi-GiB PUT on a slow link (the object store checks the expiry when the PUT "
+        "begins, not when it ends) without leaving a usable URL around for a day. At most 7 "
+        "days, SigV4's limit.",
     )
     gateway_wait_seconds: float = Field(
         600.0,

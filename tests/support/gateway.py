@@ -36,12 +36,30 @@ class GatewayProcess(ServiceProcess):
             self.env[f"KUBESCRIBE_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
         self.proc: subprocess.Popen | None = None
 
+    def use_object_store(self, s3_server, bucket: str, prefix: str = "ks/") -> "GatewayProcess":
+        """Point the gateway at ``bucket`` on the test S3 server (versitygw), with the
+        server's credentials in the standard AWS variables; before ``start()``."""
+        self.env.update(s3_server.env(), AWS_EC2_METADATA_DISABLED="true", KUBESCRIBE_S3_BUCKET=bucket,
+                        KUBESCRIBE_S3_ENDPOINT=s3_server.endpoint, KUBESCRIBE_S3_PATH_STYLE="true",
+                        KUBESCRIBE_S3_PREFIX=prefix)
+        return self
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def health_url(self) -> str:
         return f"{self.url}{self.health_path}"
+
+
+def make_namespace(core, prefix: str) -> str:
+    """A fresh test namespace, returned once its default ServiceAccount exists (pods and
+    TokenRequests need it)."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"kubescribe.io/test": "true"}}})
+    wait_for(lambda: core.read_namespaced_service_account("default", ns), timeout=30, interval=0.05,
+             description=f"ServiceAccount {ns}/default", ignore=(Exception,))
+    return ns
 
 
 #: What a caller who may transcribe in a namespace is granted.
