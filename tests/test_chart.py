@@ -31,6 +31,9 @@ NOT_FROM_CHART = {
     "runner_command": "the runner image's entrypoint; not a user choice",
     "pool_command": "the runner image's entrypoint; not a user choice",
     "redis_ca_file": "a private CA would also have to reach runner pods, which the operator cannot do yet",
+    "redis_sentinel_password": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
+    "redis_sentinel_secret_name": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
+    "redis_sentinel_secret_key": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
 }
 
 ALL_ON = {
@@ -791,6 +794,53 @@ def _runner_pod_labels(release: str) -> dict:
     job = build_job(body, parse_spec({"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}}),
                     OperatorSettings(instance=release))
     return job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_sentinel_values_build_the_url_and_pass_the_sentinel_password(offline_helm, monkeypatch):
+    """redis.sentinel: one redis+sentinel:// URL for the operator and the gateway (the
+    operator hands it to runners unchanged), the sentinels' password from its own Secret,
+    runner egress to the sentinels and the Redis port; never with the in-chart Redis."""
+    from kubescribe.redisconn import parse_redis_url
+
+    hosts = ["redis-node-0.redis-headless.cache.svc:26379", "redis-node-1.redis-headless.cache.svc:26380", "10.0.0.7"]
+    values = {"gateway": {"enabled": True}, "networkPolicy": {"enabled": True, "redisCidrs": ["10.0.0.0/8"]},
+              "redis": {"existingSecret": "redis-auth", "sentinel": {
+                  "enabled": True, "hosts": hosts, "serviceName": "mymaster", "db": 2,
+                  "passwordSecret": {"name": "sentinel-auth", "key": "pw"}}}}
+    objs = kinds(render(offline_helm, values))
+    url = f"redis+sentinel://{','.join(hosts)}/mymaster/2"
+    sentinel_ref = {"secretKeyRef": {"name": "sentinel-auth", "key": "pw"}}
+    for name in ("ks-kubescribe-operator", "ks-kubescribe-gateway"):
+        pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+        assert env["KUBESCRIBE_REDIS_URL"] == url, name
+        assert env["KUBESCRIBE_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "redis-auth", "key": "redis-password"}}
+        assert env["KUBESCRIBE_REDIS_SENTINEL_PASSWORD"] == sentinel_ref, name
+    env = {e["name"]: e.get("value") for e in deployment_env(list(objs.values()))}
+    for name in list(os.environ):
+        if name.startswith("KUBESCRIBE_"):
+            monkeypatch.delenv(name)
+    for name in ("KUBESCRIBE_REDIS_URL", "KUBESCRIBE_REDIS_SENTINEL_SECRET_NAME", "KUBESCRIBE_REDIS_SENTINEL_SECRET_KEY"):
+        monkeypatch.setenv(name, env[name])
+    s = OperatorSettings()
+    assert (s.redis_sentinel_secret_name, s.redis_sentinel_secret_key) == ("sentinel-auth", "pw")
+    target = parse_redis_url(s.redis_url)
+    assert (target.service, target.db, target.sentinels[1], target.sentinels[2]) == (
+        "mymaster", 2, ("redis-node-1.redis-headless.cache.svc", 26380), ("10.0.0.7", 26379))
+    egress = objs[("NetworkPolicy", "ks-kubescribe-runner-egress")]["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [
+        {"port": p, "protocol": "TCP"} for p in (6379, 26379, 26380)]} in egress
+
+    tls = {"redis": {"sentinel": {"enabled": True, "hosts": ["s:26379"], "serviceName": "cache", "tls": True}}}
+    env = {e["name"]: e for e in deployment_env(render(offline_helm, tls))}
+    assert env["KUBESCRIBE_REDIS_URL"]["value"] == "rediss+sentinel://s:26379/cache/0"
+    assert "KUBESCRIBE_REDIS_SENTINEL_PASSWORD" not in env  # no passwordSecret: sentinels without one
+    for bad, complaint in (({"internal": {"enabled": True}, "sentinel": {"enabled": True, "hosts": ["s:26379"],
+                                                                         "serviceName": "m"}}, "exclude each other"),
+                           ({"sentinel": {"enabled": True, "hosts": [], "serviceName": "m"}}, "redis.sentinel.hosts"),
+                           ({"sentinel": {"enabled": True, "hosts": ["a:1,b:2"], "serviceName": "m"}}, "hosts")):
+        proc = offline_helm.template("ks", CHART, values={"redis": bad}, check=False)
+        assert proc.returncode != 0 and complaint in proc.stderr, (bad, proc.stderr)
 
 
 def test_network_policies_admit_exactly_the_release_pods_to_redis(offline_helm):

@@ -93,8 +93,11 @@ def test_the_primary_and_the_sentinels_get_their_own_passwords_and_failover_retr
 def test_the_async_client_reads_the_url_the_same_way():
     client = connect_async("rediss+sentinel://h1:26379/mymaster", "data-pw", sentinel_password="sentinel-pw",
                            ca_file="/ca.pem", max_connections=1000)
+    from redis.asyncio.connection import SSLConnection
+
     pool = client.connection_pool
     assert pool.service_name == "mymaster" and pool.max_connections == 1000
+    assert issubclass(pool.connection_class, SSLConnection)  # rediss+sentinel: TLS to the primary too
     assert pool.connection_kwargs["password"] == "data-pw" and pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
     (sentinel,) = pool.sentinel_manager.sentinels
     assert sentinel.connection_pool.connection_kwargs["password"] == "sentinel-pw"

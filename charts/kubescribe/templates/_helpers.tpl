@@ -70,13 +70,39 @@ app.kubernetes.io/component: operator
 
 {{/*
 The Redis URL the operator and runners use. The in-chart Redis is named by its
-namespace-qualified Service name, because runner pods may run in other namespaces.
+namespace-qualified Service name, because runner pods may run in other namespaces. With
+redis.sentinel it names the sentinels and the service they monitor
+(redis+sentinel://host1:26379,host2:26379/<serviceName>/<db>): clients ask them where the
+primary is, and again after a failover (kubescribe.redisconn).
 */}}
 {{- define "kubescribe.redisUrl" -}}
-{{- if .Values.redis.internal.enabled }}
+{{- $sentinel := .Values.redis.sentinel }}
+{{- if and .Values.redis.internal.enabled $sentinel.enabled }}
+{{- fail "redis.sentinel.enabled and redis.internal.enabled exclude each other: the in-chart Redis is one server without sentinels" }}
+{{- else if .Values.redis.internal.enabled }}
 {{- printf "redis://%s.%s.svc:6379/0" (include "kubescribe.redisFullname" .) .Release.Namespace }}
+{{- else if $sentinel.enabled }}
+{{- if not $sentinel.hosts }}
+{{- fail "redis.sentinel.hosts: list the sentinels as host:port when redis.sentinel.enabled" }}
+{{- end }}
+{{- printf "%s://%s/%s/%d" (ternary "rediss+sentinel" "redis+sentinel" $sentinel.tls) (join "," $sentinel.hosts) $sentinel.serviceName ($sentinel.db | int) }}
 {{- else }}
 {{- .Values.redis.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The sentinels' own password (redis.sentinel.passwordSecret) for the operator and the
+gateway; the operator passes the same Secret on to runner Jobs.
+*/}}
+{{- define "kubescribe.redisSentinelPasswordEnv" -}}
+{{- $sentinel := .Values.redis.sentinel }}
+{{- if and $sentinel.enabled $sentinel.passwordSecret.name }}
+- name: KUBESCRIBE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sentinel.passwordSecret.name }}
+      key: {{ $sentinel.passwordSecret.key }}
 {{- end }}
 {{- end }}
 
