@@ -17,7 +17,7 @@ from kubescribe.metrics import GatewayMetrics
 from kubescribe.outcomes import EXIT_USAGE
 from kubescribe.serving import MetricsServer
 from kubescribe.settings import GatewaySettings, load_or_exit
-from kubescribe.store import Store, connect
+from kubescribe.store import store_from_settings
 
 log = logging.getLogger("kubescribe.gateway")
 
@@ -49,8 +49,7 @@ def build(conf: GatewaySettings):
     creds = load_credentials(conf.kubeconfig, in_cluster=bool(conf.kubernetes_service_host))
     metrics = GatewayMetrics()
     gateway = Gateway(settings=conf, kube=KubeClient(creds), redis=_async_redis(conf),
-                      store=Store(connect(conf.redis_url, conf.redis_password, ca_file=conf.redis_ca_file,
-                                          sentinel_password=conf.redis_sentinel_password)),
+                      store=store_from_settings(conf),
                       metrics=metrics)
     return build_app(gateway), gateway
 

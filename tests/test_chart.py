@@ -243,11 +243,16 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
         },
         "redis": {"url": "rediss://redis.cache.svc:6380/2", "existingSecret": "redis-auth",
                   "existingSecretPasswordKey": "password"},
+        "storage": {"s3": {"bucket": "transcripts", "endpoint": "https://rgw.storage.svc:7480", "region": "eu-1",
+                           "pathStyle": True, "existingSecret": "s3-auth", "caBundle": {"configMap": "rgw-ca"},
+                           "sweepSeconds": 900}},
     }
     env = deployment_env(render(offline_helm, values))
     plain = {e["name"]: e["value"] for e in env if "value" in e}
     refs = {e["name"]: e["valueFrom"] for e in env if "valueFrom" in e}
     assert refs == {"KUBESCRIBE_REDIS_PASSWORD": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
+                    "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "s3-auth", "key": "access-key-id"}},
+                    "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "s3-auth", "key": "secret-access-key"}},
                     "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
 
     # Every variable the operator reads is a settings field: KUBESCRIBE_<FIELD>, or the
@@ -286,6 +291,10 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
     assert float(plain["KUBESCRIBE_RESYNC_SECONDS"]) == 12.5
     assert (s.request_ttl_seconds, s.normal_events, s.queue_positions) == (600, True, 7)
     assert s.audio_url_allow_cidrs == "127.0.0.0/8,10.1.2.3/32,fd00:ec2::254/128"
+    assert (s.s3_bucket, s.s3_endpoint, s.s3_region, s.s3_path_style) == (
+        "transcripts", "https://rgw.storage.svc:7480", "eu-1", True)
+    assert (s.s3_prefix, s.s3_secret_name, s.s3_sweep_seconds) == ("kubescribe/media/ks/", "s3-auth", 900.0)
+    assert s.s3_ca_file == "/etc/kubescribe/s3-ca/ca.crt"
 
     # Without a model volume, runners get a writable model directory.
     s_default = {e["name"]: e.get("value") for e in deployment_env(render(offline_helm))}
@@ -977,16 +986,20 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
                           "maxUploadBytes": 1048576, "waitSeconds": 42.5, "maxConcurrentPerIdentity": 3,
                           "modelAliases": {"whisper-1": "small", "fast": "tiny.en"}, "authCacheSeconds": 0,
                           "audioTtlSeconds": 3600, "analysisTtlSeconds": 7200, "port": 9000, "metricsPort": 9001,
+                          "streamUploadBytes": 16777216, "uploadUrlSeconds": 600,
                           "apiKeys": {"existingSecret": "keys", "key": "k.json"}, "logLevel": "DEBUG"},
-              "redis": {"url": "redis://r:6379/1", "existingSecret": "redis-auth"}}
+              "redis": {"url": "redis://r:6379/1", "existingSecret": "redis-auth"},
+              "storage": {"s3": {"bucket": "transcripts", "endpoint": "https://s3.example", "existingSecret": "s3-auth",
+                                 "caBundle": {"configMap": "ca"}}}}
     dep = kinds(render(offline_helm, values))[("Deployment", "ks-kubescribe-gateway")]
     env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
     plain = {e["name"]: e["value"] for e in env if "value" in e}
     refs = {e["name"] for e in env if "valueFrom" in e}
-    assert refs == {"KUBESCRIBE_REDIS_PASSWORD"}
+    assert refs == {"KUBESCRIBE_REDIS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     names = {f"KUBESCRIBE_{n.upper()}" for n, f in GatewaySettings.model_fields.items() if not f.validation_alias}
     assert {n for n in plain if n.startswith("KUBESCRIBE_")} <= names
-    not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE"}
+    # The sentinels' password only with redis.sentinel.passwordSecret (tested with the sentinel values).
+    not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE", "KUBESCRIBE_REDIS_SENTINEL_PASSWORD"}
     assert names - set(plain) - refs - not_from_chart == set()
     for name in list(os.environ):
         if name.startswith("KUBESCRIBE_"):
@@ -999,6 +1012,8 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
     assert s.gateway_model_aliases == {"whisper-1": "small", "fast": "tiny.en"} and s.gateway_auth_cache_seconds == 0
     assert (s.gateway_audio_ttl_seconds, s.gateway_analysis_ttl_seconds) == (3600, 7200)
     assert (s.gateway_port, s.gateway_metrics_port, s.log_level) == (9000, 9001, "DEBUG")
+    assert (s.s3_bucket, s.s3_endpoint, s.s3_prefix) == ("transcripts", "https://s3.example", "kubescribe/media/ks/")
+    assert (s.gateway_stream_upload_bytes, s.gateway_upload_url_seconds) == (16777216, 600)
     assert s.gateway_api_keys_file == "/etc/kubescribe/api-keys/k.json" and s.redis_url == "redis://r:6379/1"
 
 
@@ -1046,3 +1061,31 @@ def test_helm_install_gateway_rbac_lets_it_review_and_create_requests_only(
     rbac = client.RbacAuthorizationV1Api(kube_api)
     assert wait_for(lambda: f"{full}-gateway" not in [r.metadata.name for r in rbac.list_cluster_role().items],
                     timeout=30, description="gateway ClusterRoles removed by helm uninstall")
+
+
+def test_object_storage_reaches_the_operator_the_gateway_and_the_runner_egress_policy(offline_helm):
+    """storage.s3: the same settings and credentials in the operator and the gateway, the CA
+    bundle mounted in both, the prefix one per release, and runner egress to the endpoint."""
+    values = {"gateway": {"enabled": True},
+              "networkPolicy": {"enabled": True, "s3Cidrs": ["10.20.0.0/16"]},
+              "storage": {"s3": {"bucket": "transcripts", "endpoint": "http://minio.storage.svc:9000",
+                                 "pathStyle": True, "existingSecret": "s3-auth",
+                                 "caBundle": {"configMap": "minio-ca", "key": "bundle.pem"}}}}
+    objs = kinds(render(offline_helm, values))
+    for name in ("ks-kubescribe-operator", "ks-kubescribe-gateway"):
+        pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+        assert env["KUBESCRIBE_S3_BUCKET"] == "transcripts" and env["KUBESCRIBE_S3_PATH_STYLE"] == "true"
+        assert env["KUBESCRIBE_S3_PREFIX"] == "kubescribe/media/ks/"
+        assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-auth", "key": "secret-access-key"}}
+        assert env["KUBESCRIBE_S3_CA_FILE"] == "/etc/kubescribe/s3-ca/bundle.pem"
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["s3-ca"] == "/etc/kubescribe/s3-ca"
+        assert {"name": "s3-ca", "configMap": {"name": "minio-ca"}} in pod["volumes"]
+    egress = objs[("NetworkPolicy", "ks-kubescribe-runner-egress")]["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 9000, "protocol": "TCP"}]} in egress
+
+    plain = kinds(render(offline_helm))
+    env = {e["name"] for e in plain[("Deployment", "ks-kubescribe-operator")]["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert not {n for n in env if n.startswith(("KUBESCRIBE_S3_", "AWS_"))}, "no object store unless a bucket is set"

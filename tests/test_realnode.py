@@ -490,3 +490,47 @@ def test_the_gateway_from_the_chart_answers_openai_and_curl_with_a_service_accou
     assert code == "403" and "may not create transcriptionrequests" in json.loads(body)["error"]["message"]
     anonymous = subprocess.run(curl, capture_output=True, text=True, timeout=60)
     assert anonymous.stdout.rsplit("\n", 1)[1] == "401"
+
+
+def test_object_storage_s3_audio_and_spec_output_on_the_real_node(release: Release, speech_dir: Path, tmp_path: Path):
+    """`helm upgrade` with storage.s3 pointing at a real S3 server (versitygw on the node's
+    bridge address, which pods reach); a runner pod reads `s3://` audio with the Secret's
+    credentials, keeps the transcript in the install's bucket and writes `spec.output`.
+    Last in the module: the release keeps its object store from here on."""
+    from tests.envtest.realnode import NODE_IP
+    from tests.envtest.s3 import S3Server
+
+    s3 = S3Server(tmp_path / "s3", host=NODE_IP).start()
+    try:
+        client = s3.client()
+        s3.create_bucket("transcripts")
+        s3.create_bucket("media")
+        client.put_object(Bucket="media", Key="in/fox.wav", Body=(speech_dir / "fox.wav").read_bytes())
+        for ns in (SYSTEM_NS, USER_NS):
+            release.node.kubectl("create", "secret", "generic", "s3-creds", "-n", ns,
+                                 f"--from-literal=access-key-id={s3.access_key}",
+                                 f"--from-literal=secret-access-key={s3.secret_key}", check=True)
+        release.upgrade(**{"storage.s3.bucket": "transcripts", "storage.s3.endpoint": s3.endpoint,
+                           "storage.s3.pathStyle": True, "storage.s3.existingSecret": "s3-creds"})
+
+        create_request(release, "from-bucket", {"audio": {"url": "s3://media/in/fox.wav"}, "formats": ["srt"],
+                                                "output": {"s3": {"bucket": "media", "prefix": "out/"}}})
+        status = wait_phase(release, "from-bucket", "Succeeded", "Failed")
+        assert status["phase"] == "Succeeded", status
+        assert status["outputs"] == [f"s3://media/out/{USER_NS}/from-bucket.json",
+                                     f"s3://media/out/{USER_NS}/from-bucket.srt"]
+        srt = client.get_object(Bucket="media", Key=f"out/{USER_NS}/from-bucket.srt")["Body"].read().decode()
+        assert srt.startswith("1\n00:00:00,000 --> ")
+        assert wer(SENTENCES["fox"], json.loads(
+            client.get_object(Bucket="media", Key=f"out/{USER_NS}/from-bucket.json")["Body"].read())["text"]) <= 0.25
+
+        prefix = f"kubescribe/{SYSTEM_NS}/{RELEASE}/"
+        kept = [o["Key"] for o in client.list_objects_v2(Bucket="transcripts", Prefix=prefix).get("Contents", [])]
+        assert f"{prefix}results/{status['cacheKey']}/result.json.gz" in kept, kept
+        release.store().client.flushall()  # the cache forgets; the bucket does not
+        proc = release.node.kubectl("delete", f"{PLURAL}.{GROUP}", "from-bucket", "-n", USER_NS)
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: not client.list_objects_v2(Bucket="transcripts", Prefix=f"{prefix}results/").get("Contents"),
+                 timeout=120, description="the transcript deleted with its request")
+    finally:
+        s3.close()

@@ -52,6 +52,8 @@ class S3Server:
             support extended attributes (ext4, xfs and btrfs do).
         region: the region the server signs for; clients must use the same one.
         startup_timeout: seconds the server may take to answer its health check.
+        host: the address it listens on: loopback, or an address of a bridge the tests
+            created (the real node's, so that pods reach it).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class S3Server:
         *,
         region: str = "us-east-1",
         startup_timeout: float = 30.0,
+        host: str = "127.0.0.1",
     ) -> None:
         try:
             self.binary = find_tool("versitygw")
@@ -72,6 +75,7 @@ class S3Server:
         self.log_path = self.workdir / "versitygw.log"
         self.region = region
         self.startup_timeout = startup_timeout
+        self.host = host  # loopback; the real node's tests pass its bridge address, which pods reach
         # Chosen once: a restart comes back where the clients already point.
         self.port = free_port()
         # Random per server, shaped like AWS keys (20 and 40 characters), so a test
@@ -82,7 +86,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -105,7 +109,7 @@ class S3Server:
         env.update(ROOT_ACCESS_KEY=self.access_key, ROOT_SECRET_KEY=self.secret_key)
         self.process = ManagedProcess(
             "versitygw",
-            [self.binary, f"--port=127.0.0.1:{self.port}", f"--region={self.region}",
+            [self.binary, f"--port={self.host}:{self.port}", f"--region={self.region}",
              f"--health={HEALTH_PATH}", "posix", str(self.data_dir)],
             self.log_path,
             env=env,

@@ -223,3 +223,73 @@ app.kubernetes.io/component: gateway
 {{- $tag := default (default .Chart.AppVersion .Values.operator.image.tag) .Values.gateway.image.tag }}
 {{- printf "%s:%s" $repo $tag }}
 {{- end }}
+
+{{/*
+The object store's environment (storage.s3), shared by the operator and the gateway (the
+operator also gets KUBESCRIBE_S3_SECRET_NAME and the sweep period, in deployment.yaml): the
+KUBESCRIBE_S3_* settings, the credentials from storage.s3.existingSecret (keys
+access-key-id and secret-access-key) in the standard AWS variables, and the CA bundle's
+path. Without a Secret the pods use their own cloud identity (IRSA, workload identity)
+through the same AWS SDK chain. The operator passes the same settings and the Secret on to
+runner Jobs (operator/jobs.py).
+*/}}
+{{- define "kubescribe.s3Env" -}}
+{{- $s3 := .Values.storage.s3 }}
+{{- if $s3.bucket }}
+- name: KUBESCRIBE_S3_BUCKET
+  value: {{ $s3.bucket | toJson }}
+- name: KUBESCRIBE_S3_ENDPOINT
+  value: {{ $s3.endpoint | toString | toJson }}
+- name: KUBESCRIBE_S3_REGION
+  value: {{ $s3.region | toJson }}
+- name: KUBESCRIBE_S3_PREFIX
+  value: {{ include "kubescribe.s3Prefix" . | toJson }}
+- name: KUBESCRIBE_S3_PATH_STYLE
+  value: {{ $s3.pathStyle | toString | toJson }}
+{{- if $s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: access-key-id
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: secret-access-key
+{{- end }}
+{{- if $s3.caBundle.configMap }}
+- name: KUBESCRIBE_S3_CA_FILE
+  value: {{ printf "/etc/kubescribe/s3-ca/%s" $s3.caBundle.key | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key prefix of the install in the bucket: storage.s3.prefix, else one per release
+(kubescribe/<namespace>/<release>/), so two installs sharing a bucket never sweep each
+other's references.
+*/}}
+{{- define "kubescribe.s3Prefix" -}}
+{{- if .Values.storage.s3.prefix }}
+{{- .Values.storage.s3.prefix }}
+{{- else }}
+{{- printf "kubescribe/%s/%s/" .Release.Namespace .Release.Name }}
+{{- end }}
+{{- end }}
+
+{{- define "kubescribe.s3CaMount" -}}
+{{- if and .Values.storage.s3.bucket .Values.storage.s3.caBundle.configMap }}
+- name: s3-ca
+  mountPath: /etc/kubescribe/s3-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kubescribe.s3CaVolume" -}}
+{{- if and .Values.storage.s3.bucket .Values.storage.s3.caBundle.configMap }}
+- name: s3-ca
+  configMap:
+    name: {{ .Values.storage.s3.caBundle.configMap }}
+{{- end }}
+{{- end }}
