@@ -7,7 +7,7 @@ emptyDir (counted against the node's ephemeral storage, once per concurrent uplo
 and the object store write could start only after the client finished sending, so a
 2 GiB upload would take the sending time plus the bucket's. Here python-multipart's
 push parser (the one Starlette uses) is fed the body as it arrives and the file part
-goes straight to an :class:`~.uploads.AudioStream`: no disk, memory about two parts, and
+goes straight to an :class:`~.uploads.AudioStream`: no disk, memory a few parts, and
 the bucket write overlaps the transfer. A slow bucket back-pressures the client.
 
 Order of refusals within the body: the size (413) is counted on every chunk, before

@@ -1,9 +1,9 @@
 """Audio into the object store as it arrives: in parts, hashed on the way, memory bounded.
 
 A large upload is never held whole. Its bytes go into a buffer of one part (8 MiB); a
-full buffer is sent as one part of an S3 multipart upload while the next fills, so a
-process holds about two parts whatever the recording's length, and the SHA-256 the spec
-carries is computed from the same bytes on the way. Uploads at or below the streaming
+full buffer is sent as one part of an S3 multipart upload while the next fills (two
+parts in flight at most), so a process holds about four parts whatever the recording's
+length, and the SHA-256 the spec carries is computed from the same bytes on the way. Uploads at or below the streaming
 threshold stay whole in memory and go to Redis as before: one round trip and no object
 to clean up, for the short clips that are most calls.
 
@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 import secrets
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ log = logging.getLogger("kubescribe.gateway.uploads")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 #: S3 accepts at most this many parts in one multipart upload.
 MAX_PARTS = 10_000
+#: Parts being sent at once per upload: two keep the bucket busy while the next part's
+#: request is signed and sent, and bound memory at about four parts (two sending, one
+#: filling, one being copied out).
+IN_FLIGHT = 2
 _MIB = 1024 * 1024
 
 
@@ -77,9 +82,9 @@ class Audio:
 
 
 class PartWriter:
-    """One object written part by part (S3 multipart upload). Synchronous, one call at a
-    time; ``finish`` with no part sent is a single PUT, so a stream that turned out to fit
-    one part costs one request.
+    """One object written in parts (S3 multipart upload). ``put_part`` may run on several
+    threads at once (after ``begin``); ``finish`` with no part sent is a single PUT, so a
+    stream that turned out to fit one part costs one request.
 
     Part checksums follow s3transfer's (CRC32 when the client computes checksums, as
     boto3's ``upload_fileobj`` behind ``ObjectStore.upload`` does), so every server that
@@ -90,7 +95,7 @@ class PartWriter:
         self.objects, self.key, self.content_type = objects, key, content_type
         self.bucket = objects.bucket
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.parts: dict[int, dict[str, Any]] = {}
         self.completed = False
         config = objects.client.meta.config
         self._checksum = "CRC32" if getattr(config, "request_checksum_calculation", "") == "when_supported" else None
@@ -101,28 +106,35 @@ class PartWriter:
         except Exception as exc:
             raise classify(exc, f"PUT s3://{self.bucket}/{self.key}") from exc
 
-    def put_part(self, data: bytes) -> None:
-        client = self.objects.client
-        extra = {"ChecksumAlgorithm": self._checksum} if self._checksum else {}
+    def _extra(self) -> dict[str, str]:
+        return {"ChecksumAlgorithm": self._checksum} if self._checksum else {}
+
+    def begin(self) -> None:
+        """Start the multipart upload (once)."""
         if self.upload_id is None:
-            self.upload_id = self._call(client.create_multipart_upload, ContentType=self.content_type,
-                                        **extra)["UploadId"]
-        number = len(self.parts) + 1
-        resp = self._call(client.upload_part, UploadId=self.upload_id, PartNumber=number, Body=data, **extra)
+            self.upload_id = self._call(self.objects.client.create_multipart_upload, ContentType=self.content_type,
+                                        **self._extra())["UploadId"]
+
+    def put_part(self, number: int, data: bytes) -> None:
+        """Send part ``number`` (from 1, in the object's order); ``begin`` first."""
+        assert self.upload_id is not None
+        resp = self._call(self.objects.client.upload_part, UploadId=self.upload_id, PartNumber=number, Body=data,
+                          **self._extra())
         part = {"ETag": resp["ETag"], "PartNumber": number}
         if self._checksum and f"Checksum{self._checksum}" in resp:
             part[f"Checksum{self._checksum}"] = resp[f"Checksum{self._checksum}"]
-        self.parts.append(part)
+        self.parts[number] = part
 
     def finish(self, last: bytes) -> None:
+        """Send ``last`` (possibly short or empty) and complete the object."""
         client = self.objects.client
         if self.upload_id is None:
             self._call(client.put_object, Body=last, ContentType=self.content_type)
         else:
             if last:
-                self.put_part(last)
-            self._call(client.complete_multipart_upload, UploadId=self.upload_id,
-                       MultipartUpload={"Parts": self.parts})
+                self.put_part(len(self.parts) + 1, last)
+            parts = [self.parts[n] for n in sorted(self.parts)]
+            self._call(client.complete_multipart_upload, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
         self.completed = True
 
     def discard(self) -> None:
@@ -146,10 +158,11 @@ class AudioStream:
     """The bytes of one upload, fed as they arrive (async, for the gateway).
 
     Up to ``threshold`` bytes stay in memory; past it, with an object store, the buffer
-    goes out as parts of ``part_size`` while the next one fills: at most one part is in
-    flight (a thread), so memory is about two parts and a slow bucket slows the
-    sender (the caller stops reading its body) instead of filling the gateway's memory.
-    Without an object store everything stays in memory up to ``limit``, as before.
+    goes out as parts of ``part_size`` while the next one fills: at most
+    :data:`IN_FLIGHT` parts are being sent (threads), so memory is a few parts and a slow
+    bucket slows the sender (the caller stops reading its body) instead of filling the
+    gateway's memory. Without an object store everything stays in memory up to
+    ``limit``, as before.
 
     Args:
         objects: the install's object store, or None.
@@ -165,25 +178,46 @@ class AudioStream:
         self.part_size = part_size_for(limit)
         self.size = 0
         self._hash = hashlib.sha256()
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._writer: PartWriter | None = None
-        self._pending: asyncio.Future | None = None
-
-    @property
-    def streaming(self) -> bool:
-        return self._writer is not None
+        self._sent = 0
+        self._pending: deque[asyncio.Future] = deque()
+        # SHA-256 runs at a few hundred MiB/s: on the event loop it would be most of the
+        # gateway's time per byte. Parts are hashed on one thread of their own, in order
+        # (one worker), while the loop reads the next.
+        self._hasher: ThreadPoolExecutor | None = None
+        self._hashing: asyncio.Future | None = None
 
     async def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
             raise TooLarge()
-        self._hash.update(data)
-        self._buf += data
-        if (self.objects is not None and self.size > self.threshold and len(self._buf) >= self.part_size):
-            part, self._buf = bytes(self._buf), bytearray()
-            await self._settle()
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self.objects is not None and self.size > self.threshold and self._buffered >= self.part_size:
+            part = self._take()
+            await self._digest(part)
+            while len(self._pending) >= IN_FLIGHT:
+                await self._pending.popleft()
             writer = self._start()
-            self._pending = asyncio.ensure_future(asyncio.to_thread(writer.put_part, part))
+            if writer.upload_id is None:
+                await asyncio.to_thread(writer.begin)
+            self._sent += 1
+            self._pending.append(asyncio.ensure_future(asyncio.to_thread(writer.put_part, self._sent, part)))
+
+    def _take(self) -> bytes:
+        part = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return part
+
+    async def _digest(self, part: bytes) -> None:
+        """Hash ``part`` after the parts before it; at most one part waits to be hashed."""
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
+        if self._hashing is not None:
+            await self._hashing
+        self._hashing = asyncio.get_running_loop().run_in_executor(self._hasher, self._hash.update, part)
 
     def _start(self) -> PartWriter:
         if self._writer is None:
@@ -192,27 +226,36 @@ class AudioStream:
         return self._writer
 
     async def _settle(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        """Wait for every part in flight and the hashing; the first failure is raised
+        once all are done."""
+        pending, self._pending = list(self._pending), deque()
+        if self._hashing is not None:
+            pending.append(self._hashing)
+            self._hashing = None
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=False)
+            self._hasher = None
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def finish(self) -> Audio:
         """The upload as accepted: in memory when small (or no object store), else the
         object it was streamed into, complete."""
-        await self._settle()
-        sha = self._hash.hexdigest()
+        last = self._take()
         if self._writer is None and (self.objects is None or self.size <= self.threshold):
-            data, self._buf = bytes(self._buf), bytearray()
-            return Audio(self.size, sha, data=data)
+            return Audio(self.size, hashlib.sha256(last).hexdigest(), data=last)
+        await self._digest(last)
+        await self._settle()
         writer = self._start()
-        last, self._buf = bytes(self._buf), bytearray()
         await asyncio.to_thread(writer.finish, last)
-        return Audio(self.size, sha, bucket=writer.bucket, key=writer.key)
+        return Audio(self.size, self._hash.hexdigest(), bucket=writer.bucket, key=writer.key)
 
     async def discard(self) -> None:
-        """Leave nothing behind: wait for a part in flight, then abort the multipart
+        """Leave nothing behind: wait for the parts in flight, then abort the multipart
         upload or delete the object it became."""
-        self._buf = bytearray()
+        self._chunks, self._buffered = [], 0
         with contextlib.suppress(Exception):
             await self._settle()
         if self._writer is not None:
@@ -222,8 +265,8 @@ class AudioStream:
 def upload_file(objects: ObjectStore, path: Path, *, max_bytes: int | None = None,
                 content_type: str = "application/octet-stream") -> Audio:
     """Stream a file into ``<prefix>uploads/<id>`` (for ``kubescribe submit``): read in
-    parts, hashed as read, one part in flight on a thread while the next is read, so
-    memory is about two parts whatever the file's size. A failure leaves nothing behind.
+    parts, hashed as read, :data:`IN_FLIGHT` parts sent on threads while the next is read,
+    so memory is a few parts whatever the file's size. A failure leaves nothing behind.
 
     ``max_bytes`` only sizes the parts (a file that grows while it is read still fits
     S3's part count); the file's own size is used when not given.
@@ -232,9 +275,9 @@ def upload_file(objects: ObjectStore, path: Path, *, max_bytes: int | None = Non
     part_size = part_size_for(max(size, max_bytes or 0))
     writer = PartWriter(objects, upload_key(objects, new_upload_id()), content_type)
     digest = hashlib.sha256()
-    total = 0
-    pending: Future | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="upload") as pool:
+    total = sent = 0
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="upload") as pool:
         try:
             with path.open("rb") as f:
                 part = f.read(part_size)
@@ -244,18 +287,19 @@ def upload_file(objects: ObjectStore, path: Path, *, max_bytes: int | None = Non
                     following = f.read(part_size)
                     if not following:
                         break
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(writer.put_part, part)
+                    while len(pending) >= IN_FLIGHT:
+                        pending.popleft().result()
+                    writer.begin()
+                    sent += 1
+                    pending.append(pool.submit(writer.put_part, sent, part))
                     part = following
-            if pending is not None:
-                pending.result()
-                pending = None
+            while pending:
+                pending.popleft().result()
             writer.finish(part)
         except BaseException:
-            if pending is not None:
+            for future in pending:
                 with contextlib.suppress(Exception):
-                    pending.result()
+                    future.result()
             writer.discard()
             raise
     return Audio(total, digest.hexdigest(), bucket=writer.bucket, key=writer.key)

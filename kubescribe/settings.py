@@ -524,8 +524,8 @@ class GatewaySettings(RedisSettings, ObjectStoreSettings, ProcessSettings):
         ge=0,
         description="Uploads larger than this, when an object store is configured "
         "(KUBESCRIBE_S3_BUCKET), are written to <prefix>uploads/<id> in its bucket while they "
-        "arrive, in 8 MiB parts, instead of into memory and Redis: a replica then holds about "
-        "two parts per upload whatever its size, and Redis never holds a large value (a 1 GiB "
+        "arrive, in 8 MiB parts, instead of into memory and Redis: a replica then holds a few "
+        "parts per upload whatever its size, and Redis never holds a large value (a 1 GiB "
         "SET blocks Redis while it is written and counts against its maxmemory). 8 MiB, one "
         "part: smaller uploads, most calls, keep the one-round-trip Redis path and leave no "
         "object to clean up. Without an object store every upload goes to Redis.",
