@@ -18,6 +18,7 @@ scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, 
                             writes per request (audit log), etcd object counts with the TTL
 gateway_cache_hit_overhead  gateway HTTP round trip vs creating the request directly (hits)
 gateway_concurrent_uploads  200 concurrent small uploads through the gateway, its peak RSS
+gateway_upload_throughput   1 GiB through the gateway into the object store vs a direct PUT
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -37,4 +38,5 @@ NAMES = (
     "scale_10k",
     "gateway_cache_hit_overhead",
     "gateway_concurrent_uploads",
+    "gateway_upload_throughput",
 )
