@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -22,24 +23,22 @@ from kubescribe import __version__
 from kubescribe.models import DEFAULT_MODEL, TranscriptionSpec, now_rfc3339
 from kubescribe.settings import EngineSettings
 
+from .audio import PIECE_SECONDS, SAMPLE_RATE, BadAudio, Source, cut_point, open_audio
 from .resources import cuda_device_count, release_memory
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 #: Whisper's window: batched decoding joins speech into clips of at most this length.
 CLIP_SECONDS = 30.0
-
-
-class BadAudio(ValueError):
-    """The bytes are not decodable audio, or contain no samples. Final: do not retry."""
+#: The shortest piece :func:`~.audio.cut_point` can always cut in a pause or a VAD split.
+MIN_PIECE_SECONDS = 35.0
 
 
 class ModelLoadError(RuntimeError):
     """The model could not be found or loaded. Final unless the model volume is fixed."""
 
 
-ProgressFn = Callable[[float, float], None]  # (seconds done, seconds total)
+ProgressFn = Callable[[float, float], None]  # (seconds done, seconds total; 0 while not known)
 SegmentFn = Callable[[dict[str, Any]], None]  # one finished segment, as result JSON
 
 
@@ -88,7 +87,13 @@ def pick_compute_type(compute_type: str, device: str) -> str:
 
 
 def decode(data: bytes) -> np.ndarray:
-    """Decode any container/codec PyAV reads into 16 kHz mono float32."""
+    """Decode any container/codec PyAV reads into 16 kHz mono float32, all at once.
+
+    For short audio only (packing in :meth:`Engine.transcribe_many`, the pool's look at a
+    request's length): it holds the whole recording, and faster-whisper's decoder briefly
+    twice that. :meth:`Engine.transcribe` reads its audio piece by piece instead
+    (:mod:`.audio`).
+    """
     if not data:
         raise BadAudio("audio is empty (0 bytes)")
     from faster_whisper.audio import decode_audio
@@ -115,6 +120,10 @@ class EngineOptions:
             (and its memory released) when another is needed.
         batched_min_seconds: ``spec.decoding: auto`` batches audio at least this long.
         clip_gap_seconds: batched decoding ends a clip at a pause longer than this.
+        piece_seconds: :meth:`Engine.transcribe` decodes and transcribes audio this
+            many seconds at a time, so its memory follows the piece, not the recording
+            (see :data:`~.audio.PIECE_SECONDS` for the default); at least
+            ``MIN_PIECE_SECONDS``.
     """
 
     model_dir: str | None = field(default_factory=lambda: EngineSettings().model_dir or None)
@@ -124,6 +133,12 @@ class EngineOptions:
     keep_models: int = 1
     batched_min_seconds: float = field(default_factory=lambda: EngineSettings().batched_min_seconds)
     clip_gap_seconds: float = field(default_factory=lambda: EngineSettings().clip_gap_seconds)
+    piece_seconds: float = PIECE_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.piece_seconds < MIN_PIECE_SECONDS:
+            raise ValueError(f"piece_seconds must be at least {MIN_PIECE_SECONDS:g}, not {self.piece_seconds:g}: "
+                             "a shorter piece may hold no pause to cut at")
 
 
 class Engine:
@@ -180,7 +195,7 @@ class Engine:
     # -- transcription --------------------------------------------------------------
     def transcribe(
         self,
-        data: bytes | np.ndarray,
+        data: bytes | np.ndarray | BinaryIO,
         spec: TranscriptionSpec,
         *,
         audio_sha256: str | None = None,
@@ -188,20 +203,51 @@ class Engine:
         done: list[dict[str, Any]] | None = None,
         on_segment: SegmentFn | None = None,
     ) -> dict[str, Any]:
-        """Transcribe audio bytes (or samples) and return the result document.
+        """Transcribe audio (bytes, a seekable binary file object, or 16 kHz samples) and
+        return the result document.
 
         ``done`` are segments of an earlier, interrupted run of the same request (a
-        checkpoint): decoding starts where the last of them ends and the result holds
-        them followed by the new ones, numbered on. ``on_segment`` sees every new
-        segment as it is decoded (the runner checkpoints them); ``progress`` sees the
-        seconds of audio behind it and the total.
+        checkpoint): decoding starts where the last of them ends (the audio is seeked
+        there, not decoded up to it) and the result holds them followed by the new ones,
+        numbered on. ``on_segment`` sees every new segment as it is decoded (the runner
+        checkpoints them); ``progress`` sees the seconds of audio behind it and the total
+        (the container's declared length until the end is reached; 0 while unknown).
+
+        The audio is decoded and transcribed a piece of ``options.piece_seconds`` at a
+        time, so memory follows the piece, not the recording. A piece that is not the
+        last is cut in a pause the VAD finds near its end (:func:`~.audio.cut_point`),
+        and the audio after the cut is carried into the next piece, which the VAD and
+        the model see from the cut on. Pieces are therefore disjoint and cut only where
+        nobody speaks: no word is split, so none is lost or said twice at a seam, and no
+        audio is transcribed twice. The alternative, starting the next piece at the end
+        of the previous piece's last whole segment (as a resume does), trusts Whisper's
+        segment end times, which drift by a fraction of a second (enough to cut a word
+        or say it twice) and re-transcribes the dropped tail; a resume has no better
+        seam (the checkpoint is all that survived), a piece does. Between pieces the
+        detected language is kept, but the text is not carried as a prompt: tiny.en
+        given the previous piece's last sentences as its prompt repeated them in the
+        next piece's first segment (measured on the seam test's audio), which is the
+        doubled text a seam must not make; every piece gets the spec's own prompt.
+        Audio shorter than a piece is one piece, and is transcribed exactly as a whole
+        recording is.
         """
-        samples = decode(data) if isinstance(data, (bytes, bytearray)) else data
-        duration = samples.shape[0] / SAMPLE_RATE
-        mode = choose_decoding(spec.decoding, duration, self.options.batched_min_seconds)
         done = list(done or [])
-        offset = resume_offset(done, duration)
-        model = self.model(spec.model, spec.device, spec.compute_type)
+        with open_audio(data, start=resume_offset(done, math.inf)) as audio:  # bad audio fails before a model loads
+            model = self.model(spec.model, spec.device, spec.compute_type)
+            return self._transcribe(model, audio, spec, audio_sha256, progress, done, on_segment)
+
+    def _transcribe(self, model, audio: Source, spec: TranscriptionSpec, audio_sha256: str | None,
+                    progress: ProgressFn | None, done: list[dict[str, Any]], on_segment: SegmentFn | None
+                    ) -> dict[str, Any]:
+        t0 = time.perf_counter()  # decoding the audio counts: it is interleaved with the model's work
+        piece = int(round(self.options.piece_seconds * SAMPLE_RATE))
+        offset = audio.start
+        at = int(round(offset * SAMPLE_RATE))  # where the current piece starts, in samples
+        window = audio.read(piece)
+        # The choice needs the length: exact when the first piece is the last, else the
+        # declared one, or at least what the first piece shows.
+        known = audio.position if audio.ended else (audio.total_seconds() or audio.position)
+        mode = choose_decoding(spec.decoding, known, self.options.batched_min_seconds)
         kwargs: dict[str, Any] = dict(
             language=spec.language or None,
             task=spec.task,
@@ -209,44 +255,60 @@ class Engine:
             word_timestamps=spec.word_timestamps,
             initial_prompt=spec.initial_prompt or None,
         )
-        if done and mode == "sequential":
-            # Sequential decoding conditions each window on the text before it; a resumed
-            # run gets the tail of the checkpointed text as that context.
-            kwargs["initial_prompt"] = " ".join(s["text"] for s in done[-3:])[-400:] or None
-        part = samples[int(round(offset * SAMPLE_RATE)):]
-        t0 = time.perf_counter()
-        segments: Any = iter(())
+        out_segments = list(done)
         info = None
-        if mode == "batched":
-            from faster_whisper import BatchedInferencePipeline
-
+        after_vad = 0.0
+        while True:
+            last = audio.ended
+            length = window.shape[0] / SAMPLE_RATE
+            regions = speech_regions(window) if mode == "batched" or not last else []
+            cut = length if last else cut_point(regions, length)
+            # on a whole millisecond: segment times are rounded to them, so the last one of a
+            # piece and the first one of the next never overlap by a rounding
+            part = window if last else window[:int(cut * 1000) * (SAMPLE_RATE // 1000)]
+            cut = part.shape[0] / SAMPLE_RATE
+            if mode == "sequential" and done:
+                # Sequential decoding conditions each window on the text before it; a resumed
+                # run gets the tail of the checkpointed text as that context, in its first
+                # piece (the docstring says why later pieces do not get the text before them).
+                first = at == int(round(offset * SAMPLE_RATE))
+                kwargs["initial_prompt"] = (" ".join(s["text"] for s in done[-3:])[-400:] or None if first
+                                            else spec.initial_prompt or None)
             # Over VAD-cut speech clips, not fixed 30 s windows (which cut words in half):
             # each clip is one segment (timestamps inside clips cost time and accuracy;
             # the subtitle renderer cuts cues), and long silences split clips so that
             # segment times stay on the speech.
-            clips = speech_clips(speech_regions(part), CLIP_SECONDS, self.options.clip_gap_seconds)
-            if clips:
-                segments, info = BatchedInferencePipeline(model).transcribe(
-                    part, batch_size=spec.batch_size, vad_filter=False,
-                    clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
-        elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
-            segments, info = model.transcribe(part, vad_filter=spec.vad, **kwargs)
-        out_segments = list(done)
-        # segments is a generator: the decoding happens inside this loop.
-        for seg in segments:
-            item = _segment(seg, len(out_segments) + 1, offset, spec.word_timestamps)
-            out_segments.append(item)
-            if on_segment is not None:
-                on_segment(item)
+            clips = speech_clips([(a, min(b, cut)) for a, b in regions if a < cut], CLIP_SECONDS,
+                                 self.options.clip_gap_seconds) if mode == "batched" else []
+            segments, got = _decode_part(model, part, mode, spec, kwargs, clips)
+            if got is not None and info is None:
+                info = got
+                kwargs["language"] = kwargs["language"] or got.language  # one language for every piece
+            after_vad += sum(b - a for a, b in clips) if mode == "batched" else (
+                float(got.duration_after_vad) if got is not None else 0.0)
+            # segments is a generator: the decoding happens inside this loop.
+            for seg in segments:
+                item = _segment(seg, len(out_segments) + 1, at / SAMPLE_RATE, spec.word_timestamps,
+                                (at + part.shape[0]) / SAMPLE_RATE)
+                out_segments.append(item)
+                if on_segment is not None:
+                    on_segment(item)
+                if progress is not None:
+                    _report(progress, item["end"], audio)
+            if last:
+                break
+            at += part.shape[0]
+            carried = window[part.shape[0]:]
+            del part, segments
+            window = np.concatenate([carried, audio.read(piece - carried.shape[0])])
             if progress is not None:
-                progress(min(item["end"], duration), duration)
+                _report(progress, at / SAMPLE_RATE, audio)
+        duration = audio.position
         elapsed = time.perf_counter() - t0
         if progress is not None:
             progress(duration, duration)
         language = info.language if info is not None else (spec.language or "en")
         language_probability = float(info.language_probability) if info is not None else 1.0
-        after_vad = float(info.duration_after_vad) if info is not None and mode == "sequential" else (
-            sum(b - a for a, b in clips) if mode == "batched" else 0.0)
         return {
             "text": " ".join(s["text"] for s in out_segments if s["text"]),
             "segments": out_segments,
@@ -454,6 +516,27 @@ def speech_clips(regions: list[tuple[float, float]], max_seconds: float, max_gap
     return clips
 
 
+def _decode_part(model, part: np.ndarray, mode: str, spec: TranscriptionSpec, kwargs: dict[str, Any],
+                 clips: list[tuple[float, float]]) -> tuple[Any, Any]:
+    """(segments, info) of one piece; segments is a generator: nothing is decoded yet."""
+    if mode == "batched":
+        if clips:
+            from faster_whisper import BatchedInferencePipeline
+
+            return BatchedInferencePipeline(model).transcribe(
+                part, batch_size=spec.batch_size, vad_filter=False,
+                clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
+    elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
+        return model.transcribe(part, vad_filter=spec.vad, **kwargs)
+    return iter(()), None
+
+
+def _report(progress: ProgressFn, done: float, audio: Source) -> None:
+    """Progress at ``done`` seconds: of the length known so far, or of 0 (unknown)."""
+    total = audio.total_seconds()
+    progress(min(done, total) if total else done, total or 0.0)
+
+
 def resume_offset(done: list[dict[str, Any]], duration: float) -> float:
     """Where a resumed run starts decoding: the end of the last checkpointed segment.
 
@@ -490,19 +573,25 @@ def _piece(words: list[Any], seg: Any, number: int, offset: float, duration: flo
     return item
 
 
-def _segment(seg: Any, number: int, offset: float, words: bool) -> dict[str, Any]:
-    """A faster-whisper segment as result JSON, shifted by ``offset`` seconds."""
+def _segment(seg: Any, number: int, offset: float, words: bool, until: float = math.inf) -> dict[str, Any]:
+    """A faster-whisper segment as result JSON, shifted by ``offset`` seconds and kept
+    before ``until`` (the end of the audio it was decoded from: Whisper's last timestamp
+    in a window can point past it, which would overlap the next piece's first segment)."""
+
+    def at(t: float) -> float:
+        return round(min(t + offset, until), 3)
+
     item: dict[str, Any] = {
         "id": number,
-        "start": round(seg.start + offset, 3),
-        "end": round(seg.end + offset, 3),
+        "start": at(seg.start),
+        "end": at(seg.end),
         "text": seg.text.strip(),
         "avg_logprob": round(seg.avg_logprob, 4),
         "no_speech_prob": round(seg.no_speech_prob, 4),
     }
     if words and seg.words:
         item["words"] = [
-            {"start": round(w.start + offset, 3), "end": round(w.end + offset, 3), "word": w.word.strip(),
+            {"start": at(w.start), "end": at(w.end), "word": w.word.strip(),
              "probability": round(w.probability, 4)}
             for w in seg.words
         ]

@@ -1,0 +1,325 @@
+"""Long audio in bounded memory: the streamed decode (runner.audio) against
+faster-whisper's whole-file decode on sox-made files, where pieces are cut (pure), and
+real transcriptions piece by piece with tiny.en whose seams fall inside speech."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from kubescribe.models import parse_spec
+from kubescribe.runner import audio as audio_mod
+from kubescribe.runner import engine as engine_mod
+from kubescribe.runner.audio import SAMPLE_RATE, AudioStream, BadAudio, cut_point, open_audio, pieces
+from kubescribe.runner.engine import Engine, EngineOptions
+from tests.support.core import SENTENCES, _require, speak, wer, write_wav
+
+
+def whole_decode(data: bytes) -> np.ndarray:
+    from faster_whisper.audio import decode_audio
+
+    return decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+
+
+# -- the streamed decode -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """75 s of two tones and pink noise, 44.1 kHz stereo (resampled and mixed down on
+    decode), as WAV, FLAC and Ogg Vorbis; and a 16 kHz mono WAV (no resampling)."""
+    sox = _require("sox", "sox")
+    d = tmp_path_factory.mktemp("made")
+    wav = d / "mix.wav"
+    subprocess.run([sox, "-n", "-r", "44100", "-c", "2", "-b", "16", str(wav), "synth", "75", "sine", "150",
+                    "sine", "230", "pinknoise", "remix", "1,2,3", "1,2,3", "vol", "0.3"], check=True)
+    subprocess.run([sox, str(wav), str(d / "mix.flac")], check=True)
+    subprocess.run([sox, str(wav), "-C", "3", str(d / "mix.ogg")], check=True)
+    subprocess.run([sox, "-n", "-r", "16000", "-c", "1", "-b", "16", str(d / "mono16k.wav"), "synth", "75",
+                    "sine", "300", "pinknoise", "remix", "1,2", "vol", "0.3"], check=True)
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+FILES = ["mix.wav", "mix.flac", "mix.ogg", "mono16k.wav"]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_pieces_joined_are_faster_whispers_whole_decode(made, name):
+    whole = whole_decode(made[name])
+    got = list(pieces(io.BytesIO(made[name]), piece_seconds=20))
+    assert [p.start for p in got] == [0.0, 20.0, 40.0, 60.0]
+    assert [p.samples.shape[0] for p in got[:-1]] == [20 * SAMPLE_RATE] * 3
+    joined = np.concatenate([p.samples for p in got])
+    assert joined.dtype == np.float32 and joined.shape == whole.shape
+    # the same resampler as decode_audio, fed frame by frame instead of in 500,000-sample groups
+    assert np.abs(joined - whole).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_reading_from_an_offset_seeks_there_and_gives_the_rest_of_the_whole_decode(made, name, monkeypatch):
+    seeks = []
+    real_seek = audio_mod._seek
+    monkeypatch.setattr(audio_mod, "_seek", lambda c, s: (seeks.append(s), real_seek(c, s)))
+    whole = whole_decode(made[name])
+    offset = 47.31234
+    with AudioStream(io.BytesIO(made[name]), start=offset) as stream:
+        assert stream.start == round(offset * SAMPLE_RATE) / SAMPLE_RATE == stream.position
+        rest = stream.read(10**8)
+        assert stream.ended and stream.position == pytest.approx(75.0, abs=1 / SAMPLE_RATE)
+    assert seeks == [round(offset * SAMPLE_RATE) / SAMPLE_RATE]  # seeked, not decoded up to the offset
+    expected = whole[round(offset * SAMPLE_RATE):]
+    # After a seek the resampler starts on the input's own frame, a fraction of a 16 kHz
+    # sample off the whole decode's grid (and a lossy decoder restarts): the length agrees
+    # within a sample, and the samples line up best unshifted, within 10 % (RMS) of the
+    # signal; shifted by one sample this noise differs by 9-18 %.
+    assert abs(rest.shape[0] - expected.shape[0]) <= 1
+    n = min(rest.shape[0], expected.shape[0]) - 3
+    scale = np.sqrt(np.mean(expected ** 2))
+    error = {lag: np.sqrt(np.mean((rest[3 + lag:3 + lag + n - 3] - expected[3:n]) ** 2)) / scale
+             for lag in range(-3, 4)}
+    assert min(error, key=error.get) == 0 and error[0] <= 0.1, (name, error)
+
+
+def test_without_a_usable_seek_the_offset_is_reached_by_decoding_from_the_start(made, monkeypatch):
+    import errno
+
+    import av
+
+    def refuse(container, seconds):  # what FFmpeg answers for a demuxer that cannot seek
+        raise av.error.PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(audio_mod, "_seek", refuse)
+    whole = whole_decode(made["mix.flac"])
+    with AudioStream(io.BytesIO(made["mix.flac"]), start=30.0) as stream:
+        assert stream.start == 30.0
+        rest = np.concatenate([stream.read(7 * SAMPLE_RATE) for _ in range(7)])
+        assert stream.ended
+    np.testing.assert_array_equal(rest, whole[30 * SAMPLE_RATE:])  # the very same decode, minus the head
+
+
+@pytest.mark.parametrize("name", ["mix.wav", "mix.flac", "mix.ogg"])
+def test_an_offset_past_the_end_leaves_the_stream_at_the_end(made, name):
+    with AudioStream(io.BytesIO(made[name]), start=500.0) as stream:
+        assert stream.ended and stream.read(SAMPLE_RATE).size == 0
+        assert stream.start == pytest.approx(75.0, abs=0.001)
+
+
+def test_the_length_comes_from_the_container_then_from_the_samples(made, monkeypatch):
+    with AudioStream(io.BytesIO(made["mix.flac"])) as stream:
+        assert stream.total_seconds() == 75.0  # FLAC's header, before much is decoded
+        stream.read(10 * SAMPLE_RATE)
+        assert stream.total_seconds() == 75.0
+        stream.read(10**8)
+        assert stream.ended and stream.total_seconds() == whole_decode(made["mix.flac"]).shape[0] / SAMPLE_RATE
+    # a container that declares no length: estimated from the bytes read so far
+    monkeypatch.setattr(audio_mod, "_metadata_seconds", lambda container, stream: None)
+    with AudioStream(io.BytesIO(made["mix.wav"])) as stream:
+        stream.read(10 * SAMPLE_RATE)
+        assert stream.total_seconds() == pytest.approx(75.0, rel=0.05)
+
+
+def test_what_is_not_audio_is_bad_audio_with_a_clear_message(made, tmp_path):
+    import os
+
+    cases = {
+        "random bytes": (os.urandom(5000), "not a readable audio file"),
+        "text": (b"hello, this is a text file and not a recording\n" * 50, "not a readable audio file"),
+        "header only": (made["mix.wav"][:44], "no audio samples"),
+        "empty": (b"", "empty (0 bytes)"),
+    }
+    for name, (data, message) in cases.items():
+        for source in (data, io.BytesIO(data)):
+            with pytest.raises(BadAudio, match=re.escape(message)):
+                open_audio(source)
+            with pytest.raises(BadAudio, match=re.escape(message)):
+                list(pieces(io.BytesIO(data)))
+    empty = tmp_path / "empty.flac"
+    empty.write_bytes(b"")
+    with empty.open("rb") as f, pytest.raises(BadAudio, match="empty"):
+        open_audio(f)
+
+
+def test_an_engine_with_pieces_too_short_to_hold_a_pause_is_refused():
+    with pytest.raises(ValueError, match="piece_seconds"):
+        EngineOptions(piece_seconds=20)
+    assert EngineOptions().piece_seconds == audio_mod.PIECE_SECONDS == 300
+
+
+# -- where a piece is cut: a specification --------------------------------------------------------
+
+def test_a_piece_is_cut_in_the_last_pause_before_its_final_seconds():
+    # speech until 33.2 s, a pause, then speech running past the piece's end
+    assert cut_point([(1.0, 20.0), (20.5, 33.2), (34.1, 40.0)], 40.0) == pytest.approx(33.65)
+    # the pause closest to the end that is not in the last 2 s; a long pause is cut 1 s
+    # from the speech after it, or at the limit
+    assert cut_point([(1.0, 10.0), (20.0, 39.5)], 40.0) == 19.0
+    assert cut_point([(1.0, 10.0)], 40.0) == 38.0  # silence at the end: cut 2 s before it
+    assert cut_point([], 40.0) == 38.0
+
+
+def test_unbroken_speech_is_cut_where_the_vad_split_it_and_never_in_the_first_second():
+    # the VAD ends a region after at most 30 s: regions that touch are a cut too
+    assert cut_point([(0.0, 30.0), (30.0, 40.0)], 40.0) == 30.0
+    assert cut_point([(0.5, 40.0)], 40.0) == 38.0  # no pause at all: at the limit
+    assert cut_point([(0.2, 39.9)], 40.0) == 38.0
+    assert cut_point([(0.0, 0.4), (0.6, 40.0)], 40.0) == 38.0  # a pause inside the first second moves nothing
+    assert cut_point([(1.0, 3.0)], 2.5) == 2.5  # too short to cut: whole
+
+
+# -- real transcription, piece by piece -----------------------------------------------------------
+
+SPOKEN = {
+    **{k: v for k, v in SENTENCES.items()},
+    "notebook": "Please remember to bring your notebook and a pen to the meeting.",
+    "train": "The train to the city leaves every twenty minutes from platform four.",
+    "paper": "She reads the morning paper while her coffee is still warm.",
+    "football": "The children played football in the park until it was dark.",
+    "bicycle": "He fixed the old bicycle and rode it down to the river.",
+    "museum": "The museum opens at nine and closes at five on weekdays.",
+    "baker": "The baker sells fresh bread and sweet rolls every morning.",
+}
+#: Words that belong to one sentence only: how often a sentence was heard is the most
+#: times one of them was (tiny.en hears "The maker sells fresh red and sweet roll").
+KEYWORDS = {
+    "fox": ("quick", "fox", "lazy", "dog"), "weather": ("today", "sunny", "breeze", "west"),
+    "library": ("meet", "library", "monday", "afternoon"), "notebook": ("remember", "bring", "notebook", "meeting"),
+    "train": ("train", "city", "leaves", "platform"), "paper": ("reads", "paper", "coffee", "warm"),
+    "football": ("children", "football", "park", "dark"), "bicycle": ("fixed", "old", "bicycle", "river"),
+    "museum": ("museum", "opens", "closes", "weekdays"), "baker": ("sells", "fresh", "sweet", "bread"),
+}
+ROUNDS = 2
+PIECE = 35.0
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    """Ten different sentences said twice (the second round in reverse order), 0.4-0.6 s
+    apart: ~95 s, encoded as FLAC. Returns (flac bytes, reference text, the spoken
+    stretches (start, end) in seconds, total seconds)."""
+    sox = _require("sox", "sox")
+    d = tmp_path_factory.mktemp("spoken")
+    said = {}
+    for name, text in SPOKEN.items():
+        said[name] = whole_decode(speak(text, d / f"{name}.wav").read_bytes())
+    order = list(SPOKEN) + list(reversed(SPOKEN))
+    parts, stretches, text, t = [], [], [], 0
+    for i, name in enumerate(order):
+        s = said[name]
+        loud = np.flatnonzero(np.abs(s) > 0.01)
+        stretches.append(((t + loud[0]) / SAMPLE_RATE, (t + loud[-1]) / SAMPLE_RATE))
+        gap = np.zeros(int((0.4 + 0.2 * (i % 2)) * SAMPLE_RATE), dtype=np.float32)
+        parts += [s, gap]
+        text.append(SPOKEN[name])
+        t += s.shape[0] + gap.shape[0]
+    wav = write_wav(d / "spoken.wav", np.concatenate(parts))
+    flac = d / "spoken.flac"
+    subprocess.run([sox, str(wav), str(flac)], check=True)
+    return flac.read_bytes(), " ".join(text), stretches, t / SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def piece_engine():
+    return Engine(EngineOptions(piece_seconds=PIECE))
+
+
+def spec(**extra):
+    return parse_spec({"audio": {"redisKey": "kubescribe:audio:x"}, "device": "cpu", "language": "en",
+                       "beamSize": 1, "batchSize": 4, **extra})
+
+
+def times_heard(text: str) -> dict[str, int]:
+    """For every sentence, the most times one of its own words was heard."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return {name: max(words.count(k) for k in keys) for name, keys in KEYWORDS.items()}
+
+
+def doubled(text: str) -> dict[str, int]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return {k: words.count(k) for keys in KEYWORDS.values() for k in keys if words.count(k) > ROUNDS}
+
+
+@pytest.fixture
+def seams(monkeypatch):
+    """The absolute positions where the engine cut pieces, and where the pieces would
+    have ended uncut."""
+    got = {"cuts": [], "ends": []}
+    real = engine_mod.cut_point
+
+    def spy(regions, length, **kw):
+        cut = real(regions, length, **kw)
+        start = got["cuts"][-1] if got["cuts"] else got["start"]
+        got["ends"].append(start + length)
+        got["cuts"].append(start + cut)
+        return cut
+
+    got["start"] = 0.0
+    monkeypatch.setattr(engine_mod, "cut_point", spy)
+    return got
+
+
+def inside(t: float, stretches) -> bool:
+    return any(a < t < b for a, b in stretches)
+
+
+@pytest.mark.parametrize("decoding", ["sequential", "batched"])
+def test_a_recording_in_pieces_cut_inside_speech_gives_every_sentence_once(piece_engine, spoken, seams,
+                                                                             decoding):
+    data, reference, stretches, seconds = spoken
+    reports = []
+    result = piece_engine.transcribe(data, spec(decoding=decoding), progress=lambda d, t: reports.append((d, t)))
+    # the test means something: pieces would have ended inside a sentence, and the
+    # engine moved every cut into the pause before it
+    assert len(seams["cuts"]) >= 2, seams
+    assert any(inside(t, stretches) for t in seams["ends"]), (seams, stretches)
+    assert not any(inside(t, stretches) for t in seams["cuts"]), (seams, stretches)
+    # every sentence heard as often as it was said, none more often
+    assert doubled(result["text"]) == {}, result["text"]
+    assert times_heard(result["text"]) == {name: ROUNDS for name in KEYWORDS}, result["text"]
+    assert wer(reference, result["text"]) <= 0.3, result["text"]
+    # the result is the document a whole-file run makes
+    assert result["decoding"]["mode"] == decoding
+    assert result["audio_duration_seconds"] == round(seconds, 3)
+    segs = result["segments"]
+    assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
+    assert all(a["end"] <= b["start"] for a, b in zip(segs, segs[1:])), segs
+    assert 0 <= segs[0]["start"] and segs[-1]["end"] <= seconds
+    # progress: of the declared length throughout, never back, ending at the end
+    assert reports[-1] == (seconds, seconds)
+    assert all(t == pytest.approx(seconds, abs=0.01) for _, t in reports)
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_run_stopped_in_a_later_piece_resumes_there_by_seeking(piece_engine, spoken, monkeypatch):
+    data, reference, _stretches, seconds = spoken
+    saved = []
+
+    def stop_after_the_first_seam(done, total):
+        if done > 1.2 * PIECE:
+            raise Killed
+
+    with pytest.raises(Killed):
+        piece_engine.transcribe(data, spec(decoding="batched"), on_segment=saved.append,
+                                progress=stop_after_the_first_seam)
+    assert saved and saved[-1]["end"] > PIECE, saved
+
+    seeks = []
+    real_seek = audio_mod._seek
+    monkeypatch.setattr(audio_mod, "_seek", lambda c, s: (seeks.append(s), real_seek(c, s)))
+    resumed = piece_engine.transcribe(data, spec(decoding="batched"), done=saved)
+    assert seeks == [saved[-1]["end"]]
+    assert resumed["decoding"]["resumed_at_seconds"] == saved[-1]["end"]
+    assert resumed["audio_duration_seconds"] == round(seconds, 3)
+    segs = resumed["segments"]
+    assert segs[:len(saved)] == saved
+    assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
+    assert all(a["end"] <= b["start"] for a, b in zip(segs, segs[1:])), segs
+    assert doubled(resumed["text"]) == {}, resumed["text"]
+    assert times_heard(resumed["text"]) == {name: ROUNDS for name in KEYWORDS}, resumed["text"]
+    assert wer(reference, resumed["text"]) <= 0.3
