@@ -350,6 +350,8 @@ class Engine:
         if None in keys or len(keys) != 1:
             raise ValueError("requests in one batch must share model, task, language, beam, prompt and batch size")
         first = items[0][1]
+        # Whole-file decoding, not pieces: packed requests are short by design (the pool packs
+        # only audio under batched_min_seconds; longer requests go through transcribe).
         parts = [decode(d) if isinstance(d, (bytes, bytearray)) else d for d, _, _ in items]
         shared = _Shared(parts, [speech_regions(p) for p in parts])
         clips = pack_clips(shared.regions, CLIP_SECONDS, self.options.clip_gap_seconds)
