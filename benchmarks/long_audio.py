@@ -1,5 +1,6 @@
-"""Long recordings: batched-by-default vs sequential on >= 10 minutes of speech, and no
-invented text on 60 s of silence, noise and tones.
+"""Long recordings: batched-by-default vs sequential on >= 10 minutes of speech, no
+invented text on 60 s of silence, noise and tones, and the memory of a 3-hour recording
+against a 10-minute one.
 
 The long recording is espeak-ng speech in four voices (American and British, male and
 female variants) at three speeds, with natural pauses of 0.3-1.5 s between sentences and
@@ -12,10 +13,11 @@ import os
 import random
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
-from .common import SAMPLE_RATE, SENTENCES, Context, Outcome, log, median, secs
+from .common import REPO, SAMPLE_RATE, SENTENCES, Context, Outcome, log, median, mib, secs
 from .inference import _spec
 
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3")
@@ -324,4 +326,169 @@ def pool_cross_request_batching(ctx: Context) -> Outcome:
         "(long_batched_vs_sequential measures it). Batching separate windows saved nothing here (1.01x in an "
         "earlier run); packing cuts the number of windows.")
     out.data = {"times": times, "wer": errs, "worst": worst}
+    return out
+
+
+# ------------------------------------------------------------------------ long_memory
+
+#: The make-up of the long_memory recordings: a spoken passage (these sentences, 0.3-1.5 s
+#: apart), then a pause of 85-110 s, over and over, with faint noise throughout.
+MEMORY_PASSAGE = range(0, 4)
+MEMORY_PAUSE = (85.0, 110.0)
+MEMORY_NOISE = 0.002  # about -54 dBFS: a quiet room, not digital silence
+MEMORY_SIZES = {"10 min": 600.0, "3 h": 10800.0}
+MEMORY_SIZES_QUICK = {"10 min": 600.0, "1 h": 3600.0}
+
+
+def _memory_recording(ctx: Context, seconds: float, name: str) -> tuple[Path, list[tuple[float, float]], str]:
+    """A FLAC of at least ``seconds`` of the long_memory make-up, written unit by unit
+    through sox (never whole in this process). Returns (path, the passages' (start, end)
+    in seconds, the passage's text). Every size is a prefix of the same sequence."""
+    rnd = random.Random(29)
+    said = [_say(ctx, SENTENCES[i], "en-us", 130, 9000 + i) for i in MEMORY_PASSAGE]
+    noise = np.random.default_rng(7)
+    path = ctx.workdir / "speech" / f"memory-{name.replace(' ', '')}.flac"
+    sox = subprocess.Popen(["sox", "-t", "raw", "-r", str(SAMPLE_RATE), "-e", "signed-integer", "-b", "16", "-c", "1",
+                            "-", str(path)], stdin=subprocess.PIPE)
+    assert sox.stdin is not None
+    units, t = [], 0
+    while t < seconds * SAMPLE_RATE:
+        parts = []
+        for s in said:
+            parts += [s, np.zeros(int(rnd.uniform(0.3, 1.5) * SAMPLE_RATE), dtype=np.float32)]
+        spoken = sum(p.shape[0] for p in parts)
+        parts.append(np.zeros(int(rnd.uniform(*MEMORY_PAUSE) * SAMPLE_RATE), dtype=np.float32))
+        unit = np.concatenate(parts)
+        unit += noise.normal(0.0, MEMORY_NOISE, unit.shape[0]).astype(np.float32)
+        sox.stdin.write((np.clip(unit, -1, 1) * 32767).astype("<i2").tobytes())
+        units.append((t / SAMPLE_RATE, (t + spoken) / SAMPLE_RATE))
+        t += unit.shape[0]
+    sox.stdin.close()
+    if sox.wait() != 0:
+        raise RuntimeError(f"sox could not write {path}")
+    return path, units, " ".join(SENTENCES[i] for i in MEMORY_PASSAGE)
+
+
+#: Run in a child process, so that its peak RSS is this transcription's alone.
+_MEMORY_CHILD = """
+import json, resource, sys, time
+from benchmarks.inference import _spec
+from kubescribe.runner.engine import Engine
+args = json.loads(sys.argv[1])
+if args["path_only_decode"]:
+    from faster_whisper.audio import decode_audio
+    t0 = time.perf_counter()
+    samples = decode_audio(args["path"], sampling_rate=16000)
+    out = {"seconds": samples.shape[0] / 16000, "elapsed": time.perf_counter() - t0}
+else:
+    engine = Engine()
+    with open(args["warmup"], "rb") as f:
+        engine.transcribe(f, _spec())  # model loaded and warm: its memory is in both runs
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with open(args["path"], "rb") as f:
+        result = engine.transcribe(f, _spec())
+    out = {"elapsed": time.perf_counter() - t0, "loaded_kib": loaded, "mode": result["decoding"]["mode"],
+           "seconds": result["audio_duration_seconds"], "after_vad": result["duration_after_vad_seconds"],
+           "segments": [(s["start"], s["end"], s["text"]) for s in result["segments"]]}
+out["peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(out))
+"""
+
+
+def _memory_child(path: Path, warmup: Path, decode_only: bool = False) -> dict:
+    import json
+    import sys
+
+    args = json.dumps({"path": str(path), "warmup": str(warmup), "path_only_decode": decode_only})
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, args], capture_output=True, text=True,
+                          cwd=str(REPO), timeout=7200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"long_memory child failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _per_passage(segments: list, units: list[tuple[float, float]], passage: str) -> list[float]:
+    """WER of every passage: the segments whose middle falls in its unit (the passage and
+    the pause after it), against the passage's text."""
+    from tests.support.core import wer
+
+    starts = [a for a, _ in units] + [float("inf")]
+    texts: list[list[str]] = [[] for _ in units]
+    for start, end, text in segments:
+        mid = (start + end) / 2
+        i = next(k for k in range(len(units)) if starts[k] <= mid < starts[k + 1])
+        texts[i].append(text)
+    return [wer(passage, " ".join(t)) for t in texts]
+
+
+def long_memory(ctx: Context) -> Outcome:
+    """Peak RSS of transcribing 3 hours vs 10 minutes of the same make-up."""
+    from kubescribe.runner.audio import PIECE_SECONDS
+
+    sizes = MEMORY_SIZES_QUICK if ctx.quick else MEMORY_SIZES
+    short_name, long_name = list(sizes)
+    out = Outcome("long_memory", f"Memory of a long recording: {long_name} vs {short_name}, piece by piece")
+    made = {}
+    for name, seconds in sizes.items():
+        t0 = time.perf_counter()
+        made[name] = _memory_recording(ctx, seconds, name)
+        log(f"long_memory: {name} recording written in {time.perf_counter() - t0:.0f}s "
+            f"({made[name][0].stat().st_size / (1 << 20):.1f} MiB)")
+    warmup = ctx.workdir / "speech" / "memory-warmup.wav"
+    warmup.write_bytes(ctx.speech.joined(range(0, 2), "memory-warmup")[0])
+    runs = {}
+    for name in sizes:
+        t0 = time.perf_counter()
+        runs[name] = _memory_child(made[name][0], warmup)
+        log(f"long_memory: {name} transcribed in {time.perf_counter() - t0:.0f}s, "
+            f"peak RSS {runs[name]['peak_kib'] / 1024:.0f} MiB")
+    t0 = time.perf_counter()
+    whole = _memory_child(made[long_name][0], warmup, decode_only=True)
+    log(f"long_memory: whole-file decode of {long_name} in {time.perf_counter() - t0:.0f}s, "
+        f"peak RSS {whole['peak_kib'] / 1024:.0f} MiB")
+    passage = made[short_name][2]
+    errs = {name: _per_passage(runs[name]["segments"], made[name][1], passage) for name in sizes}
+    mean = {name: sum(e) / len(e) for name, e in errs.items()}
+    lost = {name: sum(1 for e in errs[name] if e > 0.5) for name in sizes}
+    peak = {name: runs[name]["peak_kib"] * 1024 for name in sizes}
+    ratio = peak[long_name] / peak[short_name]
+    out.measured = (
+        f"Two FLAC recordings of one make-up, {short_name} and {long_name} (the shorter a prefix of the longer): "
+        f"a passage of {len(MEMORY_PASSAGE)} espeak-ng sentences (en-us, 130 words/min, 0.3-1.5 s apart, ~20 s), "
+        f"then a pause of {MEMORY_PAUSE[0]:.0f}-{MEMORY_PAUSE[1]:.0f} s, over and over, with faint white noise "
+        f"(sigma {MEMORY_NOISE}) throughout. Each is transcribed in a fresh child process by "
+        "`runner.engine.Engine.transcribe` given the open file (not its bytes), with the default spec (tiny.en, "
+        f"int8, beam 5, `decoding: auto`, which batches) and the default {PIECE_SECONDS:.0f} s pieces, after the "
+        "model is loaded and warmed on a short recording in the same process. Peak RSS is the child's "
+        "`ru_maxrss`, model included. **Baseline**: the shorter recording's peak. For scale, a third child only "
+        f"decodes the {long_name} file with faster-whisper's `decode_audio` (the previous path's first step). "
+        "Words: each passage's WER (jiwer, lower-cased, punctuation removed) from the segments in its stretch of "
+        "the recording."
+    )
+    out.headline = (f"{long_name}: peak RSS {mib(peak[long_name])}, passage WER mean {mean[long_name]:.3f}, "
+                    f"{lost[long_name]} of {len(errs[long_name])} passages lost")
+    out.baseline = (f"{short_name}: peak RSS {mib(peak[short_name])}, passage WER mean {mean[short_name]:.3f}, "
+                    f"{lost[short_name]} of {len(errs[short_name])} lost")
+    out.ratio = f"{ratio:.3f}x the memory for {sizes[long_name] / sizes[short_name]:.0f}x the audio"
+    out.target = "peak RSS ratio <= 1.2; passage WER mean within 0.02 of the short run's, no passage lost"
+    ok = ratio <= 1.2 and mean[long_name] <= mean[short_name] + 0.02 and lost[long_name] == 0 == lost[short_name]
+    out.status = "PASS" if ok else "MISS"
+    out.table("Runs", ["recording", "audio", "FLAC size", "speech after VAD", "mode", "transcription time",
+                       "RSS after model load", "peak RSS", "passages", "WER mean / worst"],
+              [[name, secs(runs[name]["seconds"]), mib(made[name][0].stat().st_size),
+                secs(runs[name]["after_vad"]), runs[name]["mode"], secs(runs[name]["elapsed"]),
+                mib(runs[name]["loaded_kib"] * 1024), mib(peak[name]), len(errs[name]),
+                f"{mean[name]:.3f} / {max(errs[name]):.3f}"] for name in sizes]
+              + [[f"{long_name}, whole-file decode only (faster-whisper decode_audio)", secs(whole["seconds"]),
+                  mib(made[long_name][0].stat().st_size), "-", "-", secs(whole["elapsed"]), "-",
+                  mib(whole["peak_kib"] * 1024), "-", "-"]])
+    out.notes.append(
+        "What this measures and what it does not: the engine's path from an open file. The runner today fetches a "
+        "request's audio from Redis or a URL into memory as bytes before it calls the engine, so in a runner pod "
+        "the compressed file itself (the FLAC size above) comes on top until the audio is read from a file or an "
+        "object store in ranges (`Engine.transcribe` takes any seekable binary file object).")
+    out.data = {"peak_bytes": peak, "ratio": ratio, "wer_per_passage": errs, "whole_decode_peak_bytes":
+                whole["peak_kib"] * 1024, "seconds": {n: runs[n]["seconds"] for n in sizes},
+                "elapsed": {n: runs[n]["elapsed"] for n in sizes}}
     return out
