@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kubescribe.objectstore import ObjectStore
+# Every process opens Redis through redisconn (URL forms, timeouts, failover retries);
+# re-exported here, where callers have always found it.
+from kubescribe.redisconn import connect  # noqa: F401
 
 if TYPE_CHECKING:
     from kubescribe.metrics import Metrics
@@ -490,23 +493,6 @@ class MemoryStore(Store):
 
     def __init__(self, metrics: "Metrics | None" = None, codec: str = "gzip"):
         super().__init__(_MemoryBackend(), metrics=metrics, codec=codec)
-
-
-def connect(
-    url: str,
-    password: str | None = None,
-    *,
-    sentinel_password: str | None = None,
-    ca_file: str | None = None,
-    socket_timeout: float = 10.0,
-):
-    """A Redis client for any URL form of :mod:`kubescribe.redisconn` (``redis://``,
-    ``rediss://``, ``unix://``, ``redis+sentinel://``, ``rediss+sentinel://``), which holds
-    the parsing, timeouts and retries shared with the gateway's async client."""
-    from kubescribe import redisconn
-
-    return redisconn.connect(url, password, sentinel_password=sentinel_password, ca_file=ca_file,
-                             socket_timeout=socket_timeout)
 
 
 def open_store(url: str | None, password: str | None = None, metrics: "Metrics | None" = None, *,
