@@ -301,6 +301,14 @@ class ObjectStore:
         except ObjectNotFound:
             return None
 
+    def has_result(self, cache_key: str) -> bool:
+        """Whether the result document is there (a HEAD, not a read)."""
+        try:
+            self.size(self.result_dir(cache_key) + RESULT_OBJECT)
+            return True
+        except ObjectNotFound:
+            return False
+
     def delete_result(self, cache_key: str) -> int:
         return self.delete(self.keys(self.result_dir(cache_key)))
 

@@ -287,7 +287,7 @@ class Store:
             return None
         if owner is not None and self.objects is not None:
             self.objects.retain(key, owner.uid, owner.name)
-            if from_cache and self.objects.get_result(key) is None:
+            if from_cache and not self.objects.has_result(key):
                 self.objects.put_result(key, blob)
         return decode_result(blob)
 
