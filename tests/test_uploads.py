@@ -336,3 +336,39 @@ def test_parts_stay_within_s3s_ten_thousand():
     for size in (100 * 1024 * MIB, 5 * 1024 * 1024 * MIB):
         part = part_size_for(size)
         assert part % MIB == 0 and -(-size // part) <= MAX_PARTS
+
+
+def test_the_result_route_reads_the_bucket_after_redis_lost_everything(uploads_env, kube_api, redis_server):
+    """A Succeeded request's transcript through the gateway's result and analysis routes
+    after FLUSHALL: read from the object store (and put back in Redis). The request's end is
+    written here as a runner and the operator would write it (no operator runs here)."""
+    from kubernetes import client
+
+    from kubescribe.objectstore import ObjectStore
+    from kubescribe.store import Owner, Store
+
+    env, gw = uploads_env, uploads_env["gateway"]
+    r = httpx.post(f"{gw.url}/v1/transcriptions", files={"file": ("a.wav", wav_bytes(MIB // 2, seed=9))},
+                   data={"model": "whisper-1"}, headers=_bearer(env["writer"]), timeout=60)
+    assert r.status_code == 202, r.text
+    name = r.json()["name"]
+    obj = _request(kube_api, env["namespace"], name)
+    key = "e" * 64
+    result = {"text": "Kept for as long as the request exists.", "language": "en", "audio_duration_seconds": 2.5,
+              "segments": [{"id": 1, "start": 0.0, "end": 2.5, "text": "Kept for as long as the request exists."}]}
+    store = Store(redis_server.client(), objects=ObjectStore(env["s3"], env["bucket"], PREFIX))
+    rkey = store.put_result(key, result, owner=Owner(obj["metadata"]["uid"], f"{env['namespace']}/{name}"))
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, env["namespace"], PLURAL, name,
+        {"status": {"phase": "Succeeded", "cacheKey": key, "resultKey": rkey, "observedGeneration": 1}})
+
+    redis_server.client().flushall()
+    got = httpx.get(f"{gw.url}/v1/transcriptions/{name}/result", params={"format": "text"},
+                    headers=_bearer(env["writer"]), timeout=30)
+    assert got.status_code == 200, got.text
+    assert got.text.strip() == result["text"]
+    assert redis_server.client().exists(rkey) == 1, "the read warmed the cache"
+    redis_server.client().flushall()
+    analysis = httpx.get(f"{gw.url}/v1/transcriptions/{name}/analysis", headers=_bearer(env["writer"]), timeout=30)
+    assert analysis.status_code == 200, analysis.text
+    assert analysis.json()["word_count"] == 8
