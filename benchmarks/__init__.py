@@ -10,6 +10,7 @@ long_batched_vs_sequential  batched-by-default vs sequential on >= 10 min of spe
 no_invented_text            60 s of silence, noise and tones: words with the defaults
 resume_after_kill           a long request killed at 60 %: retry from checkpoint vs whole run
 pool_cross_request_batching 20 short requests: shared batches vs one at a time, warm model
+long_memory                 peak RSS: a 3-hour recording vs 10 minutes, piece by piece
 gzip_vs_zstd                result size and encode/decode speed of the two codecs
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
@@ -31,6 +32,7 @@ NAMES = (
     "no_invented_text",
     "resume_after_kill",
     "pool_cross_request_batching",
+    "long_memory",
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",

@@ -32,7 +32,7 @@ def _load(name: str):
     if name == "runner_overhead":
         from . import inference as mod
     elif name in ("long_batched_vs_sequential", "no_invented_text", "resume_after_kill",
-                  "pool_cross_request_batching"):
+                  "pool_cross_request_batching", "long_memory"):
         from . import long_audio as mod
     elif name == "gzip_vs_zstd":
         from . import codec as mod

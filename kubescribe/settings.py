@@ -231,6 +231,14 @@ class EngineSettings(_Settings):
         "30 s chunks to fill a batch, and sequential decoding conditions each window on the "
         "text before it.",
     )
+    piece_seconds: float = Field(
+        300.0,
+        ge=35,
+        description="Long audio is decoded and transcribed this many seconds at a time, cut in a "
+        "pause near the end of each piece, so a runner's memory follows the piece, not the "
+        "recording (a 3-hour file peaked 1.03x a 10-minute one). Five minutes keeps seams rare; "
+        "under 35 s a piece may hold no pause to cut in.",
+    )
     clip_gap_seconds: float = Field(
         2.0,
         ge=0,

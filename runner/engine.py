@@ -133,7 +133,7 @@ class EngineOptions:
     keep_models: int = 1
     batched_min_seconds: float = field(default_factory=lambda: EngineSettings().batched_min_seconds)
     clip_gap_seconds: float = field(default_factory=lambda: EngineSettings().clip_gap_seconds)
-    piece_seconds: float = PIECE_SECONDS
+    piece_seconds: float = field(default_factory=lambda: EngineSettings().piece_seconds)
 
     def __post_init__(self) -> None:
         if self.piece_seconds < MIN_PIECE_SECONDS:
