@@ -93,7 +93,7 @@ def test_invalid_requests_are_refused_or_fail_with_a_reason(
                                    "device": "cpu", "gpus": 2}})
     proc = kube_cluster.kubectl("apply", "-n", kube_namespace, "-f", "-", input=bad)
     assert proc.returncode != 0
-    assert "set exactly one of audio.redisKey and audio.url" in proc.stderr
+    assert "set exactly one of audio.redisKey, audio.url and audio.s3" in proc.stderr
     assert "spec.beamSize" in proc.stderr and "device cpu cannot request GPUs" in proc.stderr
     unknown = bad.replace("beamSize: 99", "beamSize: 2\n  colour: blue").replace("gpus: 2", "gpus: 0")
     unknown = unknown.replace("url: https://x/y.wav", "")
