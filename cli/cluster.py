@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from kubescribe.gateway.uploads import Audio, upload_file
+from kubescribe.uploads import Audio, upload_file
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
 from kubescribe.objectstore import ObjectStoreError
 from kubescribe.outcomes import EXIT_FAILED, EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 #: Above this, uploads go up in parts: S3's smallest part is 5 MiB, and 8 MiB parts keep
 #: a stream's memory at a few parts however long the recording.
 MULTIPART_BYTES = 8 * 1024 * 1024
-#: Parts in flight at once per upload: enough to fill a link, bounded in memory.
-MULTIPART_CONCURRENCY = 4
 RESULT_OBJECT = "result.json.gz"
 #: Content types of the rendered formats, so a browser or a pipeline reads them right.
 CONTENT_TYPES = {"json": "application/json", "txt": "text/plain; charset=utf-8",
@@ -221,18 +219,6 @@ class ObjectStore:
         """A stream of the object's bytes, read as it is consumed (nothing buffered whole)."""
         b = self._bucket(bucket)
         return self._call(f"GET s3://{b}/{key}", self.client.get_object, Bucket=b, Key=key)["Body"]
-
-    def upload(self, key: str, stream: IO[bytes], *, bucket: str | None = None,
-               content_type: str = "application/octet-stream") -> None:
-        """Upload a stream, in parts above MULTIPART_BYTES: memory stays at a few parts
-        whatever the size, and a failed upload is aborted (no orphaned parts)."""
-        from boto3.s3.transfer import TransferConfig
-
-        b = self._bucket(bucket)
-        config = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
-                                max_concurrency=MULTIPART_CONCURRENCY)
-        self._call(f"PUT s3://{b}/{key}", self.client.upload_fileobj, Fileobj=stream, Bucket=b, Key=key,
-                   ExtraArgs={"ContentType": content_type}, Config=config)
 
     def presign_put(self, key: str, expires: int, *, bucket: str | None = None) -> str:
         """A URL that lets its holder PUT this one key for ``expires`` seconds."""

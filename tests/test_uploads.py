@@ -330,7 +330,7 @@ def test_every_gateway_route_has_its_metrics_label():
 
 
 def test_parts_stay_within_s3s_ten_thousand():
-    from kubescribe.gateway.uploads import MAX_PARTS, part_size_for
+    from kubescribe.uploads import MAX_PARTS, part_size_for
 
     assert part_size_for(25 * MIB) == 8 * MIB and part_size_for(2 * 1024 * MIB) == 8 * MIB
     for size in (100 * 1024 * MIB, 5 * 1024 * 1024 * MIB):
