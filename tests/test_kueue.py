@@ -226,5 +226,4 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
                 created = pod.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
                 assert created >= resumed, (name, created, resumed)
             assert s["startedAt"] >= resumed, (name, s["startedAt"], resumed)
-            reasons = {e.reason for e in api.events(name)}
-            assert {"SubmittedToKueue", "AdmittedByKueue", "Succeeded"} <= reasons, (name, reasons)
+            api.wait_reasons(name, "SubmittedToKueue", "AdmittedByKueue", "Succeeded")

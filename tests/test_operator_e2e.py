@@ -60,8 +60,7 @@ def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
     container = job.spec.template.spec.containers[0]
     assert container.resources.limits["nvidia.com/gpu"] == "1"
     assert container.security_context.read_only_root_filesystem is True
-    reasons = [e.reason for e in requests_api.events("hello-kubescribe")]
-    assert {"Queued", "JobCreated", "Succeeded"} <= set(reasons), reasons
+    requests_api.wait_reasons("hello-kubescribe", "Queued", "JobCreated", "Succeeded")
 
     table = kube_cluster.kubectl("get", "tr", "-n", kube_namespace, check=True).stdout
     assert re.search(r"hello-kubescribe\s+Succeeded\s+tiny.en\s+en\s+[\d.]+\s+false", table), table
@@ -73,7 +72,7 @@ def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
     assert again["phase"] == "Succeeded" and again["cached"] is True
     assert again["resultKey"] == status["resultKey"]
     assert len(requests_api.jobs()) == 1
-    assert "CacheHit" in [e.reason for e in requests_api.events("again")]
+    requests_api.wait_reasons("again", "CacheHit")
 
     wanted = ['kubescribe_admission_cache_hits_total 1.0', 'kubescribe_requests{phase="Succeeded"} 2.0',
               'kubescribe_jobs_total{outcome="created"} 1.0', 'kubescribe_jobs_total{outcome="succeeded"} 1.0',
@@ -164,8 +163,7 @@ def test_transient_runner_failure_is_retried_then_reported(
     assert status["reason"] == "RedisUnavailable"
     assert "retries exhausted" in status["message"]
     assert status["attempts"] == 2
-    reasons = [e.reason for e in requests_api.events("flaky")]
-    assert "Retrying" in reasons and "RedisUnavailable" in reasons
+    requests_api.wait_reasons("flaky", "Retrying", "RedisUnavailable")
 
 
 def test_operator_killed_mid_flight_loses_nothing_and_duplicates_nothing(
@@ -249,7 +247,7 @@ def test_pool_mode_transcribes_a_burst_with_warm_runners(
     assert 1 <= len(pool_jobs) <= 2, [j.metadata.name for j in pool_jobs]
     # fewer runner processes than requests: the model stayed loaded between requests
     assert len(fake_kubelet.runs(requests_api.namespace)) <= 2
-    assert "Dispatched" in [e.reason for e in requests_api.events("pooled-1")]
+    requests_api.wait_reasons("pooled-1", "Dispatched")
 
 
 def test_runner_jobs_not_yet_succeeded_are_listed_a_page_at_a_time(kube_api, kube_namespace, fake_kubelet):

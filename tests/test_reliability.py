@@ -71,7 +71,7 @@ def test_redis_down_at_admission_gives_a_clear_status_and_recovers(
     Store(server.client()).put_audio(audio)
     done = requests_api.wait_phase("patient", "Succeeded", "Failed", timeout=120)
     assert done["phase"] == "Succeeded", done
-    assert "RedisUnavailable" in [e.reason for e in requests_api.events("patient")]
+    requests_api.wait_reasons("patient", "RedisUnavailable")
     server.stop()
 
 
@@ -92,7 +92,7 @@ def test_runner_losing_redis_is_retried_and_the_result_is_written_once(
         assert wer(SENTENCES["weather"], status["textPreview"]) <= 0.25
         results = list(redis_server.client().scan_iter(match="kubescribe:result:*"))
         assert len(results) == 1
-        assert "Retrying" in [e.reason for e in requests_api.events("retry-me")]
+        requests_api.wait_reasons("retry-me", "Retrying")
     finally:
         forwarder.close()
 

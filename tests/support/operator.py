@@ -109,6 +109,18 @@ class Requests:
         return [e for e in self.core.list_namespaced_event(self.namespace).items
                 if e.involved_object.name == name]
 
+    def wait_reasons(self, name: str, *reasons: str, timeout: float = 30) -> list[str]:
+        """The reasons of ``name``'s events once all of ``reasons`` are among them.
+
+        Events are separate writes that may land after the status patch they
+        accompany, so a test that has seen a phase waits for its events too."""
+        def seen() -> list[str] | None:
+            found = [e.reason for e in self.events(name)]
+            return found if set(reasons) <= set(found) else None
+
+        return wait_for(seen, timeout=timeout, interval=0.1,
+                        description=f"events {', '.join(reasons)} on {name}")
+
 
 @pytest.fixture(scope="session")
 def crd_installed(kube_cluster):
