@@ -129,12 +129,18 @@ def to_srt(result: Mapping[str, Any]) -> str:
     return "\n".join(blocks)
 
 
+def vtt_escape(text: str) -> str:
+    """Cue text as WebVTT reads it back as plain text: ``&`` and ``<`` start a character
+    reference and a tag there, so they are written ``&amp;`` and ``&lt;``; ``>`` is written
+    ``&gt;`` too, which also keeps ``-->`` (the end of a cue's timing line) out of the
+    text while a player still shows it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def to_vtt(result: Mapping[str, Any]) -> str:
     out = ["WEBVTT", ""]
     for c in cues(result):
-        # "-->" inside a cue would end the cue timing line early.
-        out += [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}",
-                *(line.replace("-->", "->") for line in c.lines), ""]
+        out += [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}", *map(vtt_escape, c.lines), ""]
     return "\n".join(out)
 
 

@@ -25,7 +25,23 @@ def test_srt_numbers_cues_and_uses_commas():
 def test_vtt_has_header_dots_and_no_arrow_in_text():
     out = render(RESULT, "vtt")
     assert out.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
-    assert "General -> Kenobi." in out
+    assert "General --&gt; Kenobi." in out  # a player shows "-->"; the cue's timing line is not ended
+    assert out.count("-->") == 2
+
+
+def test_vtt_cue_text_escapes_what_webvtt_reads_as_markup():
+    """WebVTT cue text is markup: ``<`` opens a tag (``<b>``, ``<c.x>``, ``<00:01.000>``)
+    and ``&`` a character reference, so said text holding them must be escaped or a
+    player drops or restyles words (the WebVTT spec, cue text parsing rules)."""
+    said = {"segments": [{"id": 1, "start": 0.0, "end": 2.0, "text": "Q&A: if x<y and y>z, say <b>bold</b> &amp;"}]}
+    out = render(said, "vtt")
+    line = out.split("\n")[3]
+    assert line == "Q&amp;A: if x&lt;y and y&gt;z, say &lt;b&gt;bold&lt;/b&gt; &amp;amp;"
+    # read back as a WebVTT parser reads cue text: references resolved, no tags left
+    import html
+
+    assert html.unescape(line) == said["segments"][0]["text"]
+    assert render(said, "srt").split("\n")[2] == said["segments"][0]["text"]  # SRT is plain text: untouched
 
 
 def test_txt_and_json_round_trip():
