@@ -12,6 +12,8 @@ from kubescribe.models import TranscriptionSpec
 from kubescribe.outcomes import EXIT_BAD_INPUT
 from kubescribe.settings import OperatorSettings
 
+from .kueue_api import LABEL_QUEUE_NAME
+
 CONTAINER = "runner"
 RUNNER_UID = 10001
 
@@ -22,8 +24,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubescribe-operator"
 #: Every runner Job's name starts with it (a cheap filter for other controllers' objects).
 JOB_NAME_PREFIX = "kubescribe-"
-#: Kueue's label naming a Job's LocalQueue (admission engine kueue).
-LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 
 def job_name(request_name: str, uid: str, generation: int | None) -> str:
@@ -170,7 +170,7 @@ def build_job(body: dict[str, Any], spec: TranscriptionSpec, settings: OperatorS
     }
     # On the Job only: Kueue's pod integration would take a labelled pod for a workload
     # of its own.
-    job_labels = {**labels, LABEL_KUEUE_QUEUE: kueue_queue} if kueue_queue else labels
+    job_labels = {**labels, LABEL_QUEUE_NAME: kueue_queue} if kueue_queue else labels
     env = [
         {"name": "KUBESCRIBE_SPEC", "value": json.dumps(spec.model_dump(by_alias=True, mode="json"),
                                                      separators=(",", ":"))},

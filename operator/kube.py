@@ -17,6 +17,7 @@ from typing import Any
 
 from kubescribe import GROUP, PLURAL, VERSION
 
+from . import kueue_api
 from .jobs import LABEL_MANAGED_BY, LABEL_POOL, LABEL_REQUEST_UID, MANAGED_BY
 from .kubeapi import REQUEST_TIMEOUT, Retrying
 
@@ -203,11 +204,10 @@ class Kube:
         """Kueue's Workload for a Job (read only), or ``None`` when there is none yet."""
         from kubernetes.client.exceptions import ApiException
 
-        from .kueue import GROUP as KUEUE_GROUP, LABEL_JOB_UID, VERSION as KUEUE_VERSION
-
         try:
             items = self.custom.list_namespaced_custom_object(
-                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", label_selector=f"{LABEL_JOB_UID}={job_uid}")["items"]
+                kueue_api.GROUP, kueue_api.VERSION, namespace, "workloads",
+                label_selector=f"{kueue_api.LABEL_JOB_UID}={job_uid}")["items"]
         except ApiException as exc:
             if exc.status == 404:  # Kueue's CRDs are not installed (yet)
                 return None

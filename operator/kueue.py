@@ -24,11 +24,6 @@ from . import status as st
 from .lifecycle import Event, Transition, age_seconds, requeue
 from .scheduler import Entry
 
-#: Kueue puts the Job's uid on the Workload it makes for it.
-LABEL_JOB_UID = "kueue.x-k8s.io/job-uid"
-GROUP = "kueue.x-k8s.io"
-VERSION = "v1beta2"
-
 #: The request's reason while its Job waits in Kueue, and when Kueue let it start.
 WAITING = "WaitingForKueue"
 ADMITTED = "AdmittedByKueue"

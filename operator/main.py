@@ -28,7 +28,7 @@ from kubescribe.settings import OperatorSettings, load_or_exit
 from kubescribe.store import store_from_settings
 
 from .jobs import LABEL_MANAGED_BY, MANAGED_BY
-from . import kueue
+from . import kueue_api
 from .admitter import Admitter
 from .kube import Kube
 from .reconciler import Reconciler
@@ -59,14 +59,14 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_via_client(**kwargs)
 
 
-@kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    conf = OperatorSettings()
+def configure_kopf(settings: kopf.OperatorSettings, conf: OperatorSettings) -> None:
+    """kopf's settings for this operator (apart from startup, so a test can check them
+    against the installed kopf: a renamed setting warns, and its value may be ignored)."""
     # The request's status is the record: no kopf progress annotations or finalizers.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    # Events are posted by the reconciler, one per transition; kopf's own are noise.
+    # Events are posted by the applier, one per transition; kopf's own are noise.
     settings.posting.enabled = False
     # A watch can go silent behind a load balancer: end it server-side after 4.5 min and
     # give up client-side after 5, then re-list.
@@ -76,12 +76,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = conf.workers
     # kopf keeps a worker task (and the last event's object) per watched object until it
     # has been idle this long: at thousands of requests and Jobs, 5 s (kopf's default)
-    # holds tens of thousands of object bodies at once.
-    settings.batching.idle_timeout = 1.0
+    # holds tens of thousands of object bodies at once. (``queueing``: kopf 1.45 renamed
+    # it from ``batching``, which still works but warns.)
+    settings.queueing.idle_timeout = 1.0
     if conf.namespace:
         # Namespaced installs get a Role only: kopf must not try to scan namespaces and
         # CRDs cluster-wide (it would retry refused calls for about a minute first).
         settings.scanning.disabled = True
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    conf = OperatorSettings()
+    configure_kopf(settings, conf)
     if "@" in conf.redis_url.split("//", 1)[-1].split("/", 1)[0] and not conf.redis_secret_name:
         log.warning("KUBESCRIBE_REDIS_URL carries credentials, which are not passed to runners; "
                     "set KUBESCRIBE_REDIS_SECRET_NAME so runners can authenticate")
@@ -216,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if conf.admission_engine == "kueue":
         # Registered only here: without Kueue's CRDs a watch on workloads would fail for ever.
-        kopf.on.event(kueue.GROUP, kueue.VERSION, "workloads")(workload_event)
+        kopf.on.event(kueue_api.GROUP, kueue_api.VERSION, "workloads")(workload_event)
     logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.configure(verbose=False)
     # kopf.configure adds its own handler next to basicConfig's and sets the root logger to

@@ -14,7 +14,8 @@ import pytest
 
 from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.operator import kueue
-from kubescribe.operator.jobs import LABEL_KUEUE_QUEUE, build_job
+from kubescribe.operator.jobs import build_job
+from kubescribe.operator.kueue_api import LABEL_QUEUE_NAME
 from kubescribe.operator.scheduler import Entry, plan
 from kubescribe.settings import OperatorSettings, describe_invalid
 
@@ -76,14 +77,14 @@ def test_under_kueue_the_job_is_created_suspended_in_its_queue():
     body = request()
     j = build_job(body, parse_spec(SPEC), OperatorSettings(), kueue_queue="team-a")
     assert j["spec"]["suspend"] is True
-    assert j["metadata"]["labels"][LABEL_KUEUE_QUEUE] == "team-a"
+    assert j["metadata"]["labels"][LABEL_QUEUE_NAME] == "team-a"
     # the pods are Kueue's business only through their Job
-    assert LABEL_KUEUE_QUEUE not in j["spec"]["template"]["metadata"]["labels"]
+    assert LABEL_QUEUE_NAME not in j["spec"]["template"]["metadata"]["labels"]
 
 
 def test_without_kueue_the_job_is_neither_suspended_nor_labelled():
     j = build_job(request(), parse_spec(SPEC), OperatorSettings())
-    assert "suspend" not in j["spec"] and LABEL_KUEUE_QUEUE not in j["metadata"]["labels"]
+    assert "suspend" not in j["spec"] and LABEL_QUEUE_NAME not in j["metadata"]["labels"]
 
 
 # -- settings ----------------------------------------------------------------------------------
