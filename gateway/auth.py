@@ -12,7 +12,8 @@
   the admin endpoints a verb on the virtual resource ``cache`` of the ``kubescribe.io``
   group (:data:`ADMIN_STATS`, :data:`ADMIN_CLEAR`), which no built-in role grants.
 
-Answers are reused for ``KUBESCRIBE_GATEWAY_AUTH_CACHE_SECONDS`` per token and action.
+Answers are reused for ``KUBESCRIBE_GATEWAY_AUTH_CACHE_SECONDS`` per token and action, the
+10,000 most recently used of each kind.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import TTLCache
 
 from kubescribe import GROUP, PLURAL
 
@@ -142,36 +145,30 @@ class ApiKeys:
         return None
 
 
-class _TTLCache:
-    def __init__(self, ttl: float, size: int = 10000):
-        self.ttl, self.size = ttl, size
-        self._data: dict[Any, tuple[float, Any]] = {}
+class _ReviewCache:
+    """Review answers for ``ttl`` seconds, at most ``size`` of them: when full of live
+    answers the least recently used one goes (cachetools' TTLCache), not all of them at
+    once, which would send every caller's next call back to the API server together."""
+
+    def __init__(self, ttl: float, size: int):
+        self._cache: TTLCache | None = TTLCache(maxsize=size, ttl=ttl, timer=time.monotonic) if ttl > 0 else None
 
     def get(self, key: Any) -> Any:
-        item = self._data.get(key)
-        if item and item[0] > time.monotonic():
-            return item[1]
-        return None
+        return None if self._cache is None else self._cache.get(key)
 
     def put(self, key: Any, value: Any) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._data) >= self.size:
-            now = time.monotonic()
-            self._data = {k: v for k, v in self._data.items() if v[0] > now}
-            if len(self._data) >= self.size:
-                self._data.clear()
-        self._data[key] = (time.monotonic() + self.ttl, value)
+        if self._cache is not None:
+            self._cache[key] = value
 
 
 class Authorizer:
     """TokenReview and SubjectAccessReview, with short-lived answers reused."""
 
-    def __init__(self, kube: KubeClient, api_keys: ApiKeys, cache_seconds: float):
+    def __init__(self, kube: KubeClient, api_keys: ApiKeys, cache_seconds: float, cache_size: int = 10000):
         self.kube = kube
         self.api_keys = api_keys
-        self._tokens = _TTLCache(cache_seconds)
-        self._access = _TTLCache(cache_seconds)
+        self._tokens = _ReviewCache(cache_seconds, cache_size)
+        self._access = _ReviewCache(cache_seconds, cache_size)
         self._pending: dict[Any, asyncio.Future] = {}
 
     async def _once(self, key: Any, call):

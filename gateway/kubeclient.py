@@ -1,7 +1,7 @@
 """The API server calls the gateway makes, on one pooled httpx client.
 
 Why httpx and not kubernetes_asyncio: the gateway makes six calls (TokenReview,
-SubjectAccessReview, create/get/delete/watch of TranscriptionRequests), and httpx is a
+SubjectAccessReview, create/get/delete/list/watch of TranscriptionRequests), and httpx is a
 small, maintained async client that streams a watch natively; the generated async client
 would add a large dependency for them. Credentials are loaded once with the official
 client's config loader (in a pod: the ServiceAccount; outside: a kubeconfig), which the
@@ -11,7 +11,6 @@ exec plugins written to a token) works as in kubectl.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
@@ -23,7 +22,6 @@ from typing import Any
 import httpx
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from kubescribe.models import TERMINAL_PHASES
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -90,8 +88,8 @@ class KubeClient:
         self.creds = creds
         self._token_read_at = 0.0
         self._token = creds.token
-        # Every waiting call holds a watch connection: the pool must exceed the number of
-        # calls in flight, or waiting calls would starve new ones.
+        # Waiting calls share one watch per namespace (.waiter), but every call in flight
+        # may hold a connection (reviews, create, get): the pool is sized for bursts.
         self.http = httpx.AsyncClient(
             base_url=creds.host, verify=ctx, timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=2000, max_keepalive_connections=100),
@@ -147,15 +145,16 @@ class KubeClient:
     async def delete_request(self, namespace: str, name: str) -> None:
         await self._call("DELETE", _tr_path(namespace, name), json={"propagationPolicy": "Background"})
 
-    async def list_requests(self, namespace: str, label_selector: str) -> dict[str, Any]:
-        return await self._call("GET", _tr_path(namespace), params={"labelSelector": label_selector})
+    async def list_requests(self, namespace: str) -> dict[str, Any]:
+        return await self._call("GET", _tr_path(namespace))
 
-    async def watch_events(self, namespace: str, label_selector: str, resource_version: str,
+    async def watch_events(self, namespace: str, resource_version: str,
                            timeout_seconds: int = 240) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(type, object) of every change from ``resource_version`` until the server ends
-        the watch; an ``ERROR`` event (410 Gone: the version is too old) is yielded too,
-        and the caller lists again."""
-        params = {"watch": "1", "labelSelector": label_selector, "resourceVersion": resource_version,
+        """(type, object) of every change of the namespace's requests from
+        ``resource_version`` until the server ends the watch; an ``ERROR`` event (410 Gone:
+        the version is too old) is yielded too, and the caller lists again. The gateway's
+        one watch (:mod:`.waiter`)."""
+        params = {"watch": "1", "resourceVersion": resource_version,
                   "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
         try:
             async with self.http.stream("GET", _tr_path(namespace), params=params, headers=self._headers(),
@@ -171,46 +170,3 @@ class KubeClient:
 
     async def ready(self) -> None:
         await self._call("GET", "/readyz")
-
-    async def watch_request(self, namespace: str, name: str, obj: dict[str, Any],
-                            deadline: float) -> AsyncIterator[dict[str, Any]]:
-        """Yield the request each time it changes, starting with ``obj``, until it is
-        terminal, deleted (``KubeError`` 404) or ``deadline`` (monotonic) passes.
-
-        The watch starts at the object's resourceVersion, so no change between the read
-        and the watch is missed; a watch that ends (server timeout, 410 Gone) is resumed
-        from a fresh read.
-        """
-        yield obj
-        while (obj.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            params = {"watch": "1", "fieldSelector": f"metadata.name={name}",
-                      "resourceVersion": obj["metadata"]["resourceVersion"],
-                      "timeoutSeconds": str(max(1, int(min(remaining, 240))))}
-            restart = False
-            try:
-                async with self.http.stream("GET", _tr_path(namespace), params=params, headers=self._headers(),
-                                            timeout=httpx.Timeout(remaining + 5, connect=10.0)) as resp:
-                    if resp.status_code >= 400:
-                        raise KubeError(resp.status_code, (await resp.aread()).decode(errors="replace")[:200])
-                    async for line in resp.aiter_lines():
-                        if not line:
-                            continue
-                        event = json.loads(line)
-                        if event.get("type") == "ERROR":
-                            restart = True  # 410 Gone: the version is too old; read afresh
-                            break
-                        if event.get("type") == "DELETED":
-                            raise KubeError(404, f"{name} was deleted")
-                        obj = event["object"]
-                        yield obj
-                        if (obj.get("status") or {}).get("phase") in TERMINAL_PHASES:
-                            return
-            except httpx.HTTPError:
-                restart = True
-                await asyncio.sleep(0.2)  # back off before reconnecting, not a sync point
-            if restart or time.monotonic() < deadline:
-                obj = await self.get_request(namespace, name)
-                yield obj

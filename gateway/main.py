@@ -36,7 +36,7 @@ def _async_redis(conf: GatewaySettings):
 
 def build(conf: GatewaySettings):
     """The ASGI app and its metrics, wired from settings (also used by tests and benchmarks)."""
-    from .app import Gateway, build_app
+    from .app import ROUTE_LABELS, Gateway, build_app
     from .auth import ApiKeys
     from .kubeclient import KubeClient, load_credentials
 
@@ -47,7 +47,7 @@ def build(conf: GatewaySettings):
             raise ValueError(f"KUBESCRIBE_GATEWAY_API_KEYS_FILE={conf.gateway_api_keys_file}: not a valid "
                              f"API-key file ({type(exc).__name__}: {exc})") from None
     creds = load_credentials(conf.kubeconfig, in_cluster=bool(conf.kubernetes_service_host))
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(routes=ROUTE_LABELS)
     gateway = Gateway(settings=conf, kube=KubeClient(creds), redis=_async_redis(conf),
                       store=store_from_settings(conf),
                       metrics=metrics)

@@ -333,27 +333,23 @@ class WorkqueueMetrics:
 #: waits for a runner for seconds to minutes.
 GATEWAY_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-#: Every route the gateway serves, the ``route`` label's values.
-GATEWAY_ROUTES = (
-    "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/transcriptions", "/v1/uploads",
-    "/v1/transcriptions/{name}", "/v1/transcriptions/{name}/result", "/v1/transcriptions/{name}/events",
-    "/v1/transcriptions/{name}/analysis", "/v1/models", "/api/admin/cache/stats", "/api/admin/cache/clear",
-    "/health", "/readyz", "other",
-)
-
-
 @dataclass
 class GatewayMetrics:
     """What ``kubescribe-gateway`` exports: its HTTP traffic. The transcriptions it starts
-    are counted by the operator like every other request."""
+    are counted by the operator like every other request.
+
+    ``routes`` are the ``route`` label's values, given by the gateway from its route
+    table (``kubescribe.gateway.app.ROUTE_LABELS``): the table is their one source.
+    """
 
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    routes: tuple[str, ...] = ("other",)
 
     def __post_init__(self) -> None:
         r = self.registry
         self.requests_total = Counter(
             "kubescribe_gateway_requests_total",
-            "HTTP calls answered by the gateway. route: " + "|".join(GATEWAY_ROUTES)
+            "HTTP calls answered by the gateway. route: " + "|".join(self.routes)
             + ". method: GET|POST|DELETE. code: HTTP status code.",
             ["route", "method", "code"],
             registry=r,
@@ -384,5 +380,5 @@ class GatewayMetrics:
         )
         # Every route's latency series exists from the start, at 0: rate() cannot see the
         # first call of a series that appears with count 1.
-        for route in GATEWAY_ROUTES:
+        for route in self.routes:
             self.request_duration_seconds.labels(route=route)

@@ -554,6 +554,15 @@ class GatewaySettings(RedisSettings, ObjectStoreSettings, ProcessSettings):
         "before answering 504 (the request keeps running; its name is in the error). Ten "
         "minutes covers a long file on a warm GPU; longer audio belongs on /v1/transcriptions.",
     )
+    gateway_sse_keepalive_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds without a change after which an events stream "
+        "(/v1/transcriptions/{name}/events) sends a `: keep-alive` comment, which SSE clients "
+        "ignore: a request queued or transcribing for minutes would otherwise leave the "
+        "connection idle past a proxy's timeout (nginx and AWS load balancers: 60 s). 15 s "
+        "stays under every common one at a few bytes per stream.",
+    )
     gateway_max_concurrent_per_identity: int = Field(
         8,
         ge=1,

@@ -161,7 +161,8 @@ def test_api_keys_are_matched_by_hash_and_reloaded_when_the_file_changes(tmp_pat
 
 
 def test_the_per_identity_limit_refuses_the_call_over_it_and_frees_slots():
-    from kubescribe.gateway.app import Gateway, HttpError
+    from kubescribe.gateway.context import Gateway
+    from kubescribe.gateway.errors import HttpError
     from kubescribe.settings import GatewaySettings
 
     gw = Gateway.__new__(Gateway)
