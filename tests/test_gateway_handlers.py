@@ -370,3 +370,28 @@ def test_the_metrics_route_labels_are_the_route_table():
     for label in ROUTE_LABELS:  # every route's latency series exists from the start
         assert registry.get_sample_value("kubescribe_gateway_request_duration_seconds_count", {"route": label}) \
             is not None
+
+
+# -- the architecture document ----------------------------------------------------------------
+def test_the_architecture_documents_gateway_section_names_what_exists():
+    """Every ``module.name`` (and ``Class.method``) the gateway section cites is in the code,
+    every gateway module is in its table, and no removed name is cited."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "architecture.md").read_text()
+    section = doc.split("## The gateway\n")[1].split("\n## ")[0]
+    modules = {p.stem for p in (root / "gateway").glob("*.py")} - {"__init__", "main"}
+    assert modules == set(re.findall(r"`(\w+)\.py`", section))
+    cited = set(re.findall(r"`(\w+)\.(\w+)`", section)) - {(m, "py") for m in modules}
+    assert len(cited) >= 10, cited
+    classes = {"Gateway": "context", "Subscription": "waiter", "Authorizer": "auth", "KubeClient": "kubeclient"}
+    for owner, name in cited:
+        if owner in modules:
+            assert hasattr(importlib.import_module(f"kubescribe.gateway.{owner}"), name), (owner, name)
+        elif owner in classes:
+            cls = getattr(importlib.import_module(f"kubescribe.gateway.{classes[owner]}"), owner)
+            assert hasattr(cls, name), (owner, name)
+    assert "watch_request" not in doc and "creates the request with `generateName`" not in doc
