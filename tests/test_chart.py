@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from kubescribe.settings import OperatorSettings
-from tests.envtest import wait_for
+from tests.envtest import free_port, wait_for
 from tests.envtest.helm import Helm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,7 +312,7 @@ def test_in_chart_redis(offline_helm):
     dep = objs[("Deployment", "ks-kubescribe-redis")]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["image"].startswith("redis:7")
-    assert c["args"][:3] == ["redis-server", "--requirepass", "$(REDIS_PASSWORD)"]
+    assert c["args"][:2] == ["sh", "-c"] and c["args"][3] == "redis-server"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     env = {e["name"]: e for e in deployment_env(docs)}
@@ -329,7 +330,7 @@ def test_in_chart_redis(offline_helm):
     assert ("Secret", "ks-kubescribe-redis") not in own
     (rc,) = own[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["spec"]["containers"]
     ref = {"secretKeyRef": {"name": "mine", "key": "pw"}}
-    assert {"name": "REDIS_PASSWORD", "valueFrom": ref} in rc["env"]
+    assert {"name": "REDISCLI_AUTH", "valueFrom": ref} in rc["env"]
     op_env = own[("Deployment", "ks-kubescribe-operator")]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "KUBESCRIBE_REDIS_PASSWORD", "valueFrom": ref} in op_env
 
@@ -736,11 +737,49 @@ def test_redis_liveness_and_readiness_probes_differ(offline_helm):
     live, ready = c["livenessProbe"], c["readinessProbe"]
     assert live != ready
     assert live["tcpSocket"] == {"port": "redis"}  # a restart empties the cache: only when it stopped listening
-    assert "ping" in " ".join(ready["exec"]["command"]) and "$REDIS_PASSWORD" in ready["exec"]["command"][-1]
-    assert "REDIS_PASSWORD" in [e["name"] for e in c["env"]]
+    assert "ping" in " ".join(ready["exec"]["command"])
+    assert "REDISCLI_AUTH" in [e["name"] for e in c["env"]]  # what redis-cli reads
     for name in ("operator",):
         (oc,) = objs[("Deployment", f"ks-kubescribe-{name}")]["spec"]["template"]["spec"]["containers"]
         assert oc["livenessProbe"] != oc["readinessProbe"]
+
+
+def test_the_in_chart_redis_password_is_on_no_command_line(offline_helm, tmp_path):
+    """The rendered Redis container and its readiness probe, run as they are with the real
+    redis-server and redis-cli: the password (one with a space, quotes, a backslash and a
+    dollar) locks the server, the probe passes with it and fails without it, and neither
+    redis-server's nor the probe's command line holds it (what `ps` on the node shows)."""
+    objs = kinds(render(offline_helm, {"redis": {"internal": {"enabled": True}}}))
+    pod = objs[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    (mount,) = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert vol["emptyDir"]["medium"] == "Memory"  # the file holding the password stays off disk
+    assert {e["name"] for e in c["env"]} == {"REDISCLI_AUTH"}
+    password = 'p a"s\\s$x\'y'
+    port = free_port()
+    # The container's own args, with the config mount moved to a scratch directory and
+    # a test port; daemonize off, so the process is the one started here.
+    args = [a.replace(mount, str(tmp_path)) for a in c["args"]] + ["--port", str(port), "--dir", str(tmp_path)]
+    env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": password}
+    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        probe = [*c["readinessProbe"]["exec"]["command"]]
+        probe[-1] = probe[-1].replace("redis-cli", f"redis-cli -p {port}")
+
+        def ready(auth: str) -> bool:
+            return subprocess.run(probe, env={**env, "REDISCLI_AUTH": auth}, timeout=10).returncode == 0
+
+        wait_for(lambda: ready(password), timeout=20, description="the readiness probe passes")
+        assert not ready("wrong")
+        assert not ready("")
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode()
+        assert cmdline.startswith("redis-server") and password not in cmdline
+        assert password not in " ".join(probe)
+        assert os.stat(tmp_path / "redis.conf").st_mode & 0o077 == 0  # umask 077
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
 
 
 def test_notes_tell_a_kube_prometheus_stack_user_what_to_set(offline_helm, tmp_path):
@@ -865,7 +904,8 @@ def test_network_policies_admit_exactly_the_release_pods_to_redis(offline_helm):
                "app.kubernetes.io/component": "gateway"}
     runner = _runner_pod_labels("ks")
     other_runner = _runner_pod_labels("night")
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # Ingress from the release, and no egress at all: Redis here talks to no one.
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["egress"] == []
     assert _selects(policy["spec"]["podSelector"], redis["metadata"]["labels"])
     (rule,) = policy["spec"]["ingress"]
     port_names = [p["name"] for c in redis["spec"]["containers"] for p in c["ports"]]
@@ -922,6 +962,79 @@ def test_network_policies_limit_runner_egress_to_redis_dns_and_audio_ranges(offl
     (pol,) = [d for d in ext if d["kind"] == "NetworkPolicy"]
     assert {"to": [{"ipBlock": {"cidr": "10.96.5.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]} in pol["spec"]["egress"]
     assert not [d for d in render(offline_helm, {"redis": {"internal": {"enabled": True}}}) if d["kind"] == "NetworkPolicy"]
+
+def test_the_gateway_policy_admits_its_callers_and_prometheus_and_reaches_only_its_backends(offline_helm):
+    """The gateway's NetworkPolicy: the HTTP port from the namespaces and peers the install
+    lists (the release's namespace when it lists none), the metrics port from Prometheus;
+    egress to DNS, the API server's ports, the in-chart Redis and the object store only."""
+    values = {"gateway": {"enabled": True}, "redis": {"internal": {"enabled": True}},
+              "storage": {"s3": {"bucket": "speech-data", "endpoint": "http://minio.store.svc:9000"}},
+              "networkPolicy": {"enabled": True, "gatewayFromNamespaces": ["ingress-nginx"],
+                                "gatewayFrom": [{"podSelector": {"matchLabels": {"role": "caller"}}}],
+                                "apiServerCidrs": ["172.18.0.2/32"], "s3Cidrs": ["10.9.0.0/16"]}}
+    docs = render(offline_helm, values, namespace="speech")
+    objs = kinds(docs)
+    pol = objs[("NetworkPolicy", "ks-kubescribe-gateway")]["spec"]
+    gw = objs[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]
+    redis_labels = objs[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["metadata"]["labels"]
+    assert _selects(pol["podSelector"], gw["metadata"]["labels"])
+    assert not _selects(pol["podSelector"], redis_labels)
+    assert pol["policyTypes"] == ["Ingress", "Egress"]
+    port_names = {p["name"] for p in gw["spec"]["containers"][0]["ports"]}
+    http, metrics = pol["ingress"]
+    assert [p["port"] for p in http["ports"]] == ["http"] and [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert {"http", "metrics"} <= port_names
+
+    def calls(rule: dict, labels: dict, ns: str) -> bool:
+        return _peer_allowed(rule["from"], labels, ns, "speech", {"kubernetes.io/metadata.name": ns})
+
+    assert calls(http, {"app": "ingress-nginx"}, "ingress-nginx")
+    assert calls(http, {"role": "caller"}, "speech") and not calls(http, {"role": "caller"}, "other")
+    assert not calls(http, {"app": "x"}, "speech") and not calls(http, {"app": "x"}, "other")
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    assert calls(metrics, prometheus, "monitoring") and not calls(metrics, {"app": "x"}, "monitoring")
+    assert not calls(http, prometheus, "monitoring")  # Prometheus scrapes; it does not transcribe
+
+    egress = pol["egress"]
+    dns, api, redis, s3 = egress
+    assert [p["port"] for p in dns["ports"]] == [53, 53]
+    assert api == {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}],
+                   "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    assert _peer_allowed(redis["to"], redis_labels, "speech", "speech", {"kubernetes.io/metadata.name": "speech"})
+    assert [p["port"] for p in redis["ports"]] == [6379]
+    assert s3 == {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"port": 9000, "protocol": "TCP"}]}
+
+    # Nobody listed: the release's namespace only. No API server addresses: its ports anywhere.
+    bare = kinds(render(offline_helm, {"gateway": {"enabled": True}, "networkPolicy": {"enabled": True}},
+                        namespace="speech"))[("NetworkPolicy", "ks-kubescribe-gateway")]["spec"]
+    assert bare["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]} in bare["egress"]
+    assert len(bare["egress"]) == 2  # DNS and the API server: no Redis CIDRs were given
+    assert ("NetworkPolicy", "ks-kubescribe-gateway") not in kinds(render(offline_helm, {"networkPolicy": {"enabled": True}}))
+
+
+def test_gateway_replicas_spread_over_nodes_and_its_pdb_lets_unhealthy_pods_go(offline_helm):
+    on = {"gateway": {"enabled": True, "podDisruptionBudget": {"enabled": True}}}
+    objs = kinds(render(offline_helm, on))
+    spec = objs[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    labels = objs[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["metadata"]["labels"]
+    assert _selects(term["podAffinityTerm"]["labelSelector"], labels)
+    assert objs[("PodDisruptionBudget", "ks-kubescribe-gateway")]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+    hard = kinds(render(offline_helm, {"gateway": {"enabled": True, "podAntiAffinity": "hard"}}))
+    aff = hard[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert list(aff) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+    none = kinds(render(offline_helm, {"gateway": {"enabled": True, "podAntiAffinity": "none"}}))
+    assert "affinity" not in none[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["spec"]
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["web"]}]}]}}}
+    mine = kinds(render(offline_helm, {"gateway": {"enabled": True, "affinity": own}}))
+    assert mine[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["spec"]["affinity"] == own
+    for bad in ({"podAntiAffinity": "sometimes"}, {"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "Never"}}):
+        proc = offline_helm.template("ks", CHART, values={"gateway": {"enabled": True, **bad}}, check=False)
+        assert proc.returncode != 0 and "schema" in proc.stderr, (bad, proc.stderr)
 
 # --------------------------------------------------------------------------- the gateway
 

@@ -293,3 +293,66 @@ other's references.
     name: {{ .Values.storage.s3.caBundle.configMap }}
 {{- end }}
 {{- end }}
+
+{{/* NetworkPolicy egress rules shared by the runner and gateway policies. DNS: */}}
+{{- define "kubescribe.netpolDnsEgress" -}}
+- to:
+    {{- with .Values.networkPolicy.dns }}
+    - namespaceSelector:
+        {{- toYaml .namespaceSelector | nindent 8 }}
+      podSelector:
+        {{- toYaml .podSelector | nindent 8 }}
+    {{- end }}
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end }}
+
+{{/* Redis: the in-chart pod, or networkPolicy.redisCidrs on the port(s) of redis.url or the sentinels. */}}
+{{- define "kubescribe.netpolRedisEgress" -}}
+{{- if .Values.redis.internal.enabled }}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .Release.Namespace }}
+      podSelector:
+        matchLabels:
+          {{- include "kubescribe.selectorLabels" . | nindent 10 }}
+          app.kubernetes.io/component: redis
+  ports:
+    - {port: 6379, protocol: TCP}
+{{- else if .Values.networkPolicy.redisCidrs }}
+{{- $hostport := (urlParse .Values.redis.url).host }}
+- to:
+    {{- range .Values.networkPolicy.redisCidrs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  ports:
+    {{- if .Values.redis.sentinel.enabled }}
+    {{- /* The sentinels, and the Redis servers they point to. */}}
+    {{- $ports := list (.Values.redis.sentinel.redisPort | int) }}
+    {{- range .Values.redis.sentinel.hosts }}
+    {{- $ports = append $ports (default "26379" (trimPrefix ":" (regexFind ":[0-9]+$" .)) | int) }}
+    {{- end }}
+    {{- range $ports | uniq }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+    {{- else }}
+    - {port: {{ if contains ":" $hostport }}{{ regexReplaceAll "^.*:" $hostport "" }}{{ else }}6379{{ end }}, protocol: TCP}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The object store (storage.s3) at networkPolicy.s3Cidrs, on its endpoint's port. */}}
+{{- define "kubescribe.netpolS3Egress" -}}
+{{- if and .Values.storage.s3.bucket .Values.networkPolicy.s3Cidrs }}
+{{- $s3 := urlParse (default "https://s3.amazonaws.com" .Values.storage.s3.endpoint) }}
+# The object store (storage.s3): s3:// audio, transcripts, uploads.
+- to:
+    {{- range .Values.networkPolicy.s3Cidrs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  ports:
+    - {port: {{ if contains ":" $s3.host }}{{ regexReplaceAll "^.*:" $s3.host "" }}{{ else if eq $s3.scheme "http" }}80{{ else }}443{{ end }}, protocol: TCP}
+{{- end }}
+{{- end }}
