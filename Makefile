@@ -1,16 +1,24 @@
 # kubescribe: the two quick-start targets are `make demo` and `make test`.
-PY ?= python3
+# Both run in the project virtualenv .venv, made from $(PY) (python3 unless PY or PYTHON
+# says otherwise); nothing is installed into the system interpreter.
+PY ?= $(or $(PYTHON),python3)
+export PY
+# Never the repository root on sys.path: operator/ would hide the standard library's.
+export PYTHONSAFEPATH = 1
 
-.PHONY: demo test setup test-binaries images bench crds lint
+.PHONY: demo test setup venv test-binaries images bench crds lint
 
-demo: setup ## install, then transcribe the bundled sample locally (no cluster, no Redis)
-	$(PY) -m kubescribe.cli transcribe --sample --format srt
+demo: ## make .venv with the runner's packages only, then transcribe the bundled sample (no cluster, no Redis)
+	@py=$$(hack/venv.sh runner) && "$$py" -P -m kubescribe.cli transcribe --sample --format srt
 
-test: ## install everything (Debian and Python packages, Go-built Kubernetes binaries) and run all tests
+test: ## install everything (Debian packages, .venv, Go-built Kubernetes binaries, images) and run all tests
 	hack/test.sh
 
-setup:
+setup: ## Debian packages and .venv with every extra
 	hack/setup.sh
+
+venv: ## .venv with every extra, no Debian packages
+	hack/venv.sh all
 
 test-binaries: ## build etcd, kube-apiserver, kube-controller-manager, helm, prometheus (cached)
 	hack/build-test-binaries.sh all
@@ -19,10 +27,10 @@ images: ## build the operator, runner, redis and pause images with buildah, no r
 	hack/build-images.sh all
 
 bench: setup test-binaries ## run the benchmarks and write BENCHMARKS.md
-	$(PY) -m benchmarks.run --output BENCHMARKS.md
+	.venv/bin/python -P -m benchmarks.run --output BENCHMARKS.md
 
-crds: ## regenerate the CRD from kubescribe/models.py into crds/ and the chart
-	$(PY) -m kubescribe.crd_write
+crds: venv ## regenerate the CRD from kubescribe/models.py into crds/ and the chart
+	.venv/bin/python -P -m kubescribe.crd_write
 
-lint: ## architecture (import-linter), docs and CRD drift checks only
-	$(PY) -m pytest -q tests/test_architecture.py tests/test_docs.py tests/test_crd.py
+lint: venv ## architecture (import-linter), docs and CRD drift checks only
+	.venv/bin/python -P -m pytest -q tests/test_architecture.py tests/test_docs.py tests/test_crd.py

@@ -485,7 +485,7 @@ verify_image() {  # verify_image NAME: the smoke checks of one image, output to 
   local nobuild='for t in gcc cc c++ make; do command -v $t && exit 1; done
                  [ ! -e /root/.cache/pip ] && echo "no compiler, no pip cache"'
   case $n in
-    base) run_in "$ref" python3 -c 'import sys, ssl, venv; print(sys.version)' ;;
+    base) run_in "$ref" python3 -I -c 'import sys, ssl, venv; print(sys.version)' ;;
     operator)
       # kubescribe-operator takes no options (it ignores --help and starts kopf): run it
       # briefly with no cluster and look for kopf's startup failing on the missing config.

@@ -78,7 +78,7 @@ build_kube() {
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
   # local paths; point each one at the published release instead. The list comes from
   # the module's own go.mod so a version bump needs no edit here.
-  local gomod; gomod=$(cd "$w" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local gomod; gomod=$(cd "$w" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   local mods; mods=$(grep -E '^\s*k8s\.io/[a-z0-9./-]+ v0\.0\.0\s*$' "$gomod" | awk '{print $1}' | sort -u)
   (
     cd "$w"
@@ -135,7 +135,7 @@ build_kueue() {
   # The CRDs and webhook manifests of the same release, copied out of the module source
   # so the tests need neither the module cache nor kustomize (tests/envtest/kueue.py
   # rewrites the webhooks to the local manager's URL).
-  local src; src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  local src; src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   rm -rf "$out/config" && mkdir -p "$out/config/crd"
   cp "$src"/config/components/crd/bases/*.yaml "$out/config/crd/"
   cp "$src/config/components/webhook/manifests.yaml" "$out/config/webhooks.yaml"
@@ -159,13 +159,13 @@ build_prometheus() {
   have "$out" prometheus promtool && { log "prometheus $PROMETHEUS_MODULE_VERSION cached"; return; }
   log "building prometheus and promtool (module $PROMETHEUS_MODULE_VERSION)"
   local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/promtool
-  local gomod; gomod=$(cd "$w" && go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local gomod; gomod=$(cd "$w" && go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   (
     cd "$w"
     go mod edit -require "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION"
     # Prometheus pins some dependencies with exclude/replace lines; only the main
     # module's lines count, so copy them here.
-    python3 - "$gomod" <<'PY'
+    python3 -I - "$gomod" <<'PY'
 import re, subprocess, sys
 text = open(sys.argv[1]).read()
 def entries(kind):
@@ -236,7 +236,7 @@ GO
     go build -trimpath -ldflags "$ld" -o "$out/bin/" "$m/cmd/operator" "$m/cmd/prometheus-config-reloader"
     # The CRDs (ServiceMonitor, PodMonitor, PrometheusRule, Prometheus, ...) of the same
     # release, from the module source, for the test cluster.
-    local src; src=$(go mod download -json "$m@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    local src; src=$(go mod download -json "$m@$PROMETHEUS_OPERATOR_VERSION" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
     rm -rf "$out/crds" && mkdir -p "$out/crds" && cp "$src"/example/prometheus-operator-crd/*.yaml "$out/crds/"
   )
   rm -rf "$w"

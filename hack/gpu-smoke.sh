@@ -2,7 +2,8 @@
 # GPU smoke test: transcribe the bundled sample on CUDA with float16 through the runner's
 # engine (what `kubescribe-runner` runs with `device: cuda`), batched and sequential, and
 # print the real-time factor of each. For a machine with an NVIDIA GPU, the driver and
-# CUDA 12 / cuBLAS 12 libraries (the runner image has them); needs `pip install .[runner]`.
+# CUDA 12 / cuBLAS 12 libraries (the runner image has them); runs in the project venv
+# (hack/venv.sh runner installs it).
 #
 #   hack/gpu-smoke.sh [REPEAT]    # REPEAT copies of the sample joined (default 20, ~3 min)
 #
@@ -10,14 +11,15 @@
 # its text does not match the sample (EX_SOFTWARE).
 set -euo pipefail
 REPEAT="${1:-20}"
-PY="${PYTHON:-python3}"
+cd "$(dirname "$0")/.."
+PY=$(hack/venv.sh runner)
 
-if ! "$PY" -c 'import ctranslate2, sys; sys.exit(0 if ctranslate2.get_cuda_device_count() > 0 else 1)' 2>/dev/null; then
+if ! "$PY" -P -c 'import ctranslate2, sys; sys.exit(0 if ctranslate2.get_cuda_device_count() > 0 else 1)' 2>/dev/null; then
   echo "gpu-smoke: no CUDA device visible to CTranslate2 (check nvidia-smi, the driver and CUDA 12 libraries)" >&2
   exit 69
 fi
 
-exec "$PY" - "$REPEAT" <<'PYEOF'
+exec "$PY" -P - "$REPEAT" <<'PYEOF'
 import sys
 import time
 from importlib import resources

@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Install what kubescribe and its tests need on a fresh Debian machine:
-# Debian packages (redis-server, redis-sentinel for the failover tests' sentinels,
-# espeak-ng, sox for silence, noise and tone test audio;
-# ffmpeg libraries come with PyAV wheels;
-# buildah, umoci, mmdebstrap, gcc and libc6-dev for `make images`, hack/build-images.sh;
-# containerd, runc, the CNI plugins, iptables for the real node in tests/envtest/realnode.py),
-# and kubescribe with its runner, operator and test extras.
+# Install what kubescribe's tests need on a fresh Debian or Ubuntu machine:
+#   hack/setup.sh debs   Debian packages only
+#   hack/setup.sh venv   kubescribe with all its extras into .venv; prints the venv's python
+#   hack/setup.sh        both
+# The Debian packages: redis-server, redis-sentinel for the failover tests' sentinels,
+# espeak-ng, sox for silence, noise and tone test audio (ffmpeg libraries come with PyAV
+# wheels); buildah, umoci, mmdebstrap, gcc and libc6-dev for hack/build-images.sh;
+# containerd, runc, the CNI plugins, iptables for the real node in tests/envtest/realnode.py;
+# python3 and python3-venv for the test that runs `make demo` with Debian's own python3.
+# Python packages go into the project venv (hack/venv.sh), never the system interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what="${1:-all}"
 
-DEBS=(redis-server redis-sentinel espeak-ng sox buildah umoci mmdebstrap gcc libc6-dev
-      containerd runc containernetworking-plugins iptables iproute2 kmod)
-if ! dpkg -s "${DEBS[@]}" >/dev/null 2>&1; then
-  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${DEBS[@]}"
+if [[ $what == debs || $what == all ]]; then
+  DEBS=(redis-server redis-sentinel espeak-ng sox buildah umoci mmdebstrap gcc libc6-dev
+        containerd runc containernetworking-plugins iptables iproute2 kmod python3 python3-venv)
+  if ! dpkg -s "${DEBS[@]}" >/dev/null 2>&1; then
+    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${DEBS[@]}" >&2
+  fi
+  # redis-server's and redis-sentinel's Debian packages start system services on :6379 and
+  # :26379; the tests start their own servers on free ports and do not need them.
 fi
-# redis-server's and redis-sentinel's Debian packages start system services on :6379 and
-# :26379; the tests start their own servers on free ports and do not need them.
-
-PY="${PYTHON:-python3}"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
+if [[ $what == venv || $what == all ]]; then
+  hack/venv.sh all
+fi

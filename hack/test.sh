@@ -1,10 +1,30 @@
 #!/usr/bin/env bash
-# The whole test suite from a fresh machine: install, build the Kubernetes test
-# binaries and the images (both cached after the first run), run pytest.
+# The whole test suite from a fresh machine: Debian packages, the project venv, the Go
+# test tools and the images (all cached after the first run), then pytest in the venv.
+# The Go tools' build (compiling, CPU-bound) runs while pip and the image build (mostly
+# downloads and disk) run, and each phase prints when it ended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hack/setup.sh
-hack/build-test-binaries.sh all
+phase() { printf '[test] %s at %dm%02ds\n' "$1" $((SECONDS / 60)) $((SECONDS % 60)) >&2; }
+
+hack/setup.sh debs
+phase "Debian packages ready"
+golog=$(mktemp)
+hack/build-test-binaries.sh all >"$golog" 2>&1 &
+gopid=$!
+trap 'kill "$gopid" 2>/dev/null || true; rm -f "$golog"' EXIT
+PY=$(hack/setup.sh venv)
+phase "venv ready ($PY)"
 hack/build-images.sh all
-PY="${PYTHON:-python3}"
-"$PY" -m pytest "$@"
+phase "images ready"
+if ! wait "$gopid"; then
+  cat "$golog" >&2
+  echo "[test] building the Go test tools failed (its log is above)" >&2
+  exit 1
+fi
+cat "$golog" >&2
+phase "Go test tools ready"
+# -P and PYTHONSAFEPATH: neither pytest nor the Python processes the tests start put the
+# repository root on sys.path, where operator/ would hide the standard library's.
+export PYTHONSAFEPATH=1
+"$PY" -P -m pytest "$@"
