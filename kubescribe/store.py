@@ -282,7 +282,7 @@ class Store:
                 self._warm(key, blob)
         hit = blob is not None
         if count:
-            self.record_lookup(hit)
+            self._counted_lookup(hit)
         if not hit:
             return None
         if owner is not None and self.objects is not None:
@@ -365,17 +365,26 @@ class Store:
         return doc, False
 
     def record_lookup(self, hit: bool) -> None:
-        """Count a lookup in the shared hash and refresh the hit-rate gauge.
+        """Count a lookup in the shared hash every process's hit rate is read from: one
+        HINCRBY, and no metric. The caller counts its own metrics where it counts the
+        request (the operator's applier, with the request's lock held: a gauge read here
+        used to add two Redis round trips to that lock's hold).
 
         One lookup per request: a caller that looks again for the same request (the
         operator before it starts a Job) reads with ``count=False`` and records the
         request's lookup once, when its answer is known.
         """
-        self._count("get", "hit" if hit else "miss")
         try:
             self._call(self.client.hincrby, STATS_KEY, "hits" if hit else "misses", 1)
         except StoreError:
             return  # stats are best effort; never fail a request over them
+
+    def _counted_lookup(self, hit: bool) -> None:
+        """A lookup counted by :meth:`get_result` itself (runners, the CLI): the shared
+        hash, this store's metrics, and the hit-rate gauge for a process that has no
+        scrape-time refresh of its own (the CLI's ``--metrics-port``)."""
+        self._count("get", "hit" if hit else "miss")
+        self.record_lookup(hit)
         if self.metrics is not None:
             try:
                 self.metrics.cache_hit_rate.set(self.stats(count_keys=False).hit_rate)

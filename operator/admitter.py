@@ -2,74 +2,108 @@
 queue, and how many pooled runners there should be.
 
 Runs in its own loop (operator/main.py), at most every STEP_SECONDS and at once when a
-transition frees a slot or queues a request. The decisions are ``scheduler.plan`` and
-``admission``; this module gathers their inputs and hands their transitions to
-``Reconciler.apply``.
+transition frees a slot or queues a request. The decisions are ``scheduler.plan``,
+``scheduler.position_updates``, ``intake.on_admitted`` and ``pool_size``; this module
+gathers their inputs and hands their transitions to the applier. The loop's liveness is
+this module's own: ``Admitter.healthy`` says when the pass last ran.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import InvalidSpec, Phase, TranscriptionSpec, parse_spec
+from kubescribe.settings import OperatorSettings
 from kubescribe.store import StoreError
-from kubescribe.streams import WorkItem
+from kubescribe.streams import WorkItem, WorkQueue
 
-from . import admission, kueue
-from .admission import NOT_ASKED, CacheAnswer
+from . import intake, kueue, pool_size, scheduler
+from .applier import Applier
+from .health import Gauges
+from .intake import NOT_ASKED, CacheAnswer
 from .jobs import build_job, build_pool_job
-from .kube import JobGoingAway
-from .scheduler import Entry, entry_from_body, plan
-
-if TYPE_CHECKING:
-    from .reconciler import Reconciler
+from .kube import JobGoingAway, Kube
+from .registry import Entry, entry_from_body
 
 log = logging.getLogger("kubescribe.operator")
 
 #: Seconds between two rounds of queue-position writes; the admission loop's own period.
 POSITION_PERIOD = 5.0
+#: A pass not run for this long means the loop is stuck: liveness fails, the pod restarts.
+STUCK_SECONDS = 120.0
+
+#: The cache's answer for a request: (cache key, spec, body) -> answer (``cache_lookup``).
+Lookup = Callable[[str | None, TranscriptionSpec, dict], CacheAnswer]
 
 
 class Admitter:
-    """The admission pass of one operator (its reconciler holds the state)."""
+    """The admission pass of one operator.
 
-    def __init__(self, rec: "Reconciler"):
-        self.rec = rec
-        settings = rec.settings
+    Args:
+        applier: writes the transitions; its registry is the pass's view of the queue.
+        kube: reads requests, creates Jobs, patches queue positions.
+        settings: budget, mode, admission engine, queue positions shown, pool sizes.
+        metrics: counts the Jobs created.
+        lookup: the result cache's answer for a request about to be admitted.
+        gauges: updated after every pass.
+        synced: set by the resync after its first full pass; no admission before.
+        queue: the Redis work queue (pool mode only).
+    """
+
+    def __init__(self, applier: Applier, kube: Kube, settings: OperatorSettings, metrics: OperatorMetrics,
+                 lookup: Lookup, gauges: Gauges, synced: threading.Event, queue: WorkQueue | None = None):
+        self.applier = applier
+        self.kube = kube
+        self.settings = settings
+        self.metrics = metrics
+        self.lookup = lookup
+        self.gauges = gauges
+        self.synced = synced
+        self.queue = queue
+        self.pool = settings.mode == "pool"
+        self.kueue = settings.admission_engine == "kueue"
         self.pool_namespace = settings.pool_namespace or settings.pod_namespace or settings.namespace or "default"
         self.max_pool_runners = settings.pool_size_max or settings.gpu_budget
+        self.last_step = time.monotonic()
         self._pool_seq = 0
         self._positions_at = float("-inf")
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="admit")
 
+    def healthy(self) -> tuple[bool, str]:
+        """Liveness: the admission loop is turning (a stuck loop needs a restart)."""
+        idle = time.monotonic() - self.last_step
+        return idle < STUCK_SECONDS, f"admission loop last ran {idle:.0f}s ago"
+
     def capacity(self) -> int:
         """Admission budget: GPUs in job mode; dispatched requests in pool mode; none of
         our own under Kueue, which admits the Jobs against its quotas."""
-        if self.rec.kueue:
+        if self.kueue:
             return kueue.UNLIMITED
-        if self.rec.pool:
-            return self.max_pool_runners * self.rec.settings.requests_per_runner
-        return self.rec.settings.gpu_budget
+        if self.pool:
+            return self.max_pool_runners * self.settings.requests_per_runner
+        return self.settings.gpu_budget
 
     def step(self) -> None:
         """One admission pass: admit what fits the budget, update queue positions."""
-        self.rec.last_step = time.monotonic()
-        if not self.rec.synced:
+        self.last_step = time.monotonic()
+        if not self.synced.is_set():
             return
-        entries = self.rec.registry.snapshot()
-        if self.rec.pool:  # every request is one unit of pool work, whatever it asked for
+        entries = self.applier.registry.snapshot()
+        if self.pool:  # every request is one unit of pool work, whatever it asked for
             entries = [replace(e, slots=1) for e in entries]
-        if self.rec.kueue:  # a request whose Job waits in Kueue is not admitted twice
+        if self.kueue:  # a request whose Job waits in Kueue is not admitted twice
             entries = kueue.planning_view(entries)
         # plan() fits this pass's admissions into the budget; each admission marks its
         # request Running in the registry, so the next pass counts it before its watch
         # event arrives.
-        p = plan(entries, self.capacity())
-        if len(p.admit) > 1 and not self.rec.kueue:
+        p = scheduler.plan(entries, self.capacity())
+        if len(p.admit) > 1 and not self.kueue:
             # plan() has fitted these into the budget already; each admission is a few API
             # round trips (read, create the Job, patch the status), so made one after the
             # other a burst of thousands is admitted at a few per second. In parallel, each
@@ -86,66 +120,66 @@ class Admitter:
         updates, more = [], False
         if time.monotonic() - self._positions_at >= POSITION_PERIOD:
             self._positions_at = time.monotonic()
-            updates, more = admission.position_updates(entries, p, max_position=self.rec.settings.queue_positions,
+            updates, more = scheduler.position_updates(entries, p, max_position=self.settings.queue_positions,
                                                        min_wait=POSITION_PERIOD)
         for e, doc in updates:
             try:
-                if self.rec.kube.patch_status(e.namespace, e.name, doc) is not None:
-                    self.rec.registry.mark(e.uid, queue_position=doc["queuePosition"])
+                if self.kube.patch_status(e.namespace, e.name, doc) is not None:
+                    self.applier.registry.mark(e.uid, queue_position=doc["queuePosition"])
                 else:
-                    self.rec.registry.remove(e.uid)
+                    self.applier.registry.remove(e.uid)
             except Exception as exc:
                 log.warning("queue position of %s/%s not updated: %s", e.namespace, e.name, exc)
         if more:
-            self.rec.wake()  # more to refresh: another pass soon
-        if self.rec.pool:
+            self.applier.wake()  # more to refresh: another pass soon
+        if self.pool:
             try:
                 self.ensure_pool()
             except Exception as exc:
                 log.warning("pool sizing failed: %s", exc)
-        self.rec.update_gauges()
+        self.gauges.update()
 
     def _admit_one(self, e: Entry) -> None:
         try:
-            with self.rec.lock_for(e.uid):
+            with self.applier.lock_for(e.uid):
                 self.admit(e.namespace, e.name, e.uid)
         except Exception as exc:  # one bad request must not stop the queue
             log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
 
     def admit(self, namespace: str, name: str, uid: str) -> None:
-        body = self.rec.kube.get_request(namespace, name)
+        body = self.kube.get_request(namespace, name)
         if body is None or body["metadata"]["uid"] != uid:
-            self.rec.registry.remove(uid)
+            self.applier.registry.remove(uid)
             return
         status = body.get("status") or {}
         if status.get("phase") != Phase.Queued.value or status.get("observedGeneration") != body["metadata"].get("generation"):
-            self.rec.registry.upsert(entry_from_body(body))
+            self.applier.registry.upsert(entry_from_body(body))
             return
         try:
             spec: TranscriptionSpec | InvalidSpec = parse_spec(body.get("spec") or {})
         except InvalidSpec as exc:
-            self.rec.apply(body, admission.on_admitted(body, exc, NOT_ASKED, job_name=None))
+            self.applier.apply(body, intake.on_admitted(body, exc, NOT_ASKED, job_name=None))
             return
         # An identical request may have finished while this one waited.
-        cache = self.rec.cache_answer(status.get("cacheKey"), spec, body)
+        cache = self.lookup(status.get("cacheKey"), spec, body)
         if cache.state == "hit":
-            self.rec.apply(body, admission.on_admitted(body, spec, cache, job_name=None))
+            self.applier.apply(body, intake.on_admitted(body, spec, cache, job_name=None))
             return
-        if self.rec.pool:
+        if self.pool:
             self.dispatch(body, spec)
         else:
             # On an error the request stays Queued: the next pass re-admits it and adopts
             # the Job (409) or finds its result in the cache.
-            queue = kueue.queue_name(spec, self.rec.settings.kueue_default_queue) if self.rec.kueue else None
-            job = build_job(body, spec, self.rec.settings, kueue_queue=queue)
+            queue = kueue.queue_name(spec, self.settings.kueue_default_queue) if self.kueue else None
+            job = build_job(body, spec, self.settings, kueue_queue=queue)
             try:
-                if self.rec.kube.create_job(namespace, job, uid):
-                    self.rec.metrics.jobs_total.labels(outcome="created").inc()
+                if self.kube.create_job(namespace, job, uid):
+                    self.metrics.jobs_total.labels(outcome="created").inc()
             except JobGoingAway:
                 return  # the old Job is still going away; the next pass recreates it
             name = job["metadata"]["name"]
-            self.rec.apply(body, kueue.on_submitted(body, job_name=name, queue=queue) if queue
-                           else admission.on_admitted(body, spec, cache, job_name=name))
+            self.applier.apply(body, kueue.on_submitted(body, job_name=name, queue=queue) if queue
+                           else intake.on_admitted(body, spec, cache, job_name=name))
 
     def dispatch(self, body: dict, spec: TranscriptionSpec) -> None:
         """Send a request to the runner pool. The stream first, then the status: a crash in
@@ -154,22 +188,22 @@ class Admitter:
         item = WorkItem(meta["uid"], meta["namespace"], meta["name"], meta.get("generation") or 1,
                         spec.model_dump(by_alias=True, mode="json"))
         try:
-            self.rec.queue.dispatch(item)
+            self.queue.dispatch(item)
         except Exception as exc:
-            self.rec.metrics.error("redis")
+            self.metrics.error("redis")
             raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
-        self.rec.apply(body, admission.on_admitted(body, spec, CacheAnswer("miss"), job_name=None))
+        self.applier.apply(body, intake.on_admitted(body, spec, CacheAnswer("miss"), job_name=None))
 
     def ensure_pool(self) -> None:
         """Size the pool from the work outstanding, within the GPU budget."""
-        entries = self.rec.registry.snapshot()
+        entries = self.applier.registry.snapshot()
         if not any(e.phase == Phase.Running.value and not e.job_name for e in entries):
             return
-        active = admission.active_pool_jobs(self.rec.kube.pool_jobs(self.pool_namespace))
-        for _ in range(admission.pool_shortfall(entries, active, self.max_pool_runners,
-                                                self.rec.settings.requests_per_runner)):
+        active = pool_size.active_pool_jobs(self.kube.pool_jobs(self.pool_namespace))
+        for _ in range(pool_size.pool_shortfall(entries, active, self.max_pool_runners,
+                                                self.settings.requests_per_runner)):
             self._pool_seq += 1
             name = f"kubescribe-pool-{int(time.time() * 1000):x}-{self._pool_seq}"
-            self.rec.kube.create_pool_job(self.pool_namespace, build_pool_job(self.rec.settings, self.pool_namespace, name))
-            self.rec.metrics.jobs_total.labels(outcome="created").inc()
+            self.kube.create_pool_job(self.pool_namespace, build_pool_job(self.settings, self.pool_namespace, name))
+            self.metrics.jobs_total.labels(outcome="created").inc()
             log.info("pooled runner %s/%s started", self.pool_namespace, name)

@@ -22,7 +22,7 @@ from kubescribe.models import Phase, TranscriptionSpec
 
 from . import status as st
 from .lifecycle import Event, Transition, age_seconds, requeue
-from .scheduler import Entry
+from .registry import Entry
 
 #: The request's reason while its Job waits in Kueue, and when Kueue let it start.
 WAITING = "WaitingForKueue"
@@ -92,11 +92,11 @@ def on_submitted(body: dict[str, Any], *, job_name: str, queue: str) -> Transiti
     """Queued -> Queued with a suspended Job in Kueue's LocalQueue ``queue``.
 
     The request's cache lookup missed; it is counted here, where the Job is made (as
-    ``admission.on_admitted`` does for the operator's own admission).
+    ``intake.on_admitted`` does for the operator's own admission).
     """
     status = body.get("status") or {}
     key = status.get("cacheKey")
-    # With spec.output the runner looks the cache up and counts it (admission.answers_from_cache).
+    # With spec.output the runner looks the cache up and counts it (intake.answers_from_cache).
     spec_cache = ((body.get("spec") or {}).get("cache") or {}).get("enabled", True) and not (body.get("spec") or {}).get("output")
     lookup = False if key and spec_cache and status.get("attempts") is None else None
     message = f"runner Job {job_name} waits in Kueue LocalQueue {queue}"
@@ -150,7 +150,7 @@ def on_job(body: dict[str, Any], job: dict[str, Any], *, deleted: bool,
            workload: dict[str, Any] | None) -> Transition | None:
     """A change of a Job handed to Kueue: admitted, still waiting, suspended again, or gone.
 
-    ``None`` when Kueue has nothing to do with it (then ``outcomes.on_job`` decides, as
+    ``None`` when Kueue has nothing to do with it (then ``runs.on_job`` decides, as
     for any running request).
     """
     status = body.get("status") or {}

@@ -2,9 +2,9 @@
 
 A :class:`Transition` says everything one decision changes: the status patch, the Event
 to post, the operator's registry entry, the metrics of a request that ended. It is
-applied in one place (``Reconciler.apply``), which owns the patch and its 404: a request
+applied in one place (``Applier.apply``), which owns the patch and its 404: a request
 deleted meanwhile gets no registry change, no Event and no count. The decisions live in
-``admission`` (new, changed and admitted requests) and ``outcomes`` (Jobs and runner
+``intake`` (new, changed and admitted requests) and ``runs`` (Jobs and runner
 outcomes); this module holds what they share. docs/architecture.md draws the machine.
 """
 
@@ -18,7 +18,7 @@ from kubescribe.models import Phase
 from kubescribe.outcomes import RunnerOutcome
 
 from . import status as st
-from .scheduler import Entry
+from .registry import Entry
 
 
 @dataclass(frozen=True)

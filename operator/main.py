@@ -2,8 +2,8 @@
 
 Run it with ``kubescribe-operator`` (in the chart's Deployment) or ``kopf run -m
 kubescribe.operator.main``. One replica with the Recreate strategy: kopf has no leader
-election, and two operators would both admit requests. What each handler does is in
-``reconciler``; why the admission and resync loops are not kopf timers is in
+election, and two operators would both admit requests. The parts each handler reaches
+are built in ``controllers``; why the admission and resync loops are not kopf timers is in
 docs/architecture.md.
 """
 
@@ -16,6 +16,7 @@ import ctypes.util
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -27,12 +28,11 @@ from kubescribe.outcomes import EXIT_USAGE
 from kubescribe.settings import OperatorSettings, load_or_exit
 from kubescribe.store import store_from_settings
 
-from .jobs import LABEL_MANAGED_BY, MANAGED_BY
-from . import kueue_api
+from . import controllers, kueue_api
 from .admitter import Admitter
+from .event_queue import EventQueue
+from .jobs import LABEL_MANAGED_BY, MANAGED_BY
 from .kube import Kube
-from .reconciler import Reconciler
-from .workqueue import EventQueue
 
 log = logging.getLogger("kubescribe.operator")
 
@@ -94,23 +94,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                     "set KUBESCRIBE_REDIS_SECRET_NAME so runners can authenticate")
     metrics = OperatorMetrics()
     store = store_from_settings(conf, metrics=metrics)
-    rec = Reconciler(conf, store, Kube(_api_client(conf.workers)), metrics)
-    server = MetricsServer(metrics.registry, port=conf.metrics_port, health=rec.healthy, ready=rec.ready,
-                           before_scrape=rec.refresh_gauges).start()
+    parts = controllers.build(conf, store, Kube(_api_client(conf.workers)), metrics)
+    server = MetricsServer(metrics.registry, port=conf.metrics_port, health=parts.health.healthy,
+                           ready=parts.health.ready, before_scrape=parts.gauges.refresh).start()
     log.info("kubescribe operator: budget=%s mode=%s admission=%s namespace=%s metrics=:%d",
-             "off (Kueue admits)" if rec.kueue else conf.gpu_budget, conf.mode, conf.admission_engine,
-             conf.namespace or "*", server.port)
+             "off (Kueue admits)" if conf.admission_engine == "kueue" else conf.gpu_budget, conf.mode,
+             conf.admission_engine, conf.namespace or "*", server.port)
     stop = threading.Event()
-    if rec.pool:
-        threading.Thread(target=rec.consume_outcomes, args=(stop,), name="outcomes", daemon=True).start()
+    if parts.pool_outcomes is not None:
+        threading.Thread(target=parts.pool_outcomes.consume, args=(stop,), name="outcomes", daemon=True).start()
     memo.events = EventQueue(conf.workers, observer=metrics.workqueue).start()
     metrics.workqueue.watch(memo.events)
-    memo.reconciler = rec
+    memo.handlers = {"request": parts.requests.on_request, "job": parts.jobs.on_job,
+                     "workload": parts.jobs.on_workload_event}
     memo.server = server
     memo.stop = stop
-    memo.tasks = [asyncio.create_task(_admission_loop(rec, Admitter(rec))),
-                  asyncio.create_task(_resync_loop(rec, conf.resync_seconds)),
-                  asyncio.create_task(_progress_loop(rec, conf.progress_seconds))]
+    memo.tasks = [asyncio.create_task(_admission_loop(parts.applier.wakeup, parts.admitter)),
+                  asyncio.create_task(_every(conf.resync_seconds, parts.resync.run, "resync", first=True)),
+                  asyncio.create_task(_every(conf.progress_seconds, parts.progress.report, "progress pass"))]
 
 
 @kopf.on.cleanup()
@@ -125,10 +126,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.events.stop()
 
 
-async def _admission_loop(rec: Reconciler, admitter: Admitter) -> None:
+async def _admission_loop(wakeup: threading.Event, admitter: Admitter) -> None:
     while True:
-        await asyncio.to_thread(rec.wakeup.wait, STEP_SECONDS)
-        rec.wakeup.clear()
+        await asyncio.to_thread(wakeup.wait, STEP_SECONDS)
+        wakeup.clear()
         try:
             await asyncio.to_thread(admitter.step)
         except Exception as exc:
@@ -138,45 +139,40 @@ async def _admission_loop(rec: Reconciler, admitter: Admitter) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _resync_loop(rec: Reconciler, seconds: float) -> None:
+async def _every(seconds: float, work: Callable[[], None], what: str, *, first: bool = False) -> None:
+    """``work`` in a thread every ``seconds``; at once first when ``first`` (the resync:
+    admission waits for its first pass)."""
+    if not first:
+        await asyncio.sleep(seconds)
     while True:
         try:
-            await asyncio.to_thread(rec.resync)
+            await asyncio.to_thread(work)
         except Exception as exc:
-            log.warning("resync failed (retrying in %.0fs): %s", seconds, exc)
+            log.warning("%s failed (retrying in %.0fs): %s", what, seconds, exc)
         await asyncio.sleep(seconds)
 
 
-async def _progress_loop(rec: Reconciler, seconds: float) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await asyncio.to_thread(rec.report_progress)
-        except Exception as exc:
-            log.warning("progress pass failed: %s", exc)
-
-
-# The handlers only record the event (operator/workqueue.py says why); the reconciler's
-# entry points run on the queue's threads.
-def _record(memo: kopf.Memo, kind: str, handler: str, event: kopf.RawEvent) -> None:
-    if "reconciler" in memo:
+# The kopf handlers only record the event (operator/event_queue.py says why); the
+# controllers' handlers run on the queue's threads.
+def _record(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:
+    if "handlers" in memo:
         body = event["object"]
-        memo.events.put((kind, body["metadata"]["uid"]), getattr(memo.reconciler, handler), event.get("type"), body)
+        memo.events.put((kind, body["metadata"]["uid"]), memo.handlers[kind], event.get("type"), body)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _record(memo, "request", "on_request", event)
+    _record(memo, "request", event)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _record(memo, "job", "on_job", event)
+    _record(memo, "job", event)
 
 
 async def workload_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Kueue's Workloads (admission engine kueue only): its reason for a waiting Job."""
-    _record(memo, "workload", "on_workload_event", event)
+    _record(memo, "workload", event)
 
 
 def _credentials_problem() -> str | None:

@@ -1,70 +1,26 @@
 """Admission under the GPU budget: who runs next, and where everyone is in the queue.
 
-The queue is not stored anywhere: it is derived from the TranscriptionRequests
-themselves (phase Queued, priority, creation time), so an operator restart loses
-nothing. ``plan`` is pure; :class:`Registry` is the operator's in-memory view of the
-requests, fed by watch events and re-listed periodically.
+Pure functions over the registry's entries (``registry``): ``plan`` chooses who is
+admitted on this pass, ``position_updates`` which queue positions are worth a write.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from kubescribe.models import Phase
 
-@dataclass(frozen=True)
-class Entry:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    phase: str | None
-    observed_generation: int | None
-    priority: int
-    created: str  # RFC 3339, sorts chronologically
-    slots: int
-    cache_key: str | None = None
-    job_name: str | None = None
-    queue_position: int | None = None
-    resource_version: int = 0
+from . import status as st
+from .lifecycle import age_seconds
+from .registry import Entry
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
-    @property
-    def current(self) -> bool:
-        return self.observed_generation == self.generation
-
-
-def entry_from_body(body: dict) -> Entry:
-    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    gpus = spec.get("gpus")
-    if gpus is None:
-        gpus = 0 if spec.get("device") == "cpu" else 1
-    try:
-        priority = int(spec.get("priority") or 0)
-    except (TypeError, ValueError):
-        priority = 0
-    return Entry(
-        namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-        generation=meta.get("generation") or 1, phase=status.get("phase"),
-        observed_generation=status.get("observedGeneration"), priority=priority,
-        created=meta.get("creationTimestamp") or "", slots=max(1, int(gpus or 0)),
-        cache_key=status.get("cacheKey"), job_name=status.get("jobName"),
-        queue_position=status.get("queuePosition"),
-        resource_version=_rv(meta.get("resourceVersion")),
-    )
-
-
-def _rv(value) -> int:
-    """resourceVersions are opaque strings by contract, but etcd's are increasing integers;
-    they only order events here, and an unparsable one simply never wins."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+#: Queue-position status patches per admission pass. Positions shift by one for everyone
+#: behind an admitted request; patching all of a long queue on every admission would be
+#: O(n^2) API writes. The head is always exact, the tail catches up over the next passes.
+POSITION_PATCHES_PER_STEP = 50
 
 
 def queue_order(entry: Entry) -> tuple:
@@ -119,56 +75,41 @@ def plan(entries: Iterable[Entry], budget: int) -> Plan:
     return Plan(admit, positions, held, used + sum(e.slots for e in admit))
 
 
-class Registry:
-    """Thread-safe map uid -> Entry, the operator's view of every request."""
+def position_updates(entries: list[Entry], p: Plan, limit: int = POSITION_PATCHES_PER_STEP,
+                     max_position: int | None = None, *, min_wait: float = 0.0, now: datetime | None = None,
+                     ) -> tuple[list[tuple[Entry, dict[str, Any]]], bool]:
+    """Queue-position patches for this pass, front of the queue first, at most ``limit``;
+    and whether more are left for the next pass.
 
-    def __init__(self) -> None:
-        self._entries: dict[str, Entry] = {}
-        self._lock = threading.Lock()
-
-    def upsert(self, entry: Entry) -> None:
-        with self._lock:
-            self._entries[entry.uid] = entry
-
-    def upsert_if_newer(self, entry: Entry) -> bool:
-        """Apply a watched object unless the registry already holds that version or a
-        later one (a resync LIST can be ahead of a queued watch event)."""
-        with self._lock:
-            seen = self._entries.get(entry.uid)
-            if seen is not None and entry.resource_version and entry.resource_version <= seen.resource_version:
-                return False
-            self._entries[entry.uid] = entry
-            return True
-
-    def remove(self, uid: str) -> None:
-        with self._lock:
-            self._entries.pop(uid, None)
-
-    def merge(self, entries: Iterable[Entry]) -> None:
-        """One page of a LIST: each entry unless the registry holds a newer version."""
-        with self._lock:
-            for e in entries:
-                seen = self._entries.get(e.uid)
-                if seen is None or seen.resource_version <= e.resource_version:
-                    self._entries[e.uid] = e
-
-    def drop_unlisted(self, listed: set[str], list_version: int = 0) -> None:
-        """After a whole LIST, every page of it given to :meth:`merge`: drop what it did not
-        hold, unless newer than the list itself (created after it)."""
-        with self._lock:
-            self._entries = {uid: e for uid, e in self._entries.items()
-                             if uid in listed or (list_version and e.resource_version > list_version)}
-
-    def snapshot(self) -> list[Entry]:
-        with self._lock:
-            return list(self._entries.values())
-
-    def get(self, uid: str) -> Entry | None:
-        with self._lock:
-            return self._entries.get(uid)
-
-    def mark(self, uid: str, **changes) -> None:
-        with self._lock:
-            e = self._entries.get(uid)
-            if e is not None:
-                self._entries[uid] = replace(e, **changes)
+    Only the first ``max_position`` places are shown (None: all): every admission moves
+    everyone behind it up by one, so numbering a long queue costs a write per waiting
+    request per admission. Only a request that has waited ``min_wait`` seconds since it
+    was created gets a number: one admitted within that time costs no position write at
+    all. A request that had a place and fell behind the shown ones (higher priorities
+    arrived) has it cleared, so no stale number stays on it.
+    """
+    shown = (lambda pos: True) if max_position is None else (lambda pos: pos <= max_position)
+    stale = []
+    for e in entries:
+        if not (e.phase == Phase.Queued.value and e.current and e.uid in p.positions):
+            continue
+        pos = p.positions[e.uid]
+        want = pos if shown(pos) else None
+        if want is not None and e.queue_position is None and min_wait > 0:
+            waited = age_seconds(e.created, now)
+            if waited is None or waited < min_wait:
+                continue  # it may well be admitted before anyone looks
+        if want != e.queue_position:
+            stale.append((pos, want, e))
+    stale.sort(key=lambda t: t[0])
+    out = []
+    for pos, want, e in stale[:limit]:
+        if want is None:
+            doc = st.queue_position(None, "Queued", "waiting for a runner slot in the GPU budget")
+        elif e.uid in p.waiting_for_identical:
+            doc = st.queue_position(pos, "WaitingForIdentical",
+                                    "an identical request is running; its result will answer this one")
+        else:
+            doc = st.queue_position(pos, "Queued", f"position {pos} in the queue")
+        out.append((e, doc))
+    return out, len(stale) > limit

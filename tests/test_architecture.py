@@ -52,7 +52,7 @@ def test_the_check_sees_the_operator_runner_and_cli(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     modules = set(proc.stdout.split())
-    for module in ("kubescribe.operator.reconciler", "kubescribe.runner.pool", "kubescribe.cli.main",
+    for module in ("kubescribe.operator.applier", "kubescribe.runner.pool", "kubescribe.cli.main",
                    "kubescribe.gateway.app", "kubescribe.outcomes"):
         assert module in modules, module
 
@@ -73,6 +73,15 @@ def test_the_gateway_importing_the_operator_is_caught(tmp_path):
     app.write_text(app.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
     proc = lint_imports(tree)
     assert proc.returncode != 0 and "kubescribe.gateway.app -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
+
+
+def test_the_operators_api_calls_importing_a_decision_is_caught(tmp_path):
+    """kube.py (I/O) takes Kueue's names from kueue_api.py, never from the decisions."""
+    tree = installed_layout(tmp_path / "src")
+    kube = tree / "kubescribe" / "operator" / "kube.py"
+    kube.write_text(kube.read_text() + "\nfrom kubescribe.operator import kueue  # noqa\n")
+    proc = lint_imports(tree)
+    assert proc.returncode != 0 and "kubescribe.operator.kube -> kubescribe.operator.kueue" in proc.stdout, proc.stdout
 
 
 def test_no_top_level_operator_package_is_installed():

@@ -31,11 +31,28 @@ def test_every_operator_setting_is_in_the_readme():
 
 
 def test_the_state_machine_names_decisions_that_exist():
-    named = set(re.findall(r"`((?:admission|outcomes|lifecycle|pods|scheduler|kueue)\.(?!py`)[a-z_]+)`", ARCHITECTURE))
+    named = set(re.findall(r"`((?:intake|runs|lifecycle|pods|scheduler|pool_size|kueue|progress_writes|cache_lookup)"
+                           r"\.(?!py`)[a-z_]+)`", ARCHITECTURE))
     assert len(named) >= 10, named
     for dotted in named:
         module, func = dotted.split(".")
         assert hasattr(importlib.import_module(f"kubescribe.operator.{module}"), func), dotted
+
+
+#: The operator's rooms (docs/architecture.md, One path through the operator): class -> module.
+ROOMS = {"Applier": "applier", "RequestHandler": "request_handler", "JobHandler": "job_handler",
+         "PoolOutcomeHandler": "pool_outcome_handler", "Resync": "resync", "ProgressReporter": "progress_reporter",
+         "Admitter": "admitter", "Gauges": "health", "Health": "health"}
+
+
+def test_the_operator_rooms_the_architecture_names_exist_with_their_methods():
+    named = set(re.findall(rf"`((?:{'|'.join(ROOMS)})\.[a-z_]+)`", ARCHITECTURE))
+    assert len(named) >= 8, named
+    for dotted in named:
+        cls, method = dotted.split(".")
+        assert hasattr(getattr(importlib.import_module(f"kubescribe.operator.{ROOMS[cls]}"), cls), method), dotted
+    for cls, module in ROOMS.items():
+        assert f"`{module}.py`" in ARCHITECTURE, module
 
 
 def test_no_document_outside_the_repository_is_cited():

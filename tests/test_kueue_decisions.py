@@ -16,7 +16,8 @@ from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.operator import kueue
 from kubescribe.operator.jobs import build_job
 from kubescribe.operator.kueue_api import LABEL_QUEUE_NAME
-from kubescribe.operator.scheduler import Entry, plan
+from kubescribe.operator.registry import Entry
+from kubescribe.operator.scheduler import plan
 from kubescribe.settings import OperatorSettings, describe_invalid
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)

@@ -1,67 +1,29 @@
 """The state machine of a request, transition by transition, with no server.
 
 Each test is one edge of docs/architecture.md's diagram: the pure decision
-(``admission``, ``outcomes``) is given a request, a Job or a runner outcome and a cache
-answer, and returns the transition; ``Reconciler.apply`` is then checked against a fake
-API for the one place where a 404 stops everything.
+(``intake``, ``runs``, ``scheduler``, ``pool_size``) is given a request, a Job or a
+runner outcome and a cache answer, and returns the transition. How the applier writes
+one is tests/test_applier.py.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kubescribe.metrics import OperatorMetrics
-from kubescribe.models import InvalidSpec, parse_spec
-from kubescribe.operator import admission, outcomes
-from kubescribe.operator.admission import NOT_ASKED, CacheAnswer
+from kubescribe.models import InvalidSpec
+from kubescribe.operator import intake, pool_size, runs, scheduler
+from kubescribe.operator.intake import NOT_ASKED, CacheAnswer
 from kubescribe.operator.lifecycle import Transition, needs_reconcile, requeue, seconds_until_expiry, stale_job
 from kubescribe.operator.pods import StuckPod
-from kubescribe.operator.reconciler import Reconciler
-from kubescribe.operator.scheduler import Entry, entry_from_body, plan
+from kubescribe.operator.registry import Entry, entry_from_body
+from kubescribe.operator.scheduler import plan
 from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_TRANSIENT, REASONS, RunnerOutcome, reason
-from kubescribe.settings import OperatorSettings
-from kubescribe.store import MemoryStore
 from kubescribe.streams import Finished
 
-NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-CREATED = "2026-01-01T11:59:50Z"
-KEY = "c" * 64
-RESULT = {"text": "hello world", "language": "en", "audio_duration_seconds": 2.0, "processing_seconds": 0.5,
-          "realtime_factor": 0.25, "audio_sha256": "a" * 64}
-DONE = RunnerOutcome.from_result(RESULT, KEY, f"kubescribe:result:{KEY}", cached=False, size_bytes=64000)
-
-
-def request(phase=None, *, generation=1, observed=None, job=None, reason_=None, spec=None, **status):
-    st = dict(status)
-    if phase:
-        st["phase"] = phase
-        st.setdefault("observedGeneration", generation if observed is None else observed)
-    if job:
-        st["jobName"] = job
-    if reason_:
-        st["reason"] = reason_
-    return {"apiVersion": "kubescribe.io/v1alpha1", "kind": "TranscriptionRequest",
-            "metadata": {"name": "r", "namespace": "ns", "uid": "uid-r", "generation": generation,
-                         "creationTimestamp": CREATED, "resourceVersion": "7"},
-            "spec": spec or {"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}, "model": "tiny.en",
-                             "retries": 2, "timeoutSeconds": 600},
-            "status": st}
-
-
-def spec_of(body):
-    return parse_spec(body["spec"])
-
-
-def job(name="job-r", *, active=0, ready=0, failed=0, succeeded=0, conditions=()):
-    return {"metadata": {"name": name, "namespace": "ns",
-                         "ownerReferences": [{"kind": "TranscriptionRequest", "name": "r", "uid": "uid-r"}]},
-            "status": {"active": active, "ready": ready, "failed": failed, "succeeded": succeeded,
-                       "conditions": [{"type": t, "status": "True", "reason": r, "message": m}
-                                      for t, r, m in conditions]}}
+from tests.support.operator_parts import DONE, KEY, NOW, RESULT, job, request, running_body, spec_of
 
 
 def counted(t: Transition):
@@ -73,7 +35,7 @@ def counted(t: Transition):
 
 def test_new_invalid_request_fails_with_invalid_spec():
     body = request(spec={"audio": {"redisKey": "k"}, "beamSize": 500, "model": "tiny.en"})
-    t = admission.on_seen(body, InvalidSpec("spec.beamSize: must be <= 20"), None, None, NOT_ASKED)
+    t = intake.on_seen(body, InvalidSpec("spec.beamSize: must be <= 20"), None, None, NOT_ASKED)
     assert t.status["phase"] == "Failed" and t.status["reason"] == "InvalidSpec"
     assert t.registry == {"phase": "Failed", "observed_generation": 1}
     assert t.event.type == "Warning" and t.event.reason == "InvalidSpec"
@@ -82,18 +44,18 @@ def test_new_invalid_request_fails_with_invalid_spec():
 
 def test_new_request_with_redis_down_waits_pending_and_says_so_once():
     body = request()
-    t = admission.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("unreachable", error="refused"))
+    t = intake.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("unreachable", error="refused"))
     assert t.status["phase"] == "Pending" and t.status["reason"] == "RedisUnavailable"
     assert "refused" in t.status["message"] and t.event.reason == "RedisUnavailable"
     assert t.errors == ("redis",) and not t.wake and t.finished is None
-    again = admission.on_seen(request("Pending", reason_="RedisUnavailable"), spec_of(body), KEY, None,
+    again = intake.on_seen(request("Pending", reason_="RedisUnavailable"), spec_of(body), KEY, None,
                               CacheAnswer("unreachable", error="refused"))
     assert again.status is None and again.event is None and again.errors == ("redis",)
 
 
 def test_new_request_with_a_cached_result_succeeds_without_a_job():
     body = request()
-    t = admission.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("hit", result=RESULT), now=NOW)
+    t = intake.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("hit", result=RESULT), now=NOW)
     assert t.status["phase"] == "Succeeded" and t.status["cached"] is True and t.status["reason"] == "CacheHit"
     assert t.status["resultKey"] == f"kubescribe:result:{KEY}" and t.status["language"] == "en"
     assert t.event.reason == "CacheHit" and t.admission_hit and t.cache_lookup is True
@@ -102,7 +64,7 @@ def test_new_request_with_a_cached_result_succeeds_without_a_job():
 
 def test_new_request_on_a_miss_is_queued_and_its_lookup_is_not_counted_yet():
     body = request()
-    t = admission.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("miss"))
+    t = intake.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("miss"))
     assert t.status["phase"] == "Queued" and t.status["cacheKey"] == KEY and t.status["observedGeneration"] == 1
     assert t.status["jobName"] is None and t.status["queuedAt"]
     assert t.registry == {"phase": "Queued", "observed_generation": 1, "cache_key": KEY}
@@ -123,20 +85,20 @@ def test_what_needs_reconciling_and_a_job_on_an_old_spec():
 
 def test_queued_request_admitted_to_a_job_runs_and_counts_its_miss_once():
     body = request("Queued", cacheKey=KEY)
-    t = admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name="job-r", now=NOW)
+    t = intake.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name="job-r", now=NOW)
     assert t.status["phase"] == "Running" and t.status["jobName"] == "job-r" and t.status["attempts"] == 1
     assert t.status["reason"] == "JobCreated" and t.event.reason == "JobCreated"
     assert t.registry == {"phase": "Running", "job_name": "job-r", "queue_position": None}
     assert t.cache_lookup is False and t.queue_wait == 10.0 and not t.wake
     # Requeued after its Job vanished: it has attempts, and its lookup was counted.
-    again = admission.on_admitted(request("Queued", cacheKey=KEY, attempts=1), spec_of(body),
+    again = intake.on_admitted(request("Queued", cacheKey=KEY, attempts=1), spec_of(body),
                                   CacheAnswer("miss"), job_name="job-r")
     assert again.cache_lookup is None
 
 
 def test_queued_request_dispatched_to_the_pool():
     body = request("Queued", cacheKey=KEY)
-    t = admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name=None)
+    t = intake.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name=None)
     assert t.status["phase"] == "Running" and t.status["jobName"] is None
     assert t.status["reason"] == "Dispatched" and t.event.reason == "Dispatched"
     conds = {c["type"]: c for c in t.status["conditions"]}
@@ -145,12 +107,12 @@ def test_queued_request_dispatched_to_the_pool():
 
 def test_queued_request_answered_when_an_identical_one_finished():
     body = request("Queued", cacheKey=KEY)
-    t = admission.on_admitted(body, spec_of(body), CacheAnswer("hit", result=RESULT), job_name=None)
+    t = intake.on_admitted(body, spec_of(body), CacheAnswer("hit", result=RESULT), job_name=None)
     assert t.status["phase"] == "Succeeded" and t.status["cached"] is True and t.cache_lookup is True
 
 
 def test_queued_request_whose_spec_no_longer_validates_fails():
-    t = admission.on_admitted(request("Queued"), InvalidSpec("spec.model: bad"), NOT_ASKED, job_name=None)
+    t = intake.on_admitted(request("Queued"), InvalidSpec("spec.model: bad"), NOT_ASKED, job_name=None)
     assert t.status["phase"] == "Failed" and t.status["reason"] == "InvalidSpec"
 
 
@@ -159,7 +121,7 @@ def test_queue_positions_front_first_bounded_and_identical_requests_say_why():
                      cache_key="same" if i in (0, 1) else None) for i in range(5)]
     entries.append(Entry("ns", "run", "uid-run", 1, "Running", 1, 0, "2025-01-01T00:00:00Z", 1, cache_key="same"))
     p = plan(entries, budget=1)
-    updates, more = admission.position_updates(entries, p, limit=2)
+    updates, more = scheduler.position_updates(entries, p, limit=2)
     assert more
     assert [(e.name, doc["queuePosition"], doc["reason"]) for e, doc in updates] == [
         ("q0", 1, "WaitingForIdentical"), ("q1", 2, "WaitingForIdentical")]
@@ -169,22 +131,18 @@ def test_pool_size_follows_the_dispatched_work_within_the_budget():
     def running(i):
         return Entry("ns", f"p{i}", f"u{i}", 1, "Running", 1, 0, "", 1)
     entries = [running(i) for i in range(9)]
-    assert admission.pool_shortfall(entries, active=0, max_runners=2, per_runner=4) == 2
-    assert admission.pool_shortfall(entries[:4], active=1, max_runners=2, per_runner=4) == 0
-    assert admission.pool_shortfall([], active=0, max_runners=2, per_runner=4) == 0
+    assert pool_size.pool_shortfall(entries, active=0, max_runners=2, per_runner=4) == 2
+    assert pool_size.pool_shortfall(entries[:4], active=1, max_runners=2, per_runner=4) == 0
+    assert pool_size.pool_shortfall([], active=0, max_runners=2, per_runner=4) == 0
     finished = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    assert admission.active_pool_jobs([finished, {"status": {}}]) == 1
+    assert pool_size.active_pool_jobs([finished, {"status": {}}]) == 1
 
 
 # --------------------------------------------------------------------------- Running (Job) -> ...
 
 
-def running_body(**status):
-    return request("Running", job="job-r", **{"cacheKey": KEY, "attempts": 0, **status})
-
-
 def test_job_complete_succeeds_with_the_runner_outcome():
-    t = outcomes.on_job(running_body(), job(succeeded=1, conditions=[("Complete", "", "")]), deleted=False,
+    t = runs.on_job(running_body(), job(succeeded=1, conditions=[("Complete", "", "")]), deleted=False,
                         last=DONE, stored=None, stuck=None)
     assert t.status["phase"] == "Succeeded" and t.status["attempts"] == 1 and t.status["cached"] is False
     assert t.status["audioDurationSeconds"] == 2.0 and "Job job-r" in t.status["message"]
@@ -193,9 +151,9 @@ def test_job_complete_succeeds_with_the_runner_outcome():
 
 def test_job_complete_without_an_outcome_uses_the_stored_result_or_fails_no_result():
     complete = job(succeeded=1, conditions=[("Complete", "", "")])
-    t = outcomes.on_job(running_body(), complete, deleted=False, last=None, stored=DONE, stuck=None)
+    t = runs.on_job(running_body(), complete, deleted=False, last=None, stored=DONE, stuck=None)
     assert t.status["phase"] == "Succeeded"
-    t = outcomes.on_job(running_body(), complete, deleted=False, last=None, stored=None, stuck=None)
+    t = runs.on_job(running_body(), complete, deleted=False, last=None, stored=None, stuck=None)
     assert t.status["reason"] == "NoResult" and counted(t) == (False, "internal") and t.job_outcome is None
 
 
@@ -212,7 +170,7 @@ def test_job_complete_without_an_outcome_uses_the_stored_result_or_fails_no_resu
     ("SomethingElse", None, "SomethingElse", "job_failed", "the runner Job failed"),
 ])
 def test_job_failed_names_the_reason_and_counts_its_error_type(cond, last, want_reason, want_type, want_text):
-    t = outcomes.on_job(running_body(), job(failed=3, conditions=[("Failed", cond, "")]), deleted=False,
+    t = runs.on_job(running_body(), job(failed=3, conditions=[("Failed", cond, "")]), deleted=False,
                         last=last, stored=None, stuck=None)
     assert t.status["phase"] == "Failed" and t.status["reason"] == want_reason
     assert want_text in t.status["message"] and t.status["attempts"] == 3
@@ -221,13 +179,13 @@ def test_job_failed_names_the_reason_and_counts_its_error_type(cond, last, want_
 
 def test_a_runner_pod_that_can_never_start_fails_and_its_job_is_deleted():
     stuck = StuckPod("ImagePullFailed", "runner image x:typo cannot be pulled (ErrImageNeverPull)", "pod-1")
-    t = outcomes.on_job(running_body(), job(active=1), deleted=False, last=None, stored=None, stuck=stuck)
+    t = runs.on_job(running_body(), job(active=1), deleted=False, last=None, stored=None, stuck=stuck)
     assert t.status["reason"] == "ImagePullFailed" and t.delete_job == "job-r"
     assert counted(t) == (False, "job_failed") and t.job_outcome == "failed" and t.status["attempts"] == 1
 
 
 def test_a_deleted_job_queues_its_request_again_and_a_lost_one_too():
-    t = outcomes.on_job(running_body(), job(active=1), deleted=True, last=None, stored=None, stuck=None)
+    t = runs.on_job(running_body(), job(active=1), deleted=True, last=None, stored=None, stuck=None)
     assert t.status["phase"] == "Queued" and t.status["reason"] == "JobDeleted" and t.status["cacheKey"] == KEY
     assert t.registry == {"phase": "Queued", "job_name": None, "queue_position": None}
     assert t.event.type == "Warning" and t.finished is None
@@ -236,40 +194,40 @@ def test_a_deleted_job_queues_its_request_again_and_a_lost_one_too():
 
 
 def test_a_retry_updates_attempts_and_says_why():
-    t = outcomes.on_job(running_body(attempts=1), job(active=1, ready=1, failed=1), deleted=False,
+    t = runs.on_job(running_body(attempts=1), job(active=1, ready=1, failed=1), deleted=False,
                         last=RunnerOutcome.failure("RunnerKilled", "runner exited with code 137"), stored=None,
                         stuck=None)
     assert t.status == {"attempts": 2} and t.event.reason == "Retrying" and "code 137" in t.event.message
     assert t.finished is None and not t.wake
-    quiet = outcomes.on_job(running_body(attempts=1), job(active=1, ready=1), deleted=False, last=None,
+    quiet = runs.on_job(running_body(attempts=1), job(active=1, ready=1), deleted=False, last=None,
                             stored=None, stuck=None)
     assert quiet is None  # nothing changed
 
 
 def test_a_job_event_for_another_job_or_a_finished_request_is_ignored():
-    assert outcomes.on_job(running_body(), job(name="job-old", succeeded=1, conditions=[("Complete", "", "")]),
+    assert runs.on_job(running_body(), job(name="job-old", succeeded=1, conditions=[("Complete", "", "")]),
                            deleted=False, last=DONE, stored=None, stuck=None) is None
     finished = request("Succeeded", job="job-r")
-    assert outcomes.on_job(finished, job(succeeded=1, conditions=[("Complete", "", "")]), deleted=False,
+    assert runs.on_job(finished, job(succeeded=1, conditions=[("Complete", "", "")]), deleted=False,
                            last=DONE, stored=None, stuck=None) is None
 
 
 def test_a_running_healthy_job_is_quiet_and_needs_no_read_of_its_request():
-    assert outcomes.quiet(job(active=1, ready=1)) and outcomes.quiet(job(active=0, ready=0))
-    assert not outcomes.quiet(job(active=1, ready=0))  # a pod that may be stuck
-    assert not outcomes.quiet(job(active=1, ready=1, failed=1))  # a retry to count
-    assert not outcomes.quiet(job(succeeded=1, conditions=[("Complete", "", "")]))
-    assert not outcomes.quiet(job(failed=2, conditions=[("Failed", "BackoffLimitExceeded", "")]))
+    assert runs.quiet(job(active=1, ready=1)) and runs.quiet(job(active=0, ready=0))
+    assert not runs.quiet(job(active=1, ready=0))  # a pod that may be stuck
+    assert not runs.quiet(job(active=1, ready=1, failed=1))  # a retry to count
+    assert not runs.quiet(job(succeeded=1, conditions=[("Complete", "", "")]))
+    assert not runs.quiet(job(failed=2, conditions=[("Failed", "BackoffLimitExceeded", "")]))
     # whatever the request says, on_job answers a quiet Job with nothing
     for body in (running_body(), running_body(attempts=1), request("Succeeded", job="job-r")):
-        assert outcomes.on_job(body, job(active=1, ready=1), deleted=False, last=None, stored=None, stuck=None) is None
+        assert runs.on_job(body, job(active=1, ready=1), deleted=False, last=None, stored=None, stuck=None) is None
 
 
 def test_which_job_states_need_the_pods():
-    assert not outcomes.needs_pods(job(active=1, ready=1))
-    assert outcomes.needs_pods(job(active=1, ready=0))
-    assert outcomes.needs_pods(job(active=1, ready=1, failed=1))
-    assert outcomes.needs_pods(job(conditions=[("Complete", "", "")]))
+    assert not runs.needs_pods(job(active=1, ready=1))
+    assert runs.needs_pods(job(active=1, ready=0))
+    assert runs.needs_pods(job(active=1, ready=1, failed=1))
+    assert runs.needs_pods(job(conditions=[("Complete", "", "")]))
 
 
 # --------------------------------------------------------------------------- termination messages
@@ -283,7 +241,7 @@ def pod(finished, *, code=0, message="", reason_="Completed"):
 def test_the_latest_runner_outcome_is_read_from_the_termination_message():
     first = pod("2026-01-01T10:00:00Z", code=75, message=RunnerOutcome.failure("RedisUnavailable", "x").to_json())
     last = pod("2026-01-01T10:01:00Z", message=DONE.to_json())
-    got = outcomes.termination_outcome([last, first], "runner")
+    got = runs.termination_outcome([last, first], "runner")
     assert got.ok and got.size_bytes == 64000 and got.exit_code == 0
 
 
@@ -294,11 +252,11 @@ def test_the_latest_runner_outcome_is_read_from_the_termination_message():
     (1, "Error", "Traceback ... boom", "RunnerCrashed"),
 ])
 def test_a_runner_that_left_no_outcome_is_judged_by_its_exit(code, kubelet_reason, text, want):
-    got = outcomes.termination_outcome([pod("2026-01-01T10:00:00Z", code=code, message=text,
+    got = runs.termination_outcome([pod("2026-01-01T10:00:00Z", code=code, message=text,
                                             reason_=kubelet_reason)], "runner")
     assert not got.ok and got.reason == want and got.exit_code == code
     assert f"code {code}" in got.message and (text in got.message)
-    assert outcomes.termination_outcome([{"status": {}}], "runner") is None
+    assert runs.termination_outcome([{"status": {}}], "runner") is None
 
 
 # --------------------------------------------------------------------------- Running (pool) -> ...
@@ -310,23 +268,23 @@ def finished(outcome, attempts=1, generation=1):
 
 def test_pooled_outcomes_succeed_or_fail_once():
     body = request("Running", cacheKey=KEY, attempts=0)
-    ok = outcomes.on_pool_outcome(body, finished(DONE))
+    ok = runs.on_pool_outcome(body, finished(DONE))
     assert ok.status["phase"] == "Succeeded" and "pooled runner" in ok.status["message"] and ok.job_outcome is None
-    bad = outcomes.on_pool_outcome(body, finished(RunnerOutcome.failure("AudioNotFound", "expired")))
+    bad = runs.on_pool_outcome(body, finished(RunnerOutcome.failure("AudioNotFound", "expired")))
     assert bad.status["reason"] == "AudioNotFound" and bad.status["message"] == "expired"
     assert counted(bad) == (False, "audio_not_found")
-    tried = outcomes.on_pool_outcome(body, finished(RunnerOutcome.failure("RedisUnavailable", "down"), attempts=3))
+    tried = runs.on_pool_outcome(body, finished(RunnerOutcome.failure("RedisUnavailable", "down"), attempts=3))
     assert tried.status["message"] == "failed 3 time(s), retries exhausted: down"
-    assert outcomes.on_pool_outcome(request("Succeeded"), finished(DONE)) is None  # a repeat
-    assert outcomes.on_pool_outcome(body, finished(DONE, generation=2)) is None  # spec changed since
+    assert runs.on_pool_outcome(request("Succeeded"), finished(DONE)) is None  # a repeat
+    assert runs.on_pool_outcome(body, finished(DONE, generation=2)) is None  # spec changed since
 
 
 def test_a_pooled_request_past_its_timeout_fails():
     started = (NOW - timedelta(seconds=700)).isoformat().replace("+00:00", "Z")
     body = request("Running", startedAt=started, attempts=1)
-    t = outcomes.on_pool_timeout(body, NOW, claim_idle_seconds=60)
+    t = runs.on_pool_timeout(body, NOW, claim_idle_seconds=60)
     assert t.status["reason"] == "Timeout" and counted(t) == (False, "timeout")
-    assert outcomes.on_pool_timeout(body, NOW, claim_idle_seconds=120) is None
+    assert runs.on_pool_timeout(body, NOW, claim_idle_seconds=120) is None
 
 
 # --------------------------------------------------------------------------- the reason table
@@ -352,175 +310,14 @@ def test_status_patches_go_through_the_model():
         st.patch(notAField=1)
 
 
-# --------------------------------------------------------------------------- apply
-
-
-class FakeKube:
-    def __init__(self, exists=True):
-        self.exists = exists
-        self.patches, self.events, self.deleted = [], [], []
-
-    def patch_status(self, ns, name, doc):
-        self.patches.append(doc)
-        return {"status": doc} if self.exists else None
-
-    def event(self, body, type_, reason_, message):
-        self.events.append(reason_)
-
-    def delete_job(self, ns, name):
-        self.deleted.append(name)
-
-
-def reconciler(kube, **settings):
-    metrics = OperatorMetrics()  # as in main: the store counts into the operator's metrics
-    return Reconciler(OperatorSettings(redis_url="memory://", **settings), MemoryStore(metrics=metrics), kube,
-                      metrics)
-
-
-def test_apply_writes_the_status_then_registry_counts_and_event():
-    kube = FakeKube()
-    rec = reconciler(kube)
-    body = running_body()
-    rec.registry.upsert(entry_from_body(body))
-    stuck = StuckPod("ImagePullFailed", "cannot be pulled", "p")
-    assert rec.apply(body, outcomes.on_job(body, job(active=1), deleted=False, last=None, stored=None, stuck=stuck))
-    assert kube.patches[0]["phase"] == "Failed" and kube.events == ["ImagePullFailed"] and kube.deleted == ["job-r"]
-    assert rec.registry.get("uid-r").phase == "Failed" and rec.wakeup.is_set()
-    value = rec.metrics.registry.get_sample_value
-    assert value("kubescribe_transcriptions_total", {"status": "failed", "model": "tiny.en"}) == 1
-    assert value("kubescribe_errors_total", {"type": "job_failed"}) == 1
-    assert value("kubescribe_jobs_total", {"outcome": "failed"}) == 1
-
-
-def test_a_list_read_before_a_status_write_cannot_roll_the_registry_back():
-    """The registry takes the patched object's resourceVersion, so a resync page listed
-    just before the Queued write does not make the request look new again."""
-
-    class VersionedKube(FakeKube):
-        def __init__(self, body):
-            super().__init__()
-            self.body = body
-
-        def patch_status(self, ns, name, doc):
-            super().patch_status(ns, name, doc)
-            meta = {**self.body["metadata"], "resourceVersion": "7"}
-            return {**self.body, "metadata": meta, "status": {**(self.body.get("status") or {}), **doc}}
-
-    body = request()
-    body["metadata"]["resourceVersion"] = "5"
-    rec = reconciler(VersionedKube(body))
-    rec.registry.upsert(entry_from_body(body))
-    assert rec.apply(body, admission.on_seen(body, spec_of(body), KEY, None, CacheAnswer("miss")))
-    assert rec.registry.get("uid-r").phase == "Queued" and rec.registry.get("uid-r").resource_version == 7
-    stale = dict(body)
-    stale["metadata"] = {**body["metadata"], "resourceVersion": "6"}  # listed before the write
-    rec.registry.merge([entry_from_body(stale)])
-    assert rec.registry.get("uid-r").phase == "Queued"
-
-
-def test_apply_stops_at_a_404_no_registry_change_no_event_no_count():
-    kube = FakeKube(exists=False)
-    rec = reconciler(kube)
-    body = request("Queued", cacheKey=KEY)
-    rec.registry.upsert(entry_from_body(body))
-    t = admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name="job-r")
-    assert rec.apply(body, t) is False
-    assert kube.events == [] and rec.registry.get("uid-r") is None
-    assert rec.store.stats().lookups == 0
-
-
-def test_one_lookup_per_request_in_the_shared_hit_rate():
-    """Three new requests then two repeats: 3 misses when they start, 2 hits: 0.4."""
-    rec = reconciler(FakeKube())
-    for i in range(3):
-        body = request("Queued", cacheKey=KEY)
-        rec.apply(body, admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name=f"j{i}"))
-    for _ in range(2):
-        body = request()
-        rec.apply(body, admission.on_seen(body, spec_of(body), KEY, None, CacheAnswer("hit", result=RESULT)))
-    assert rec.store.stats().hit_rate == pytest.approx(0.4)
-    value = rec.metrics.registry.get_sample_value
-    assert value("kubescribe_cache_operations_total", {"operation": "get", "result": "miss"}) == 3
-    assert value("kubescribe_cache_operations_total", {"operation": "get", "result": "hit"}) == 2
-
-
-def test_a_runners_outcome_is_counted_by_the_operator_with_its_file_size():
-    rec = reconciler(FakeKube())
-    body = running_body()
-    rec.apply(body, outcomes.on_job(body, job(succeeded=1, conditions=[("Complete", "", "")]), deleted=False,
-                                    last=DONE, stored=None, stuck=None))
-    value = rec.metrics.registry.get_sample_value
-    assert value("kubescribe_file_size_bytes_count") == 1 and value("kubescribe_file_size_bytes_sum") == 64000
-    assert value("kubescribe_transcription_duration_seconds_count", {"model": "tiny.en"}) == 1
-    assert value("kubescribe_cache_operations_total", {"operation": "set", "result": "ok"}) == 1
-    assert json.loads(DONE.to_json())["sizeBytes"] == 64000
-
-
-# --------------------------------------------------------------------------- the admission pass
-
-
-class FakeCluster(FakeKube):
-    """Requests by name, and Jobs created."""
-
-    def __init__(self, bodies):
-        super().__init__()
-        self.bodies = {b["metadata"]["name"]: b for b in bodies}
-        self.jobs = []
-
-    def get_request(self, ns, name):
-        return self.bodies.get(name)
-
-    def create_job(self, ns, job, uid):
-        self.jobs.append(job["metadata"]["name"])
-        return True
-
-
-def queued_request(name, created):
-    body = request("Queued", cacheKey=None)
-    body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=created)
-    return body
-
-
-def test_the_admission_pass_starts_what_fits_and_numbers_the_rest():
-    from kubescribe.operator.admitter import Admitter
-
-    bodies = [queued_request("first", "2026-01-01T00:00:01Z"), queued_request("second", "2026-01-01T00:00:02Z")]
-    kube = FakeCluster(bodies)
-    rec = reconciler(kube)
-    for b in bodies:
-        rec.registry.upsert(entry_from_body(b))
-    rec.synced = True
-    Admitter(rec).step()
-    assert len(kube.jobs) == 1 and kube.jobs[0].startswith("kubescribe-first-")
-    running, position = kube.patches
-    assert running["phase"] == "Running" and running["jobName"] == kube.jobs[0]
-    assert position == {"queuePosition": 1, "reason": "Queued", "message": "position 1 in the queue"}
-    assert rec.registry.get("uid-first").phase == "Running" and rec.registry.get("uid-second").queue_position == 1
-    assert kube.events == []  # Normal progress is in the status, not in Events (normal_events off)
-    assert rec.metrics.registry.get_sample_value("kubescribe_jobs_total", {"outcome": "created"}) == 1
-    assert rec.metrics.registry.get_sample_value("kubescribe_queue_size") == 1
-
-
 # --------------------------------------------------------------------------- the write budget
 
 
-def test_normal_events_are_posted_only_when_asked_warnings_always():
-    for normal, expected in ((False, ["RunnerFailed"]), (True, ["JobCreated", "RunnerFailed"])):
-        kube = FakeKube()
-        rec = reconciler(kube, normal_events=normal)
-        body = request("Queued", cacheKey=KEY)
-        rec.apply(body, admission.on_admitted(body, spec_of(body), CacheAnswer("miss"), job_name="job-r"))
-        rec.apply(running_body(), outcomes.on_job(
-            running_body(), job(failed=1, conditions=[("Failed", "BackoffLimitExceeded", "")]), deleted=False,
-            last=None, stored=None, stuck=None))
-        assert kube.events == expected, normal
-
-
 def test_the_first_runner_pod_costs_no_status_write_only_a_retry_does():
-    started = outcomes.on_job(running_body(attempts=1), job(active=1), deleted=False, last=None, stored=None,
+    started = runs.on_job(running_body(attempts=1), job(active=1), deleted=False, last=None, stored=None,
                               stuck=None)
     assert started is None
-    retried = outcomes.on_job(running_body(attempts=1), job(active=1, failed=1), deleted=False, last=None,
+    retried = runs.on_job(running_body(attempts=1), job(active=1, failed=1), deleted=False, last=None,
                               stored=None, stuck=None)
     assert retried.status == {"attempts": 2}
 
@@ -533,7 +330,7 @@ def queued_entries(n):
 def test_queue_positions_are_written_only_for_the_first_n():
     entries = queued_entries(30)
     p = plan(entries, 0)
-    updates, more = admission.position_updates(entries, p, max_position=5)
+    updates, more = scheduler.position_updates(entries, p, max_position=5)
     assert [doc["queuePosition"] for _, doc in updates] == [1, 2, 3, 4, 5] and not more
 
 
@@ -542,7 +339,7 @@ def test_a_request_pushed_behind_the_shown_places_has_its_number_cleared():
     urgent = [Entry("ns", f"u{i}", f"uid-u{i}", 1, "Queued", 1, 100, f"2026-01-01T00:01:{i:02d}Z", 1)
               for i in range(2)]
     p = plan(entries + urgent, 0)
-    updates, _ = admission.position_updates(entries + urgent, p, max_position=3)
+    updates, _ = scheduler.position_updates(entries + urgent, p, max_position=3)
     docs = {e.name: doc for e, doc in updates}
     assert docs["u0"]["queuePosition"] == 1 and docs["u1"]["queuePosition"] == 2
     assert docs["q0"]["queuePosition"] == 3
@@ -555,25 +352,8 @@ def test_a_request_admitted_within_the_first_period_never_gets_a_position_write(
     now = datetime(2026, 1, 1, 0, 0, 3, tzinfo=timezone.utc)
     entries = queued_entries(3)  # created at 00:00:00, :01, :02
     p = plan(entries, 0)
-    updates, _ = admission.position_updates(entries, p, max_position=20, min_wait=2.5, now=now)
+    updates, _ = scheduler.position_updates(entries, p, max_position=20, min_wait=2.5, now=now)
     assert [e.name for e, _ in updates] == ["q0"]  # 3 s old; q1 and q2 are younger than 2.5 s
-
-
-def test_positions_are_coalesced_to_one_round_per_period():
-    from kubescribe.operator.admitter import Admitter
-
-    bodies = [queued_request(f"r{i}", f"2026-01-01T00:00:0{i}Z") for i in range(3)]
-    kube = FakeCluster(bodies)
-    rec = reconciler(kube, queue_positions=2)
-    for b in bodies:
-        rec.registry.upsert(entry_from_body(b))
-    rec.synced = True
-    admitter = Admitter(rec)
-    admitter.step()  # r0 admitted; r1, r2 numbered 1, 2
-    assert [p.get("queuePosition") for p in kube.patches[1:]] == [1, 2]
-    rec.registry.remove("uid-r0")  # r0 finished: a slot is free
-    admitter.step()  # r1 admitted at once; r2's new place waits for the next round
-    assert kube.patches[-1]["phase"] == "Running" and rec.registry.get("uid-r2").queue_position == 2
 
 
 # --------------------------------------------------------------------------- request TTL
@@ -617,82 +397,3 @@ def test_a_request_edited_after_it_finished_does_not_expire_it_runs_again():
 
 def test_an_unreadable_completion_time_keeps_the_request():
     assert seconds_until_expiry(finished_request(completed="yesterday", ttl=0), 1, AT) is None
-
-
-# --------------------------------------------------------------------------- the resync's Job reads
-
-
-class ResyncKube(FakeKube):
-    """Running requests, the runner Jobs one LIST shows, and the Jobs a read finds."""
-
-    def __init__(self, bodies, listed, existing, list_fails=False):
-        super().__init__()
-        self.bodies = {b["metadata"]["name"]: b for b in bodies}
-        self.listed, self.existing, self.list_fails = listed, existing, list_fails
-        self.reads = []
-
-    def request_pages(self, ns, limit):
-        yield {"metadata": {"resourceVersion": "9"}, "items": list(self.bodies.values())}
-
-    def job_pages(self, ns, limit):
-        if self.list_fails:
-            raise OSError("connection reset")
-        yield self.listed
-
-    def read_job(self, ns, name):
-        self.reads.append(name)
-        return self.existing.get(name)
-
-    def get_request(self, ns, name):
-        return self.bodies.get(name)
-
-    def job_pods(self, ns, name):
-        return []
-
-
-def running_named(name):
-    body = running_body()
-    body["metadata"] = {**body["metadata"], "name": name, "uid": f"uid-{name}"}
-    body["status"] = {**body["status"], "jobName": f"job-{name}"}
-    return body
-
-
-def job_of(name, **counts):
-    j = job(f"job-{name}", **counts)
-    j["metadata"]["ownerReferences"] = [{"kind": "TranscriptionRequest", "name": name, "uid": f"uid-{name}"}]
-    return j
-
-
-def test_the_resync_reads_only_the_jobs_a_list_did_not_show_running_and_healthy():
-    """One LIST of Jobs instead of a read per Running request: a quiet Job costs nothing; a
-    Job with a failed pod, one the LIST did not show (created after it) and one that is
-    gone are read, and only the gone one re-queues its request."""
-    names = ["quiet", "failing", "newer", "lost", "other-owner"]
-    listed = [job_of("quiet", active=1, ready=1), job_of("failing", active=1, ready=1, failed=1),
-              {**job_of("other-owner", active=1, ready=1),
-               "metadata": {**job_of("other-owner")["metadata"],
-                            "ownerReferences": [{"kind": "TranscriptionRequest", "name": "other-owner",
-                                                 "uid": "uid-an-earlier-request"}]}}]
-    existing = {j["metadata"]["name"]: j for j in listed}
-    existing["job-newer"] = job_of("newer", active=1, ready=1)
-    kube = ResyncKube([running_named(n) for n in names], listed, existing)
-    rec = reconciler(kube)
-    rec.resync()
-    assert sorted(kube.reads) == ["job-failing", "job-lost", "job-newer", "job-other-owner"]
-    assert [p.get("reason") for p in kube.patches if p.get("phase")] == ["JobLost"]
-    assert [p for p in kube.patches if "attempts" in p and not p.get("phase")] != []  # the failed pod: a retry
-
-    # The LIST refused: every Running request's Job is read, as before.
-    kube = ResyncKube([running_named(n) for n in names], listed, existing, list_fails=True)
-    reconciler(kube).resync()
-    assert sorted(kube.reads) == sorted(f"job-{n}" for n in names)
-
-
-def test_under_kueue_the_resync_lists_no_jobs_and_reads_each():
-    """Under Kueue on_job reads every Job (a suspended Job is not quiet), so the resync does too."""
-    kube = ResyncKube([running_named("quiet")], [job_of("quiet", active=1, ready=1)],
-                      {"job-quiet": job_of("quiet", active=1, ready=1)})
-    rec = reconciler(kube, admission_engine="kueue")
-    assert rec.kueue
-    rec.resync()
-    assert kube.reads == ["job-quiet"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kubescribe.models import parse_spec
-from kubescribe.operator.progress import RUNNING_CAP, progress_to_write
+from kubescribe.operator.progress_writes import RUNNING_CAP, progress_to_write
 from kubescribe.progress import CHECKPOINT_PREFIX, Progress, ProgressReporter, RunBoard
 from kubescribe.runner.task import run_task
 from kubescribe.store import Store

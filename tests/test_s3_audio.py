@@ -19,10 +19,11 @@ import pytest
 from kubescribe.crd import crd
 from kubescribe.models import AudioSource, OutputSpec, S3Object, parse_spec
 from kubescribe.objectstore import ObjectStore
-from kubescribe.operator import admission
-from kubescribe.operator.admission import CacheAnswer
+from kubescribe.operator import intake
+from kubescribe.operator.intake import CacheAnswer
 from kubescribe.outcomes import RunnerOutcome
 from kubescribe.runner import buckets
+from kubescribe.runner.fetch import Audio
 from kubescribe.runner.task import Prepared, TaskError, TaskOutcome, fetch_audio, prepare, run_task, store_result
 from kubescribe.settings import AudioInputSettings, ObjectStoreSettings
 from kubescribe.store import Owner, Store, cache_key
@@ -123,13 +124,13 @@ def test_the_operator_leaves_a_cache_hit_with_outputs_to_a_runner():
     body = _request()
     s = parse_spec(body["spec"])
     hit = CacheAnswer("hit", result=RESULT)
-    seen = admission.on_seen(body, s, key, SHA, hit)
+    seen = intake.on_seen(body, s, key, SHA, hit)
     assert seen.status["phase"] == "Queued" and seen.finished is None and seen.cache_lookup is None
     queued = _request(phase="Queued", cacheKey=key)
-    t = admission.on_admitted(queued, s, hit, job_name="job-1")
+    t = intake.on_admitted(queued, s, hit, job_name="job-1")
     assert t.status["phase"] == "Running" and t.status["jobName"] == "job-1" and t.cache_lookup is None
     without = parse_spec({k: v for k, v in body["spec"].items() if k != "output"})
-    assert admission.on_seen(body, without, key, SHA, hit).status["phase"] == "Succeeded"
+    assert intake.on_seen(body, without, key, SHA, hit).status["phase"] == "Succeeded"
 
 
 # --------------------------------------------------------------------------- versitygw + Redis
@@ -159,13 +160,15 @@ def objects(aws_env) -> ObjectStore:
 def test_audio_s3_and_an_s3_url_are_fetched(redis_store, objects, s3_bucket, aws_env, monkeypatch):
     objects.put("in/call.wav", AUDIO, bucket=s3_bucket)
     by_field = spec({"s3": {"bucket": s3_bucket, "key": "in/call.wav"}, "sha256": SHA})
-    assert fetch_audio(redis_store, by_field, objects=objects) == AUDIO
+    with fetch_audio(redis_store, by_field, objects=objects) as audio:
+        assert (audio.size, audio.sha256) == (len(AUDIO), SHA) and audio.file.read() == AUDIO
     assert objects.bucket is None, "an install without a bucket still reads requests' buckets"
     # No client given: the runner makes one from its environment, as in a pod.
     monkeypatch.setenv("KUBESCRIBE_S3_ENDPOINT", aws_env.endpoint)
     monkeypatch.setenv("KUBESCRIBE_S3_PATH_STYLE", "true")
     monkeypatch.setenv("KUBESCRIBE_S3_BUCKET", "")
-    assert fetch_audio(redis_store, spec({"url": f"s3://{s3_bucket}/in/call.wav"})) == AUDIO
+    with fetch_audio(redis_store, spec({"url": f"s3://{s3_bucket}/in/call.wav"})) as audio:
+        assert audio.file.read() == AUDIO
     with pytest.raises(TaskError) as err:
         fetch_audio(redis_store, spec({"url": f"s3://{s3_bucket}/in/call.wav", "sha256": "0" * 64}), objects=objects)
     assert err.value.reason == "AudioChecksumMismatch"
@@ -188,7 +191,7 @@ def test_an_object_that_grows_past_its_head_is_cut_off_while_read(s3_bucket, obj
     objects.put("grows.wav", AUDIO, bucket=s3_bucket)
     monkeypatch.setattr(objects, "size", lambda key, bucket=None: 10)  # replaced after the HEAD
     with pytest.raises(buckets.TooLarge, match="grew over the 100-byte limit"):
-        buckets.read_audio(objects, S3Object(bucket=s3_bucket, key="grows.wav"), 100)
+        buckets.stream_audio(objects, S3Object(bucket=s3_bucket, key="grows.wav"), 100).read(1)
 
 
 def test_a_missing_key_a_missing_bucket_and_refused_credentials_have_their_reasons(
@@ -215,7 +218,7 @@ def test_a_missing_key_a_missing_bucket_and_refused_credentials_have_their_reaso
 
 
 def _prepared(s, owner=OWNER) -> Prepared:
-    return Prepared(s, cache_key(SHA, s.output_params()), AUDIO, SHA, None, owner)
+    return Prepared(s, cache_key(SHA, s.output_params()), Audio.of_bytes(AUDIO), None, owner)
 
 
 def test_outputs_are_written_after_the_result_and_named_in_the_outcome(redis_store, objects, s3_bucket):

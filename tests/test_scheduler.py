@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from kubescribe.operator.scheduler import Entry, Plan, Registry, entry_from_body, plan, queue_order
+from kubescribe.operator.registry import Entry, Registry, entry_from_body
+from kubescribe.operator.scheduler import Plan, plan, queue_order
 
 
 def entry(name: str, *, phase: str | None = "Queued", priority: int = 0, created: str | None = None,
@@ -333,7 +334,7 @@ def test_plan_over_a_registry_snapshot_matches_the_operator_flow():
 def test_registry_keeps_the_newest_view_of_a_request():
     from dataclasses import replace
 
-    from kubescribe.operator.scheduler import Entry, Registry
+    from kubescribe.operator.registry import Entry, Registry
 
     base = Entry("ns", "a", "uid-a", 1, "Queued", 1, 0, "2026-01-01T00:00:00Z", 1, resource_version=10)
     reg = Registry()
@@ -353,7 +354,7 @@ def test_registry_keeps_the_newest_view_of_a_request():
 
 
 def test_a_list_read_in_pages_merges_like_one_list():
-    from kubescribe.operator.scheduler import Entry, Registry
+    from kubescribe.operator.registry import Entry, Registry
 
     def e(name, rv, phase="Queued"):
         return Entry("ns", name, f"uid-{name}", 1, phase, 1, 0, "2026-01-01T00:00:00Z", 1, resource_version=rv)

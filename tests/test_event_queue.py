@@ -3,7 +3,7 @@ time, first-due order, and trimmed bodies."""
 
 import threading
 
-from kubescribe.operator.workqueue import EventQueue, trimmed
+from kubescribe.operator.event_queue import EventQueue, trimmed
 
 
 def body(uid, version, kind="TranscriptionRequest"):

@@ -1,5 +1,6 @@
-"""Decisions about requests before they run: validation, the result cache, the queue,
-admission and the size of the runner pool. Pure functions, like ``scheduler.plan``.
+"""What becomes of a request before it runs: invalid (Failed), answered from the result
+cache (Succeeded), queued, or admitted (Running). Pure functions, like ``scheduler.plan``;
+who is admitted when is ``scheduler``'s, how many pooled runners there are ``pool_size``'s.
 
 One cache lookup counts per request, where its answer becomes known: a hit when the
 request is answered from the cache (when it is first seen, or when an identical request
@@ -10,7 +11,6 @@ a lookup the operator could make (kubescribe.runner.task), except for a request 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -21,12 +21,6 @@ from kubescribe.store import result_key
 
 from . import status as st
 from .lifecycle import Event, Transition, age_seconds, fail, model_of
-from .scheduler import Entry, Plan
-
-#: Queue-position status patches per admission pass. Positions shift by one for everyone
-#: behind an admitted request; patching all of a long queue on every admission would be
-#: O(n^2) API writes. The head is always exact, the tail catches up over the next passes.
-POSITION_PATCHES_PER_STEP = 50
 
 
 @dataclass(frozen=True)
@@ -115,56 +109,3 @@ def on_admitted(body: dict, spec: TranscriptionSpec | InvalidSpec, cache: CacheA
         registry={"phase": Phase.Running.value, "job_name": job_name, "queue_position": None},
         event=Event("Normal", reason, message),
         queue_wait=age_seconds(body["metadata"].get("creationTimestamp"), now), cache_lookup=lookup, wake=False)
-
-
-def position_updates(entries: list[Entry], p: Plan, limit: int = POSITION_PATCHES_PER_STEP,
-                     max_position: int | None = None, *, min_wait: float = 0.0, now: datetime | None = None,
-                     ) -> tuple[list[tuple[Entry, dict[str, Any]]], bool]:
-    """Queue-position patches for this pass, front of the queue first, at most ``limit``;
-    and whether more are left for the next pass.
-
-    Only the first ``max_position`` places are shown (None: all): every admission moves
-    everyone behind it up by one, so numbering a long queue costs a write per waiting
-    request per admission. Only a request that has waited ``min_wait`` seconds since it
-    was created gets a number: one admitted within that time costs no position write at
-    all. A request that had a place and fell behind the shown ones (higher priorities
-    arrived) has it cleared, so no stale number stays on it.
-    """
-    shown = (lambda pos: True) if max_position is None else (lambda pos: pos <= max_position)
-    stale = []
-    for e in entries:
-        if not (e.phase == Phase.Queued.value and e.current and e.uid in p.positions):
-            continue
-        pos = p.positions[e.uid]
-        want = pos if shown(pos) else None
-        if want is not None and e.queue_position is None and min_wait > 0:
-            waited = age_seconds(e.created, now)
-            if waited is None or waited < min_wait:
-                continue  # it may well be admitted before anyone looks
-        if want != e.queue_position:
-            stale.append((pos, want, e))
-    stale.sort(key=lambda t: t[0])
-    out = []
-    for pos, want, e in stale[:limit]:
-        if want is None:
-            doc = st.queue_position(None, "Queued", "waiting for a runner slot in the GPU budget")
-        elif e.uid in p.waiting_for_identical:
-            doc = st.queue_position(pos, "WaitingForIdentical",
-                                    "an identical request is running; its result will answer this one")
-        else:
-            doc = st.queue_position(pos, "Queued", f"position {pos} in the queue")
-        out.append((e, doc))
-    return out, len(stale) > limit
-
-
-def active_pool_jobs(jobs: list[dict[str, Any]]) -> int:
-    """Pooled runner Jobs that have not finished."""
-    return sum(1 for j in jobs if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                                          for c in (j.get("status") or {}).get("conditions") or []))
-
-
-def pool_shortfall(entries: list[Entry], active: int, max_runners: int, per_runner: int) -> int:
-    """Pooled runners to start: enough for the dispatched work, within the budget."""
-    outstanding = sum(1 for e in entries if e.phase == Phase.Running.value and not e.job_name)
-    desired = min(max_runners, math.ceil(outstanding / per_runner))
-    return max(0, desired - active)

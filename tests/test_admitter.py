@@ -1,0 +1,109 @@
+"""The admission pass alone, with no server: built from an applier, a fake API, a cache
+answer and the gauges, as ``controllers.build`` builds it, and nothing else."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kubescribe.operator import admitter as admitter_module
+from kubescribe.operator.admitter import Admitter
+from kubescribe.operator.health import Gauges
+from kubescribe.operator.intake import CacheAnswer
+from kubescribe.operator.registry import entry_from_body
+
+from tests.support.operator_parts import RESULT, FakeCluster, applier, queued_request
+
+
+def build(kube, answer=CacheAnswer("miss"), synced=True, **given):
+    a = applier(kube, **given)
+    asked = []
+
+    def lookup(key, spec, body):
+        asked.append(body["metadata"]["name"])
+        return answer
+
+    done = threading.Event()
+    if synced:
+        done.set()
+    adm = Admitter(a, kube, a.settings, a.metrics, lookup, Gauges(a.registry, a.store, a.metrics), done)
+    return a, adm, asked
+
+
+def queue(a, bodies):
+    for b in bodies:
+        a.registry.upsert(entry_from_body(b))
+
+
+def test_the_admission_pass_starts_what_fits_and_numbers_the_rest():
+    bodies = [queued_request("first", "2026-01-01T00:00:01Z"), queued_request("second", "2026-01-01T00:00:02Z")]
+    kube = FakeCluster(bodies)
+    a, adm, _ = build(kube)
+    queue(a, bodies)
+    adm.step()
+    assert len(kube.jobs) == 1 and kube.jobs[0].startswith("kubescribe-first-")
+    running, position = kube.patches
+    assert running["phase"] == "Running" and running["jobName"] == kube.jobs[0]
+    assert position == {"queuePosition": 1, "reason": "Queued", "message": "position 1 in the queue"}
+    assert a.registry.get("uid-first").phase == "Running" and a.registry.get("uid-second").queue_position == 1
+    assert kube.events == []  # Normal progress is in the status, not in Events (normal_events off)
+    assert a.metrics.registry.get_sample_value("kubescribe_jobs_total", {"outcome": "created"}) == 1
+    assert a.metrics.registry.get_sample_value("kubescribe_queue_size") == 1
+
+
+def test_positions_are_coalesced_to_one_round_per_period():
+    bodies = [queued_request(f"r{i}", f"2026-01-01T00:00:0{i}Z") for i in range(3)]
+    kube = FakeCluster(bodies)
+    a, adm, _ = build(kube, queue_positions=2)
+    queue(a, bodies)
+    adm.step()  # r0 admitted; r1, r2 numbered 1, 2
+    assert [p.get("queuePosition") for p in kube.patches[1:]] == [1, 2]
+    a.registry.remove("uid-r0")  # r0 finished: a slot is free
+    adm.step()  # r1 admitted at once; r2's new place waits for the next round
+    assert kube.patches[-1]["phase"] == "Running" and a.registry.get("uid-r2").queue_position == 2
+
+
+def test_nothing_is_admitted_before_the_first_resync_but_the_loop_is_alive():
+    bodies = [queued_request("first", "2026-01-01T00:00:01Z")]
+    kube = FakeCluster(bodies)
+    a, adm, _ = build(kube, synced=False)
+    queue(a, bodies)
+    before = adm.last_step
+    adm.step()
+    assert kube.jobs == [] and kube.patches == [] and adm.last_step >= before
+    assert adm.healthy()[0]
+
+
+def test_the_admitter_reports_its_own_liveness(monkeypatch):
+    _, adm, _ = build(FakeCluster([]))
+    adm.step()
+    assert adm.healthy() == (True, "admission loop last ran 0s ago")
+    now = time.monotonic()
+    monkeypatch.setattr(admitter_module.time, "monotonic", lambda: now + admitter_module.STUCK_SECONDS + 1)
+    ok, detail = adm.healthy()
+    assert not ok and "admission loop last ran 12" in detail
+
+
+def test_a_request_answered_by_the_cache_while_it_waited_gets_no_job():
+    body = queued_request("late", "2026-01-01T00:00:01Z")
+    body["status"]["cacheKey"] = "c" * 64
+    kube = FakeCluster([body])
+    a, adm, asked = build(kube, answer=CacheAnswer("hit", result=RESULT))
+    queue(a, [body])
+    adm.step()
+    assert asked == ["late"] and kube.jobs == []
+    assert kube.patches[0]["phase"] == "Succeeded" and a.registry.get("uid-late").phase == "Succeeded"
+
+
+@pytest.mark.parametrize("gone", [True, False])
+def test_a_request_deleted_or_moved_on_since_the_plan_is_not_admitted(gone):
+    body = queued_request("moved", "2026-01-01T00:00:01Z")
+    kube = FakeCluster([] if gone else [{**body, "status": {**body["status"], "phase": "Running"}}])
+    a, adm, asked = build(kube)
+    queue(a, [body])
+    adm.admit("ns", "moved", "uid-moved")
+    assert kube.jobs == [] and asked == []
+    entry = a.registry.get("uid-moved")
+    assert (entry is None) if gone else (entry.phase == "Running")
