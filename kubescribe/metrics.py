@@ -265,7 +265,7 @@ WORKQUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 class WorkqueueMetrics:
     """The operator's event queue, as client-go exports a controller's workqueue.
 
-    It observes an :class:`kubescribe.operator.workqueue.EventQueue`; :meth:`watch` makes the
+    It observes an :class:`kubescribe.operator.event_queue.EventQueue`; :meth:`watch` makes the
     depth and the longest running handling read from the queue at each scrape.
     """
 
