@@ -32,6 +32,9 @@ class ApiServer:
         self.rv = 100
         self.watches = 0
         self._streams: list[asyncio.Queue] = []
+        #: Set to make create_request fail, or to have it end the request just after.
+        self.refuse_create: KubeError | None = None
+        self.finish_with: str | None = None
 
     def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.rv += 1
@@ -78,6 +81,18 @@ class ApiServer:
                 yield await q.get()
         finally:
             self._streams.remove(q)
+
+    async def create_request(self, namespace: str, metadata: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        if self.refuse_create is not None:
+            raise self.refuse_create
+        obj = self.create(metadata["name"])
+        self.objects[metadata["name"]] = obj = {**obj, "metadata": {**metadata, **obj["metadata"]}, "spec": spec}
+        if self.finish_with:  # as the operator answers a cache hit, just after the create
+            asyncio.get_running_loop().call_soon(self.set_phase, metadata["name"], self.finish_with)
+        return obj
+
+    async def delete_request(self, namespace: str, name: str) -> None:
+        self.delete(name)
 
     async def get_request(self, namespace: str, name: str) -> dict[str, Any]:
         if name not in self.objects:
@@ -280,6 +295,111 @@ def test_the_events_route_subscribes_before_it_reads_and_uses_the_keepalive_sett
     assert chunks[0][0] == "status" and chunks[1] == ("comment", ": keep-alive\n\n")
     assert chunks[-1][0] == "done" and chunks[-1][1]["phase"] == "Succeeded"
     assert missing.status == 404 and left == {NS: {}}, "a refused read leaves no subscription behind"
+
+
+# -- a call that creates work ------------------------------------------------------------------
+def _upload_request(gw, audio: bytes, **fields: str):
+    """A POST of OpenAI's form with ``audio`` as the file, as a Starlette request."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+
+    built = httpx.Request("POST", "http://gateway/v1/audio/transcriptions", files={"file": ("a.wav", audio)},
+                          data={"model": "whisper-1", **fields})
+    body = built.read()
+    app = Starlette()
+    app.state.gateway = gw
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/audio/transcriptions", "query_string": b"", "app": app,
+             "headers": [(k.lower().encode(), v.encode()) for k, v in built.headers.items()]}
+    return Request(scope, receive)
+
+
+def _wav(seconds: float = 0.5) -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return buf.getvalue()
+
+
+def _submitting_gateway(api: ApiServer, redis_server):
+    from kubescribe.redisconn import connect_async
+    from kubescribe.store import Store
+
+    gw = _gateway(api, gateway_default_namespace=NS)
+    gw.redis = connect_async(redis_server.url, redis_server.password)
+    gw.store = Store(redis_server.client())
+    return gw
+
+
+def test_a_waiting_call_keeps_the_audio_names_the_request_and_returns_it_once_terminal(redis_server):
+    import hashlib
+
+    from kubescribe.gateway.auth import Identity
+    from kubescribe.gateway.context import Timing
+    from kubescribe.gateway.submit import submit
+
+    audio = _wav(0.5)
+
+    async def scenario():
+        api = ApiServer()
+        api.finish_with = "Succeeded"
+        gw = _submitting_gateway(api, redis_server)
+        timing = Timing()
+        try:
+            got = await submit(gw, _upload_request(gw, audio, response_format="srt"), Identity("alice"), NS,
+                               task="transcribe", priority_field=False, wait=True, timing=timing)
+            left = {ns: w.subscribers for ns, w in gw.waiter._watches.items()}
+            return got, timing, left
+        finally:
+            await gw.waiter.close()
+            await gw.redis.aclose()
+
+    (obj, fmt, words), timing, left = asyncio.run(scenario())
+    sha = hashlib.sha256(audio).hexdigest()
+    assert obj["status"]["phase"] == "Succeeded" and fmt == "srt" and words is False
+    meta = obj["metadata"]
+    assert meta["name"].startswith("gateway-") and meta["labels"] == {"app.kubernetes.io/created-by": "kubescribe-gateway"}
+    assert meta["annotations"] == {"kubescribe.io/requested-by": "alice"}
+    assert obj["spec"]["audio"] == {"redisKey": f"kubescribe:audio:{sha}", "sha256": sha}
+    assert redis_server.client().get(f"kubescribe:audio:{sha}") == audio
+    assert [name for name, _ in timing.parts] == ["upload", "store+create", "wait"] and left == {NS: {}}
+
+
+def test_a_create_the_api_server_refuses_keeps_no_audio_and_no_subscription(redis_server):
+    import hashlib
+
+    from kubescribe.gateway.auth import Identity
+    from kubescribe.gateway.submit import submit
+
+    audio = _wav(0.75)
+
+    async def scenario():
+        api = ApiServer()
+        api.refuse_create = KubeError(422, "spec.model: Invalid value")
+        gw = _submitting_gateway(api, redis_server)
+        try:
+            with pytest.raises(KubeError) as err:
+                await submit(gw, _upload_request(gw, audio), Identity("alice"), NS, task="transcribe",
+                             priority_field=False, wait=True)
+            return err.value, {ns: w.subscribers for ns, w in gw.waiter._watches.items()}
+        finally:
+            await gw.waiter.close()
+            await gw.redis.aclose()
+
+    refused, left = asyncio.run(scenario())
+    assert refused.status == 422 and left == {NS: {}}
+    assert not redis_server.client().exists(f"kubescribe:audio:{hashlib.sha256(audio).hexdigest()}")
 
 
 # -- errors and results -----------------------------------------------------------------------
