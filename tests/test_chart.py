@@ -959,8 +959,10 @@ def test_network_policies_limit_runner_egress_to_redis_dns_and_audio_ranges(offl
     # An external Redis: egress to its CIDRs on the URL's port.
     ext = render(offline_helm, {"redis": {"url": "redis://redis.cache.svc:6380/0"},
                                 "networkPolicy": {"enabled": True, "redisCidrs": ["10.96.5.0/24"]}}, namespace="speech")
-    (pol,) = [d for d in ext if d["kind"] == "NetworkPolicy"]
-    assert {"to": [{"ipBlock": {"cidr": "10.96.5.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]} in pol["spec"]["egress"]
+    to_redis = {"to": [{"ipBlock": {"cidr": "10.96.5.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]}
+    policies = {d["metadata"]["name"]: d["spec"] for d in ext if d["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"ks-kubescribe-runner-egress", "ks-kubescribe-operator"}
+    assert all(to_redis in p["egress"] for p in policies.values())
     assert not [d for d in render(offline_helm, {"redis": {"internal": {"enabled": True}}}) if d["kind"] == "NetworkPolicy"]
 
 def test_the_gateway_policy_admits_its_callers_and_prometheus_and_reaches_only_its_backends(offline_helm):
@@ -1011,6 +1013,30 @@ def test_the_gateway_policy_admits_its_callers_and_prometheus_and_reaches_only_i
     assert {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]} in bare["egress"]
     assert len(bare["egress"]) == 2  # DNS and the API server: no Redis CIDRs were given
     assert ("NetworkPolicy", "ks-kubescribe-gateway") not in kinds(render(offline_helm, {"networkPolicy": {"enabled": True}}))
+
+
+def test_the_operator_policy_admits_prometheus_only_and_reaches_only_its_backends(offline_helm):
+    values = {"redis": {"internal": {"enabled": True}},
+              "networkPolicy": {"enabled": True, "apiServerCidrs": ["172.18.0.2/32"], "apiServerPorts": [6443]}}
+    objs = kinds(render(offline_helm, values, namespace="speech"))
+    pol = objs[("NetworkPolicy", "ks-kubescribe-operator")]["spec"]
+    op = objs[("Deployment", "ks-kubescribe-operator")]["spec"]["template"]
+    redis_labels = objs[("Deployment", "ks-kubescribe-redis")]["spec"]["template"]["metadata"]["labels"]
+    assert _selects(pol["podSelector"], op["metadata"]["labels"]) and not _selects(pol["podSelector"], redis_labels)
+    assert pol["policyTypes"] == ["Ingress", "Egress"]
+    (scrape,) = pol["ingress"]
+    assert [p["port"] for p in scrape["ports"]] == ["metrics"]
+    assert "metrics" in {p["name"] for p in op["spec"]["containers"][0]["ports"]}
+    assert _peer_allowed(scrape["from"], {"app.kubernetes.io/name": "prometheus"}, "monitoring", "speech",
+                         {"kubernetes.io/metadata.name": "monitoring"})
+    assert not _peer_allowed(scrape["from"], {"app": "x"}, "speech", "speech", {"kubernetes.io/metadata.name": "speech"})
+    dns, api, redis = pol["egress"]
+    assert [p["port"] for p in dns["ports"]] == [53, 53]
+    assert api == {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}]}
+    assert _peer_allowed(redis["to"], redis_labels, "speech", "speech", {"kubernetes.io/metadata.name": "speech"})
+    # Nobody may scrape: no ingress at all.
+    closed = kinds(render(offline_helm, {"networkPolicy": {"enabled": True, "metricsFrom": []}}))
+    assert closed[("NetworkPolicy", "ks-kubescribe-operator")]["spec"]["ingress"] == []
 
 
 def test_gateway_replicas_spread_over_nodes_and_its_pdb_lets_unhealthy_pods_go(offline_helm):

@@ -356,3 +356,20 @@ other's references.
     - {port: {{ if contains ":" $s3.host }}{{ regexReplaceAll "^.*:" $s3.host "" }}{{ else if eq $s3.scheme "http" }}80{{ else }}443{{ end }}, protocol: TCP}
 {{- end }}
 {{- end }}
+
+{{/* The API server: after the kubernetes Service's address is translated, its own
+addresses (networkPolicy.apiServerCidrs; none listed: any address) on apiServerPorts. */}}
+{{- define "kubescribe.netpolApiServerEgress" -}}
+# The API server, as policies see it: its own addresses and ports, after the kubernetes
+# Service's address is translated (networkPolicy.apiServerCidrs; none: any, on these ports).
+- ports:
+    {{- range .Values.networkPolicy.apiServerPorts }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- with .Values.networkPolicy.apiServerCidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  {{- end }}
+{{- end }}
