@@ -4,7 +4,8 @@
 # kube-scheduler, kubelet, kube-proxy), CoreDNS, helm, prometheus and promtool, kwok
 # (simulated nodes for the scale tests and benchmark), the Prometheus Operator, the
 # Kueue manager with its CRDs and webhook manifests, and versitygw (an S3 server on a
-# local directory, for the object store tests).
+# local directory, for the object store tests), the chart linters kube-score and
+# kube-linter, and kube-network-policies (enforces NetworkPolicies on the real node).
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -29,6 +30,13 @@ PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 # versitygw's posix backend serves the S3 API from a plain directory: a real S3 server.
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
+# Third-party chart linters, for the test that keeps the chart README's table of their
+# findings true (tests/test_chart_linters.py).
+KUBE_SCORE_VERSION="${KUBE_SCORE_VERSION:-v1.20.0}"
+KUBE_LINTER_VERSION="${KUBE_LINTER_VERSION:-v0.8.3}"
+# The NetworkPolicy enforcer kind ships (nftables and a netfilter queue), for the real
+# node's bridge network, which enforces nothing by itself.
+KUBE_NETWORK_POLICIES_VERSION="${KUBE_NETWORK_POLICIES_VERSION:-v0.8.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -252,12 +260,67 @@ build_versitygw() {
     "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 }
 
+build_kube_score() {
+  local out="$TOOLS_DIR/kube-score-$KUBE_SCORE_VERSION"
+  have "$out" kube-score && { log "kube-score $KUBE_SCORE_VERSION cached"; return; }
+  log "building kube-score $KUBE_SCORE_VERSION"
+  # kube-score's go.mod has no replace lines, so `go install pkg@version` builds it as
+  # published; main.version is what its release builds set.
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w -X main.version=${KUBE_SCORE_VERSION#v}" \
+    "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
+}
+
+build_kube_linter() {
+  local out="$TOOLS_DIR/kube-linter-$KUBE_LINTER_VERSION"
+  have "$out" kube-linter && { log "kube-linter $KUBE_LINTER_VERSION cached"; return; }
+  log "building kube-linter $KUBE_LINTER_VERSION"
+  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/kubelinter
+  # kube-linter declares the vanity path golang.stackrox.io/kube-linter, which the module
+  # proxy refuses; the same release is published under its GitHub path, so require the
+  # vanity path and replace it with the GitHub module of the same version.
+  local m=golang.stackrox.io/kube-linter
+  (
+    cd "$w"
+    go mod edit -require "$m@$KUBE_LINTER_VERSION" \
+      -replace "$m=github.com/stackrox/kube-linter@$KUBE_LINTER_VERSION"
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "golang.stackrox.io/kube-linter/cmd/kube-linter"
+GO
+    go mod tidy
+    go build -trimpath -ldflags "-s -w -X $m/internal/version.version=${KUBE_LINTER_VERSION#v}" \
+      -o "$out/bin/" "$m/cmd/kube-linter"
+  )
+  rm -rf "$w"
+}
+
+build_kube_network_policies() {
+  local out="$TOOLS_DIR/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION"
+  have "$out" kube-network-policies && { log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION cached"; return; }
+  log "building kube-network-policies $KUBE_NETWORK_POLICIES_VERSION"
+  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/netpol
+  local m=sigs.k8s.io/kube-network-policies
+  (
+    cd "$w"
+    go mod edit -require "$m@$KUBE_NETWORK_POLICIES_VERSION"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd"\n' "$m" > tools.go
+    go mod tidy
+    go build -trimpath -ldflags "-s -w" -o "$out/bin/kube-network-policies" "$m/cmd"
+  )
+  rm -rf "$w"
+}
+
 print_bindirs() {
   printf '%s\n' "$TOOLS_DIR/etcd-$ETCD_VERSION/bin" "$TOOLS_DIR/kubernetes-$K8S_VERSION/bin" \
     "$TOOLS_DIR/helm-$HELM_VERSION/bin" "$TOOLS_DIR/prometheus-$PROMETHEUS_MODULE_VERSION/bin" \
     "$TOOLS_DIR/coredns-$COREDNS_VERSION/bin" "$TOOLS_DIR/kwok-$KWOK_VERSION/bin" \
     "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" "$TOOLS_DIR/kueue-$KUEUE_VERSION/bin" \
-    "$TOOLS_DIR/versitygw-$VERSITYGW_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/versitygw-$VERSITYGW_VERSION/bin" "$TOOLS_DIR/kube-score-$KUBE_SCORE_VERSION/bin" \
+    "$TOOLS_DIR/kube-linter-$KUBE_LINTER_VERSION/bin" \
+    "$TOOLS_DIR/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION/bin" | paste -sd:
 }
 
 case "${1:-all}" in
@@ -271,6 +334,9 @@ case "${1:-all}" in
   prometheus-operator) build_prometheus_operator ;;
   kueue) build_kueue ;;
   versitygw) build_versitygw ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; build_kueue; build_versitygw; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|versitygw|--print-path]" >&2; exit 2 ;;
+  kube-score) build_kube_score ;;
+  kube-linter) build_kube_linter ;;
+  kube-network-policies) build_kube_network_policies ;;
+  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; build_kueue; build_versitygw; build_kube_score; build_kube_linter; build_kube_network_policies; log "PATH entries: $(print_bindirs)" ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|versitygw|kube-score|kube-linter|kube-network-policies|--print-path]" >&2; exit 2 ;;
 esac
