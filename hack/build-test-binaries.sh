@@ -323,6 +323,30 @@ print_bindirs() {
     "$TOOLS_DIR/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION/bin" | paste -sd:
 }
 
+timed() {  # timed TOOL: build_TOOL, then say how long it took
+  local t0=$SECONDS
+  "build_$1"
+  log "$1 ready after $((SECONDS - t0)) s"
+}
+
+lane() { local t; for t in "$@"; do timed "$t"; done; }
+
+build_all() {
+  # Two lanes at once. A build spends minutes on one core (downloading modules from the
+  # proxy, linking), and the other lane's compiler fills the idle one; the shared
+  # GOCACHE and GOMODCACHE are safe for concurrent go commands. A cold build took
+  # 31 min in one lane before kube-score, kube-linter and kube-network-policies joined.
+  local t0=$SECONDS a b rc=0
+  lane kube kube_network_policies coredns kwok etcd &
+  a=$!
+  lane prometheus helm prometheus_operator kueue versitygw kube_score kube_linter &
+  b=$!
+  wait "$a" || rc=1
+  wait "$b" || rc=1
+  [[ $rc == 0 ]] || { log "a build failed (its output is above)"; return 1; }
+  log "all tools ready after $((SECONDS - t0)) s"
+}
+
 case "${1:-all}" in
   --print-path) print_bindirs ;;
   etcd) build_etcd ;;
@@ -337,6 +361,6 @@ case "${1:-all}" in
   kube-score) build_kube_score ;;
   kube-linter) build_kube_linter ;;
   kube-network-policies) build_kube_network_policies ;;
-  all) build_etcd; build_kube; build_helm; build_prometheus; build_coredns; build_kwok; build_prometheus_operator; build_kueue; build_versitygw; build_kube_score; build_kube_linter; build_kube_network_policies; log "PATH entries: $(print_bindirs)" ;;
+  all) build_all; log "PATH entries: $(print_bindirs)" ;;
   *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|versitygw|kube-score|kube-linter|kube-network-policies|--print-path]" >&2; exit 2 ;;
 esac
