@@ -424,7 +424,7 @@ def _per_passage(segments: list, units: list[tuple[float, float]], passage: str)
 
 def long_memory(ctx: Context) -> Outcome:
     """Peak RSS of transcribing 3 hours vs 10 minutes of the same make-up."""
-    from kubescribe.runner.audio import PIECE_SECONDS
+    from kubescribe.runner.pieces import PIECE_SECONDS
 
     sizes = MEMORY_SIZES_QUICK if ctx.quick else MEMORY_SIZES
     short_name, long_name = list(sizes)

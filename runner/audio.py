@@ -1,17 +1,17 @@
-"""Audio decoded as it is read, piece by piece, so that memory follows the piece and
-not the recording.
+"""Audio decoded as it is read, so that memory follows what is read and not the
+recording (:mod:`.pieces` says where the engine cuts it).
 
 faster-whisper's ``decode_audio`` collects a whole file before returning it: 16 kHz
 float32 is 230 MB an hour, and its 16-bit buffer is still held when the float copy is
-made (345 MB an hour; a runner given a 2-hour FLAC peaked at 1.17 GiB). Here PyAV demuxes and decodes packet by packet and the resampler
-hands on each frame as it comes, so a reader holds one piece (a few minutes) and the
-frames in flight. The samples are the ones ``decode_audio`` makes (the same resampler:
-16-bit mono at 16 kHz, then divided by 32768), so short and long audio, and a result made
-before this module, decode alike.
+made (345 MB an hour; a runner given a 2-hour FLAC peaked at 1.17 GiB). Here PyAV
+demuxes and decodes packet by packet and the resampler hands on each frame as it comes,
+so a reader holds one piece (a few minutes) and the frames in flight. The samples are the
+ones ``decode_audio`` makes (the same resampler: 16-bit mono at 16 kHz, then divided by
+32768), so short and long audio, and a result made before this module, decode alike.
 
-The source is any seekable binary file object: the bytes of a request today, a file or a
-ranged object-store reader later. Resuming seeks the container to the offset where it
-supports that and decodes from the start otherwise (:class:`AudioStream`).
+The source is any seekable binary file object: the bytes of a request held in Redis, a
+file, or a ranged reader over an object in a bucket. Resuming seeks the container to the
+offset where it supports that and decodes from the start otherwise (:class:`AudioStream`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import io
 import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import numpy as np
@@ -28,23 +27,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-#: Seconds of audio the engine transcribes at a time (``EngineOptions.piece_seconds``).
-#: Five minutes are 19 MB of samples; the Silero VAD over them briefly needs ~150 MB more
-#: (faster-whisper runs it on up to 320 s at once, so a longer piece would not cost more
-#: there) and took 2.6 s on a busy CPU core. A piece this long still gives the batched
-#: pipeline ten 30 s clips to fill its batch of 8 on a GPU; a shorter one would save some
-#: of the VAD's memory but adds seams, each a VAD pass over the tail carried on (see
-#: :func:`cut_point`).
-PIECE_SECONDS = 300.0
-#: A piece that is not the recording's last is never cut in its last seconds: speech the
-#: VAD sees starting there may go on past the piece, and the VAD's view of a region that
-#: touches the end of its input is the least certain.
-SEAM_TAIL_SECONDS = 2.0
-#: Nor in its first second, so that every piece moves the transcription on.
-SEAM_ADVANCE_SECONDS = 1.0
-#: A cut inside a pause keeps this far from the speech on either side (less in a
-#: shorter pause: then the pause's middle).
-SEAM_MARGIN_SECONDS = 1.0
 
 
 class BadAudio(ValueError):
@@ -128,7 +110,7 @@ class AudioStream:
         self._file.seek(0)
         try:
             container = av.open(self._file, mode="r", metadata_errors="ignore")
-        except Exception as exc:  # av.error.InvalidDataError and friends
+        except av.error.FFmpegError as exc:  # InvalidDataError and friends; the file's own errors pass
             raise BadAudio(f"not a readable audio file ({type(exc).__name__}: {exc})") from None
         self._container = container
         if not container.streams.audio:
@@ -302,55 +284,6 @@ def open_audio(data: bytes | bytearray | np.ndarray | BinaryIO, start: float = 0
             raise BadAudio("audio is empty (0 bytes)")
         data = io.BytesIO(data)  # shares the bytes until written to: no copy
     return AudioStream(data, start)
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Samples of a recording, from ``start`` seconds into it."""
-
-    start: float
-    samples: np.ndarray
-
-    @property
-    def end(self) -> float:
-        return self.start + self.samples.shape[0] / SAMPLE_RATE
-
-
-def pieces(file: BinaryIO, piece_seconds: float = PIECE_SECONDS, start: float = 0.0) -> Iterator[Piece]:
-    """A recording as consecutive pieces of ``piece_seconds`` (the last one shorter),
-    from ``start`` seconds on; joined, they are the whole decode from there."""
-    n = max(1, int(round(piece_seconds * SAMPLE_RATE)))
-    with AudioStream(file, start) as stream:
-        while not stream.ended:
-            at = stream.position
-            samples = stream.read(n)
-            if samples.size:
-                yield Piece(at, samples)
-
-
-def cut_point(regions: list[tuple[float, float]], length: float, tail: float = SEAM_TAIL_SECONDS,
-              advance: float = SEAM_ADVANCE_SECONDS, margin: float = SEAM_MARGIN_SECONDS) -> float:
-    """Where to end a piece of ``length`` seconds that is not the recording's last, given
-    the VAD's speech ``regions`` in it: in the last pause that starts before its final
-    ``tail`` seconds and ends after its first ``advance`` second, ``margin`` away from the
-    speech on both sides where the pause is long enough (else at its middle), as late as
-    that allows. The audio after the cut is carried into the next piece.
-
-    The VAD (:func:`~.engine.speech_regions`) cuts speech longer than 30 s at its
-    quietest point, so a piece longer than ``30 + tail + advance`` seconds always has a
-    pause or such a split; without either (a shorter piece of unbroken sound) the cut
-    falls at ``length - tail``.
-    """
-    lo, hi = advance, length - tail
-    if hi <= lo:
-        return length
-    edges = [0.0] + [x for region in regions for x in region] + [length]
-    gaps = list(zip(edges[::2], edges[1::2]))  # silence before, between and after the regions
-    for gap_start, gap_end in reversed(gaps):
-        if gap_start < hi and gap_end > lo and gap_end >= gap_start:
-            m = min((gap_end - gap_start) / 2, margin)
-            return min(max(gap_start + m, min(hi, gap_end - m), lo), hi)
-    return hi
 
 
 # -- the decoding pipeline ------------------------------------------------------------------

@@ -15,19 +15,16 @@ from __future__ import annotations
 import threading
 
 from kubescribe.models import S3Object, TranscriptionSpec
-from kubescribe.objectstore import CONTENT_TYPES, ObjectStore, classify
+from kubescribe.objectstore import CONTENT_TYPES, ObjectStore
 from kubescribe.render import render
 from kubescribe.settings import ObjectStoreSettings
 
-#: Read size of a streamed object: memory beyond the audio itself stays at one chunk.
-CHUNK_BYTES = 1 << 20
+from .objectfile import ObjectFile, TooLarge
+
+__all__ = ["ObjectFile", "TooLarge", "client", "stream_audio", "write_outputs"]
 
 _clients: dict[str, ObjectStore] = {}
 _clients_lock = threading.Lock()
-
-
-class TooLarge(Exception):
-    """The object is over the runner's audio limit."""
 
 
 def client(install: ObjectStore | None, settings: ObjectStoreSettings | None = None) -> ObjectStore:
@@ -44,32 +41,18 @@ def client(install: ObjectStore | None, settings: ObjectStoreSettings | None = N
         return _clients[ident]
 
 
-def read_audio(objects: ObjectStore, obj: S3Object, limit: int) -> bytes:
-    """The object's bytes, at most ``limit`` of them.
+def stream_audio(objects: ObjectStore, obj: S3Object, limit: int) -> ObjectFile:
+    """The object as a file the decoder streams, at most ``limit`` bytes long.
 
-    HEAD first, so an object over the limit is refused before a byte is downloaded;
-    then a streamed GET that enforces the limit again as it reads (the object may be
-    replaced in between). Raises ObjectNotFound, ObjectStoreError or :class:`TooLarge`.
+    HEAD first, so an object over the limit is refused before a byte is downloaded; the
+    first read checks the size again (the object may be replaced in between) and pins
+    the version it reads (:class:`~.objectfile.ObjectFile`). Raises ObjectNotFound,
+    ObjectStoreError or :class:`TooLarge`.
     """
     size = objects.size(obj.key, bucket=obj.bucket)
     if size > limit:
         raise TooLarge(f"{obj} is {size} bytes, over the {limit}-byte limit (KUBESCRIBE_MAX_AUDIO_BYTES)")
-    body = objects.open(obj.key, bucket=obj.bucket)
-    chunks, total = [], 0
-    try:
-        while chunk := body.read(CHUNK_BYTES):
-            total += len(chunk)
-            if total > limit:
-                raise TooLarge(f"{obj} grew over the {limit}-byte limit while it was read "
-                               "(KUBESCRIBE_MAX_AUDIO_BYTES)")
-            chunks.append(chunk)
-    except TooLarge:
-        raise
-    except Exception as exc:  # a connection lost mid-body, a read timeout
-        raise classify(exc, f"GET {obj}") from exc
-    finally:
-        body.close()
-    return b"".join(chunks)
+    return ObjectFile(objects.client, obj, size, limit)
 
 
 def write_outputs(objects: ObjectStore, spec: TranscriptionSpec, namespace: str, name: str,

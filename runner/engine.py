@@ -1,13 +1,16 @@
 """faster-whisper behind one small interface: load a model once, transcribe many times.
 
-The engine knows nothing of Kubernetes or Redis: it turns audio bytes and a
-:class:`~kubescribe.models.TranscriptionSpec` into the result JSON that the store keeps
-and the renderers read.
+The engine knows nothing of Kubernetes or Redis: it turns audio (bytes, a file, samples)
+and a :class:`~kubescribe.models.TranscriptionSpec` into the result JSON that the store
+keeps and the renderers read. It owns the model cache and the piece-by-piece loop of
+:meth:`Engine.transcribe`; what it leans on lives beside it: the streamed decode
+(:mod:`.audio`), where pieces are cut (:mod:`.pieces`), speech regions and clips
+(:mod:`.vad`), short requests packed into shared windows (:mod:`.packing`) and the
+result document (:mod:`.results`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import threading
@@ -19,19 +22,18 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kubescribe import __version__
-from kubescribe.models import DEFAULT_MODEL, TranscriptionSpec, now_rfc3339
+from kubescribe.models import DEFAULT_MODEL, TranscriptionSpec
 from kubescribe.settings import EngineSettings
 
-from .audio import PIECE_SECONDS, SAMPLE_RATE, BadAudio, Source, cut_point, open_audio
+from .audio import SAMPLE_RATE, Source, open_audio
+from .packing import Item, transcribe_packed
+from .pieces import MIN_PIECE_SECONDS, cut_point
 from .resources import cuda_device_count, release_memory
+from .results import document, segment
+from .vad import CLIP_SECONDS, pack_clips, speech_regions
 
 log = logging.getLogger(__name__)
 
-#: Whisper's window: batched decoding joins speech into clips of at most this length.
-CLIP_SECONDS = 30.0
-#: The shortest piece :func:`~.audio.cut_point` can always cut in a pause or a VAD split.
-MIN_PIECE_SECONDS = 35.0
 
 
 class ModelLoadError(RuntimeError):
@@ -86,27 +88,6 @@ def pick_compute_type(compute_type: str, device: str) -> str:
     return compute_type
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Decode any container/codec PyAV reads into 16 kHz mono float32, all at once.
-
-    For short audio only (packing in :meth:`Engine.transcribe_many`, the pool's look at a
-    request's length): it holds the whole recording, and faster-whisper's decoder briefly
-    twice that. :meth:`Engine.transcribe` reads its audio piece by piece instead
-    (:mod:`.audio`).
-    """
-    if not data:
-        raise BadAudio("audio is empty (0 bytes)")
-    from faster_whisper.audio import decode_audio
-
-    try:
-        samples = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
-    except Exception as exc:  # av.error.InvalidDataError and friends
-        raise BadAudio(f"not a readable audio file ({type(exc).__name__}: {exc})") from None
-    if samples is None or samples.size == 0:
-        raise BadAudio("the file holds no audio samples (truncated or not audio)")
-    return samples
-
-
 @dataclass
 class EngineOptions:
     """How the engine loads models.
@@ -122,7 +103,7 @@ class EngineOptions:
         clip_gap_seconds: batched decoding ends a clip at a pause longer than this.
         piece_seconds: :meth:`Engine.transcribe` decodes and transcribes audio this
             many seconds at a time, so its memory follows the piece, not the recording
-            (see :data:`~.audio.PIECE_SECONDS` for the default); at least
+            (see :data:`~.pieces.PIECE_SECONDS` for the default); at least
             ``MIN_PIECE_SECONDS``.
     """
 
@@ -215,7 +196,7 @@ class Engine:
 
         The audio is decoded and transcribed a piece of ``options.piece_seconds`` at a
         time, so memory follows the piece, not the recording. A piece that is not the
-        last is cut in a pause the VAD finds near its end (:func:`~.audio.cut_point`),
+        last is cut in a pause the VAD finds near its end (:func:`~.pieces.cut_point`),
         and the audio after the cut is carried into the next piece, which the VAD and
         the model see from the cut on. Pieces are therefore disjoint and cut only where
         nobody speaks: no word is split, so none is lost or said twice at a seam, and no
@@ -278,8 +259,8 @@ class Engine:
             # each clip is one segment (timestamps inside clips cost time and accuracy;
             # the subtitle renderer cuts cues), and long silences split clips so that
             # segment times stay on the speech.
-            clips = speech_clips([(a, min(b, cut)) for a, b in regions if a < cut], CLIP_SECONDS,
-                                 self.options.clip_gap_seconds) if mode == "batched" else []
+            clips = pack_clips([[(a, min(b, cut)) for a, b in regions if a < cut]], CLIP_SECONDS,
+                               self.options.clip_gap_seconds) if mode == "batched" else []
             segments, got = _decode_part(model, part, mode, spec, kwargs, clips)
             if got is not None and info is None:
                 info = got
@@ -288,7 +269,7 @@ class Engine:
                 float(got.duration_after_vad) if got is not None else 0.0)
             # segments is a generator: the decoding happens inside this loop.
             for seg in segments:
-                item = _segment(seg, len(out_segments) + 1, at / SAMPLE_RATE, spec.word_timestamps,
+                item = segment(seg, len(out_segments) + 1, at / SAMPLE_RATE, spec.word_timestamps,
                                 (at + part.shape[0]) / SAMPLE_RATE)
                 out_segments.append(item)
                 if on_segment is not None:
@@ -308,176 +289,16 @@ class Engine:
         if progress is not None:
             progress(duration, duration)
         language = info.language if info is not None else (spec.language or "en")
-        language_probability = float(info.language_probability) if info is not None else 1.0
-        return {
-            "text": " ".join(s["text"] for s in out_segments if s["text"]),
-            "segments": out_segments,
-            "language": language,
-            "language_probability": round(language_probability, 4),
-            "audio_duration_seconds": round(duration, 3),
-            "duration_after_vad_seconds": round(after_vad, 3),
-            "processing_seconds": round(elapsed, 3),
-            "realtime_factor": round(elapsed / duration, 4) if duration > 0 else None,
-            "decoding": {"mode": mode, "requested": spec.decoding,
-                         "batch_size": spec.batch_size if mode == "batched" else None,
-                         "resumed_at_seconds": round(offset, 3) if done else None},
-            "model": spec.model,
-            "parameters": spec.output_params(),
-            "audio_sha256": audio_sha256,
-            "created_at": now_rfc3339(),
-            "kubescribe_version": __version__,
-        }
+        return document(out_segments, spec, language=language, duration=duration, after_vad=after_vad,
+                        language_probability=float(info.language_probability) if info is not None else 1.0,
+                        elapsed=elapsed, mode=mode, audio_sha256=audio_sha256, resumed_at=offset if done else None)
 
-    def transcribe_many(self, items: list[tuple[bytes | np.ndarray, TranscriptionSpec, str | None]]
-                        ) -> list[dict[str, Any]]:
-        """Several requests with the same :func:`batch_key`, decoded together.
-
-        Whisper pads every window to 30 s, so a 3 s request alone costs a whole 30 s
-        encoder pass: on a CPU that pass, not the decoder, is most of a short request's
-        time, and batching separate windows saves nothing. Here the requests' speech is
-        packed: their audio is joined with a second of silence between them, cut into VAD
-        speech regions, and regions are joined into shared windows of up to 30 s across
-        request boundaries (inside one request a pause longer than ``clip_gap_seconds``
-        still ends a window). The windows go through one batched pipeline call with word
-        timestamps, and every word goes back to the request whose speech it overlaps, on
-        that request's own timeline. Each request gets its own result document. ``items``
-        are (audio, spec, audio SHA-256); the caller keeps tenants apart (only requests
-        of one namespace share windows: a window's words condition each other).
-        """
-        if not items:
-            return []
-        keys = {batch_key(spec) for _, spec, _ in items}
-        if None in keys or len(keys) != 1:
-            raise ValueError("requests in one batch must share model, task, language, beam, prompt and batch size")
-        first = items[0][1]
-        # Whole-file decoding, not pieces: packed requests are short by design (the pool packs
-        # only audio under batched_min_seconds; longer requests go through transcribe).
-        parts = [decode(d) if isinstance(d, (bytes, bytearray)) else d for d, _, _ in items]
-        shared = _Shared(parts, [speech_regions(p) for p in parts])
-        clips = pack_clips(shared.regions, CLIP_SECONDS, self.options.clip_gap_seconds)
-        model = self.model(first.model, first.device, first.compute_type)
-        language = first.language or "en"
-        per: list[list[dict[str, Any]]] = [[] for _ in items]
-        t0 = time.perf_counter()
-        if clips:
-            from faster_whisper import BatchedInferencePipeline
-
-            segments, _info = BatchedInferencePipeline(model).transcribe(
-                shared.samples, batch_size=first.batch_size, vad_filter=False, language=language, task=first.task,
-                beam_size=first.beam_size, word_timestamps=True, initial_prompt=first.initial_prompt or None,
-                clip_timestamps=[{"start": a, "end": b} for a, b in clips])
-            for seg in segments:
-                for i, piece in shared.split(seg):
-                    per[i].append(_piece(piece, seg, len(per[i]) + 1, -shared.offsets[i], shared.durations[i],
-                                         first.word_timestamps))
-        elapsed = time.perf_counter() - t0
-        total = sum(shared.durations) or 1.0
-        out = []
-        for i, (_, spec, sha) in enumerate(items):
-            duration = shared.durations[i]
-            share = elapsed * duration / total  # this request's share of the batch's time
-            out.append({
-                "text": " ".join(s["text"] for s in per[i] if s["text"]),
-                "segments": per[i],
-                "language": language,
-                "language_probability": 1.0,
-                "audio_duration_seconds": round(duration, 3),
-                "duration_after_vad_seconds": round(sum(b - a for a, b in shared.regions[i]), 3),
-                "processing_seconds": round(share, 3),
-                "realtime_factor": round(share / duration, 4) if duration > 0 else None,
-                "decoding": {"mode": "batched", "requested": spec.decoding, "batch_size": spec.batch_size,
-                             "resumed_at_seconds": None, "shared_with": len(items) - 1},
-                "model": spec.model,
-                "parameters": spec.output_params(),
-                "audio_sha256": sha,
-                "created_at": now_rfc3339(),
-                "kubescribe_version": __version__,
-            })
-        return out
-
-
-def batch_key(spec: TranscriptionSpec) -> tuple | None:
-    """What requests must share to be decoded in one batch (None: this one cannot be).
-
-    One batch is one model call: same model and numerics, same task, beam and prompt,
-    and a known language, because the batched pipeline detects the language once for the
-    whole batch.
-    """
-    language = spec.language or ("en" if spec.model.endswith(".en") else "")
-    if not language or spec.decoding == "sequential":
-        return None
-    return (spec.model, spec.device, spec.compute_type, spec.task, language, spec.beam_size,
-            spec.word_timestamps, spec.initial_prompt, spec.batch_size)
-
-
-class _Shared:
-    """Several requests' audio end to end, a second of silence apart.
-
-    ``offsets`` and ``durations`` say where each request is in the joined samples,
-    ``regions`` where each one's speech is (joined time), for :meth:`split`.
-    """
-
-    def __init__(self, parts: list[np.ndarray], regions: list[list[tuple[float, float]]],
-                 gap_seconds: float = 1.0):
-        gap = np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
-        self.offsets: list[float] = []
-        self.durations: list[float] = []
-        self.regions: list[list[tuple[float, float]]] = []
-        chunks: list[np.ndarray] = []
-        t = 0.0
-        for p, own in zip(parts, regions):
-            self.offsets.append(t)
-            self.durations.append(p.shape[0] / SAMPLE_RATE)
-            self.regions.append([(a + t, b + t) for a, b in own])
-            chunks += [p, gap]
-            t += p.shape[0] / SAMPLE_RATE + gap_seconds
-        self.samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-
-    def owner(self, start: float, end: float) -> int:
-        """The request a stretch of joined time belongs to: the one whose speech it
-        overlaps most; touching none, the one with the nearest speech. Word times from
-        cross-attention often stretch a word into the silence before it, so the silence
-        between two requests is not split by position alone."""
-        best, best_key = 0, (-1.0, 0.0)
-        for i, own in enumerate(self.regions):
-            for a, b in own:
-                overlap = min(end, b) - max(start, a)
-                key = (overlap, 0.0) if overlap > 0 else (0.0, -max(a - end, start - b, 0.0))
-                if key > best_key:
-                    best, best_key = i, key
-        return best
-
-    def split(self, seg: Any) -> list[tuple[int, list[Any]]]:
-        """A decoded segment of a shared window as (request, its words) runs, in order."""
-        words = list(seg.words or [])
-        if not words:  # no alignment (empty text): the segment goes whole to its owner
-            return [(self.owner(seg.start, seg.end), [])] if seg.text.strip() else []
-        runs: list[tuple[int, list[Any]]] = []
-        for w in words:
-            i = self.owner(w.start, w.end)
-            if runs and runs[-1][0] == i:
-                runs[-1][1].append(w)
-            else:
-                runs.append((i, [w]))
-        return runs
-
-
-def pack_clips(regions: list[list[tuple[float, float]]], max_seconds: float, max_gap: float
-               ) -> list[tuple[float, float]]:
-    """Several requests' speech regions (joined time, request by request) packed into
-    shared windows of at most ``max_seconds``: a window goes on across a request
-    boundary (the silence there is the joining's own), and inside one request ends at a
-    pause longer than ``max_gap``, as :func:`speech_clips` does."""
-    clips: list[tuple[float, float]] = []
-    last_owner = -1
-    for i, own in enumerate(regions):
-        for start, end in own:
-            if clips and end - clips[-1][0] <= max_seconds and (i != last_owner or start - clips[-1][1] <= max_gap):
-                clips[-1] = (clips[-1][0], end)
-            else:
-                clips.append((start, end))
-            last_owner = i
-    return clips
+    def transcribe_many(self, items: list[Item]) -> list[dict[str, Any]]:
+        """Several short requests with the same :func:`~.packing.batch_key`, packed into
+        shared windows and decoded in one batched call (:mod:`.packing` says how); one
+        result document each. ``items`` are (audio, spec, audio SHA-256)."""
+        return transcribe_packed(lambda spec: self.model(spec.model, spec.device, spec.compute_type), items,
+                                 self.options.clip_gap_seconds)
 
 
 def choose_decoding(requested: str, duration: float, batched_min_seconds: float) -> str:
@@ -490,32 +311,6 @@ def choose_decoding(requested: str, duration: float, batched_min_seconds: float)
     if requested in ("batched", "sequential"):
         return requested
     return "batched" if duration >= batched_min_seconds else "sequential"
-
-
-def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
-    """Where the Silero VAD hears speech, in seconds (regions of at most 30 s)."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    found = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CLIP_SECONDS,
-                                                      min_silence_duration_ms=160))
-    return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
-
-
-def speech_clips(regions: list[tuple[float, float]], max_seconds: float, max_gap: float) -> list[tuple[float, float]]:
-    """Speech regions joined into clips for batched decoding, in order.
-
-    Whisper pads every clip to a 30 s window, so a clip costs the same whether it holds
-    2 s of speech or 30 s: regions are joined while the clip spans at most
-    ``max_seconds`` and the pause before the next region is at most ``max_gap``. A longer
-    pause ends the clip, so a segment never stretches over a long silence.
-    """
-    clips: list[tuple[float, float]] = []
-    for start, end in regions:
-        if clips and start - clips[-1][1] <= max_gap and end - clips[-1][0] <= max_seconds:
-            clips[-1] = (clips[-1][0], end)
-        else:
-            clips.append((start, end))
-    return clips
 
 
 def _decode_part(model, part: np.ndarray, mode: str, spec: TranscriptionSpec, kwargs: dict[str, Any],
@@ -549,52 +344,3 @@ def resume_offset(done: list[dict[str, Any]], duration: float) -> float:
     if not done:
         return 0.0
     return max(0.0, min(float(done[-1]["end"]), duration))
-
-
-def _piece(words: list[Any], seg: Any, number: int, offset: float, duration: float, keep_words: bool
-           ) -> dict[str, Any]:
-    """One request's run of words from a shared window's segment, as a result segment on
-    that request's timeline (shifted by ``offset``, clamped to its ``duration``)."""
-    if not words:
-        return _segment(seg, number, offset, False)
-
-    def at(t: float) -> float:
-        return round(min(max(t + offset, 0.0), duration), 3)
-
-    item: dict[str, Any] = {
-        "id": number,
-        "start": at(words[0].start),
-        "end": at(words[-1].end),
-        "text": "".join(w.word for w in words).strip(),
-        "avg_logprob": round(seg.avg_logprob, 4),
-        "no_speech_prob": round(seg.no_speech_prob, 4),
-    }
-    if keep_words:
-        item["words"] = [{"start": at(w.start), "end": at(w.end), "word": w.word.strip(),
-                          "probability": round(w.probability, 4)} for w in words]
-    return item
-
-
-def _segment(seg: Any, number: int, offset: float, words: bool, until: float = math.inf) -> dict[str, Any]:
-    """A faster-whisper segment as result JSON, shifted by ``offset`` seconds and kept
-    before ``until`` (the end of the audio it was decoded from: Whisper's last timestamp
-    in a window can point past it, which would overlap the next piece's first segment)."""
-
-    def at(t: float) -> float:
-        return round(min(t + offset, until), 3)
-
-    item: dict[str, Any] = {
-        "id": number,
-        "start": at(seg.start),
-        "end": at(seg.end),
-        "text": seg.text.strip(),
-        "avg_logprob": round(seg.avg_logprob, 4),
-        "no_speech_prob": round(seg.no_speech_prob, 4),
-    }
-    if words and seg.words:
-        item["words"] = [
-            {"start": at(w.start), "end": at(w.end), "word": w.word.strip(),
-             "probability": round(w.probability, 4)}
-            for w in seg.words
-        ]
-    return item

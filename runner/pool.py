@@ -27,7 +27,8 @@ from kubescribe.settings import RunnerSettings
 from kubescribe.store import Owner, Store, store_from_settings
 from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkItem, WorkQueue
 
-from .engine import Engine, EngineOptions, batch_key, decode
+from .engine import Engine, EngineOptions
+from .packing import batch_key, short_samples
 from .resources import Nvml, release_memory, start_metrics_server
 from .task import Prepared, TaskError, TaskOutcome, prepare, run_task, store_result, task_errors
 
@@ -103,7 +104,7 @@ def _failed(queue: WorkQueue, delivery: Delivery, spec, exc: TaskError) -> None:
 def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: RunnerMetrics, consumer: str,
                   deliveries: list[Delivery], report_every: float = 2.0) -> None:
     """Several queued requests at once: cache answers and failures are finished one by one;
-    short misses of one namespace that can share a batch (:func:`~.engine.batch_key`) are
+    short misses of one namespace that can share a batch (:func:`~.packing.batch_key`) are
     packed into shared windows by :meth:`~.engine.Engine.transcribe_many`; the rest run alone, as :func:`process`
     runs them. Every request gets its own result, outcome and status."""
     if len(deliveries) == 1:
@@ -131,11 +132,14 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
                     queue.finish(d.entry_id, d.item, d.item.attempt + 1, p.outcome)
                     continue
                 with task_errors():
-                    samples = decode(p.data)
+                    try:
+                        samples = short_samples(p.audio.file, engine.options.batched_min_seconds)
+                    finally:
+                        p.close()
             except TaskError as exc:
                 _failed(queue, d, spec, exc)
                 continue
-            if samples.shape[0] / 16000 >= engine.options.batched_min_seconds or p.key in keys:
+            if samples is None or p.key in keys:
                 # long audio: batched on its own, with checkpoints; the same audio and
                 # settings twice: the second is answered from the cache after the batch
                 alone.append(d)
@@ -151,7 +155,7 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
                 metrics.active_workers.inc()
             try:
                 with task_errors():
-                    results = engine.transcribe_many([(samples, p.spec, p.sha) for _, p, samples in members])
+                    results = engine.transcribe_many([(samples, p.spec, p.audio.sha256) for _, p, samples in members])
             except TaskError as exc:
                 log.warning("batch of %d failed (%s): each request runs alone", len(members), exc.message)
                 alone += [d for d, _, _ in members]

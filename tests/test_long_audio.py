@@ -146,7 +146,7 @@ class _Seg:
 
 
 def test_short_requests_are_packed_across_their_boundaries_but_not_across_long_pauses():
-    from kubescribe.runner.engine import pack_clips
+    from kubescribe.runner.vad import pack_clips
 
     # three requests of 4 s speech each, 5 s apart: one window holds them all
     three = [[(0.0, 4.0)], [(5.0, 9.0)], [(10.0, 14.0)]]
@@ -162,10 +162,10 @@ def test_short_requests_are_packed_across_their_boundaries_but_not_across_long_p
 
 
 def test_words_go_back_to_the_request_whose_speech_they_overlap():
-    from kubescribe.runner.engine import _Shared
+    from kubescribe.runner.packing import SharedAudio
 
     parts = [np.zeros(16000 * 3, dtype=np.float32), np.zeros(16000 * 2, dtype=np.float32)]
-    shared = _Shared(parts, [[(0.5, 2.5)], [(0.2, 1.8)]])  # second request starts at 4.0
+    shared = SharedAudio(parts, [[(0.5, 2.5)], [(0.2, 1.8)]])  # second request starts at 4.0
     assert shared.offsets == [0.0, 4.0] and shared.durations == [3.0, 2.0]
     assert shared.regions == [[(0.5, 2.5)], [(4.2, 5.8)]]
     # "The", stretched back into the silence between the requests, still goes to the
@@ -181,10 +181,10 @@ def test_words_go_back_to_the_request_whose_speech_they_overlap():
 
 
 def test_a_run_of_words_becomes_a_segment_on_its_own_requests_timeline():
-    from kubescribe.runner.engine import _piece
+    from kubescribe.runner.results import word_run
 
     seg = _Seg([_Word(4.3, 4.6, " The"), _Word(4.6, 6.4, " end.")])
-    item = _piece(seg.words, seg, 1, -4.0, 2.0, keep_words=True)
+    item = word_run(seg.words, seg, 1, -4.0, 2.0, keep_words=True)
     assert item["text"] == "The end." and item["start"] == 0.3 and item["end"] == 2.0  # clamped to 2.0 s
     assert [w["word"] for w in item["words"]] == ["The", "end."]
-    assert "words" not in _piece(seg.words, seg, 2, -4.0, 2.0, keep_words=False)
+    assert "words" not in word_run(seg.words, seg, 2, -4.0, 2.0, keep_words=False)

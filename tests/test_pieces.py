@@ -1,4 +1,4 @@
-"""Long audio in bounded memory: the streamed decode (runner.audio) against
+"""Long audio in bounded memory: the streamed decode (runner.audio, runner.pieces) against
 faster-whisper's whole-file decode on sox-made files, where pieces are cut (pure), and
 real transcriptions piece by piece with tiny.en whose seams fall inside speech."""
 
@@ -14,7 +14,9 @@ import pytest
 from kubescribe.models import parse_spec
 from kubescribe.runner import audio as audio_mod
 from kubescribe.runner import engine as engine_mod
-from kubescribe.runner.audio import SAMPLE_RATE, AudioStream, BadAudio, cut_point, open_audio, pieces
+from kubescribe.runner import pieces as pieces_mod
+from kubescribe.runner.audio import SAMPLE_RATE, AudioStream, BadAudio, open_audio
+from kubescribe.runner.pieces import cut_point, pieces
 from kubescribe.runner.engine import Engine, EngineOptions
 from tests.support.core import SENTENCES, _require, speak, wer, write_wav
 
@@ -145,7 +147,7 @@ def test_what_is_not_audio_is_bad_audio_with_a_clear_message(made, tmp_path):
 def test_an_engine_with_pieces_too_short_to_hold_a_pause_is_refused():
     with pytest.raises(ValueError, match="piece_seconds"):
         EngineOptions(piece_seconds=20)
-    assert EngineOptions().piece_seconds == audio_mod.PIECE_SECONDS == 300
+    assert EngineOptions().piece_seconds == pieces_mod.PIECE_SECONDS == 300
 
 
 # -- where a piece is cut: a specification --------------------------------------------------------

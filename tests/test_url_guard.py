@@ -18,7 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from kubescribe.models import parse_spec
-from kubescribe.runner.task import TaskError, _download, fetch_audio
+from kubescribe.runner.fetch import _download, fetch_audio
+from kubescribe.runner.task import TaskError
 from kubescribe.runner.url_guard import (
     ALLOW_SETTING,
     MAX_REDIRECTS,
@@ -145,7 +146,8 @@ def server():
 
 def fetch(url: str):
     """The runner's real path: spec -> fetch_audio -> guard from the environment."""
-    return fetch_audio(None, parse_spec({"audio": {"url": url}, "device": "cpu"}))
+    with fetch_audio(None, parse_spec({"audio": {"url": url}, "device": "cpu"})) as audio:
+        return audio.file.read()
 
 
 def refused(url: str, *, allowable: bool = True) -> TaskError:
