@@ -77,18 +77,10 @@ class ObjectFile(io.RawIOBase):
         want = min(len(buffer), self.size - self._pos)
         if want <= 0:
             return 0
-        if self._body is None or not 0 <= self._pos - self._body_pos <= SKIP_BYTES:
-            self._open(self._pos)
-        try:
-            while self._body_pos < self._pos:  # a short hop ahead: read on
-                skipped = len(self._body.read(min(self._pos - self._body_pos, 1 << 16)))
-                if not skipped:
-                    break
-                self._body_pos += skipped
-            data = self._body.read(want) if self._body_pos == self._pos else b""
-        except Exception as exc:  # a connection lost mid-body, a read timeout
+        data = self._read(want)
+        if not data:  # the open GET broke off: once more from here, in a GET of its own
             self._drop()
-            raise classify(exc, f"GET {self.obj}") from exc
+            data = self._read(want)
         if not data:
             self._drop()
             raise ObjectStoreError("ObjectStoreUnavailable", f"GET {self.obj}: the body ended at byte {self._pos} "
@@ -97,6 +89,24 @@ class ObjectFile(io.RawIOBase):
         self._pos += len(data)
         self._body_pos = self._pos
         return len(data)
+
+    def _read(self, want: int) -> bytes:
+        """Up to ``want`` bytes at the position from the open GET (opened first where it is
+        not there); empty when that GET broke off. A GET stays open while the model
+        works on a piece, minutes for a large model, and a server or proxy may close an
+        idle connection by then: that costs a new GET, not the task."""
+        if self._body is None or not 0 <= self._pos - self._body_pos <= SKIP_BYTES:
+            self._open(self._pos)
+        try:
+            while self._body_pos < self._pos:  # a short hop ahead: read on
+                skipped = len(self._body.read(min(self._pos - self._body_pos, 1 << 16)))
+                if not skipped:
+                    return b""
+                self._body_pos += skipped
+            return self._body.read(want)
+        except Exception as exc:  # a connection lost mid-body, a read timeout
+            log.info("GET %s broke off at byte %d (%s: %s)", self.obj, self._pos, type(exc).__name__, exc)
+            return b""
 
     def _open(self, start: int) -> None:
         self._drop()

@@ -91,6 +91,24 @@ def test_a_lost_connection_is_a_transient_failure_not_bad_audio(s3_bucket, tmp_p
         own.start()
 
 
+def test_a_connection_closed_while_the_model_works_is_reopened_where_it_left_off(tmp_path):
+    """The server restarts between two reads (its connections close, as an idle timeout
+    closes them): the next read opens a ranged GET at the position, of the same object."""
+    from tests.envtest.s3 import S3Server
+
+    data = os.urandom(8 * MIB)
+    with S3Server(tmp_path / "s3") as own:
+        objects = ObjectStore(own.client(), None)
+        bucket = own.create_bucket("audio")
+        objects.put("long.flac", data, bucket=bucket)
+        with buckets.stream_audio(objects, S3Object(bucket=bucket, key="long.flac"), 10 * MIB) as f:
+            head = f.read(MIB)
+            own.stop()
+            own.start()
+            rest = b"".join(iter(lambda: f.read(MIB), b""))
+            assert head + rest == data and f.requests == 2
+
+
 @pytest.fixture(scope="module")
 def flac(tmp_path_factory) -> bytes:
     sox = _require("sox", "sox")
