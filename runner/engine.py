@@ -35,7 +35,6 @@ from .vad import CLIP_SECONDS, pack_clips, speech_regions
 log = logging.getLogger(__name__)
 
 
-
 class ModelLoadError(RuntimeError):
     """The model could not be found or loaded. Final unless the model volume is fixed."""
 

@@ -171,6 +171,7 @@ def _recording(path, minutes: float, sentence: np.ndarray) -> None:
     assert sox.wait() == 0
 
 
+@pytest.mark.slow
 def test_the_runners_peak_memory_does_not_grow_with_the_recording_it_reads_from_a_bucket(
         redis_server, s3_server, s3_bucket, tmp_path):
     from faster_whisper.audio import decode_audio
