@@ -96,12 +96,12 @@ def test_a_connection_closed_while_the_model_works_is_reopened_where_it_left_off
     closes them): the next read opens a ranged GET at the position, of the same object."""
     from tests.envtest.s3 import S3Server
 
-    data = os.urandom(8 * MIB)
+    data = os.urandom(64 * MIB)  # more than the socket buffers hold at their largest (tcp_rmem: 32 MiB)
     with S3Server(tmp_path / "s3") as own:
         objects = ObjectStore(own.client(), None)
         bucket = own.create_bucket("audio")
         objects.put("long.flac", data, bucket=bucket)
-        with buckets.stream_audio(objects, S3Object(bucket=bucket, key="long.flac"), 10 * MIB) as f:
+        with buckets.stream_audio(objects, S3Object(bucket=bucket, key="long.flac"), 100 * MIB) as f:
             head = f.read(MIB)
             own.stop()
             own.start()
