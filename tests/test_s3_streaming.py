@@ -210,4 +210,7 @@ def test_the_runners_peak_memory_does_not_grow_with_the_recording_it_reads_from_
     print(f"peak ratio {ratio:.3f} for {long['size'] / short['size']:.1f}x the bytes; the peak grew by "
           f"{grown:.1%} of the extra bytes")
     assert long["size"] > 4 * short["size"]
-    assert ratio <= 1.1 and grown <= 0.25, (ratio, grown)  # held whole, the bytes came on top: 105 %
+    # Held whole (before runner.objectfile), the bytes came on top: 621 -> 991 MiB, a ratio of
+    # 1.6 and 105 % of the extra bytes. Streamed, three runs gave 0.99-1.07 and -1 to +11 %: the
+    # allocator's heap after more pieces, not the bytes (benchmarks' long_memory: 3 h at 1.055x 10 min).
+    assert ratio <= 1.15 and grown <= 0.25, (ratio, grown)
