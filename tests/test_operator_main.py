@@ -1,4 +1,5 @@
-"""The operator's kopf wiring, with no server: the settings it gives kopf."""
+"""The operator's wiring, with no server: the settings it gives kopf, the parts it builds
+once (controllers.build), and where a watch event goes."""
 
 import warnings
 
@@ -16,3 +17,42 @@ def test_kopf_settings_use_no_deprecated_name():
         configure_kopf(settings, OperatorSettings(redis_url="memory://", namespace="ns"))
     assert settings.queueing.idle_timeout == 1.0
     assert settings.posting.enabled is False and settings.scanning.disabled is True
+
+
+def test_every_part_shares_one_applier_and_the_pool_consumer_exists_only_in_pool_mode():
+    from kubescribe.metrics import OperatorMetrics
+    from kubescribe.operator import controllers
+    from kubescribe.store import MemoryStore
+
+    from tests.support.operator_parts import FakeKube
+
+    for mode in ("job", "pool"):
+        metrics = OperatorMetrics()
+        parts = controllers.build(OperatorSettings(redis_url="memory://", mode=mode), MemoryStore(metrics=metrics),
+                                  FakeKube(), metrics)
+        a = parts.applier
+        assert parts.requests.applier is a and parts.jobs.applier is a and parts.resync.applier is a
+        assert parts.progress.applier is a and parts.admitter.applier is a and parts.gauges.registry is a.registry
+        assert parts.resync.synced is parts.admitter.synced and not parts.admitter.synced.is_set()
+        assert (parts.pool_outcomes is not None) == (mode == "pool")
+        assert parts.health.healthy() == parts.admitter.healthy()
+
+
+def test_a_watch_event_is_queued_for_its_kinds_handler():
+    from kubescribe.operator.main import _record
+
+    class Events:
+        def __init__(self):
+            self.put_calls = []
+
+        def put(self, key, handler, event_type, body):
+            self.put_calls.append((key, handler, event_type, body["metadata"]["name"]))
+
+    memo = kopf.Memo()
+    memo.events = Events()
+    body = {"metadata": {"uid": "u1", "name": "r"}}
+    _record(memo, "job", {"type": "ADDED", "object": body})
+    assert memo.events.put_calls == []  # before startup built the handlers
+    memo.handlers = {"request": print, "job": len, "workload": repr}
+    _record(memo, "job", {"type": "ADDED", "object": body})
+    assert memo.events.put_calls == [(("job", "u1"), len, "ADDED", "r")]
