@@ -13,7 +13,7 @@ from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE
 from kubescribe.render import render
 
-from .common import CliError, open_cli_store, read_audio, sample_path, spec_from_args
+from .common import CliError, open_cli_store, sample_path, spec_from_args
 
 
 class Progress:
@@ -52,12 +52,18 @@ def cmd_transcribe(args) -> int:
     if path is None:
         print("kubescribe: give an audio FILE or --sample", file=sys.stderr)
         return EXIT_USAGE
-    data = read_audio(path)
-    from kubescribe.store import sha256_hex
+    from kubescribe.runner.fetch import Audio
 
+    # The file is hashed as a stream and decoded from disk: a long recording is never
+    # held whole in memory.
     try:
-        spec = parse_spec(spec_from_args(args, {"redisKey": "local", "sha256": sha256_hex(data)}))
+        data = Audio.of_path(path)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        spec = parse_spec(spec_from_args(args, {"redisKey": "local", "sha256": data.sha256}))
     except InvalidSpec as exc:
+        data.close()
         print(f"kubescribe: {exc}", file=sys.stderr)
         return EXIT_USAGE
     metrics = Metrics()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import urllib.error
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -45,6 +46,22 @@ class Audio:
     @classmethod
     def of_bytes(cls, data: bytes) -> "Audio":
         return cls(io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def of_path(cls, path: str | os.PathLike) -> "Audio":
+        """A local file (the CLI's), hashed as it is read and then decoded from the file
+        itself: never held whole. Raises ``OSError`` when it cannot be read."""
+        file = open(path, "rb")
+        try:
+            digest, size = hashlib.sha256(), 0
+            while chunk := file.read(CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+            file.seek(0)
+        except BaseException:
+            file.close()
+            raise
+        return cls(file, size, digest.hexdigest())
 
     def close(self) -> None:
         self.file.close()

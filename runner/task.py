@@ -92,7 +92,7 @@ def deliver(store: Store, spec: TranscriptionSpec, owner: Owner | None, done: Ta
     return TaskOutcome(done.result, done.outcome.model_copy(update={"outputs": urls}))
 
 
-def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | None = None,
+def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | Audio | None = None,
             count_known_lookup: bool = True, owner: Owner | None = None,
             objects: ObjectStore | None = None) -> TaskOutcome | Prepared:
     """The cache answer (with ``spec.output``'s files written), or the fetched audio of a
@@ -112,7 +112,10 @@ def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | None = None
                 done = TaskOutcome(hit, RunnerOutcome.from_result(hit, key, result_key(key), cached=True,
                                                                   cache_lookup=lookup))
                 return deliver(store, spec, owner, done, objects=objects)
-        fetched = Audio.of_bytes(audio) if audio is not None else fetch_audio(store, spec, objects=objects)
+        if isinstance(audio, Audio):
+            fetched = audio
+        else:
+            fetched = Audio.of_bytes(audio) if audio is not None else fetch_audio(store, spec, objects=objects)
         kept = False
         try:
             if key is None:
@@ -151,7 +154,7 @@ def run_task(
     *,
     metrics: RunnerMetrics | None = None,
     progress: ProgressFn | None = None,
-    audio: bytes | None = None,
+    audio: bytes | Audio | None = None,
     count_known_lookup: bool = True,
     board: RunBoard | None = None,
     owner: Owner | None = None,
@@ -159,7 +162,8 @@ def run_task(
 ) -> TaskOutcome:
     """Answer from the cache or transcribe; raise :class:`TaskError` on failure.
 
-    ``audio`` skips the fetch (the local CLI already holds the bytes). Audio in a bucket
+    ``audio`` skips the fetch: bytes, or an :class:`~.fetch.Audio` such as a local file
+    the CLI opened (read as decoded, never held whole; closed here). Audio in a bucket
     is streamed, never held whole (:mod:`.fetch`). One cache lookup
     counts per request: when the cache key is known from the spec, the operator already
     counted it at admission, so a runner passes ``count_known_lookup=False``; a key known

@@ -121,3 +121,45 @@ def test_wait_bar_writes_nothing_when_stderr_is_not_a_terminal(capsys):
     shown.finish()
     err = capsys.readouterr().err
     assert err.count("\r") == 2 and err.endswith("100%  Succeeded\n")
+
+
+CLI_REPORTING_PEAK = (
+    "import sys\n"
+    "from kubescribe.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "for line in open('/proc/self/status'):\n"
+    "    if line.startswith('VmHWM:'):\n"
+    "        print('VmHWM', line.split()[1], file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_transcribing_a_local_file_does_not_hold_its_bytes(tmp_path):
+    """`kubescribe transcribe FILE` hashes the file as a stream and decodes it from disk:
+    its peak memory on 30 min of 44.1 kHz stereo WAV (300 MiB) is that of 10 min (100 MiB;
+    both several pieces long),
+    where reading the file whole added the bytes on top."""
+    from faster_whisper.audio import decode_audio
+
+    from kubescribe.runner.audio import SAMPLE_RATE
+    from tests.support.core import speak
+    from tests.test_s3_streaming import _recording
+
+    sentence = decode_audio(str(speak(SENTENCES["fox"], tmp_path / "fox.wav")), sampling_rate=SAMPLE_RATE)
+    peaks, sizes = {}, {}
+    for name, minutes in {"short": 10, "long": 30}.items():
+        path = tmp_path / f"{name}.wav"
+        _recording(path, minutes, sentence)
+        sizes[name] = path.stat().st_size
+        proc = subprocess.run([sys.executable, "-c", CLI_REPORTING_PEAK, "transcribe", str(path), "--language", "en",
+                               "--beam-size", "1"], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.lower().count("quick") >= 0.75 * minutes * 60 / 150, proc.stdout[:500]
+        peaks[name] = int(proc.stderr.rsplit("VmHWM", 1)[1].split()[0]) * 1024
+        path.unlink()
+    grown = (peaks["long"] - peaks["short"]) / (sizes["long"] - sizes["short"])
+    print(f"\nCLI peak RSS {peaks['short'] / 2**20:.0f} MiB for {sizes['short'] / 2**20:.0f} MiB, "
+          f"{peaks['long'] / 2**20:.0f} MiB for {sizes['long'] / 2**20:.0f} MiB: {grown:.1%} of the extra bytes")
+    # Read whole, the peak grows by at least the extra bytes (100 %); streamed, by the
+    # allocator's noise over more pieces.
+    assert grown < 0.25, (peaks, sizes)
