@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from .errors import HttpError
 from .sniff import HEAD_BYTES, sniff_audio
-from .uploads import Audio, AudioStream, TooLarge
+from .upload_stream import Audio, AudioStream, TooLarge
 
 #: Room for the multipart framing and the small fields around the file.
 FORM_OVERHEAD = 64 * 1024

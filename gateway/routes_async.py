@@ -18,7 +18,7 @@ from .context import Gateway, gateway_of
 from .errors import HttpError
 from .results import result_of, state_of
 from .submit import submit
-from .uploads import new_upload_id, upload_key
+from .upload_stream import new_upload_id, upload_key
 
 #: How long an events stream may stay open at least: the stream ends at this or the
 #: synchronous wait (KUBESCRIBE_GATEWAY_WAIT_SECONDS), whichever is longer.

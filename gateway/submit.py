@@ -34,7 +34,7 @@ from .context import Gateway, Timing
 from .errors import HttpError
 from .kubeclient import KubeError
 from .sniff import HEAD_BYTES, sniff_audio
-from .uploads import Audio, AudioStream, upload_key
+from .upload_stream import Audio, AudioStream, upload_key
 from .waiter import Subscription
 
 log = logging.getLogger("kubescribe.gateway")

@@ -6,7 +6,7 @@ keeps and the renderers read. It owns the model cache and the piece-by-piece loo
 :meth:`Engine.transcribe`; what it leans on lives beside it: the streamed decode
 (:mod:`.audio`), where pieces are cut (:mod:`.pieces`), speech regions and clips
 (:mod:`.vad`), short requests packed into shared windows (:mod:`.packing`) and the
-result document (:mod:`.results`).
+result document (:mod:`.documents`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .audio import SAMPLE_RATE, Source, open_audio
 from .packing import Item, transcribe_packed
 from .pieces import MIN_PIECE_SECONDS, cut_point
 from .resources import cuda_device_count, release_memory
-from .results import document, segment
+from .documents import document, segment
 from .vad import CLIP_SECONDS, pack_clips, speech_regions
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import numpy as np
 from kubescribe.models import TranscriptionSpec
 
 from .audio import SAMPLE_RATE, AudioStream, BadAudio
-from .results import document, word_run
+from .documents import document, word_run
 from .vad import CLIP_SECONDS, Regions, pack_clips, speech_regions
 
 #: (audio: bytes or 16 kHz samples, spec, audio SHA-256) of one packed request.

@@ -98,7 +98,7 @@ def prepare(store: Store, spec: TranscriptionSpec, *, audio: bytes | Audio | Non
     """The cache answer (with ``spec.output``'s files written), or the fetched audio of a
     miss (see :func:`run_task`)."""
     # With spec.output the operator leaves even a cache hit to the runner, which must
-    # write the files (operator.admission), so the runner counts that lookup itself.
+    # write the files (operator.intake), so the runner counts that lookup itself.
     own_count = spec.output is not None and not count_known_lookup
     if spec.output is not None:
         _request_name(owner)  # refused before any work, not after it

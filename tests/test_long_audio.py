@@ -181,7 +181,7 @@ def test_words_go_back_to_the_request_whose_speech_they_overlap():
 
 
 def test_a_run_of_words_becomes_a_segment_on_its_own_requests_timeline():
-    from kubescribe.runner.results import word_run
+    from kubescribe.runner.documents import word_run
 
     seg = _Seg([_Word(4.3, 4.6, " The"), _Word(4.6, 6.4, " end.")])
     item = word_run(seg.words, seg, 1, -4.0, 2.0, keep_words=True)

@@ -1,6 +1,6 @@
 """The runner's parts that decide something, each built without the others and without a
 server: how speech is joined into clips (runner.vad), what may share a batch and what is
-decoded whole for it (runner.packing), and the one result document (runner.results)."""
+decoded whole for it (runner.packing), and the one result document (runner.documents)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kubescribe.models import parse_spec
 from kubescribe.runner.audio import BadAudio
 from kubescribe.runner import packing
 from kubescribe.runner.packing import batch_key, short_samples, transcribe_packed
-from kubescribe.runner.results import document, segment, word_run
+from kubescribe.runner.documents import document, segment, word_run
 from kubescribe.runner.vad import CLIP_SECONDS, pack_clips
 from tests.support.core import _require
 

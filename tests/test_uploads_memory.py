@@ -2,7 +2,7 @@
 within 100 MiB of its idle RSS.
 
 The bound is structural, not a speed target: an upload is held as a few 8 MiB parts (two
-in flight, one filling) whatever its size (kubescribe/uploads.py, gateway/uploads.py), so a process that held the
+in flight, one filling) whatever its size (kubescribe/uploads.py, gateway/upload_stream.py), so a process that held the
 upload whole, read a spool file whole or queued parts without limit would pass the bound
 by gigabytes. Measured on the 2-core test machine: the gateway 35-45 MiB over idle, the
 command 15-30 MiB. Each
