@@ -165,39 +165,41 @@ class ObjectStoreSettings(_Settings):
 STREAM_UPLOAD_BYTES = 8 * 1024 * 1024
 
 
-class CliSettings(RedisSettings, ObjectStoreSettings):
-    """What the ``kubescribe`` command line reads from the environment."""
+class ApiServerSettings(_Settings):
+    """Where the API server is, as the kubelet tells every container."""
 
-    stream_upload_bytes: int = Field(
-        STREAM_UPLOAD_BYTES,
-        ge=0,
-        description="`kubescribe submit` streams files larger than this into the object store "
-        "(<prefix>uploads/<id>, in 8 MiB parts, hashed as read) when one is configured "
-        "(KUBESCRIBE_S3_BUCKET), instead of reading them whole into memory and Redis; the "
-        "same default as the gateway's KUBESCRIBE_GATEWAY_STREAM_UPLOAD_BYTES.",
-    )
-
-    kubeconfig: str | None = Field(
-        None, validation_alias="KUBECONFIG", description="kubeconfig of the cluster commands."
-    )
-
-    @property
-    def redis_url_given(self) -> bool:
-        """KUBESCRIBE_REDIS_URL is set: ``transcribe`` then shares that Redis's cache
-        instead of its in-process store."""
-        return "redis_url" in self.model_fields_set
-
-
-class AudioUrlSettings(_Settings):
-    """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
-
-    audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
     kubernetes_service_host: str | None = Field(
         None,
         validation_alias="KUBERNETES_SERVICE_HOST",
         description="The API server's Service address, which the kubelet sets in every "
-        "container; audio URLs may not point at it. Unset outside a cluster.",
+        "container: in a pod the ServiceAccount is used, and audio URLs may not point at "
+        "it. Unset outside a cluster.",
     )
+
+
+class KubeconfigSettings(_Settings):
+    """The kubeconfig of a process that may run outside a cluster."""
+
+    kubeconfig: str | None = Field(
+        None, validation_alias="KUBECONFIG",
+        description="kubeconfig for running outside a cluster; in a pod the ServiceAccount is used.",
+    )
+
+
+class PoolIdleSettings(_Settings):
+    """Shared by the operator, which passes it to the pooled runners it starts, and the runner."""
+
+    pool_idle_seconds: float = Field(
+        60.0,
+        description="A pooled runner exits after this long with no work: long enough to "
+        "absorb a burst's stragglers, short enough to give the GPU back.",
+    )
+
+
+class AudioUrlSettings(ApiServerSettings):
+    """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
+
+    audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
 
 
 class AudioInputSettings(AudioUrlSettings):
@@ -209,6 +211,26 @@ class AudioInputSettings(AudioUrlSettings):
         description="Largest audio a runner accepts, checked before decoding: a 2 GiB upload "
         "would need several times that in RAM once decoded to float32 samples (512 MiB).",
     )
+
+
+class CliSettings(RedisSettings, ObjectStoreSettings, KubeconfigSettings):
+    """What the ``kubescribe`` command line reads from the environment."""
+
+    stream_upload_bytes: int = Field(
+        STREAM_UPLOAD_BYTES,
+        ge=0,
+        description="`kubescribe submit` streams files larger than this into the object store "
+        "(<prefix>uploads/<id>, in 8 MiB parts, hashed as read) when one is configured "
+        "(KUBESCRIBE_S3_BUCKET), instead of reading them whole into memory and Redis; the "
+        "same default as the gateway's KUBESCRIBE_GATEWAY_STREAM_UPLOAD_BYTES.",
+    )
+
+    @property
+    def redis_url_given(self) -> bool:
+        """KUBESCRIBE_REDIS_URL is set: ``transcribe`` then shares that Redis's cache
+        instead of its in-process store."""
+        return "redis_url" in self.model_fields_set
+
 
 
 class EngineSettings(_Settings):
@@ -249,7 +271,8 @@ class EngineSettings(_Settings):
     )
 
 
-class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, StreamSettings, ProcessSettings):
+class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, PoolIdleSettings, StreamSettings,
+                     ProcessSettings):
     spec: str | None = Field(
         None, description="The request spec as JSON; the operator sets it on the Job."
     )
@@ -274,11 +297,6 @@ class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, Str
         description="Where the summary JSON goes; the kubelet copies it into the pod "
         "status, where the operator reads it.",
     )
-    pool_idle_seconds: float = Field(
-        60.0,
-        description="A pooled runner exits after this long with no work: long enough to "
-        "absorb a burst's stragglers, short enough to give the GPU back.",
-    )
     pool_batch_max: int = Field(
         1,
         ge=1,
@@ -298,7 +316,8 @@ class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, Str
     )
 
 
-class OperatorSettings(RedisSettings, ObjectStoreSettings, StreamSettings, ProcessSettings):
+class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, PoolIdleSettings, StreamSettings,
+                       ProcessSettings):
     instance: str = Field(
         "",
         description="Release name, copied to runner Jobs as app.kubernetes.io/instance so two "
@@ -357,9 +376,6 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, StreamSettings, Proce
         description="The operator's own namespace (downward API), where pooled runners go by default.",
     )
     pool_gpus: int = Field(1, ge=0, le=8, description="GPUs per pooled runner.")
-    pool_idle_seconds: float = Field(
-        60.0, description="A pooled runner exits after this long without work."
-    )
     runner_image: str = Field(
         "ghcr.io/kubescribe/kubescribe-runner:0.1.0", description="Runner container image."
     )
@@ -461,9 +477,6 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, StreamSettings, Proce
     )
     runner_metrics_port: int = Field(9400, description="Runner /metrics port (named `metrics`).")
     metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
-    max_audio_bytes: int = Field(
-        512 * 1024 * 1024, ge=1, description="Largest audio a runner accepts (512 MiB)."
-    )
     progress_seconds: float = Field(
         10.0,
         ge=5,
@@ -484,8 +497,6 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, StreamSettings, Proce
         "as many admissions at once: events and admissions of many requests proceed while one "
         "waits on the API server."
     )
-    audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
-
     @model_validator(mode="after")
     def _kueue_runs_jobs(self) -> "OperatorSettings":
         if self.admission_engine == "kueue" and self.mode != "job":
@@ -496,7 +507,7 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, StreamSettings, Proce
         return self
 
 
-class GatewaySettings(RedisSettings, ObjectStoreSettings, ProcessSettings):
+class GatewaySettings(RedisSettings, ObjectStoreSettings, ApiServerSettings, KubeconfigSettings, ProcessSettings):
     """What ``kubescribe-gateway`` (kubescribe.gateway) reads from the environment."""
 
     gateway_host: str = Field(
@@ -594,12 +605,4 @@ class GatewaySettings(RedisSettings, ObjectStoreSettings, ProcessSettings):
     )
     gateway_analysis_ttl_seconds: int = Field(
         7 * 86400, ge=60, description="TTL of a cached analysis: 7 days, as the inherited service kept it."
-    )
-    kubeconfig: str | None = Field(
-        None, validation_alias="KUBECONFIG",
-        description="kubeconfig for running outside a cluster; in a pod the ServiceAccount is used.",
-    )
-    kubernetes_service_host: str | None = Field(
-        None, validation_alias="KUBERNETES_SERVICE_HOST",
-        description="Set by the kubelet in every pod: the gateway then uses its ServiceAccount.",
     )
