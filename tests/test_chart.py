@@ -35,6 +35,7 @@ NOT_FROM_CHART = {
     "redis_sentinel_password": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
     "redis_sentinel_secret_name": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
     "redis_sentinel_secret_key": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
+    "kubernetes_service_host": "KUBERNETES_SERVICE_HOST, which the kubelet sets in every container",
 }
 
 ALL_ON = {
@@ -1000,6 +1001,13 @@ def test_the_gateway_policy_admits_its_callers_and_prometheus_and_reaches_only_i
     egress = pol["egress"]
     dns, api, redis, s3 = egress
     assert [p["port"] for p in dns["ports"]] == [53, 53]
+    assert _peer_allowed(dns["to"], {"k8s-app": "kube-dns"}, "kube-system", "speech",
+                         {"kubernetes.io/metadata.name": "kube-system"})
+    local_dns = kinds(render(offline_helm, {**values, "networkPolicy": {
+        **values["networkPolicy"], "dnsCidrs": ["169.254.20.10/32"]}}, namespace="speech"))
+    for name in ("gateway", "operator", "runner-egress"):
+        to_dns = local_dns[("NetworkPolicy", f"ks-kubescribe-{name}")]["spec"]["egress"][0]
+        assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in to_dns["to"], name
     assert api == {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}],
                    "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
     assert _peer_allowed(redis["to"], redis_labels, "speech", "speech", {"kubernetes.io/metadata.name": "speech"})

@@ -303,6 +303,9 @@ other's references.
       podSelector:
         {{- toYaml .podSelector | nindent 8 }}
     {{- end }}
+    {{- range .Values.networkPolicy.dnsCidrs }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
   ports:
     - {port: 53, protocol: UDP}
     - {port: 53, protocol: TCP}
