@@ -105,10 +105,7 @@ def cmd_transcribe(args) -> int:
 def cmd_cache(args) -> int:
     store = open_cli_store(args)
     if args.cache_command == "stats":
-        s = store.stats()
-        doc = {"hits": s.hits, "misses": s.misses, "hitRate": round(s.hit_rate, 4),
-               "results": s.results, "audio": s.audio, "clears": s.clears}
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(store.stats().document(), indent=2))
     else:
         n = store.clear(audio=args.audio)
         print(f"deleted {n} keys")

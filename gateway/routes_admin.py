@@ -18,14 +18,13 @@ log = logging.getLogger("kubescribe.gateway")
 
 
 async def admin_stats(request: Request) -> Response:
-    """The shared cache's counts, in snake_case like every field of this API
-    (``hit_rate``; the CLI's ``kubescribe cache stats`` JSON says ``hitRate``)."""
+    """The shared cache's counts (:meth:`CacheStats.document`, the shape ``kubescribe
+    cache stats`` prints too)."""
     gw = gateway_of(request)
     ident = await gw.auth.authenticate(request.headers.get("authorization"))
     await gw.auth.require(ident, ADMIN_STATS)
     s = await asyncio.to_thread(gw.store.stats)
-    return JSONResponse({"hits": s.hits, "misses": s.misses, "hit_rate": round(s.hit_rate, 4), "results": s.results,
-                         "audio": s.audio, "clears": s.clears})
+    return JSONResponse(s.document())
 
 
 async def admin_clear(request: Request) -> Response:

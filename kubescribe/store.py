@@ -167,6 +167,12 @@ class CacheStats:
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
 
+    def document(self) -> dict[str, int | float]:
+        """The counts as ``kubescribe cache stats`` prints them and the gateway's
+        ``GET /api/admin/cache/stats`` answers them: one shape, snake_case."""
+        return {"hits": self.hits, "misses": self.misses, "hit_rate": round(self.hit_rate, 4),
+                "results": self.results, "audio": self.audio, "clears": self.clears}
+
 
 class _Backend(Protocol):
     """The few Redis commands the store uses; redis.Redis and _MemoryBackend both fit."""

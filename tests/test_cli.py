@@ -33,7 +33,7 @@ def test_second_run_with_redis_is_a_cache_hit(redis_server, speech_dir):
     assert second.returncode == 0 and "from cache" in second.stderr
     assert second.stdout == first.stdout
     stats = json.loads(kubescribe("cache", "stats", "--redis", redis_server.url).stdout)
-    assert stats["hits"] == 1 and stats["results"] == 1 and stats["hitRate"] == 0.5
+    assert stats["hits"] == 1 and stats["results"] == 1 and stats["hit_rate"] == 0.5
     assert "deleted 1 keys" in kubescribe("cache", "clear", "--redis", redis_server.url).stdout
     assert json.loads(kubescribe("cache", "stats", "--redis", redis_server.url).stdout)["results"] == 0
 
