@@ -5,7 +5,7 @@
 # (simulated nodes for the scale tests and benchmark), the Prometheus Operator, the
 # Kueue manager with its CRDs and webhook manifests, and versitygw (an S3 server on a
 # local directory, for the object store tests), the chart linters kube-score and
-# kube-linter, and kube-network-policies (enforces NetworkPolicies on the real node).
+# kube-linter, and kube-router (its firewall enforces NetworkPolicies on the real node).
 #
 # There is no Docker engine and no download site on the build machines, but the Go
 # module proxy is reachable, so each tool is compiled from its published module into
@@ -34,9 +34,11 @@ VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
 # findings true (tests/test_chart_linters.py).
 KUBE_SCORE_VERSION="${KUBE_SCORE_VERSION:-v1.20.0}"
 KUBE_LINTER_VERSION="${KUBE_LINTER_VERSION:-v0.8.3}"
-# The NetworkPolicy enforcer kind ships (nftables and a netfilter queue), for the real
-# node's bridge network, which enforces nothing by itself.
-KUBE_NETWORK_POLICIES_VERSION="${KUBE_NETWORK_POLICIES_VERSION:-v0.8.0}"
+# The real node's NetworkPolicy enforcer: kube-router's firewall alone (iptables and
+# ipsets, as k3s embeds it); its router and service proxy are never run. The nftables
+# enforcer kind ships (kube-network-policies) needs the kernel's nft queue, which the
+# test VMs lack.
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 TOOLS_DIR="${KUBESCRIBE_TOOLS_DIR:-$HOME/.cache/kubescribe/tools}"
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -297,20 +299,15 @@ GO
   rm -rf "$w"
 }
 
-build_kube_network_policies() {
-  local out="$TOOLS_DIR/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION"
-  have "$out" kube-network-policies && { log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION cached"; return; }
-  log "building kube-network-policies $KUBE_NETWORK_POLICIES_VERSION"
-  local w; w=$(mktemp -d); tools_module "$w" kubescribe.local/netpol
-  local m=sigs.k8s.io/kube-network-policies
-  (
-    cd "$w"
-    go mod edit -require "$m@$KUBE_NETWORK_POLICIES_VERSION"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd"\n' "$m" > tools.go
-    go mod tidy
-    go build -trimpath -ldflags "-s -w" -o "$out/bin/kube-network-policies" "$m/cmd"
-  )
-  rm -rf "$w"
+build_kube_router() {
+  local out="$TOOLS_DIR/kube-router-$KUBE_ROUTER_VERSION"
+  have "$out" kube-router && { log "kube-router $KUBE_ROUTER_VERSION cached"; return; }
+  log "building kube-router $KUBE_ROUTER_VERSION"
+  # kube-router's go.mod has no replace lines, so `go install pkg@version` builds it as
+  # published; pkg/version.Version is what its release builds set.
+  GOBIN="$out/bin" go install -trimpath -ldflags "-s -w \
+    -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
 }
 
 print_bindirs() {
@@ -320,7 +317,7 @@ print_bindirs() {
     "$TOOLS_DIR/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/bin" "$TOOLS_DIR/kueue-$KUEUE_VERSION/bin" \
     "$TOOLS_DIR/versitygw-$VERSITYGW_VERSION/bin" "$TOOLS_DIR/kube-score-$KUBE_SCORE_VERSION/bin" \
     "$TOOLS_DIR/kube-linter-$KUBE_LINTER_VERSION/bin" \
-    "$TOOLS_DIR/kube-network-policies-$KUBE_NETWORK_POLICIES_VERSION/bin" | paste -sd:
+    "$TOOLS_DIR/kube-router-$KUBE_ROUTER_VERSION/bin" | paste -sd:
 }
 
 timed() {  # timed TOOL: build_TOOL, then say how long it took
@@ -335,9 +332,9 @@ build_all() {
   # Two lanes at once. A build spends minutes on one core (downloading modules from the
   # proxy, linking), and the other lane's compiler fills the idle one; the shared
   # GOCACHE and GOMODCACHE are safe for concurrent go commands. A cold build took
-  # 31 min in one lane before kube-score, kube-linter and kube-network-policies joined.
+  # 31 min in one lane before kube-score, kube-linter and kube-router joined.
   local t0=$SECONDS a b rc=0
-  lane kube kube_network_policies coredns kwok etcd &
+  lane kube kube_router coredns kwok etcd &
   a=$!
   lane prometheus helm prometheus_operator kueue versitygw kube_score kube_linter &
   b=$!
@@ -360,7 +357,7 @@ case "${1:-all}" in
   versitygw) build_versitygw ;;
   kube-score) build_kube_score ;;
   kube-linter) build_kube_linter ;;
-  kube-network-policies) build_kube_network_policies ;;
+  kube-router) build_kube_router ;;
   all) build_all; log "PATH entries: $(print_bindirs)" ;;
-  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|versitygw|kube-score|kube-linter|kube-network-policies|--print-path]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|etcd|kube|helm|prometheus|coredns|kwok|prometheus-operator|kueue|versitygw|kube-score|kube-linter|kube-router|--print-path]" >&2; exit 2 ;;
 esac

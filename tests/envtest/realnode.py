@@ -26,6 +26,7 @@ import fcntl
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,6 +63,11 @@ PROXY_HEALTHZ_PORT = 20256
 PROXY_METRICS_PORT = 20249
 COREDNS_HEALTH_PORT = 20280
 COREDNS_READY_PORT = 20281
+NETPOL_HEALTH_PORT = 20291
+#: What kube-router's firewall adds to the filter table and the kernel's ipsets: removed
+#: by ``stop_network_policies()`` (kube-router leaves them when it exits).
+NETPOL_CHAIN_PREFIXES = ("KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-")
+NETPOL_IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "kube-router-")
 
 CNI_BIN_DIR = "/usr/lib/cni"
 RUNC = "/usr/sbin/runc"
@@ -277,6 +283,7 @@ class RealNode:
             return
         self._stopped = True
         self._delete_workloads()
+        self.stop_network_policies()
         for name in ("kube-proxy", "kubelet", "coredns"):
             self._stop_proc(name)
         self._kill_containers()
@@ -587,6 +594,52 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--conntrack-tcp-timeout-close-wait=0", "--v=1",
         ])
         self._await("kube-proxy", lambda: _http_ok(f"http://127.0.0.1:{PROXY_HEALTHZ_PORT}/healthz"), 60)
+
+    # ------------------------------------------------------------------ NetworkPolicy
+
+    def start_network_policies(self) -> None:
+        """Enforce NetworkPolicies on the pod bridge with kube-router's firewall alone (as
+        k3s embeds it: iptables chains per pod and per policy, ipsets of the peers); its
+        router and service proxy stay off, kube-proxy and the bridge keep their jobs. The
+        bridge CNI enforces none by itself. Needs the ``ipset`` command (Debian ipset).
+        """
+        assert self.cluster is not None
+        if "kube-router" in self.procs and self.procs["kube-router"].running:
+            return
+        if not shutil.which("ipset"):
+            raise RealNodeError("ipset not on PATH (Debian package ipset): kube-router's firewall needs it")
+        self._spawn("kube-router", [
+            find_tool("kube-router"), f"--kubeconfig={self.cluster.kubeconfig_path}",
+            f"--hostname-override={NODE_NAME}", "--run-firewall=true", "--run-router=false",
+            "--run-service-proxy=false", "--enable-cni=false", "--enable-pod-egress=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", f"--health-port={NETPOL_HEALTH_PORT}",
+            "--metrics-port=0", "--v=1",
+        ])
+        # Healthy once its first sync ran; later policies reach the rules asynchronously, as
+        # in any cluster, so callers wait for their effect.
+        self._await("kube-router", lambda: _http_ok(f"http://127.0.0.1:{NETPOL_HEALTH_PORT}/healthz"), 90)
+
+    def stop_network_policies(self) -> None:
+        """Stop kube-router and remove its chains, the jumps to them and its ipsets."""
+        proc = self.procs.pop("kube-router", None)
+        if proc is None:
+            return
+        proc.stop(grace=10)
+        saved = _run("iptables-save", "-t", "filter", check=False).stdout.splitlines()
+        chains = [line[1:].split()[0] for line in saved
+                  if line.startswith(":") and line[1:].startswith(NETPOL_CHAIN_PREFIXES)]
+        for line in saved:  # the jumps from the built-in chains
+            parts = shlex.split(line)
+            if parts[:1] == ["-A"] and parts[1] not in chains and "-j" in parts \
+                    and parts[parts.index("-j") + 1] in chains:
+                _run("iptables", "-t", "filter", "-D", *parts[1:], check=False)
+        for chain in chains:
+            _run("iptables", "-t", "filter", "-F", chain, check=False)
+        for chain in chains:
+            _run("iptables", "-t", "filter", "-X", chain, check=False)
+        for name in _run("ipset", "list", "-n", check=False).stdout.split():
+            if name.startswith(NETPOL_IPSET_PREFIXES):
+                _run("ipset", "destroy", name, check=False)
 
     # ------------------------------------------------------------------ teardown
 
