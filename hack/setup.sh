@@ -6,7 +6,8 @@
 # The Debian packages: redis-server, redis-sentinel for the failover tests' sentinels,
 # espeak-ng, sox for silence, noise and tone test audio (ffmpeg libraries come with PyAV
 # wheels); buildah, umoci, mmdebstrap, gcc and libc6-dev for hack/build-images.sh;
-# containerd, runc, the CNI plugins, iptables for the real node in tests/envtest/realnode.py;
+# containerd, runc, the CNI plugins, iptables for the real node in tests/envtest/realnode.py
+# (ipset for kube-router's firewall, which enforces NetworkPolicies there);
 # python3 and python3-venv for the test that runs `make demo` with Debian's own python3.
 # Python packages go into the project venv (hack/venv.sh), never the system interpreter.
 set -euo pipefail
@@ -15,7 +16,7 @@ what="${1:-all}"
 
 if [[ $what == debs || $what == all ]]; then
   DEBS=(redis-server redis-sentinel espeak-ng sox buildah umoci mmdebstrap gcc libc6-dev
-        containerd runc containernetworking-plugins iptables iproute2 kmod python3 python3-venv)
+        containerd runc containernetworking-plugins iptables ipset iproute2 kmod python3 python3-venv)
   if ! dpkg -s "${DEBS[@]}" >/dev/null 2>&1; then
     SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
     $SUDO apt-get update -q >&2
