@@ -65,7 +65,8 @@ def find_tool(name: str) -> str:
         f"{name!r} is not built (looked in: {', '.join(dirs) or '<nothing>'}). "
         f"Run `hack/build-test-binaries.sh` from the repository root once; it compiles "
         f"etcd, the Kubernetes control plane and node, helm, prometheus, promtool, coredns, kwok, "
-        f"the Prometheus Operator and kueue (`hack/build-test-binaries.sh <tool>` builds one alone) "
+        f"the Prometheus Operator, kueue, versitygw, kube-score, kube-linter and kube-router "
+        f"(`hack/build-test-binaries.sh <tool>` builds one alone) "
         f"into a cache outside the repository (tens of minutes cold, a no-op afterwards). "
         f"KUBESCRIBE_TOOLS_PATH overrides where the binaries are looked for."
     )
