@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION, kubeconfig
 from kubescribe.uploads import Audio, upload_file
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, parse_spec
 from kubescribe.objectstore import ObjectStoreError
@@ -24,16 +24,13 @@ from .history import cmd_history_clear, parse_age
 
 
 def _custom_api(args):
-    from kubernetes import client, config
+    from kubernetes import client
 
     try:
-        config.load_kube_config(config_file=args.kubeconfig, context=args.context)
-    except Exception as exc:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            raise CliError(f"no cluster to talk to: {exc}", EXIT_USAGE) from None
-    return client.CustomObjectsApi()
+        cfg = kubeconfig.load(kubeconfig=args.kubeconfig, context=args.context)
+    except kubeconfig.NoCredentials as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return client.CustomObjectsApi(client.ApiClient(cfg))
 
 
 def _namespace(args) -> str:

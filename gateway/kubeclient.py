@@ -3,10 +3,11 @@
 Why httpx and not kubernetes_asyncio: the gateway makes six calls (TokenReview,
 SubjectAccessReview, create/get/delete/list/watch of TranscriptionRequests), and httpx is a
 small, maintained async client that streams a watch natively; the generated async client
-would add a large dependency for them. Credentials are loaded once with the official
-client's config loader (in a pod: the ServiceAccount; outside: a kubeconfig), which the
-operator image already carries, so every kubeconfig form (client certificates, tokens,
-exec plugins written to a token) works as in kubectl.
+would add a large dependency for them. Credentials come from :mod:`kubescribe.kubeconfig`
+(one precedence for the CLI, the operator and the gateway) through the official client's
+config loader, which the operator image already carries, so every kubeconfig form
+(client certificates, tokens, exec plugins) works as in kubectl, and a token that expires
+(a rotated ServiceAccount token, an exec plugin's) is renewed by that loader.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubescribe import kubeconfig as kubeconfig_loader
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: How often a call asks the credentials' loader for the token again (it decides whether
+#: that means a new one).
+TOKEN_CHECK_SECONDS = 30.0
 
 
 class KubeError(Exception):
@@ -43,29 +46,20 @@ class Credentials:
     cert_file: str | None = None
     key_file: str | None = None
     token: str | None = None
-    token_file: str | None = None
     verify: bool = True
+    #: The loaded ``kubernetes.client.Configuration``: its token is asked for again
+    #: (:func:`kubescribe.kubeconfig.bearer_token`), so a rotated ServiceAccount token or
+    #: an exec plugin's expired one is renewed, not kept.
+    configuration: Any = None
 
 
-def load_credentials(kubeconfig: str | None, in_cluster: bool) -> Credentials:
-    """The gateway's own credentials: the pod's ServiceAccount in a cluster, else the
-    kubeconfig (``KUBECONFIG`` or ~/.kube/config). Raises ``RuntimeError`` with one line
-    when there are none."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    try:
-        if in_cluster:
-            config.load_incluster_config(client_configuration=cfg)
-            # Bound ServiceAccount tokens rotate: read the file again, not the copy.
-            return Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, token_file=str(SA_DIR / "token"))
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    except Exception as exc:  # ConfigException, missing files, bad YAML
-        raise RuntimeError(f"no cluster credentials (not in a pod and no usable kubeconfig): {exc}") from None
-    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
-    token = auth.split(" ", 1)[1] if auth and " " in auth else auth
+def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """The gateway's own credentials, found in the order every kubescribe process uses
+    (:mod:`kubescribe.kubeconfig`). Raises :class:`~kubescribe.kubeconfig.NoCredentials`
+    with one line when there are none."""
+    cfg = kubeconfig_loader.load(kubeconfig=kubeconfig)
     return Credentials(host=cfg.host, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file, key_file=cfg.key_file,
-                       token=token, verify=cfg.verify_ssl)
+                       token=kubeconfig_loader.bearer_token(cfg), verify=cfg.verify_ssl, configuration=cfg)
 
 
 def _tr_path(namespace: str, name: str | None = None) -> str:
@@ -86,7 +80,7 @@ class KubeClient:
         if creds.cert_file and creds.key_file:
             ctx.load_cert_chain(creds.cert_file, creds.key_file)
         self.creds = creds
-        self._token_read_at = 0.0
+        self._token_read_at = time.monotonic()
         self._token = creds.token
         # Waiting calls share one watch per namespace (.waiter), but every call in flight
         # may hold a connection (reviews, create, get): the pool is sized for bursts.
@@ -96,8 +90,10 @@ class KubeClient:
         )
 
     def _headers(self) -> dict[str, str]:
-        if self.creds.token_file and time.monotonic() - self._token_read_at > 60:
-            self._token = Path(self.creds.token_file).read_text().strip()
+        if self.creds.configuration is not None and time.monotonic() - self._token_read_at > TOKEN_CHECK_SECONDS:
+            # The loader's own check: a ServiceAccount token file read again each minute,
+            # an exec plugin run again once its token has expired.
+            self._token = kubeconfig_loader.bearer_token(self.creds.configuration)
             self._token_read_at = time.monotonic()
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 

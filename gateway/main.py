@@ -46,7 +46,7 @@ def build(conf: GatewaySettings):
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"KUBESCRIBE_GATEWAY_API_KEYS_FILE={conf.gateway_api_keys_file}: not a valid "
                              f"API-key file ({type(exc).__name__}: {exc})") from None
-    creds = load_credentials(conf.kubeconfig, in_cluster=bool(conf.kubernetes_service_host))
+    creds = load_credentials(conf.kubeconfig)
     metrics = GatewayMetrics(routes=ROUTE_LABELS)
     gateway = Gateway(settings=conf, kube=KubeClient(creds), redis=_async_redis(conf),
                       store=store_from_settings(conf),

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from kubescribe import GROUP, PLURAL, VERSION, __version__
+from kubescribe import GROUP, PLURAL, VERSION, __version__, kubeconfig
 from kubescribe.metrics import OperatorMetrics
 from kubescribe.serving import MetricsServer
 from kubescribe.outcomes import EXIT_USAGE
@@ -42,21 +42,30 @@ STEP_SECONDS = 5.0
 
 
 def _api_client(workers: int):
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    cfg = client.Configuration.get_default_copy()
+    cfg = kubeconfig.load()
     # kopf runs sync handlers in a thread pool; give each thread a connection.
     cfg.connection_pool_maxsize = 2 * workers
     return client.ApiClient(cfg)
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_via_client(**kwargs)
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's connection from the same loader and precedence as the operator's own client
+    (:mod:`kubescribe.kubeconfig`; kopf's ``login_via_client`` tries in-cluster first).
+    kopf calls it again after a 401, which renews an expired token."""
+    try:
+        cfg = kubeconfig.load()
+    except kubeconfig.NoCredentials as exc:
+        raise kopf.LoginError(str(exc)) from None
+    token = kubeconfig.bearer_token(cfg)
+    return kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+        username=cfg.username or None, password=cfg.password or None, token=token,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+        trust_env=settings.networking.trust_env,
+    )
 
 
 def configure_kopf(settings: kopf.OperatorSettings, conf: OperatorSettings) -> None:
@@ -178,18 +187,11 @@ async def workload_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> Non
 def _credentials_problem() -> str | None:
     """Why the operator could not reach a cluster, checked before kopf starts: kopf would
     log a traceback and wait for ever instead of exiting."""
-    from kubernetes import config
-
     try:
-        config.load_incluster_config()
+        kubeconfig.load()
         return None
-    except config.ConfigException as in_cluster:
-        try:
-            config.load_kube_config()
-            return None
-        except (config.ConfigException, OSError, ValueError) as exc:
-            return (f"no Kubernetes credentials: not in a pod ({in_cluster}) and no usable kubeconfig "
-                    f"({str(exc).splitlines()[0]}); set KUBECONFIG or run it in the cluster")
+    except kubeconfig.NoCredentials as exc:
+        return str(exc)
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

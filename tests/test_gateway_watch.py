@@ -51,7 +51,7 @@ def test_a_waiting_call_and_an_events_stream_share_the_namespaces_watch(kube_clu
                                                       {"status": {"phase": phase, "observedGeneration": 1}})
 
     async def scenario():
-        kube = KubeClient(load_credentials(str(kube_cluster.kubeconfig_path), in_cluster=False))
+        kube = KubeClient(load_credentials(str(kube_cluster.kubeconfig_path)))
         waiter = Waiter(kube)
         try:
             waiting = await waiter.subscribe(ns, "watched")  # before the request exists
