@@ -70,7 +70,7 @@ def test_a_bad_gateway_setting_names_the_variable(tmp_path):
 def test_the_gateway_without_cluster_credentials_or_with_a_bad_key_file_exits(tmp_path):
     proc = run(tmp_path, "kubescribe.gateway.main", KUBECONFIG=str(tmp_path / "missing.kubeconfig"))
     assert proc.returncode == 2
-    assert one_line(proc).startswith("kubescribe-gateway: no cluster credentials")
+    assert one_line(proc).startswith("kubescribe-gateway: no Kubernetes credentials from kubeconfig")
     keys = tmp_path / "keys.json"
     keys.write_text("{not json")
     proc = run(tmp_path, "kubescribe.gateway.main", KUBESCRIBE_GATEWAY_API_KEYS_FILE=str(keys))
