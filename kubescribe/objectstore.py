@@ -245,6 +245,25 @@ class ObjectStore:
             if not page.get("IsTruncated") or not token:
                 return out
 
+    def abort_unfinished(self, prefix: str, older_than: float, *, bucket: str | None = None) -> int:
+        """Abort the multipart uploads under ``prefix`` started before ``older_than`` (a
+        Unix time): an upload cut off mid-way leaves its parts stored, and billed, until
+        then. Returns how many."""
+        b = self._bucket(bucket)
+        stale: list[tuple[str, str]] = []
+        kwargs: dict[str, Any] = {"Bucket": b, "Prefix": prefix}
+        while True:
+            page = self._call(f"LIST multipart s3://{b}/{prefix}", self.client.list_multipart_uploads, **kwargs)
+            stale += [(u["Key"], u["UploadId"]) for u in page.get("Uploads") or ()
+                      if u["Initiated"].timestamp() < older_than]
+            if not page.get("IsTruncated"):
+                break
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+        for key, upload_id in stale:
+            self._call(f"ABORT s3://{b}/{key}", self.client.abort_multipart_upload, Bucket=b, Key=key,
+                       UploadId=upload_id)
+        return len(stale)
+
     def delete(self, keys: Iterable[str], *, bucket: str | None = None) -> int:
         """Delete keys, a thousand per call (S3's batch limit); a missing key is no error."""
         b = self._bucket(bucket)

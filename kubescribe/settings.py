@@ -431,6 +431,14 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
         "were deleted while the operator was down (or whose release failed) and releases them. "
         "It lists every reference of the install, so hourly, not every resync.",
     )
+    s3_upload_max_age_seconds: float = Field(
+        86400.0,
+        ge=3600,
+        description="The sweep deletes an object under <prefix>uploads/ that no request names once "
+        "it is this old (a presigned upload never followed by a transcription), and aborts "
+        "unfinished multipart uploads there as old: a day leaves a client time to create the "
+        "transcription after its upload, and bounds what abandoned uploads cost.",
+    )
     s3_secret_name: str = Field(
         "", description="Secret with the object store's credentials (keys access-key-id and "
         "secret-access-key), passed to runners by secretKeyRef like the Redis password. Empty: "

@@ -48,7 +48,7 @@ def build(settings: OperatorSettings, store: Store, kube: Kube, metrics: Operato
     """Every part of one operator, sharing one applier (registry, locks, wake-up)."""
     applier = Applier(settings, kube, store, metrics)
     synced = threading.Event()
-    retention = Retention(store, settings.s3_sweep_seconds)
+    retention = Retention(store, settings.s3_sweep_seconds, upload_max_age=settings.s3_upload_max_age_seconds)
     pool = settings.mode == "pool"
     queue = WorkQueue(store.client, claim_idle_ms=settings.claim_idle_ms) if pool else None
     requests = RequestHandler(applier, kube, store, retention)

@@ -22,7 +22,7 @@ from .kube import Kube
 from .lifecycle import needs_reconcile, seconds_until_expiry
 from .registry import entry_from_body
 from .request_handler import RequestHandler
-from .retention import Retention
+from .retention import Retention, uploaded_audio
 
 log = logging.getLogger("kubescribe.operator")
 
@@ -69,6 +69,7 @@ class Resync:
         whole list used to be; what no page held is dropped at the end."""
         registry = self.applier.registry
         listed: set[str] = set()
+        uploads: set[str] = set()  # upload keys the listed requests name (the sweep keeps them)
         list_rv = None
         quiet = self._quiet_jobs()
         for page in self.kube.request_pages(self.settings.namespace, RESYNC_PAGE):
@@ -77,11 +78,12 @@ class Resync:
             items = page["items"]
             live = [entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")]
             listed.update(e.uid for e in live)
+            uploads.update(filter(None, (uploaded_audio(b, self.retention.store.objects) for b in items)))
             registry.merge(live)
             self._page(items, quiet)
         registry.drop_unlisted(listed, int(list_rv) if str(list_rv or "").isdigit() else 0)
         if self.retention.sweep_due():
-            self.retention.sweep(listed)
+            self.retention.sweep(listed, uploads)
         # Admission starts only after the first full pass: every request found at startup
         # is queued by then, so the budget goes by priority, not by watch-event order.
         self.synced.set()

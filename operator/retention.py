@@ -44,15 +44,20 @@ class Retention:
         sweep_seconds: least time between two sweeps for orphaned references; a sweep
             lists every reference of the install, so it runs far less often than the resync.
         clock: time source (tests pass their own).
+        upload_max_age: an upload no request names is deleted by the sweep once this
+            old, and an unfinished multipart upload under ``uploads/`` is aborted.
     """
 
-    def __init__(self, store: Store, sweep_seconds: float = 3600.0, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, sweep_seconds: float = 3600.0, clock: Callable[[], float] = time.time,
+                 upload_max_age: float = 86400.0):
         self.store = store
         self.sweep_seconds = sweep_seconds
+        self.upload_max_age = upload_max_age
         self.clock = clock
         self._last_sweep = 0.0
         self._lock = threading.Lock()
         self.released = 0  # results deleted so far (tests and logs)
+        self.uploads_deleted = 0  # stale uploads deleted or aborted so far
 
     @property
     def enabled(self) -> bool:
@@ -84,12 +89,28 @@ class Retention:
         except (ObjectStoreError, StoreError) as exc:
             log.warning("result %s of deleted %s not released (the sweep retries): %s", key, name, exc)
 
+    def _sweep_uploads(self, named: set[str]) -> None:
+        objects = self.store.objects
+        prefix = objects.prefix + "uploads/"
+        cutoff = self.clock() - self.upload_max_age
+        stale = [key for key, modified in objects.listing(prefix) if key not in named and modified < cutoff]
+        if stale:
+            objects.delete(stale)
+            log.info("sweep: deleted %d upload(s) no request named for %.0f s", len(stale), self.upload_max_age)
+        aborted = objects.abort_unfinished(prefix, cutoff)
+        if aborted:
+            log.info("sweep: aborted %d unfinished multipart upload(s)", aborted)
+        self.uploads_deleted += len(stale) + aborted
+
     def sweep_due(self) -> bool:
         return self.enabled and self.clock() - self._last_sweep >= self.sweep_seconds
 
-    def sweep(self, live_uids: Collection[str]) -> int:
+    def sweep(self, live_uids: Collection[str], named_uploads: Collection[str] = ()) -> int:
         """Release every reference older than SWEEP_MIN_AGE_SECONDS whose request is not in
-        ``live_uids`` (the uids of a complete LIST of requests). Returns how many."""
+        ``live_uids`` (the uids of a complete LIST of requests), and delete the uploads
+        older than ``upload_max_age`` that are not in ``named_uploads`` (the upload keys
+        the same LIST's requests name; :func:`uploaded_audio`). Returns how many
+        references were released."""
         if not self._lock.acquire(blocking=False):
             return 0
         try:
@@ -104,6 +125,7 @@ class Retention:
                 self._release(key, uid, f"request {uid}")
             if orphans:
                 log.info("sweep: released %d reference(s) of deleted requests", len(orphans))
+            self._sweep_uploads(set(named_uploads))
             return len(orphans)
         except (ObjectStoreError, StoreError) as exc:
             log.warning("sweep of the object store's references failed: %s", exc)

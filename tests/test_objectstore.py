@@ -204,3 +204,31 @@ def test_the_sweep_releases_references_of_requests_that_no_longer_exist(store, o
     assert retention.sweep({"alive"}) == 2
     assert objects.holders(KEY) == ["alive"] and objects.get_result(KEY) is not None
     assert objects.get_result(other) is None and retention.released == 1
+
+
+def test_the_sweep_deletes_uploads_no_request_names_once_they_are_old(store, objects):
+    """A presigned upload never followed by a transcription, and a multipart upload cut off
+    mid-way, do not stay in the bucket for ever; an upload a request names stays."""
+    from kubescribe.operator.retention import Retention, uploaded_audio
+    import time
+
+    named, orphan = f"{objects.prefix}uploads/named", f"{objects.prefix}uploads/orphan"
+    objects.put(named, b"RIFF named")
+    objects.put(orphan, b"RIFF orphan")
+    mine = f"{objects.prefix}mine/kept"  # not under uploads/: never the sweep's
+    objects.put(mine, b"RIFF mine")
+    cut_off = objects.client.create_multipart_upload(Bucket=objects.bucket, Key=f"{objects.prefix}uploads/cut")
+    body = {"spec": {"audio": {"s3": {"bucket": objects.bucket, "key": named}}}}
+    assert uploaded_audio(body, objects) == named
+
+    now = [time.time()]
+    retention = Retention(store, sweep_seconds=1, clock=lambda: now[0], upload_max_age=3600)
+    retention.sweep(set(), {named})
+    assert retention.uploads_deleted == 0, "uploads younger than the maximum age are left alone"
+    now[0] += 3600 + 120
+    retention.sweep(set(), {named})
+    assert retention.uploads_deleted == 2
+    assert sorted(objects.keys(f"{objects.prefix}uploads/")) == [named]
+    assert objects.keys(mine) == [mine]
+    pending = objects.client.list_multipart_uploads(Bucket=objects.bucket, Prefix=f"{objects.prefix}uploads/")
+    assert cut_off["UploadId"] not in [u["UploadId"] for u in pending.get("Uploads") or ()]
