@@ -130,7 +130,12 @@ def test_redis_image_matches_what_the_chart_runs():
     chart = (ROOT / "charts" / "kubescribe" / "templates" / "redis.yaml").read_text()
     uid = re.search(r"runAsUser: (\d+)", chart).group(1)
     assert f"--uid {uid} " in text and f"--gid {uid} " in text
-    assert re.search(r"args:\s*\n\s*- redis-server\n", chart), "the chart starts redis-server by args"
+    # The chart's args go through the image's entrypoint: a shell that writes the password
+    # into a config file in memory, then execs redis-server with it (and protected mode off
+    # explicitly, since the entrypoint adds that only when it starts redis-server itself).
+    assert re.search(r"args:\s*\n(\s*#.*\n)*\s*- sh\n\s*- -c\n", chart), "the chart starts a shell by args"
+    assert "exec redis-server /run/redis-config/redis.conf" in chart
+    assert re.search(r"- --protected-mode\n\s*- \"no\"", chart)
     assert "EXPOSE 6379" in text and "WORKDIR /data" in text
     assert (ROOT / "hack" / "images" / "redis-entrypoint.sh").stat().st_mode & 0o111
 
