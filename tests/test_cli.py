@@ -70,7 +70,7 @@ def test_errors_are_one_line_with_the_documented_exit_code(tmp_path):
         (("cache", "clear", "--redis", down), 75, "ConnectionError"),
         (("cache", "stats", "--redis", "localhost:6391"), 2, "must start with redis://"),
         (("transcribe", "--sample", "--redis", "localhost:6391"), 2, "must start with redis://"),
-        (("result", "nope", "--redis", down, "--kubeconfig", str(tmp_path / "none")), 2, "no cluster"),
+        (("result", "nope", "--redis", down, "--kubeconfig", str(tmp_path / "none")), 2, "no Kubernetes credentials"),
     ]
     for args, code, text in cases:
         proc = kubescribe(*args, env={**os.environ, "KUBERNETES_SERVICE_HOST": ""})

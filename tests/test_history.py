@@ -163,7 +163,7 @@ def test_history_clear_deletes_only_the_finished_requests_it_listed(kube_cluster
 def test_history_clear_errors_are_one_line_with_their_exit_code(kube_cluster, tmp_path):
     for args, code, says in ((("-n", "x", "-A"), 2, "exclude each other"),
                              (("--older-than", "soon"), 2, "--older-than"),
-                             (("--kubeconfig", str(tmp_path / "missing")), 2, "no cluster to talk to")):
+                             (("--kubeconfig", str(tmp_path / "missing")), 2, "no Kubernetes credentials from kubeconfig")):
         proc = subprocess.run([*CLI, "history", "clear", "--kubeconfig", kube_cluster.kubeconfig_path, *args],
                               capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
         assert proc.returncode == code and says in proc.stderr, (args, proc.stderr)
