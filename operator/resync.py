@@ -69,7 +69,8 @@ class Resync:
         whole list used to be; what no page held is dropped at the end."""
         registry = self.applier.registry
         listed: set[str] = set()
-        uploads: set[str] = set()  # upload keys the listed requests name (the sweep keeps them)
+        sweeping = self.retention.sweep_due()
+        uploads: set[str] = set()  # upload keys the listed requests name (a sweep keeps them)
         list_rv = None
         quiet = self._quiet_jobs()
         for page in self.kube.request_pages(self.settings.namespace, RESYNC_PAGE):
@@ -78,11 +79,12 @@ class Resync:
             items = page["items"]
             live = [entry_from_body(b) for b in items if not b["metadata"].get("deletionTimestamp")]
             listed.update(e.uid for e in live)
-            uploads.update(filter(None, (uploaded_audio(b, self.retention.store.objects) for b in items)))
+            if sweeping:
+                uploads.update(filter(None, (uploaded_audio(b, self.retention.store.objects) for b in items)))
             registry.merge(live)
             self._page(items, quiet)
         registry.drop_unlisted(listed, int(list_rv) if str(list_rv or "").isdigit() else 0)
-        if self.retention.sweep_due():
+        if sweeping:
             self.retention.sweep(listed, uploads)
         # Admission starts only after the first full pass: every request found at startup
         # is queued by then, so the budget goes by priority, not by watch-event order.
