@@ -135,7 +135,7 @@ class Speech:
     def samples(self, i: int) -> np.ndarray:
         from faster_whisper.audio import decode_audio
 
-        from tests.support.core import speak
+        from harness.speech import speak
 
         with self._lock:
             if i not in self._samples:
@@ -150,7 +150,7 @@ class Speech:
 
     def joined(self, indices: range | list[int], name: str) -> tuple[bytes, str, float]:
         """Several sentences in one WAV with short gaps: (wav bytes, reference text, seconds)."""
-        from tests.support.core import write_wav
+        from harness.speech import write_wav
 
         gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
         parts: list[np.ndarray] = []
@@ -193,9 +193,9 @@ class Context:
 
     # -- redis --------------------------------------------------------------------
     def redis(self):
-        """A real redis-server on a free port (tests.support.core.RedisServer)."""
+        """A real redis-server on a free port (harness.RedisServer)."""
         if self._redis is None:
-            from tests.support.core import RedisServer
+            from harness.redis_servers import RedisServer
 
             d = self.workdir / "redis"
             d.mkdir(exist_ok=True)
@@ -223,7 +223,7 @@ class Context:
     def cluster(self):
         """etcd + kube-apiserver + kube-controller-manager, with the CRD installed."""
         if self._cluster is None:
-            from tests.envtest.cluster import KubeCluster
+            from harness.envtest.cluster import KubeCluster
 
             t0 = time.monotonic()
             cluster = KubeCluster(workdir=self.workdir / "cluster", keep_workdir=True)
@@ -240,7 +240,7 @@ class Context:
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
-        from tests.envtest import wait_for
+        from harness.envtest import wait_for
 
         cluster = self.cluster()
         self._namespaces += 1
@@ -256,8 +256,8 @@ class Context:
         return name
 
     def operator(self, stack: contextlib.ExitStack, namespace: str, **settings: Any):
-        """The real operator (tests.support.operator.OperatorProcess) in ``namespace``; stopped with ``stack``."""
-        from tests.support.operator import OperatorProcess
+        """The real operator (harness.operator.OperatorProcess) in ``namespace``; stopped with ``stack``."""
+        from harness.operator import OperatorProcess
 
         op = OperatorProcess(str(self.cluster().kubeconfig_path), namespace, self.redis().url, self.workdir,
                              **settings)
@@ -529,7 +529,7 @@ def machine_facts() -> list[tuple[str, str]]:
                 model = line.split(":", 1)[1].strip()
                 break
     try:
-        from tests.envtest import find_tool
+        from harness.envtest import find_tool
 
         kube = run(find_tool("kube-apiserver"), "--version")
         etcd = run(find_tool("etcd"), "--version")

@@ -41,7 +41,7 @@ def long_recording(ctx: Context) -> tuple[bytes, str, float]:
     """(wav bytes, reference text, seconds) of >= 10 min of speech (2 min with --quick)."""
     if "long_recording" in ctx.shared:
         return ctx.shared["long_recording"]
-    from tests.support.core import write_wav
+    from harness.speech import write_wav
 
     target = LONG_SECONDS_QUICK if ctx.quick else LONG_SECONDS
     rnd = random.Random(13)
@@ -65,7 +65,7 @@ def long_recording(ctx: Context) -> tuple[bytes, str, float]:
 
 
 def long_batched_vs_sequential(ctx: Context) -> Outcome:
-    from tests.support.core import wer
+    from harness.speech import wer
 
     out = Outcome("long_batched_vs_sequential", "Batched by default vs sequential on 10 minutes of speech")
     wav, ref, seconds = long_recording(ctx)
@@ -203,7 +203,7 @@ def resume_after_kill(ctx: Context) -> Outcome:
     from kubescribe.progress import RunBoard
     from kubescribe.runner.task import run_task
     from kubescribe.store import Store
-    from tests.support.core import wer
+    from harness.speech import wer
 
     out = Outcome("resume_after_kill", "A long request killed at 60 %: the retry resumes from the checkpoint")
     wav, ref, seconds = long_recording(ctx)
@@ -265,7 +265,7 @@ def resume_after_kill(ctx: Context) -> Outcome:
 def pool_cross_request_batching(ctx: Context) -> Outcome:
     """20 short requests on a warm model: packed 4 at a time (what a pooled runner does
     with the default requestsPerRunner) vs one request at a time (what it did before)."""
-    from tests.support.core import wer
+    from harness.speech import wer
 
     out = Outcome("pool_cross_request_batching", "Pool: 20 short requests packed into shared decoding windows")
     engine = ctx.engine()
@@ -411,7 +411,7 @@ def _memory_child(path: Path, warmup: Path, decode_only: bool = False) -> dict:
 def _per_passage(segments: list, units: list[tuple[float, float]], passage: str) -> list[float]:
     """WER of every passage: the segments whose middle falls in its unit (the passage and
     the pause after it), against the passage's text."""
-    from tests.support.core import wer
+    from harness.speech import wer
 
     starts = [a for a, _ in units] + [float("inf")]
     texts: list[list[str]] = [[] for _ in units]

@@ -145,7 +145,7 @@ build_kueue() {
   GOBIN="$out/bin" go install -trimpath -ldflags "-s -w \
     -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
   # The CRDs and webhook manifests of the same release, copied out of the module source
-  # so the tests need neither the module cache nor kustomize (tests/envtest/kueue.py
+  # so the tests need neither the module cache nor kustomize (harness/envtest/kueue.py
   # rewrites the webhooks to the local manager's URL).
   local src; src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   rm -rf "$out/config" && mkdir -p "$out/config/crd"

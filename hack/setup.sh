@@ -6,7 +6,7 @@
 # The Debian packages: redis-server, redis-sentinel for the failover tests' sentinels,
 # espeak-ng, sox for silence, noise and tone test audio (ffmpeg libraries come with PyAV
 # wheels); buildah, umoci, mmdebstrap, gcc and libc6-dev for hack/build-images.sh;
-# containerd, runc, the CNI plugins, iptables for the real node in tests/envtest/realnode.py
+# containerd, runc, the CNI plugins, iptables for the real node in harness/envtest/realnode.py
 # (ipset for kube-router's firewall, which enforces NetworkPolicies there);
 # python3 and python3-venv for the test that runs `make demo` with Debian's own python3.
 # Python packages go into the project venv (hack/venv.sh), never the system interpreter.

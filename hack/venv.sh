@@ -54,7 +54,7 @@ if ! "$VENV/bin/python" -I -c 'import sys' >/dev/null 2>&1; then
   say "creating $VENV from $PY_REAL"
   "$PY" -I -m venv "$VENV" >&2 || { say "could not create $VENV from $PY (its message is above)"; exit 4; }
   echo "$PY_REAL" >"$VENV/.kubescribe-python"
-  # The repository's own packages for tests and benchmarks (tests.*, benchmarks.*),
+  # The repository's own packages for tests and benchmarks (tests.*, benchmarks.*, harness.*),
   # appended after the standard library so that operator/ cannot hide `operator`.
   site=$("$VENV/bin/python" -I -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
   echo "$ROOT" >"$site/kubescribe-repository.pth"

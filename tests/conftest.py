@@ -4,5 +4,5 @@ import os
 # operator/ would hide the standard library's `operator` (hack/test.sh sets it too).
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
-pytest_plugins = ["tests.support.core", "tests.envtest.fixtures", "tests.support.operator", "tests.support.gateway",
-                  "tests.support.sentinel", "tests.support.durations"]
+pytest_plugins = ["tests.fixtures.core", "tests.fixtures.envtest", "tests.fixtures.operator", "tests.fixtures.gateway",
+                  "tests.fixtures.sentinel", "tests.support.durations"]

@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable
 import pytest
 
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.envtest.faults import Fault, FaultProxy
-from tests.support.operator import OperatorProcess
+from harness.envtest import wait_for
+from harness.envtest.faults import Fault, FaultProxy
+from harness.operator import OperatorProcess
 
 pytestmark = pytest.mark.kube
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from kubescribe.settings import OperatorSettings
-from tests.envtest import free_port, wait_for
-from tests.envtest.helm import Helm
+from harness.envtest import free_port, wait_for
+from harness.envtest.helm import Helm
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kubescribe"
@@ -472,7 +472,7 @@ def test_helm_install_cluster_wide_rbac_runs_the_operator_end_to_end(
         helm, kube_cluster, kube_api, kube_namespace, fake_kubelet, redis_server, speech_dir, tmp_path):
     from kubernetes import client, config
 
-    from tests.support.operator import OperatorProcess, Requests
+    from harness.operator import OperatorProcess, Requests
 
     ns, release = kube_namespace, f"ks-{uuid.uuid4().hex[:5]}"
     full = f"{release}-kubescribe"
@@ -569,7 +569,7 @@ def test_helm_install_namespaced_mode_runs_with_a_role_only(
     there and no cluster-wide rights at all."""
     from kubernetes import client
 
-    from tests.support.operator import OperatorProcess, Requests
+    from harness.operator import OperatorProcess, Requests
 
     core = client.CoreV1Api(kube_api)
     release_ns, work_ns = kube_namespace, f"{kube_namespace[:50]}-work"
@@ -1172,8 +1172,8 @@ def test_helm_install_gateway_rbac_lets_it_review_and_create_requests_only(
     import httpx
     from kubernetes import client
 
-    from tests.support.gateway import WRITER_RULES, Callers, GatewayProcess
-    from tests.support.operator import OperatorProcess
+    from harness.gateway import WRITER_RULES, Callers, GatewayProcess
+    from harness.operator import OperatorProcess
 
     ns, release = kube_namespace, f"ks-{uuid.uuid4().hex[:5]}"
     full = f"{release}-kubescribe"

@@ -27,8 +27,8 @@ import yaml
 from kubescribe.models import parse_spec
 from kubescribe.operator.jobs import build_job
 from kubescribe.settings import OperatorSettings
-from tests.envtest import find_tool
-from tests.envtest.helm import Helm
+from harness.envtest import find_tool
+from harness.envtest.helm import Helm
 from tests.test_chart import ALL_ON, CHART, GATEWAY_ALL_ON
 
 README = CHART / "README.md"

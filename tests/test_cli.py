@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.support.core import SENTENCES, wer
+from harness.speech import SENTENCES, wer
 
 CLI = [sys.executable, "-m", "kubescribe.cli"]
 
@@ -63,7 +63,7 @@ def test_clear_errors_for_bad_files(tmp_path):
 
 
 def test_errors_are_one_line_with_the_documented_exit_code(tmp_path):
-    from tests.support.core import free_port
+    from harness.envtest import free_port
 
     down = f"redis://127.0.0.1:{free_port()}/0"
     cases = [
@@ -142,7 +142,7 @@ def test_transcribing_a_local_file_does_not_hold_its_bytes(tmp_path):
     from faster_whisper.audio import decode_audio
 
     from kubescribe.runner.audio import SAMPLE_RATE
-    from tests.support.core import speak
+    from harness.speech import speak
     from tests.test_s3_streaming import _recording
 
     sentence = decode_audio(str(speak(SENTENCES["fox"], tmp_path / "fox.wav")), sampling_rate=SAMPLE_RATE)

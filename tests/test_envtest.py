@@ -14,10 +14,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tests.envtest import ToolNotFoundError, find_tool, free_port, tool_dirs, wait_for
-from tests.envtest.cluster import ClusterStartError, KubeCluster
-from tests.envtest.kubelet import FakeKubelet
-from tests.envtest.prometheus import promtool_check_config, promtool_check_rules
+from harness.envtest import ToolNotFoundError, find_tool, free_port, tool_dirs, wait_for
+from harness.envtest.cluster import ClusterStartError, KubeCluster
+from harness.envtest.kubelet import FakeKubelet
+from harness.envtest.prometheus import promtool_check_config, promtool_check_rules
 
 pytestmark = pytest.mark.kube
 

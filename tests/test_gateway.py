@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from kubescribe import GROUP, PLURAL, VERSION
-from tests.support.core import SENTENCES, wer
+from harness.speech import SENTENCES, wer
 
 pytestmark = pytest.mark.kube
 

@@ -2,7 +2,7 @@
 
 The operator runs with ``KUBESCRIBE_ADMISSION_ENGINE=kueue`` against the session's
 control plane, with Kueue's manager running beside it (``kueue_manager``,
-``tests/envtest/kueue.py``; its Configuration enables admission fair sharing) and
+``harness/envtest/kueue.py``; its Configuration enables admission fair sharing) and
 the stand-in kubelet running the pods of Jobs that Kueue unsuspended (a suspended Job has
 no pods: the Job controller makes none).
 
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.envtest.kueue import GROUP, VERSION
-from tests.support.operator import OperatorProcess, Requests
+from harness.envtest import wait_for
+from harness.envtest.kueue import GROUP, VERSION
+from harness.operator import OperatorProcess, Requests
 
 pytestmark = pytest.mark.kube
 

@@ -9,7 +9,8 @@ import pytest
 from kubescribe.models import parse_spec
 from kubescribe.runner.engine import Engine, EngineOptions, choose_decoding, resume_offset
 from kubescribe.runner.task import run_task
-from tests.support.core import SENTENCES, _require, wer, write_wav
+from harness.envtest import require_binary
+from harness.speech import SENTENCES, wer, write_wav
 
 
 def spec(**extra):
@@ -97,7 +98,7 @@ def test_padded_speech_gives_the_words_and_nothing_invented_in_the_silences(engi
 @pytest.fixture(scope="module")
 def non_speech(tmp_path_factory):
     """60 s of digital silence, pink noise, a 440 Hz tone and a C major chord, made by sox."""
-    sox = _require("sox", "sox")
+    sox = require_binary("sox", "sox")
     d = tmp_path_factory.mktemp("nonspeech")
     recipes = {
         "silence": ["trim", "0", "60"],

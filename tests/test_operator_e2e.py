@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.support.core import SENTENCES, free_port, wer
+from harness.envtest import wait_for
+from harness.envtest import free_port
+from harness.speech import SENTENCES, wer
 
 pytestmark = pytest.mark.kube
 ROOT = Path(__file__).resolve().parents[1]

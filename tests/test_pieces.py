@@ -18,7 +18,8 @@ from kubescribe.runner import pieces as pieces_mod
 from kubescribe.runner.audio import SAMPLE_RATE, AudioStream, BadAudio, open_audio
 from kubescribe.runner.pieces import cut_point, pieces
 from kubescribe.runner.engine import Engine, EngineOptions
-from tests.support.core import SENTENCES, _require, speak, wer, write_wav
+from harness.envtest import require_binary
+from harness.speech import SENTENCES, speak, wer, write_wav
 
 
 def whole_decode(data: bytes) -> np.ndarray:
@@ -33,7 +34,7 @@ def whole_decode(data: bytes) -> np.ndarray:
 def made(tmp_path_factory):
     """75 s of two tones and pink noise, 44.1 kHz stereo (resampled and mixed down on
     decode), as WAV, FLAC and Ogg Vorbis; and a 16 kHz mono WAV (no resampling)."""
-    sox = _require("sox", "sox")
+    sox = require_binary("sox", "sox")
     d = tmp_path_factory.mktemp("made")
     wav = d / "mix.wav"
     subprocess.run([sox, "-n", "-r", "44100", "-c", "2", "-b", "16", str(wav), "synth", "75", "sine", "150",
@@ -220,7 +221,7 @@ def spoken(tmp_path_factory):
     """Ten different sentences said twice (the second round in reverse order), 0.4-0.6 s
     apart: ~95 s, encoded as FLAC. Returns (flac bytes, reference text, the spoken
     stretches (start, end) in seconds, total seconds)."""
-    sox = _require("sox", "sox")
+    sox = require_binary("sox", "sox")
     d = tmp_path_factory.mktemp("spoken")
     said = {}
     for name, text in SPOKEN.items():

@@ -8,7 +8,7 @@ import pytest
 from kubescribe.settings import RunnerSettings
 from kubescribe.store import Store
 from kubescribe.streams import DONE_STREAM, QUEUE_STREAM, RUNNERS_GROUP, Finished, WorkItem
-from tests.support.core import SENTENCES, wer
+from harness.speech import SENTENCES, wer
 
 
 @pytest.fixture

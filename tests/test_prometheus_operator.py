@@ -6,7 +6,7 @@ PrometheusRule and dashboard and the chart's default ``monitoring.labels``. A
 ``Prometheus`` object selects monitors and rules the way a default kube-prometheus-stack
 does (``release: kube-prometheus-stack``). The real Prometheus Operator turns them into a
 scrape configuration and rule files; the real Prometheus runs that configuration on the
-host (``tests/envtest/promoperator.py`` says why and how) and scrapes the real operator
+host (``harness/envtest/promoperator.py`` says why and how) and scrapes the real operator
 and runner pods at their pod IPs.
 
 Checked: operator metrics arrive through the ServiceMonitor and runner metrics through
@@ -32,11 +32,11 @@ import pytest
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL
 from kubescribe.store import Store, connect
-from tests.envtest import REPO_ROOT, wait_for
-from tests.envtest.helm import Helm
-from tests.envtest.prometheus import PrometheusServer
-from tests.envtest.promoperator import UNSCHEDULABLE, PrometheusOperator
-from tests.envtest.realnode import RealNode
+from harness.envtest import REPO_ROOT, wait_for
+from harness.envtest.helm import Helm
+from harness.envtest.prometheus import PrometheusServer
+from harness.envtest.promoperator import UNSCHEDULABLE, PrometheusOperator
+from harness.envtest.realnode import RealNode
 from tests.test_realnode import SMALL, create_namespace, kubectl_json, long_speech, split_ref  # noqa: F401
 
 pytestmark = [pytest.mark.kube, pytest.mark.realnode]
@@ -235,7 +235,7 @@ def repeated(wav: Path, times: int, out: Path) -> Path:
 
     import numpy as np
 
-    from tests.support.core import write_wav
+    from harness.speech import write_wav
 
     with wave.open(str(wav)) as w:
         samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767

@@ -1,7 +1,7 @@
 """kubescribe as a user runs it: `helm install` on a real node, images from our Dockerfiles.
 
 The node is a real kubelet on containerd + runc with CNI networking, kube-proxy and
-CoreDNS (``tests/envtest/realnode.py``). The chart installs the operator and the in-chart
+CoreDNS (``harness/envtest/realnode.py``). The chart installs the operator and the in-chart
 Redis from the images ``hack/build-images.sh`` built; runner pods are real containers from
 the runner image, transcribing with the model baked into it. Both namespaces enforce the
 ``restricted`` Pod Security Standard, checked by the API server's own admission.
@@ -28,10 +28,10 @@ import pytest
 
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubescribe.store import Store, connect
-from tests.envtest import REPO_ROOT, wait_for
-from tests.envtest.helm import Helm
-from tests.envtest.realnode import RealNode
-from tests.support.core import SENTENCES, wer, write_wav
+from harness.envtest import REPO_ROOT, wait_for
+from harness.envtest.helm import Helm
+from harness.envtest.realnode import RealNode
+from harness.speech import SENTENCES, wer, write_wav
 
 pytestmark = [pytest.mark.kube, pytest.mark.realnode]
 
@@ -497,8 +497,8 @@ def test_object_storage_s3_audio_and_spec_output_on_the_real_node(release: Relea
     bridge address, which pods reach); a runner pod reads `s3://` audio with the Secret's
     credentials, keeps the transcript in the install's bucket and writes `spec.output`.
     Last in the module: the release keeps its object store from here on."""
-    from tests.envtest.realnode import NODE_IP
-    from tests.envtest.s3 import S3Server
+    from harness.envtest.realnode import NODE_IP
+    from harness.envtest.s3 import S3Server
 
     s3 = S3Server(tmp_path / "s3", host=NODE_IP).start()
     try:

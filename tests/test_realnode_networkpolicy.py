@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.envtest import REPO_ROOT, wait_for
-from tests.envtest.helm import Helm
-from tests.envtest.realnode import NODE_IP, RealNode
+from harness.envtest import REPO_ROOT, wait_for
+from harness.envtest.helm import Helm
+from harness.envtest.realnode import NODE_IP, RealNode
 from tests.test_realnode import RESTRICTED, SMALL, kubectl_json, split_ref
 
 pytestmark = [pytest.mark.kube, pytest.mark.realnode]

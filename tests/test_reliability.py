@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.support.core import SENTENCES, RedisServer, TcpForwarder, wer
+from harness.envtest import wait_for
+from harness.redis_servers import RedisServer, TcpForwarder
+from harness.speech import SENTENCES, wer
 
 pytestmark = pytest.mark.kube
 

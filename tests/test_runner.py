@@ -13,7 +13,8 @@ from kubescribe.runner.engine import Engine
 from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT
 from kubescribe.runner.task import TaskError, run_task
 from kubescribe.store import Store
-from tests.support.core import SENTENCES, free_port, wer
+from harness.envtest import free_port
+from harness.speech import SENTENCES, wer
 
 
 def spec_for(key, **extra):
@@ -154,7 +155,7 @@ def test_runner_exit_codes(case, expected_code, reason, redis_server, tmp_path):
         spec["model"] = "no-such-model-anywhere"
         spec["cache"] = {"enabled": False}
         from pathlib import Path
-        from tests.support.core import speak
+        from harness.speech import speak
         spec["audio"]["redisKey"] = store.put_audio(speak("hello", Path(tmp_path) / "h.wav").read_bytes())
     elif case == "metadata_url":  # refused before any socket is opened
         spec["audio"] = {"url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}
@@ -168,7 +169,7 @@ def test_runner_exit_codes(case, expected_code, reason, redis_server, tmp_path):
 
 
 def test_runner_over_rediss_with_a_private_ca(speech_dir, tmp_path):
-    from tests.support.core import TlsRedisServer
+    from harness.redis_servers import TlsRedisServer
 
     server = TlsRedisServer(tmp_path, password="tls-secret").start()
     try:

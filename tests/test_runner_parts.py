@@ -15,7 +15,7 @@ from kubescribe.runner import packing
 from kubescribe.runner.packing import batch_key, short_samples, transcribe_packed
 from kubescribe.runner.documents import document, segment, word_run
 from kubescribe.runner.vad import CLIP_SECONDS, pack_clips
-from tests.support.core import _require
+from harness.envtest import require_binary
 
 
 def spec(**extra):
@@ -80,7 +80,7 @@ def test_a_batch_of_mixed_settings_is_refused_and_bad_audio_fails_before_a_model
 
 def test_only_short_audio_is_decoded_whole_for_packing(tmp_path, monkeypatch):
     """A long recording is not held whole to learn that it is long: its container says so."""
-    sox = _require("sox", "sox")
+    sox = require_binary("sox", "sox")
     for seconds in (3, 75):
         subprocess.run([sox, "-n", "-r", "16000", "-c", "1", "-b", "16", str(tmp_path / f"{seconds}.flac"), "synth",
                         str(seconds), "pinknoise", "vol", "0.2"], check=True)

@@ -26,7 +26,8 @@ from kubescribe.runner import buckets
 from kubescribe.runner.audio import SAMPLE_RATE, AudioStream
 from kubescribe.runner.failures import TaskError, task_errors
 from kubescribe.runner.objectfile import SKIP_BYTES
-from tests.support.core import SENTENCES, _require, speak, wer
+from harness.envtest import require_binary
+from harness.speech import SENTENCES, speak, wer
 
 MIB = 1 << 20
 
@@ -77,7 +78,7 @@ def test_a_recording_replaced_or_deleted_while_it_is_read_fails_and_is_never_spl
 
 def test_a_lost_connection_is_a_transient_failure_not_bad_audio(s3_bucket, tmp_path):
     """The decoder's own errors are BadAudio (final); the file's errors stay themselves."""
-    from tests.envtest.s3 import S3Server
+    from harness.envtest.s3 import S3Server
 
     with S3Server(tmp_path / "s3") as own:
         objects = ObjectStore(own.client(), None)
@@ -94,7 +95,7 @@ def test_a_lost_connection_is_a_transient_failure_not_bad_audio(s3_bucket, tmp_p
 def test_a_connection_closed_while_the_model_works_is_reopened_where_it_left_off(tmp_path):
     """The server restarts between two reads (its connections close, as an idle timeout
     closes them): the next read opens a ranged GET at the position, of the same object."""
-    from tests.envtest.s3 import S3Server
+    from harness.envtest.s3 import S3Server
 
     data = os.urandom(64 * MIB)  # more than the socket buffers hold at their largest (tcp_rmem: 32 MiB)
     with S3Server(tmp_path / "s3") as own:
@@ -111,7 +112,7 @@ def test_a_connection_closed_while_the_model_works_is_reopened_where_it_left_off
 
 @pytest.fixture(scope="module")
 def flac(tmp_path_factory) -> bytes:
-    sox = _require("sox", "sox")
+    sox = require_binary("sox", "sox")
     path = tmp_path_factory.mktemp("flac") / "mix.flac"
     subprocess.run([sox, "-n", "-r", "44100", "-c", "2", "-b", "16", str(path), "synth", "75", "sine", "150",
                     "sine", "230", "pinknoise", "remix", "1,2,3", "1,2,3", "vol", "0.3"], check=True)
@@ -161,7 +162,7 @@ def _recording(path, minutes: float, sentence: np.ndarray) -> None:
     """Written period by period through sox (16 kHz mono in, 44.1 kHz stereo out), never
     whole in this process."""
     rng = np.random.default_rng(3)
-    sox = subprocess.Popen([_require("sox", "sox"), "-t", "raw", "-r", str(SAMPLE_RATE), "-e", "signed-integer",
+    sox = subprocess.Popen([require_binary("sox", "sox"), "-t", "raw", "-r", str(SAMPLE_RATE), "-e", "signed-integer",
                             "-b", "16", "-c", "1", "-", "-r", "44100", "-c", "2", str(path)], stdin=subprocess.PIPE)
     for _ in range(int(minutes * 60 / PERIOD)):
         unit = np.concatenate([sentence, np.zeros(int(PERIOD * SAMPLE_RATE) - sentence.shape[0], np.float32)])

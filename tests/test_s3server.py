@@ -1,4 +1,4 @@
-"""The S3 test server itself (versitygw, ``tests/envtest/s3.py``), against boto3.
+"""The S3 test server itself (versitygw, ``harness/envtest/s3.py``), against boto3.
 
 These pin what the object store tests rely on: the fixtures give a working bucket,
 multipart uploads and SigV4 presigned URLs work, errors come back as S3 error codes,
@@ -16,7 +16,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from tests.envtest.s3 import S3Server
+from harness.envtest.s3 import S3Server
 
 MiB = 1024 * 1024
 

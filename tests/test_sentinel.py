@@ -1,6 +1,6 @@
 """Redis behind Sentinel: the URL form, and real failovers ridden out by the store, the
 gateway's async client and the CLI (a primary, a replica and three sentinels on loopback,
-tests/support/sentinel.py)."""
+harness/sentinel.py)."""
 
 from __future__ import annotations
 

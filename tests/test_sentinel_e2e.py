@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from kubescribe.store import Store, connect
-from tests.support.core import SENTENCES, wer
+from harness.speech import SENTENCES, wer
 
 pytestmark = pytest.mark.kube
 

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.support.core import RedisServer, speak
+from harness.envtest import wait_for
+from harness.redis_servers import RedisServer
+from harness.speech import speak
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ import pytest
 from kubescribe.objectstore import ObjectStore
 from kubescribe.settings import ObjectStoreSettings
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.support.core import SENTENCES, wer
+from harness.envtest import wait_for
+from harness.speech import SENTENCES, wer
 
 pytestmark = pytest.mark.kube
 PREFIX = "ks/"

@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from kubescribe import GROUP, PLURAL, VERSION
-from tests.envtest.s3 import bucket_name
-from tests.support.gateway import WRITER_RULES, Callers, GatewayProcess, make_namespace
+from harness.envtest.s3 import bucket_name
+from harness.gateway import WRITER_RULES, Callers, GatewayProcess, make_namespace
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -70,6 +71,15 @@ def find_tool(name: str) -> str:
         f"into a cache outside the repository (tens of minutes cold, a no-op afterwards). "
         f"KUBESCRIBE_TOOLS_PATH overrides where the binaries are looked for."
     )
+
+
+def require_binary(binary: str, package: str) -> str:
+    """Absolute path of a binary that a Debian package installs (redis-server, espeak-ng),
+    or a failure that names the package; like ``find_tool``, never a skip."""
+    path = shutil.which(binary)
+    if path is None:
+        raise ToolNotFoundError(f"{binary} is not installed: run `make test` (it installs the Debian package {package})")
+    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -134,6 +144,7 @@ __all__ = [
     "find_tool",
     "free_port",
     "log_tail",
+    "require_binary",
     "tool_dirs",
     "wait_for",
 ]

@@ -732,7 +732,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return f"RealNode(node={NODE_NAME!r}, server={self.cluster.server_url if self.cluster else ''!r})"
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m tests.envtest.realnode
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m harness.envtest.realnode
     import sys
 
     with RealNode(image_manifest(), crds=[REPO_ROOT / "crds"]) as node:

@@ -10,12 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from harness.envtest import free_port, wait_for
+from harness.process import ServiceProcess
 from kubescribe import GROUP, PLURAL
-from tests.envtest import wait_for
-from tests.support.core import ServiceProcess, free_port
-from tests.support.operator import OperatorProcess
 
 
 class GatewayProcess(ServiceProcess):
@@ -115,41 +112,3 @@ class Callers:
                     fn(name)
                 except Exception:
                     pass
-
-
-@pytest.fixture(scope="module")
-def gateway_env(kube_cluster, kube_api, redis_server, crd_installed, fake_kubelet, tmp_path_factory):
-    """One namespace with the operator watching it, a gateway, and three callers:
-    ``writer`` (may transcribe there), ``nobody`` (no rights), ``admin`` (the cache admin
-    permission only). Shared by a module's tests: the operator and gateway start once."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube_api)
-    ns = f"gateway-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"kubescribe.io/test": "true"}}})
-    wait_for(lambda: core.read_namespaced_service_account("default", ns), timeout=30, interval=0.05,
-             description=f"ServiceAccount {ns}/default", ignore=(Exception,))
-    workdir = tmp_path_factory.mktemp("gateway")
-    callers = Callers(kube_api, ns)
-    keys_file = workdir / "api-keys.json"
-    keys_file.write_text("{}")
-    op = OperatorProcess(str(kube_cluster.kubeconfig_path), ns, redis_server.url, workdir).start()
-    gw = GatewayProcess(str(kube_cluster.kubeconfig_path), redis_server.url, workdir,
-                        gateway_max_upload_bytes="1000000", gateway_api_keys_file=str(keys_file),
-                        gateway_auth_cache_seconds="0").start()
-    env = {
-        "namespace": ns, "gateway": gw, "operator": op, "callers": callers, "keys_file": keys_file,
-        "writer": callers.token("writer", rules=WRITER_RULES),
-        "nobody": callers.token("nobody"),
-        "admin": callers.token("admin", cluster_rules=ADMIN_RULES),
-    }
-    try:
-        yield env
-    finally:
-        gw.stop()
-        op.stop()
-        callers.cleanup()
-        try:
-            core.delete_namespace(ns)
-        except Exception:
-            pass

@@ -8,14 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
+from harness.envtest import REPO_ROOT, free_port, wait_for
+from harness.process import ServiceProcess
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from tests.envtest import wait_for
-from tests.support.core import ServiceProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "kubescribe.io_transcriptionrequests.yaml"
+CRD = REPO_ROOT / "crds" / "kubescribe.io_transcriptionrequests.yaml"
 
 
 class OperatorProcess(ServiceProcess):
@@ -120,31 +117,3 @@ class Requests:
 
         return wait_for(seen, timeout=timeout, interval=0.1,
                         description=f"events {', '.join(reasons)} on {name}")
-
-
-@pytest.fixture(scope="session")
-def crd_installed(kube_cluster):
-    kube_cluster.kubectl("apply", "--server-side", "-f", str(CRD), check=True)
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         f"crd/{PLURAL}.{GROUP}", check=True)
-    return True
-
-
-@pytest.fixture
-def operator_factory(kube_cluster, kube_namespace, redis_server, crd_installed, fake_kubelet, tmp_path):
-    started: list[OperatorProcess] = []
-
-    def factory(redis_url: str | None = None, **settings: Any) -> OperatorProcess:
-        op = OperatorProcess(str(kube_cluster.kubeconfig_path), kube_namespace, redis_url or redis_server.url,
-                             tmp_path, **settings)
-        started.append(op)
-        return op.start()
-
-    yield factory
-    for op in started:
-        op.stop()
-
-
-@pytest.fixture
-def requests_api(kube_api, kube_namespace):
-    return Requests(kube_api, kube_namespace)

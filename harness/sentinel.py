@@ -12,9 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.support.core import _require, free_port
+from harness.envtest import free_port, require_binary
 
 SERVICE = "kubescribe"
 QUORUM = 2
@@ -37,8 +35,8 @@ class SentinelCluster:
 
     def __init__(self, workdir: Path, password: str | None = "data-pass", sentinel_password: str | None = None,
                  replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000, failover_timeout_ms: int = 5000):
-        self.server_binary = _require("redis-server", "redis-server")
-        self.sentinel_binary = _require("redis-sentinel", "redis-sentinel")
+        self.server_binary = require_binary("redis-server", "redis-server")
+        self.sentinel_binary = require_binary("redis-sentinel", "redis-sentinel")
         self.workdir = workdir
         self.password = password
         self.sentinel_password = sentinel_password
@@ -260,11 +258,3 @@ def _fields(reply) -> dict[str, str]:
     if isinstance(reply, dict):
         return reply
     return dict(zip(reply[::2], reply[1::2]))
-
-
-@pytest.fixture
-def sentinel_cluster(tmp_path):
-    """A fresh cluster per test: a failover changes it for good."""
-    cluster = SentinelCluster(tmp_path, sentinel_password="sentinel-pass").start()
-    yield cluster
-    cluster.stop()

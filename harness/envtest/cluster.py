@@ -798,7 +798,7 @@ class KubeCluster:
         return f"KubeCluster(server_url={self.server_url!r}, workdir={str(self.workdir)!r})"
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m tests.envtest.cluster
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m harness.envtest.cluster
     with KubeCluster(keep_workdir=True) as c:
         print(f"export KUBECONFIG={c.kubeconfig_path}", file=sys.stderr)
         print({k: round(v, 2) for k, v in c.startup_seconds.items()}, file=sys.stderr)
