@@ -36,6 +36,12 @@ _REDIS_KEY = r"^[A-Za-z0-9][A-Za-z0-9:._/-]*$"
 #: S3's bucket naming rules (3-63 characters; no underscores, no upper case).
 _S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _AUDIO_URL = r"^(https?://\S+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+)$"
+_SINK_URL = r"^https?://[^/?#\s]+\S*$"
+#: A Secret's name (DNS-1123 subdomain) and a key in its data.
+_SECRET_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+#: Sinks per request: each finished request costs one delivery per sink.
+MAX_NOTIFY_SINKS = 4
 #: S3 keys are at most 1024 bytes.
 MAX_S3_KEY_CHARS = 1024
 #: An output key is <prefix><namespace>/<name>.<format>: 256 + 63 + 1 + 253 + 5 stays far
@@ -281,6 +287,54 @@ class CacheSpec(_Model):
     ] = 86400
 
 
+class NotifyEvent(str, Enum):
+    """A finished phase a sink can ask to hear about."""
+
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class NotifyMode(str, Enum):
+    """CloudEvents HTTP content mode: the whole event as a JSON body (structured), or the
+    attributes as ce-* headers and the data as the body (binary)."""
+
+    structured = "structured"
+    binary = "binary"
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the request's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=_SECRET_NAME, description="Secret name.")]
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=_SECRET_KEY, description="Key in its data.")]
+
+
+class NotifySink(_Model):
+    """Where the operator sends a signed CloudEvent when the request finishes."""
+
+    url: Annotated[
+        str,
+        Field(min_length=1, max_length=2048, pattern=_SINK_URL,
+              description="http(s) URL the event is POSTed to. Its destination is checked like "
+              "an audio URL (no loopback, link-local, cloud metadata or API server unless the "
+              "operator's KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS allows it); redirects are not followed."),
+    ]
+    signing_secret_ref: Annotated[
+        SecretKeyRef,
+        Field(description="The Standard Webhooks signing key, read from this Secret in the "
+              "request's namespace: whsec_ followed by base64 (or the base64 alone), as the "
+              "standardwebhooks libraries take it; make one with `echo whsec_$(openssl rand -base64 32)`."),
+    ]
+    events: Annotated[
+        list[NotifyEvent],
+        Field(min_length=1, max_length=2, json_schema_extra={"x-kubernetes-list-type": "set"},
+              description="Which finished phases to send: Succeeded, Failed or both."),
+    ] = [NotifyEvent.Succeeded, NotifyEvent.Failed]
+    mode: Annotated[
+        NotifyMode, Field(description="structured (one JSON document) or binary (ce-* headers).")
+    ] = NotifyMode.structured
+
+
 class TranscriptionSpec(_Model):
     """What to transcribe and how."""
 
@@ -439,6 +493,13 @@ class TranscriptionSpec(_Model):
             "operator.requestTtlSeconds). The transcript stays in Redis under its cache TTL.",
         ),
     ] = None
+    notify: Annotated[
+        list[NotifySink],
+        Field(max_length=MAX_NOTIFY_SINKS,
+              description="Sinks told when the request ends Succeeded or Failed: a CloudEvent "
+              "signed with Standard Webhooks headers, delivered by the operator at least once "
+              "(status.notifications records each delivery)."),
+    ] = []
 
     @model_validator(mode="after")
     def _cross_field(self) -> "TranscriptionSpec":
@@ -470,8 +531,8 @@ class TranscriptionSpec(_Model):
     def output_params(self) -> dict[str, Any]:
         """Every parameter that changes the transcript: the cache key covers these.
 
-        Formats, output location, priority, queue name, device, GPUs, timeouts, retries and
-        the request's TTL change how and where the work runs, not the words that come out, so they are
+        Formats, output location, priority, queue name, device, GPUs, timeouts, retries,
+        notification sinks and the request's TTL change how and where the work runs, not the words that come out, so they are
         left out and a request that differs only in those is still a cache hit.
         compute_type, decoding and batch_size do change the decoder's numerics, so they are in.
         """
@@ -580,6 +641,38 @@ class TranscriptionStatus(_Model):
         Field(description="s3:// URLs of the transcript files written for spec.output: json "
               "first, then spec.formats. Set once they are all written."),
     ] = None
+    notifications: Annotated[
+        list[NotificationRecord] | None,
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["sink"]},
+              description="Delivery of the finished request's event to each sink (spec.notify and "
+              "the install's sinks)."),
+    ] = None
+
+
+class NotificationState(str, Enum):
+    """Where one sink's delivery stands."""
+
+    Pending = "Pending"
+    Delivered = "Delivered"
+    Failed = "Failed"
+
+
+class NotificationRecord(_Model):
+    """One sink's delivery of the event for the request's finished phase."""
+
+    model_config = ConfigDict(frozen=False)
+
+    sink: Annotated[str, Field(max_length=2048, description="The sink's URL.")]
+    event_id: Annotated[str, Field(max_length=64, description="CloudEvent id (and webhook-id): the same "
+                                   "on every attempt, so a receiver can drop a duplicate.")]
+    type: Annotated[str, Field(max_length=128, description="CloudEvent type sent.")]
+    state: Annotated[NotificationState, Field(description="Pending (retrying), Delivered or Failed (final).")]
+    attempts: Annotated[int, Field(ge=0, description="POSTs made so far.")] = 0
+    last_code: Annotated[int | None, Field(description="HTTP status of the last attempt; unset when "
+                                           "no answer came (timeout, refused connection).")] = None
+    last_error: Annotated[str | None, Field(max_length=1024, description="Why the last attempt failed.")] = None
+    next_attempt_at: Annotated[str | None, Field(description="When a Pending delivery is tried next.")] = None
+    delivered_at: Annotated[str | None, Field(description="When a 2xx answer came.")] = None
 
 
 def now_rfc3339() -> str:

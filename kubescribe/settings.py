@@ -197,7 +197,7 @@ class PoolIdleSettings(_Settings):
 
 
 class AudioUrlSettings(ApiServerSettings):
-    """What the runner may download ``spec.audio.url`` from (kubescribe.runner.url_guard)."""
+    """What the runner may download ``spec.audio.url`` from (kubescribe.url_guard)."""
 
     audio_url_allow_cidrs: CidrList = Field("", description=AUDIO_URL_ALLOW_CIDRS_HELP)
 

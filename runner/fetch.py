@@ -22,10 +22,10 @@ from kubescribe.models import TranscriptionSpec
 from kubescribe.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
 from kubescribe.settings import AudioInputSettings
 from kubescribe.store import AudioNotFound, Store
+from kubescribe.url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
 
 from . import buckets
 from .failures import TaskError
-from .url_guard import TooManyRedirects, URLRefused, UrlGuard, open_url
 
 #: Read size of a streamed object or download: memory beyond the audio stays at one chunk.
 CHUNK_BYTES = 1 << 20
@@ -74,7 +74,7 @@ class Audio:
 
 
 def _download(url: str, limit: int, guard: UrlGuard) -> bytes:
-    """GET ``url`` from a destination the guard allows (see kubescribe.runner.url_guard)."""
+    """GET ``url`` from a destination the guard allows (see kubescribe.url_guard)."""
     try:
         with open_url(url, guard, timeout=60, headers={"User-Agent": "kubescribe-runner"}) as resp:
             chunks, total = [], 0

@@ -57,5 +57,5 @@ def test_output_params_cover_every_output_changing_field():
     fields = set(TranscriptionSpec.model_fields)
     changes_output = set(parse_spec({"audio": {"redisKey": KEY}}).output_params())
     operational = {"audio", "formats", "priority", "queue_name", "device", "gpus", "timeout_seconds", "retries",
-                   "cache", "output", "ttl_seconds_after_finished"}
+                   "cache", "output", "ttl_seconds_after_finished", "notify"}
     assert fields == changes_output | operational, fields ^ (changes_output | operational)

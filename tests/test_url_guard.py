@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from kubescribe.models import parse_spec
 from kubescribe.runner.fetch import _download, fetch_audio
 from kubescribe.runner.task import TaskError
-from kubescribe.runner.url_guard import (
+from kubescribe.url_guard import (
     ALLOW_SETTING,
     MAX_REDIRECTS,
     URLRefused,
@@ -357,7 +357,7 @@ def test_the_connection_goes_to_the_checked_address(server):
 
 
 def test_https_keeps_the_name_for_sni_and_the_certificate(tmp_path, monkeypatch):
-    from tests.support.core import make_tls_certs
+    from harness.certs import make_tls_certs
 
     certs = make_tls_certs(tmp_path)  # a certificate for localhost and 127.0.0.1
     monkeypatch.setenv("SSL_CERT_FILE", str(certs["ca"]))

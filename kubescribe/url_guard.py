@@ -1,4 +1,5 @@
-"""Where the runner may download ``spec.audio.url`` from.
+"""Where the runner may download ``spec.audio.url`` from, and where the operator may
+deliver a notification (``spec.notify[].url``, the install-wide sinks): one guard for both.
 
 Anyone who may create a TranscriptionRequest chooses that URL, and the runner fetches it
 from inside the cluster. Without a check, a request could make the runner read the cloud
@@ -78,7 +79,7 @@ _NAT64 = _n("64:ff9b::/96")
 
 
 class URLRefused(Exception):
-    """The runner will not connect there. Not an OSError: urllib must not wrap it as a
+    """The guard will not connect there. Not an OSError: urllib must not wrap it as a
     network failure, which would be retried."""
 
     def __init__(self, message: str, *, url: str | None = None):
@@ -90,7 +91,6 @@ class URLRefused(Exception):
 
 class TooManyRedirects(Exception):
     """More than :data:`MAX_REDIRECTS` redirects."""
-
 
 def parse_networks(cidrs: Iterable[str] | str) -> tuple[IPNetwork, ...]:
     """``"10.0.0.0/8, fd00::/8"`` or a list of CIDRs as networks (a bare address is a /32
@@ -137,8 +137,7 @@ def refusal(
             api.update(_forms(_address(a)))
         except ValueError:
             continue
-    addresses = list(host_addresses)
-    if not addresses:
+    if not (addresses := list(host_addresses)):
         return "the host resolves to no address"
     for raw in addresses:
         try:
@@ -192,13 +191,15 @@ class UrlGuard:
     allow: tuple[IPNetwork, ...] = ()
     service_host: str | None = None
     resolver: Callable[[str, int], list[str]] = resolve
+    #: What the refused URLs are, for the message: "Audio URLs", "Notification sinks".
+    purpose: str = "Audio URLs"
     _api: frozenset[str] | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings) -> "UrlGuard":
+    def from_settings(cls, settings, purpose: str = "Audio URLs") -> "UrlGuard":
         """From :class:`kubescribe.settings.AudioUrlSettings` (or RunnerSettings)."""
         return cls(allow=parse_networks(settings.audio_url_allow_cidrs),
-                   service_host=settings.kubernetes_service_host)
+                   service_host=settings.kubernetes_service_host, purpose=purpose)
 
     @property
     def api_server(self) -> frozenset[str]:
@@ -215,7 +216,7 @@ class UrlGuard:
             named = "" if _is_literal(host) else f"{host} resolves to {', '.join(addresses)}; "
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise URLRefused(
-                f"refused to connect to {where}: {named}{why}. Audio URLs may not point "
+                f"refused to connect to {where}: {named}{why}. {self.purpose} may not point "
                 f"there unless {ALLOW_SETTING} (chart value {ALLOW_CHART_VALUE}) has a range "
                 "that contains the address")
         return addresses
@@ -233,8 +234,7 @@ class UrlGuard:
 
 def _is_literal(host: str) -> bool:
     try:
-        _address(host)
-        return True
+        return bool(_address(host))
     except ValueError:
         return False
 
@@ -323,18 +323,21 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return new
 
 
-def opener(guard: UrlGuard) -> urllib.request.OpenerDirector:
-    """An opener for http and https through ``guard``: no proxies, no other schemes."""
+def opener(guard: UrlGuard, *, redirects: bool = True) -> urllib.request.OpenerDirector:
+    """For http and https through ``guard``: no proxies, no other schemes; a 3xx is an
+    HTTPError with ``redirects=False`` (a webhook is not re-posted elsewhere)."""
     director = urllib.request.OpenerDirector()
-    for handler in (_HTTPHandler(guard), _HTTPSHandler(guard), _RedirectHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
-                    urllib.request.UnknownHandler()):
+    for handler in [_HTTPHandler(guard), _HTTPSHandler(guard), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()] + (
+                        [_RedirectHandler()] if redirects else []):
         director.add_handler(handler)
     return director
 
 
-def open_url(url: str, guard: UrlGuard, *, timeout: float = 60, headers: dict[str, str] | None = None):
-    """GET ``url`` through ``guard``; the response as from ``urllib.request.urlopen``.
+def open_url(url: str, guard: UrlGuard, *, timeout: float = 60, headers: dict[str, str] | None = None,
+             data: bytes | None = None):
+    """GET ``url`` through ``guard`` (POST ``data`` when given, without following
+    redirects); the response as from ``urllib.request.urlopen``.
 
     Raises :class:`URLRefused` (a forbidden scheme or address, at any hop),
     :class:`TooManyRedirects`, ``urllib.error.HTTPError`` and ``OSError`` as urllib does.
@@ -342,5 +345,5 @@ def open_url(url: str, guard: UrlGuard, *, timeout: float = 60, headers: dict[st
     scheme = urlsplit(url).scheme.lower()
     if scheme not in SCHEMES:
         raise URLRefused(f"only http and https URLs are fetched, not {scheme or 'schemeless'} ones", url=url)
-    req = urllib.request.Request(url, headers=headers or {})
-    return opener(guard).open(req, timeout=timeout)
+    req = urllib.request.Request(url, headers=headers or {}, data=data, method="POST" if data is not None else "GET")
+    return opener(guard, redirects=data is None).open(req, timeout=timeout)
