@@ -67,7 +67,9 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason("AudioURLForbidden", "invalid_spec", True, True, "audio.url points where runners may not connect"),
     Reason("AudioDownloadFailed", "audio_not_found", True, True, "audio.url answered 4xx or redirected too often"),
     Reason("AudioServerUnavailable", "internal", False, True, "audio.url unreachable or answered 5xx"),
-    Reason("ModelLoadFailed", "model_load", True, True, "unknown model, or not available offline"),
+    Reason("ModelLoadFailed", "model_load", True, True, "the model's files cannot be loaded, or the hub refused it"),
+    Reason("ModelNotFound", "model_load", True, True, "offline, and the model is not on the model volume: "
+           "kubescribe models pull NAME"),
     Reason("RedisUnavailable", "redis", False, True, "Redis unreachable"),
     Reason("ObjectStoreUnavailable", "storage", False, True, "the object store is unreachable or answered 5xx"),
     Reason("ObjectStoreAccessDenied", "storage", True, True, "the object store refused the credentials or the access"),

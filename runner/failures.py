@@ -10,7 +10,7 @@ from kubescribe.outcomes import RunnerOutcome, reason
 from kubescribe.store import StoreError
 
 from .audio import BadAudio
-from .engine import ModelLoadError
+from .engine import ModelLoadError, ModelNotFound
 
 try:
     from redis.exceptions import RedisError
@@ -54,6 +54,8 @@ def task_errors():
         yield
     except BadAudio as exc:
         raise TaskError("BadAudio", str(exc)) from None
+    except ModelNotFound as exc:
+        raise TaskError("ModelNotFound", str(exc)) from None
     except ModelLoadError as exc:
         raise TaskError("ModelLoadFailed", str(exc)) from None
     except StoreError as exc:

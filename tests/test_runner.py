@@ -135,7 +135,7 @@ def test_runner_process_writes_result_and_termination_message(redis_server, spee
         ("non_audio", EXIT_BAD_INPUT, "BadAudio"),
         ("invalid_spec", EXIT_BAD_INPUT, "InvalidSpec"),
         ("redis_down", EXIT_TRANSIENT, "RedisUnavailable"),
-        ("bad_model", EXIT_BAD_INPUT, "ModelLoadFailed"),
+        ("bad_model", EXIT_BAD_INPUT, "ModelNotFound"),
         ("metadata_url", EXIT_BAD_INPUT, "AudioURLForbidden"),
     ],
 )
@@ -166,6 +166,9 @@ def test_runner_exit_codes(case, expected_code, reason, redis_server, tmp_path):
     assert summary["message"]
     if case == "metadata_url":
         assert summary["final"] is True and "169.254.169.254 is the cloud metadata service" in summary["message"]
+    if case == "bad_model":  # offline: the message names what is there and the command that fixes it
+        assert summary["final"] is True and "available: tiny.en" in summary["message"]
+        assert "kubescribe models pull no-such-model-anywhere --from" in summary["message"]
 
 
 def test_runner_over_rediss_with_a_private_ca(speech_dir, tmp_path):
