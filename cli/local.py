@@ -45,7 +45,9 @@ class Progress:
 
 
 def cmd_transcribe(args) -> int:
-    from kubescribe.runner.engine import Engine
+    from kubescribe.runner.engine import Engine, EngineOptions
+
+    from .models import models_dir
     from kubescribe.runner.task import TaskError, run_task
 
     path = sample_path() if args.sample else Path(args.file) if args.file else None
@@ -74,7 +76,7 @@ def cmd_transcribe(args) -> int:
         server = MetricsServer(metrics.registry, port=args.metrics_port, host="127.0.0.1").start()
     try:
         store = open_cli_store(args, local_default=True, metrics=metrics)
-        engine = Engine(metrics=metrics)
+        engine = Engine(EngineOptions(model_dir=str(models_dir(args))), metrics=metrics)
         progress = Progress(args.progress if args.progress is not None else sys.stderr.isatty())
         # The cache is consulted before the audio is decoded or a model is loaded.
         try:

