@@ -505,6 +505,47 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
         "as many admissions at once: events and admissions of many requests proceed while one "
         "waits on the API server."
     )
+    notify_sinks: list[dict[str, Any]] = Field(
+        [],
+        description="Install-wide notification sinks, a JSON list of {url, events, mode}: every "
+        "request's Succeeded/Failed event goes there too (a Knative Broker, an Argo Events "
+        "webhook), signed with KUBESCRIBE_NOTIFY_SIGNING_KEY. Chart value notifications.sinks.",
+    )
+    notify_signing_key: str = Field(
+        "",
+        description="The install's Standard Webhooks key (whsec_ and base64) for the install-wide "
+        "sinks and the gateway's callback_url; from the Secret of chart value "
+        "notifications.signingSecret. Empty: no install-wide sink is delivered to.",
+    )
+    notify_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads delivering notifications, apart from admission and the watch: a "
+        "sink that answers slowly holds one of these, never an admission. 4 delivers about "
+        "4/KUBESCRIBE_NOTIFY_TIMEOUT_SECONDS events a second when every sink hangs.",
+    )
+    notify_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How long one POST to a sink may take (connect and answer) before it counts "
+        "as a failed attempt: receivers are expected to answer at once and work afterwards.",
+    )
+    notify_max_attempts: int = Field(
+        10, ge=1, le=50, description="POSTs per event and sink before its delivery Fails for good."
+    )
+    notify_backoff_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Wait before the second attempt; each later wait doubles, up to "
+        "KUBESCRIBE_NOTIFY_BACKOFF_CAP_SECONDS, scaled by a random 0.8-1.2. With the defaults "
+        "the ten attempts span about a day (300 s, 600 s, ... 6 h).",
+    )
+    notify_backoff_cap_seconds: float = Field(
+        21600.0, gt=0, description="Longest wait between two attempts (6 h)."
+    )
+
     @model_validator(mode="after")
     def _kueue_runs_jobs(self) -> "OperatorSettings":
         if self.admission_engine == "kueue" and self.mode != "job":

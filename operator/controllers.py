@@ -24,6 +24,7 @@ from .cache_lookup import cache_answer
 from .health import Gauges, Health
 from .job_handler import JobHandler
 from .kube import Kube
+from .notifier import Notifier
 from .pool_outcome_handler import PoolOutcomeHandler
 from .progress_reporter import ProgressReporter
 from .request_handler import RequestHandler
@@ -42,6 +43,7 @@ class Controllers:
     admitter: Admitter
     gauges: Gauges
     health: Health
+    notifier: Notifier
 
 
 def build(settings: OperatorSettings, store: Store, kube: Kube, metrics: OperatorMetrics) -> Controllers:
@@ -61,4 +63,5 @@ def build(settings: OperatorSettings, store: Store, kube: Kube, metrics: Operato
         pool_outcomes=PoolOutcomeHandler(applier, kube, queue) if queue is not None else None,
         resync=Resync(applier, kube, requests, jobs, retention, settings, metrics, synced),
         progress=ProgressReporter(applier, kube, RunBoard(store.client), metrics, settings.progress_seconds),
-        admitter=admitter, gauges=gauges, health=Health(admitter.healthy, store, kube))
+        admitter=admitter, gauges=gauges, health=Health(admitter.healthy, store, kube),
+        notifier=Notifier(applier, kube, settings))

@@ -75,6 +75,21 @@ class Kube:
                 return None
             raise
 
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; ``None`` when the Secret or the key is missing."""
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
+
     def list_requests(self, namespace: str, limit: int = 0, continue_: str = "") -> dict:
         """One LIST of requests (a page of ``limit`` when set, from ``continue_``)."""
         kw: dict = {"limit": limit} if limit else {}

@@ -116,6 +116,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics.workqueue.watch(memo.events)
     memo.handlers = {"request": parts.requests.on_request, "job": parts.jobs.on_job,
                      "workload": parts.jobs.on_workload_event}
+    memo.notifier = parts.notifier.start()
     memo.server = server
     memo.stop = stop
     memo.tasks = [asyncio.create_task(_admission_loop(parts.applier.wakeup, parts.admitter)),
@@ -133,6 +134,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.server.stop()
     if "events" in memo:
         memo.events.stop()
+    if "notifier" in memo:
+        memo.notifier.stop()
 
 
 async def _admission_loop(wakeup: threading.Event, admitter: Admitter) -> None:
@@ -172,6 +175,8 @@ def _record(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _record(memo, "request", event)
+    if "notifier" in memo:  # only schedules: deliveries run on the notifier's own threads
+        memo.notifier.consider(event.get("type"), event["object"])
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from kubescribe.models import (
     NotificationRecord,
     NotificationState,
+    NotifySink,
     Phase,
     SecretKeyRef,
     TranscriptionSpec,
@@ -77,10 +78,11 @@ class Answer:
     refused: bool = False
 
 
-def sinks_for(spec: TranscriptionSpec, install: Iterable[Sink], phase: str) -> list[Sink]:
-    """The sinks that hear of ``phase``: the request's, then the install's; one per URL."""
+def sinks_for(notify: Iterable[NotifySink], install: Iterable[Sink], phase: str) -> list[Sink]:
+    """The sinks that hear of ``phase``: the request's ``spec.notify``, then the install's;
+    one per URL."""
     found: dict[str, Sink] = {}
-    own = [Sink(s.url, tuple(s.events), s.mode, s.signing_secret_ref) for s in spec.notify]
+    own = [Sink(s.url, tuple(s.events), s.mode, s.signing_secret_ref) for s in notify]
     for sink in [*own, *install]:
         if phase in sink.events and sink.url not in found:
             found[sink.url] = sink

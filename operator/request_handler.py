@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, TranscriptionSpec, parse_spec
 from kubescribe.store import Store, known_cache_key
+from kubescribe.url_guard import parse_networks
 
 from . import intake
 from .applier import Applier
@@ -14,6 +15,7 @@ from .cache_lookup import cache_answer
 from .intake import NOT_ASKED
 from .kube import Kube
 from .lifecycle import needs_reconcile, stale_job
+from .notify_plan import admission_refusal
 from .registry import entry_from_body
 from .retention import Retention
 
@@ -33,6 +35,7 @@ class RequestHandler:
         self.kube = kube
         self.store = store
         self.retention = retention
+        self.sink_allow = parse_networks(applier.settings.audio_url_allow_cidrs)
 
     def on_request(self, event_type: str | None, body: dict) -> None:
         """Every watch event of a request: keep the registry, reconcile when needed."""
@@ -69,6 +72,9 @@ class RequestHandler:
                 spec: TranscriptionSpec | InvalidSpec = parse_spec(body.get("spec") or {})
             except InvalidSpec as exc:
                 spec = exc
+            refused = admission_refusal(spec, self.sink_allow) if isinstance(spec, TranscriptionSpec) else None
+            if refused:
+                spec = InvalidSpec(refused)  # a notification sink the URL guard refuses
             key, sha = known_cache_key(spec) if isinstance(spec, TranscriptionSpec) else (None, None)
             cache = cache_answer(self.store, key, spec, body) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
             a.apply(body, intake.on_seen(body, spec, key, sha, cache))

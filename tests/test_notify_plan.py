@@ -91,8 +91,8 @@ def test_the_allow_list_opens_a_refused_range():
 def test_request_sinks_come_first_and_a_url_is_delivered_to_once():
     install = [Sink("https://broker.example/", ("Succeeded",)), Sink("https://a.example/")]
     s = spec({"url": "https://a.example/", "signingSecretRef": REF, "events": ["Failed"]})
-    assert [x.url for x in sinks_for(s, install, "Succeeded")] == ["https://broker.example/", "https://a.example/"]
-    failed = sinks_for(s, install, "Failed")
+    assert [x.url for x in sinks_for(s.notify, install, "Succeeded")] == ["https://broker.example/", "https://a.example/"]
+    failed = sinks_for(s.notify, install, "Failed")
     assert [x.url for x in failed] == ["https://a.example/"] and failed[0].secret is not None
 
 
