@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from kubescribe import GROUP, PLURAL, VERSION
-from kubescribe.store import AUDIO_PREFIX
+from kubescribe.cache_layout import AUDIO_PREFIX
 
 from .common import (REPO, SENTENCES, Context, Outcome, RequestWatch, RssSampler, log, median, mib, ms,
                      percentile, secs)
@@ -33,7 +33,7 @@ def cache_hit_latency(ctx: Context) -> Outcome:
     from kubernetes import client
 
     from kubescribe.models import parse_spec
-    from kubescribe.store import known_cache_key
+    from kubescribe.cache_layout import known_cache_key
     from kubescribe.store import Store
 
     out = Outcome("cache_hit_latency", "Cache-hit latency: create -> watch sees Succeeded")

@@ -85,7 +85,7 @@ def _time(fn, reps: int) -> float:
 
 
 def gzip_vs_zstd(ctx: Context) -> Outcome:
-    from kubescribe.store import decode_result, encode_result
+    from kubescribe.cache_layout import decode_result, encode_result
 
     out = Outcome("gzip_vs_zstd", "Result cache codec: gzip vs zstd")
     real = transcript_with_words(ctx)

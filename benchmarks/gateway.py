@@ -36,7 +36,7 @@ def _spec(audio: bytes) -> tuple[dict, str]:
     """The spec the gateway builds for a whisper-1 upload of ``audio``, and its cache key."""
     from kubescribe.gateway.openai import build_spec
     from kubescribe.models import parse_spec
-    from kubescribe.store import audio_key, known_cache_key
+    from kubescribe.cache_layout import audio_key, known_cache_key
 
     sha = hashlib.sha256(audio).hexdigest()
     spec, _ = build_spec({"model": "whisper-1"}, task="transcribe", aliases={"whisper-1": "tiny.en"},
@@ -51,7 +51,8 @@ def _spec(audio: bytes) -> tuple[dict, str]:
 def gateway_cache_hit_overhead(ctx: Context) -> Outcome:
     import httpx
 
-    from kubescribe.store import Store, known_cache_key  # noqa: F401
+    from kubescribe.cache_layout import known_cache_key
+    from kubescribe.store import Store  # noqa: F401
 
     out = Outcome("gateway_cache_hit_overhead", "Gateway round trip vs creating the request directly (cache hits)")
     n = 5 if ctx.quick else 30

@@ -93,7 +93,7 @@ def runner_overhead(ctx: Context) -> Outcome:
             f"plain {times['plain'][-1]:.3f}s")
 
     # kubescribe's extra steps around the transcription, each timed alone (medians of 50).
-    from kubescribe.store import sha256_hex
+    from kubescribe.cache_layout import sha256_hex
 
     last = run_task(store, engine, spec).result
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from kubescribe import GROUP, PLURAL, VERSION
-from kubescribe.store import AUDIO_PREFIX
+from kubescribe.cache_layout import AUDIO_PREFIX
 
 from .cluster import _create_all
 from .common import CRD, Context, Outcome, RequestWatch, RssSampler, log, mib, secs

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from kubescribe.metrics import GatewayMetrics
+from kubescribe.gateway.http_metrics import GatewayMetrics
 from kubescribe.settings import GatewaySettings
 from kubescribe.store import Store
 

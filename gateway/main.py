@@ -13,7 +13,7 @@ import sys
 
 
 from kubescribe import __version__
-from kubescribe.metrics import GatewayMetrics
+from kubescribe.gateway.http_metrics import GatewayMetrics
 from kubescribe.outcomes import EXIT_USAGE
 from kubescribe.serving import MetricsServer
 from kubescribe.settings import GatewaySettings, load_or_exit

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from starlette.routing import BaseRoute, Match
 
-from kubescribe.metrics import GatewayMetrics
+from kubescribe.gateway.http_metrics import GatewayMetrics
 
 #: The label of a call no route matches.
 OTHER = "other"
@@ -16,7 +16,7 @@ OTHER = "other"
 
 def route_labels(routes: Sequence[BaseRoute]) -> tuple[str, ...]:
     """Every value of the ``route`` label: each route's template once, and ``other``.
-    The metrics are built from this (:class:`kubescribe.metrics.GatewayMetrics`), so the
+    The metrics are built from this (:class:`kubescribe.gateway.http_metrics.GatewayMetrics`), so the
     route table is their one source."""
     return (*dict.fromkeys(getattr(r, "path") for r in routes), OTHER)
 

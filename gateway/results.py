@@ -7,7 +7,8 @@ import asyncio
 from typing import Any
 
 from kubescribe.outcomes import reason as reason_of
-from kubescribe.store import decode_result, gone_message
+from kubescribe.cache_layout import decode_result
+from kubescribe.store import gone_message
 
 from .context import Gateway
 from .errors import HttpError

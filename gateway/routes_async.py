@@ -11,7 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from kubescribe.store import analysis_key, gone_message
+from kubescribe.cache_layout import analysis_key
+from kubescribe.store import gone_message
 
 from . import events, openai
 from .context import Gateway, gateway_of

@@ -26,7 +26,7 @@ from starlette.requests import Request
 
 from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError, classify
-from kubescribe.store import audio_key
+from kubescribe.cache_layout import audio_key
 
 from . import form, openai
 from .auth import Identity

@@ -1,12 +1,7 @@
 """The Redis store: audio by SHA-256, transcripts in a gzip result cache, shared stats.
 
-Key layout (docs/architecture.md)::
-
-    kubescribe:audio:<sha256>        audio bytes, with a TTL
-    kubescribe:result:<cache key>    gzip-compressed JSON transcript, 24 h TTL by default
-    kubescribe:stats:cache           hash {hits, misses}: hit rate shared by every process
-    kubescribe:stats:clears          how many times the cache was cleared (not reset by a clear)
-    kubescribe:analysis:<cache key>  JSON analysis of a transcript (kubescribe.analysis), 7 days
+The keys, TTLs, result codec and value types are in :mod:`kubescribe.cache_layout`; this
+module does the I/O.
 
 With an object store (kubescribe.objectstore) the store is a read-through cache in front
 of it: every result is written there first, a read that misses Redis reads it there and
@@ -15,22 +10,23 @@ warms Redis, and losing Redis (a key, or all of it) costs speed, never a transcr
 Redis is reached through a URL (``redis://``, ``rediss://`` for TLS, ``redis+sentinel://``
 for a primary that can fail over; kubescribe.redisconn) and a password that comes from a
 Secret via the environment, never from a custom resource. ``MemoryStore``
-is the same store on an in-process dict, so ``kubescribe transcribe`` needs no server.
+is the same store on an in-process dict (:mod:`kubescribe.memory_redis`), so
+``kubescribe transcribe`` needs no server.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import gzip
-import hashlib
 import json
 import logging
-import threading
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kubescribe.cache_layout import (
+    ANALYSIS_PREFIX, AUDIO_PREFIX, CLEARS_KEY, DEFAULT_ANALYSIS_TTL, DEFAULT_AUDIO_TTL, DEFAULT_RESULT_TTL,
+    RESULT_PREFIX, STATS_KEY, CacheStats, Owner, analysis_key, audio_key, decode_result, encode_result,
+    result_key, sha256_hex,
+)
+from kubescribe.memory_redis import MemoryRedis
 from kubescribe.objectstore import ObjectStore
 # Every process opens Redis through redisconn (URL forms, timeouts, failover retries);
 # re-exported here, where callers have always found it.
@@ -41,26 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFIX = "kubescribe"
-AUDIO_PREFIX = f"{PREFIX}:audio:"
-RESULT_PREFIX = f"{PREFIX}:result:"
-ANALYSIS_PREFIX = f"{PREFIX}:analysis:"
-STATS_KEY = f"{PREFIX}:stats:cache"
-CLEARS_KEY = f"{PREFIX}:stats:clears"
-
-#: Result TTL: 24 h, as the original service kept it.
-DEFAULT_RESULT_TTL = 86400
-#: Audio TTL: long enough for a queued request to wait for a GPU, short enough that
-#: uploads do not pile up in Redis memory.
-DEFAULT_AUDIO_TTL = 86400
-#: Analysis TTL: 7 days, as the inherited service kept its analyses.
-DEFAULT_ANALYSIS_TTL = 7 * 86400
-#: Bump when the result JSON or the key derivation changes, so old entries miss.
-CACHE_SCHEMA = 1
-
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
 
 class StoreError(RuntimeError):
     """Redis could not be reached or answered wrongly: transient, worth a retry."""
@@ -70,112 +46,8 @@ class AudioNotFound(LookupError):
     """The audio key is missing or expired: final, the client must upload again."""
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def audio_key(sha256: str) -> str:
-    return AUDIO_PREFIX + sha256
-
-
-def result_key(cache_key: str) -> str:
-    return RESULT_PREFIX + cache_key
-
-
-def cache_key(audio_sha256: str, params: Mapping[str, Any]) -> str:
-    """Hash of the audio and every output-changing parameter.
-
-    The JSON is canonical (sorted keys, no whitespace) so the same request gives the same
-    key in every process and every Python version.
-    """
-    doc = {"v": CACHE_SCHEMA, "audio": audio_sha256, "params": dict(params)}
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def analysis_key(result_redis_key: str) -> str:
-    """The analysis key of a transcript, from its result key (``status.resultKey``): one
-    analysis per content, shared by every request answered with that transcript."""
-    tail = result_redis_key[len(RESULT_PREFIX):] if result_redis_key.startswith(RESULT_PREFIX) else sha256_hex(result_redis_key.encode())
-    return ANALYSIS_PREFIX + tail
-
-
-def audio_sha_from_key(key: str | None) -> str | None:
-    """The SHA-256 named by a ``kubescribe:audio:<sha256>`` key, or None for other keys."""
-    if key and key.startswith(AUDIO_PREFIX):
-        tail = key[len(AUDIO_PREFIX):]
-        if len(tail) == 64 and all(c in "0123456789abcdef" for c in tail):
-            return tail
-    return None
-
-
-def known_cache_key(spec) -> tuple[str | None, str | None]:
-    """(cache key, audio SHA-256) of a request when its audio hash is known without
-    fetching the audio (``audio.sha256``, or a content-addressed Redis key); else Nones.
-
-    ``spec`` is a :class:`kubescribe.models.TranscriptionSpec`.
-    """
-    sha = spec.audio.sha256 or audio_sha_from_key(spec.audio.redis_key)
-    return (cache_key(sha, spec.output_params()) if sha else None), sha
-
-
-def encode_result(result: Mapping[str, Any], codec: str = "gzip", level: int = 6) -> bytes:
-    raw = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
-    if codec == "gzip":
-        return gzip.compress(raw, compresslevel=level, mtime=0)
-    if codec == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor(level=level).compress(raw)
-    if codec == "none":
-        return raw
-    raise ValueError(f"unknown codec {codec!r}: use gzip, zstd or none")
-
-
-def decode_result(blob: bytes) -> dict[str, Any]:
-    if blob.startswith(_GZIP_MAGIC):
-        blob = gzip.decompress(blob)
-    elif blob.startswith(_ZSTD_MAGIC):
-        import zstandard
-
-        blob = zstandard.ZstdDecompressor().decompress(blob)
-    return json.loads(blob)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The request a result is read or written for: its reference in the object store
-    keeps the result while the request exists."""
-
-    uid: str
-    name: str  # namespace/name, for a person reading the bucket
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    hits: int
-    misses: int
-    results: int
-    audio: int
-    clears: int = 0
-
-    @property
-    def lookups(self) -> int:
-        return self.hits + self.misses
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    def document(self) -> dict[str, int | float]:
-        """The counts as ``kubescribe cache stats`` prints them and the gateway's
-        ``GET /api/admin/cache/stats`` answers them: one shape, snake_case."""
-        return {"hits": self.hits, "misses": self.misses, "hit_rate": round(self.hit_rate, 4),
-                "results": self.results, "audio": self.audio, "clears": self.clears}
-
-
 class _Backend(Protocol):
-    """The few Redis commands the store uses; redis.Redis and _MemoryBackend both fit."""
+    """The few Redis commands the store uses; redis.Redis and MemoryRedis both fit."""
 
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ex: int | None = None, nx: bool = False) -> Any: ...
@@ -430,84 +302,11 @@ class Store:
         return deleted
 
 
-class _MemoryBackend:
-    """A thread-safe in-process stand-in for the Redis commands the store uses."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[Any, float | None]] = {}
-        self._lock = threading.Lock()
-
-    def _live(self, key: str):
-        item = self._data.get(key)
-        if item is None:
-            return None
-        value, deadline = item
-        if deadline is not None and time.monotonic() >= deadline:
-            del self._data[key]
-            return None
-        return value
-
-    def get(self, key):
-        with self._lock:
-            v = self._live(key)
-            return v if isinstance(v, bytes) or v is None else None
-
-    def set(self, key, value, ex=None, nx=False):
-        with self._lock:
-            if nx and self._live(key) is not None:
-                return None
-            if isinstance(value, str):
-                value = value.encode()
-            self._data[key] = (value, time.monotonic() + ex if ex else None)
-            return True
-
-    def delete(self, *keys):
-        with self._lock:
-            n = 0
-            for k in keys:
-                k = k.decode() if isinstance(k, bytes) else k
-                if self._live(k) is not None:
-                    n += 1
-                self._data.pop(k, None)
-            return n
-
-    def exists(self, *keys):
-        with self._lock:
-            return sum(1 for k in keys if self._live(k) is not None)
-
-    def incr(self, key):
-        with self._lock:
-            n = int(self._live(key) or 0) + 1
-            self._data[key] = (str(n).encode(), None)
-            return n
-
-    def hincrby(self, key, field, amount=1):
-        with self._lock:
-            h = self._live(key) or {}
-            h[field.encode()] = str(int(h.get(field.encode(), b"0")) + amount).encode()
-            self._data[key] = (h, None)
-            return int(h[field.encode()])
-
-    def hgetall(self, key):
-        with self._lock:
-            return dict(self._live(key) or {})
-
-    def scan_iter(self, match=None, count=None):
-        with self._lock:
-            keys = [k for k in list(self._data) if self._live(k) is not None]
-        for k in keys:
-            if match is None or fnmatch.fnmatchcase(k, match):
-                yield k.encode()
-
-    def ping(self):
-        return True
-
-
 class MemoryStore(Store):
     """The store on an in-process dict: the embedded default of the local CLI."""
 
     def __init__(self, metrics: "Metrics | None" = None, codec: str = "gzip"):
-        super().__init__(_MemoryBackend(), metrics=metrics, codec=codec)
+        super().__init__(MemoryRedis(), metrics=metrics, codec=codec)
 
 
 def open_store(url: str | None, password: str | None = None, metrics: "Metrics | None" = None, *,

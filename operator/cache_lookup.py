@@ -9,7 +9,8 @@ import logging
 
 from kubescribe.models import TranscriptionSpec
 from kubescribe.objectstore import ObjectStoreError
-from kubescribe.store import Owner, Store, StoreError
+from kubescribe.cache_layout import Owner
+from kubescribe.store import Store, StoreError
 
 from .intake import NOT_ASKED, CacheAnswer, answers_from_cache
 

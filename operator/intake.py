@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from kubescribe.models import InvalidSpec, Phase, TranscriptionSpec
 from kubescribe.outcomes import RunnerOutcome
-from kubescribe.store import result_key
+from kubescribe.cache_layout import result_key
 
 from . import status as st
 from .lifecycle import Event, Transition, age_seconds, fail, model_of

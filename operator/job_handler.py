@@ -14,7 +14,8 @@ from kubescribe import KIND
 from kubescribe.models import TERMINAL_PHASES, Phase
 from kubescribe.outcomes import RunnerOutcome
 from kubescribe.settings import OperatorSettings
-from kubescribe.store import Store, result_key
+from kubescribe.cache_layout import result_key
+from kubescribe.store import Store
 
 from . import kueue, runs
 from .applier import Applier

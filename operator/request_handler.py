@@ -6,7 +6,8 @@ decides, the applier writes.
 from __future__ import annotations
 
 from kubescribe.models import TERMINAL_PHASES, InvalidSpec, Phase, TranscriptionSpec, parse_spec
-from kubescribe.store import Store, known_cache_key
+from kubescribe.cache_layout import known_cache_key
+from kubescribe.store import Store
 from kubescribe.url_guard import parse_networks
 
 from . import intake

@@ -28,7 +28,8 @@ from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
 from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings, load_or_exit
-from kubescribe.store import Owner, store_from_settings
+from kubescribe.cache_layout import Owner
+from kubescribe.store import store_from_settings
 
 from .engine import Engine, EngineOptions
 from .pool import cmd_pool

@@ -24,7 +24,8 @@ from kubescribe.models import InvalidSpec, parse_spec
 from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
 from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings
-from kubescribe.store import Owner, Store, store_from_settings
+from kubescribe.cache_layout import Owner
+from kubescribe.store import Store, store_from_settings
 from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkItem, WorkQueue
 
 from .engine import Engine, EngineOptions

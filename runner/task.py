@@ -17,7 +17,8 @@ from kubescribe.models import TranscriptionSpec
 from kubescribe.objectstore import ObjectStore
 from kubescribe.outcomes import RunnerOutcome
 from kubescribe.progress import RunBoard
-from kubescribe.store import Owner, Store, cache_key, known_cache_key, result_key
+from kubescribe.cache_layout import Owner, cache_key, known_cache_key, result_key
+from kubescribe.store import Store
 
 from . import buckets
 from .engine import Engine, ProgressFn

@@ -254,7 +254,7 @@ def test_the_events_stream_reports_a_deleted_request_and_ends():
 def _gateway(api: ApiServer, **settings: Any):
     from kubescribe.gateway.app import ROUTE_LABELS
     from kubescribe.gateway.context import Gateway
-    from kubescribe.metrics import GatewayMetrics
+    from kubescribe.gateway.http_metrics import GatewayMetrics
     from kubescribe.settings import GatewaySettings
 
     return Gateway(settings=GatewaySettings(**settings), kube=api, redis=None, store=None,

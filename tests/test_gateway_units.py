@@ -12,7 +12,7 @@ from kubescribe.analysis import STOPWORDS, TOP_WORDS, analyze, words
 from kubescribe.gateway import openai
 from kubescribe.gateway.auth import ApiKeys, AuthError, Identity, bearer_token, namespace_for
 from kubescribe.gateway.sniff import sniff_audio
-from kubescribe.store import RESULT_PREFIX, analysis_key
+from kubescribe.cache_layout import RESULT_PREFIX, analysis_key
 
 RESULT = {
     "text": "The quick brown fox jumps. The fox sleeps.",

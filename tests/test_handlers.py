@@ -17,7 +17,7 @@ from kubescribe.operator.request_handler import RequestHandler
 from kubescribe.operator.retention import Retention
 from kubescribe.outcomes import RunnerOutcome
 from kubescribe.progress import Progress
-from kubescribe.store import known_cache_key
+from kubescribe.cache_layout import known_cache_key
 from kubescribe.streams import Finished
 
 from tests.support.operator_parts import (DONE, KEY, RESULT, FakeCluster, applier, job, request, running_body,

@@ -203,7 +203,8 @@ def test_totals_come_from_the_operator_and_resources_from_runners():
 
 
 def test_every_metric_in_panels_and_alerts_is_exported_with_those_labels():
-    from kubescribe.metrics import GatewayMetrics, OperatorMetrics, RunnerMetrics
+    from kubescribe.gateway.http_metrics import GatewayMetrics
+    from kubescribe.metrics import OperatorMetrics, RunnerMetrics
 
     registries = {"operator": exported_families(OperatorMetrics().registry),
                   "runner": exported_families(RunnerMetrics().registry),

@@ -11,7 +11,8 @@ import pytest
 
 from kubescribe.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError, S3Location
 from kubescribe.settings import ObjectStoreSettings
-from kubescribe.store import RESULT_PREFIX, Owner, Store, gone_message, result_key
+from kubescribe.cache_layout import RESULT_PREFIX, Owner, result_key
+from kubescribe.store import Store, gone_message
 from tests.envtest import wait_for
 
 RESULT = {"text": "The quick brown fox.", "language": "en", "audio_duration_seconds": 2.0,

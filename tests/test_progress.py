@@ -139,7 +139,7 @@ def test_a_task_killed_midway_resumes_after_its_last_checkpoint_without_a_seam(
 
 
 def _cache_key(audio_key, spec):
-    from kubescribe.store import cache_key
+    from kubescribe.cache_layout import cache_key
 
     return cache_key(audio_key.rsplit(":", 1)[1], spec.output_params())
 

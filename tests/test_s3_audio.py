@@ -26,7 +26,8 @@ from kubescribe.runner import buckets
 from kubescribe.runner.fetch import Audio
 from kubescribe.runner.task import Prepared, TaskError, TaskOutcome, fetch_audio, prepare, run_task, store_result
 from kubescribe.settings import AudioInputSettings, ObjectStoreSettings
-from kubescribe.store import Owner, Store, cache_key
+from kubescribe.cache_layout import Owner, cache_key
+from kubescribe.store import Store
 from tests.envtest.s3 import S3Server
 from tests.support.core import SENTENCES, wer
 

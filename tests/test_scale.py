@@ -20,7 +20,8 @@ import pytest
 from kubescribe import GROUP, PLURAL, VERSION
 from kubescribe.models import parse_spec
 from kubescribe.operator.admitter import POSITION_PERIOD
-from kubescribe.store import Store, known_cache_key
+from kubescribe.cache_layout import known_cache_key
+from kubescribe.store import Store
 from tests.envtest import wait_for
 from tests.envtest.cluster import WRITES_AUDIT_POLICY, KubeCluster, audit_writes
 from tests.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes

@@ -7,18 +7,8 @@ import pytest
 
 from kubescribe.metrics import Metrics
 from kubescribe.models import parse_spec
-from kubescribe.store import (
-    AudioNotFound,
-    MemoryStore,
-    Store,
-    StoreError,
-    cache_key,
-    connect,
-    decode_result,
-    encode_result,
-    result_key,
-    sha256_hex,
-)
+from kubescribe.cache_layout import cache_key, decode_result, encode_result, result_key, sha256_hex
+from kubescribe.store import AudioNotFound, MemoryStore, Store, StoreError, connect
 from tests.support.core import RedisServer
 
 KEY = "kubescribe:audio:" + "a" * 64

@@ -338,7 +338,8 @@ def test_the_result_route_reads_the_bucket_after_redis_lost_everything(uploads_e
     from kubernetes import client
 
     from kubescribe.objectstore import ObjectStore
-    from kubescribe.store import Owner, Store
+    from kubescribe.cache_layout import Owner
+    from kubescribe.store import Store
 
     env, gw = uploads_env, uploads_env["gateway"]
     r = httpx.post(f"{gw.url}/v1/transcriptions", files={"file": ("a.wav", wav_bytes(MIB // 2, seed=9))},
