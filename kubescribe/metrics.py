@@ -239,6 +239,7 @@ class OperatorMetrics(Metrics):
         for outcome in ("created", "succeeded", "failed"):
             self.jobs_total.labels(outcome=outcome)
         self.workqueue = WorkqueueMetrics(r)
+        self.notifications = NotificationMetrics(r)
 
     def sync_cache_stats(self, hit_rate: float, clears: int) -> None:
         """Copy the shared figures kept in Redis: the hit rate, and the clears made by
@@ -256,3 +257,30 @@ class OperatorMetrics(Metrics):
             self.cache_operations_total.labels(operation="get", result=outcome.cache_lookup).inc()
         if outcome.ok and not outcome.cached:
             self.cache_operations_total.labels(operation="set", result="ok").inc()
+
+
+#: Seconds from a request's completion to its event's 2xx: a first try answered at once
+#: lands in the first buckets, retries after an outage in the hour and day buckets.
+DELIVERY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
+
+
+class NotificationMetrics:
+    """The operator's notification deliveries (kubescribe.operator.notifier). No sink
+    label: sinks are URLs users choose, and each request's status names its sink."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.total = Counter(
+            "kubescribe_notifications_total",
+            "Notification POSTs by outcome: delivered (2xx), retried (failed, tried again later), "
+            "failed (final: 410, a second 4xx, a refused destination, attempts used up).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "kubescribe_notification_delivery_seconds",
+            "Seconds from a request's completion to its event's 2xx answer, retries included.",
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        )
+        for outcome in ("delivered", "retried", "failed"):
+            self.total.labels(outcome=outcome)

@@ -76,7 +76,8 @@ class Kube:
             raise
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """One key of a Secret, decoded; ``None`` when the Secret or the key is missing."""
+        """One key of a Secret, decoded; ``None`` when the Secret or the key is missing;
+        PermissionError when the operator may not read Secrets."""
         import base64
 
         from kubernetes.client.exceptions import ApiException
@@ -86,6 +87,9 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            if exc.status == 403:
+                raise PermissionError(f"the operator may not read Secret {namespace}/{name} (chart value "
+                                      "notifications.readSigningSecrets)") from None
             raise
         raw = (secret.data or {}).get(key)
         return base64.b64decode(raw).decode() if raw is not None else None

@@ -26,9 +26,6 @@ import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from prometheus_client import Counter, Histogram
-
-from kubescribe.metrics import OperatorMetrics
 from kubescribe.models import TERMINAL_PHASES, NotificationRecord, NotifySink, parse_spec
 from kubescribe.settings import OperatorSettings
 from kubescribe.url_guard import URLRefused, UrlGuard, open_url
@@ -42,25 +39,6 @@ from .kube import Kube
 log = logging.getLogger("kubescribe.operator")
 
 NOTIFIED = "Notified"
-#: Seconds from a request's completion to its event's 2xx: a first try answered at once
-#: lands in the first buckets, retries after an outage in the hour and day buckets.
-DELIVERY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
-
-
-class NotifyMetrics:
-    """``kubescribe_notifications_total{outcome}`` and the delivery latency, in the
-    operator's registry."""
-
-    def __init__(self, metrics: OperatorMetrics):
-        self.total = Counter(
-            "kubescribe_notifications_total",
-            "Notification attempts by outcome: delivered (2xx), retried (failed, tried again "
-            "later), failed (final: 410, a second 4xx, refused destination, attempts used up).",
-            ["outcome"], registry=metrics.registry)
-        self.latency = Histogram(
-            "kubescribe_notification_delivery_seconds",
-            "Seconds from a request's completion to its event's 2xx answer, retries included.",
-            buckets=DELIVERY_BUCKETS, registry=metrics.registry)
 
 
 def _doc(record: NotificationRecord) -> dict:
@@ -102,7 +80,7 @@ class Notifier:
                         for s in settings.notify_sinks] if settings.notify_signing_key else []
         self.backoff = plan.Backoff(base=settings.notify_backoff_seconds, cap=settings.notify_backoff_cap_seconds,
                                     max_attempts=settings.notify_max_attempts)
-        self.metrics = NotifyMetrics(applier.metrics)
+        self.metrics = applier.metrics.notifications
         self.pool = ThreadPoolExecutor(settings.notify_workers, thread_name_prefix="notify")
         self._cond = threading.Condition()
         self._heap: list[tuple[float, str]] = []
@@ -213,7 +191,10 @@ class Notifier:
         if sink.secret is None:
             key = self.signing_key
         else:
-            key = self.kube.secret_value(body["metadata"]["namespace"], sink.secret.name, sink.secret.key) or ""
+            try:
+                key = self.kube.secret_value(body["metadata"]["namespace"], sink.secret.name, sink.secret.key) or ""
+            except PermissionError as exc:
+                return plan.Answer(error=str(exc), refused=True)
             if not key:
                 return plan.Answer(error=f"no key {sink.secret.key!r} in Secret {sink.secret.name}")
         try:

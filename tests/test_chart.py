@@ -36,6 +36,7 @@ NOT_FROM_CHART = {
     "redis_sentinel_secret_name": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
     "redis_sentinel_secret_key": "set only with redis.sentinel.passwordSecret (test_sentinel_values_...)",
     "kubernetes_service_host": "KUBERNETES_SERVICE_HOST, which the kubelet sets in every container",
+    "notify_signing_key": "set only with notifications.signingSecret (tests/test_chart_notifications.py)",
 }
 
 ALL_ON = {

@@ -364,14 +364,22 @@ def _finite(result: list[dict]) -> bool:
 
 @pytest.mark.kube
 def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
-        operator_factory, requests_api, redis_server, speech_dir, prometheus_factory, runner_metrics):
+        operator_factory, requests_api, redis_server, speech_dir, prometheus_factory, runner_metrics, kube_api):
+    from kubernetes import client
+
+    from harness.receiver import Receiver
     from kubescribe.models import parse_spec
     from kubescribe.runner.task import run_task
     from kubescribe.store import Store
 
     redis_server.client().flushdb()
     server, runner_store, engine, metrics = runner_metrics
-    op = operator_factory(gpu_budget="2")
+    # A notification sink on loopback, which the guard allows only through the allow-list.
+    op = operator_factory(gpu_budget="2", audio_url_allow_cidrs="127.0.0.0/8")
+    sink = Receiver().start()
+    client.CoreV1Api(kube_api).create_namespaced_secret(requests_api.namespace, {
+        "metadata": {"name": "hook"}, "stringData": {"key": "whsec_a3ViZXNjcmliZS1tb25pdG9yaW5nLXRlc3Q="}})
+    notify = [{"url": sink.url, "signingSecretRef": {"name": "hook", "key": "key"}}]
     prom = prometheus_factory([(f"127.0.0.1:{op.metrics_port}", {"component": "operator", **INSTALL}),
                                (f"127.0.0.1:{server.port}", {"component": "runner", **INSTALL})],
                               rule_files=[RULES])
@@ -387,7 +395,7 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
     # The operator: two runner Jobs, one cache hit, one Job that fails (audio missing).
     store = Store(redis_server.client())
     fox, weather = (store.put_audio((speech_dir / f"{n}.wav").read_bytes()) for n in ("fox", "weather"))
-    requests_api.create("fox", {"audio": {"redisKey": fox}, "language": "en"})
+    requests_api.create("fox", {"audio": {"redisKey": fox}, "language": "en", "notify": notify})
     assert requests_api.wait_phase("fox", "Succeeded", "Failed")["phase"] == "Succeeded"
     prom.wait_for_scrapes()  # a scrape between the two, so rates see the second one
     requests_api.create("weather", {"audio": {"redisKey": weather}, "language": "en"})
@@ -399,6 +407,9 @@ def test_prometheus_scrapes_operator_and_runner_and_every_panel_has_data(
 
     prom.wait_for('sum(kubescribe_transcriptions_total{component="operator"})',
                   lambda r: r and float(r[0]["value"][1]) >= 4, timeout=30)
+    prom.wait_for('sum(kubescribe_notifications_total{component="operator",outcome="delivered"})',
+                  lambda r: r and float(r[0]["value"][1]) >= 1, timeout=30)
+    sink.stop()
     # Runners export live gauges only; per-request figures come from the operator.
     prom.wait_for('sum(kubescribe_ram_usage_bytes{component="runner"})',
                   lambda r: r and float(r[0]["value"][1]) > 0, timeout=30)
