@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPO, SAMPLE_RATE, SENTENCES, Context, Outcome, log, median, mib, secs
+from harness.speech import CORPUS, SAMPLE_RATE
+
+from .common import REPO, Context, Outcome, log, median, mib, secs
 from .inference import _spec
 
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3")
@@ -50,7 +52,7 @@ def long_recording(ctx: Context) -> tuple[bytes, str, float]:
     total = 0.0
     i = 0
     while total < target:
-        text = SENTENCES[i % len(SENTENCES)]
+        text = CORPUS[i % len(CORPUS)]
         speech = _say(ctx, text, VOICES[(i // 3) % len(VOICES)], SPEEDS[i % len(SPEEDS)], i)
         pause = rnd.uniform(3.0, 4.0) if i % 9 == 8 else rnd.uniform(0.3, 1.5)
         parts += [speech, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
@@ -272,7 +274,7 @@ def pool_cross_request_batching(ctx: Context) -> Outcome:
     engine.model("tiny.en", "cpu", "int8")
     n = 8 if ctx.quick else 20
     wavs = [ctx.speech.sentence_wav(i) for i in range(n)]
-    refs = [SENTENCES[i] for i in range(n)]
+    refs = [CORPUS[i] for i in range(n)]
     spec = _spec()
     engine.transcribe(wavs[0], spec)  # warm-up, not timed
     engine.transcribe_many([(w, spec, None) for w in wavs[:2]])
@@ -345,7 +347,7 @@ def _memory_recording(ctx: Context, seconds: float, name: str) -> tuple[Path, li
     through sox (never whole in this process). Returns (path, the passages' (start, end)
     in seconds, the passage's text). Every size is a prefix of the same sequence."""
     rnd = random.Random(29)
-    said = [_say(ctx, SENTENCES[i], "en-us", 130, 9000 + i) for i in MEMORY_PASSAGE]
+    said = [_say(ctx, CORPUS[i], "en-us", 130, 9000 + i) for i in MEMORY_PASSAGE]
     noise = np.random.default_rng(7)
     path = ctx.workdir / "speech" / f"memory-{name.replace(' ', '')}.flac"
     sox = subprocess.Popen(["sox", "-t", "raw", "-r", str(SAMPLE_RATE), "-e", "signed-integer", "-b", "16", "-c", "1",
@@ -366,7 +368,7 @@ def _memory_recording(ctx: Context, seconds: float, name: str) -> tuple[Path, li
     sox.stdin.close()
     if sox.wait() != 0:
         raise RuntimeError(f"sox could not write {path}")
-    return path, units, " ".join(SENTENCES[i] for i in MEMORY_PASSAGE)
+    return path, units, " ".join(CORPUS[i] for i in MEMORY_PASSAGE)
 
 
 #: Run in a child process, so that its peak RSS is this transcription's alone.

@@ -3,15 +3,13 @@ ServiceAccounts with TokenRequest tokens and the RBAC each one is meant to have.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
-from harness.envtest import free_port, wait_for
-from harness.process import ServiceProcess
+from harness.envtest import free_port
+from harness.process import ServiceProcess, settings_env
 from kubescribe import GROUP, PLURAL
 
 
@@ -22,16 +20,13 @@ class GatewayProcess(ServiceProcess):
     health_path = "/health"
 
     def __init__(self, kubeconfig: str, redis_url: str, workdir: Path, **settings: Any):
-        self.port, self.metrics_port = free_port(), free_port()
-        self.log_path = workdir / f"gateway-{self.port}.log"
-        self.workdir = workdir
-        self.env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_REDIS_URL=redis_url,
-                        KUBESCRIBE_GATEWAY_HOST="127.0.0.1", KUBESCRIBE_GATEWAY_PORT=str(self.port),
-                        KUBESCRIBE_GATEWAY_METRICS_PORT=str(self.metrics_port), KUBESCRIBE_LOG_LEVEL="INFO")
-        self.env.pop("KUBERNETES_SERVICE_HOST", None)
-        for k, v in settings.items():
-            self.env[f"KUBESCRIBE_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
-        self.proc: subprocess.Popen | None = None
+        self.port, metrics_port = free_port(), free_port()
+        env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_REDIS_URL=redis_url,
+                   KUBESCRIBE_GATEWAY_HOST="127.0.0.1", KUBESCRIBE_GATEWAY_PORT=str(self.port),
+                   KUBESCRIBE_GATEWAY_METRICS_PORT=str(metrics_port), KUBESCRIBE_LOG_LEVEL="INFO",
+                   **settings_env(settings))
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        super().__init__(env, workdir / f"gateway-{self.port}.log", workdir, metrics_port)
 
     def use_object_store(self, s3_server, bucket: str, prefix: str = "ks/") -> "GatewayProcess":
         """Point the gateway at ``bucket`` on the test S3 server (versitygw), with the
@@ -47,16 +42,6 @@ class GatewayProcess(ServiceProcess):
 
     def health_url(self) -> str:
         return f"{self.url}{self.health_path}"
-
-
-def make_namespace(core, prefix: str) -> str:
-    """A fresh test namespace, returned once its default ServiceAccount exists (pods and
-    TokenRequests need it)."""
-    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"kubescribe.io/test": "true"}}})
-    wait_for(lambda: core.read_namespaced_service_account("default", ns), timeout=30, interval=0.05,
-             description=f"ServiceAccount {ns}/default", ignore=(Exception,))
-    return ns
 
 
 #: What a caller who may transcribe in a namespace is granted.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.envtest import REPO_ROOT, free_port, wait_for
-from harness.process import ServiceProcess
+from harness.process import ServiceProcess, settings_env
 from kubescribe import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 CRD = REPO_ROOT / "crds" / "kubescribe.io_transcriptionrequests.yaml"
@@ -24,16 +22,17 @@ class OperatorProcess(ServiceProcess):
     def __init__(self, kubeconfig: str, namespace: str, redis_url: str, workdir: Path, **settings: Any):
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.workdir = workdir
-        self.log_path = workdir / f"operator-{namespace}.log"
-        self.metrics_port = free_port()
-        self.env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_NAMESPACE=namespace,
-                        KUBESCRIBE_REDIS_URL=redis_url, KUBESCRIBE_METRICS_PORT=str(self.metrics_port),
-                        KUBESCRIBE_RUNNER_IMAGE="kubescribe-runner:test", KUBESCRIBE_LOG_LEVEL="INFO",
-                        KUBESCRIBE_RESYNC_SECONDS="3")
-        for k, v in settings.items():
-            self.env[f"KUBESCRIBE_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
-        self.proc: subprocess.Popen | None = None
+        port = free_port()
+        env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_NAMESPACE=namespace, KUBESCRIBE_REDIS_URL=redis_url,
+                   KUBESCRIBE_METRICS_PORT=str(port), KUBESCRIBE_RUNNER_IMAGE="kubescribe-runner:test",
+                   KUBESCRIBE_LOG_LEVEL="INFO", KUBESCRIBE_RESYNC_SECONDS="3", **settings_env(settings))
+        super().__init__(env, workdir / f"operator-{namespace}.log", workdir, port)
+
+
+def install_crd(cluster) -> None:
+    """The TranscriptionRequest CRD applied to ``cluster`` and Established."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD), check=True)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}", check=True)
 
 
 def operator_identity(cluster, namespace: str = "kube-system", name: str = "kubescribe-operator") -> tuple[str, str]:

@@ -3,12 +3,11 @@ forwarder that can refuse service."""
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
 from harness.certs import make_tls_certs
 from harness.envtest import free_port, require_binary
+from harness.process import ManagedProcess
 from kubescribe.store import connect
 
 
@@ -21,7 +20,7 @@ class RedisServer:
         self.password = password
         self.persist = persist  # append-only file: data survives a restart
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -39,21 +38,16 @@ class RedisServer:
                 "--dir", str(self.workdir)]
         if self.password:
             args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                connect(self.url, self.password, socket_timeout=1, **self.client_kwargs()).ping()
-                return self
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.port}")
-                time.sleep(0.05)
+        self.process = ManagedProcess("redis-server", args, self.workdir / f"redis-{self.port}.log").start()
+        # Anything the client raises (refused, loading, TLS not up) means "not yet".
+        self.process.wait_ready(
+            lambda: connect(self.url, self.password, socket_timeout=1, **self.client_kwargs()).ping(),
+            timeout=20, interval=0.05, description=f"redis-server on {self.port}", ignore=(Exception,))
+        return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        if self.process is not None:
+            self.process.stop()
 
     def restart(self) -> None:
         self.stop()

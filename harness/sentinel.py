@@ -8,11 +8,11 @@ the files and never on a command line. Failure detection is tuned down
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 from harness.envtest import free_port, require_binary
+from harness.process import ManagedProcess
 
 SERVICE = "kubescribe"
 QUORUM = 2
@@ -44,7 +44,7 @@ class SentinelCluster:
         self.failover_timeout_ms = failover_timeout_ms
         self.data_ports = [free_port() for _ in range(1 + replicas)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
-        self.procs: dict[int, subprocess.Popen] = {}
+        self.procs: dict[int, ManagedProcess] = {}
 
     # -- what clients use --------------------------------------------------------------
     @property
@@ -88,14 +88,7 @@ class SentinelCluster:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            proc.stop()
 
     def kill_primary(self, wait_replicated: bool = True) -> int:
         """SIGKILL the current primary, as when its node dies; returns its port.
@@ -110,7 +103,6 @@ class SentinelCluster:
         if wait_replicated:
             self.node(port).execute_command("WAIT", 1, 5000)
         self.procs[port].kill()
-        self.procs[port].wait(10)
         return port
 
     def failover(self) -> int:
@@ -148,8 +140,9 @@ class SentinelCluster:
 
     # -- plumbing ----------------------------------------------------------------------
     def _spawn(self, port: int, binary: str, conf: Path) -> None:
-        self.procs[port] = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL)
+        # The servers log to the file their configuration names; this one gets the rest.
+        self.procs[port] = ManagedProcess(f"{Path(binary).name} :{port}", [binary, str(conf)],
+                                          self.workdir / f"process-{port}.out").start()
 
     def _start_data_node(self, port: int, replica_of: int | None = None) -> None:
         data = self.workdir / f"redis-{port}"
@@ -187,7 +180,7 @@ class SentinelCluster:
 
     def _alive(self, port: int) -> bool:
         proc = self.procs.get(port)
-        return proc is not None and proc.poll() is None
+        return proc is not None and proc.running
 
     def _reported_primary(self, sentinel_port: int) -> int | None:
         try:
@@ -209,12 +202,15 @@ class SentinelCluster:
         except Exception:
             return False
 
+    def _check_alive(self) -> None:
+        for port, proc in self.procs.items():
+            if not proc.running:
+                raise RuntimeError(f"process on :{port} exited with {proc.proc.returncode}\n{self.logs()}")
+
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
-            for port, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"process on :{port} exited with {proc.returncode}\n{self.logs()}")
+            self._check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {what} after {timeout} s\n{self.logs()}")
             time.sleep(0.05)
@@ -227,9 +223,7 @@ class SentinelCluster:
         want_sentinels = len(self.sentinel_ports) - 1
         problem = ""
         while time.monotonic() < deadline:
-            for port, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"process on :{port} exited with {proc.returncode}\n{self.logs()}")
+            self._check_alive()
             try:
                 for port in self.data_ports[1:]:
                     if self.node(port).info("replication").get("master_link_status") != "up":

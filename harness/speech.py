@@ -1,9 +1,12 @@
-"""Speech for tests and benchmarks: espeak-ng sentences as 16 kHz WAV, and the word
-error rate a transcript is judged by."""
+"""Audio for tests and benchmarks: espeak-ng speech of known sentences as 16 kHz WAV,
+WAV streams of any size, and the word error rate a transcript is judged by."""
 
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
+import threading
 import wave
 from pathlib import Path
 
@@ -35,11 +38,96 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
     return path
 
 
-SENTENCES = {
-    "fox": "The quick brown fox jumps over the lazy dog.",
-    "weather": "The weather today is sunny with a light breeze from the west.",
-    "library": "We will meet at the library on Monday afternoon.",
-}
+#: Known text for generated speech: short, plain sentences that espeak-ng says clearly,
+#: so WER measures the decoder and not the voice. The benchmarks join the first twelve
+#: into a ~65 s "minute" and use all twenty-four as distinct short requests.
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "The weather today is sunny with a light breeze from the west.",
+    "We will meet at the library on Monday afternoon.",
+    "Please remember to bring your notebook and a pen to the meeting.",
+    "The train to the city leaves every twenty minutes from platform four.",
+    "Our garden has tomatoes, beans and a small apple tree near the fence.",
+    "She reads the morning paper while her coffee is still warm.",
+    "The children played football in the park until it was dark.",
+    "He fixed the old bicycle and rode it down to the river.",
+    "The museum opens at nine and closes at five on weekdays.",
+    "A good map helps travellers find their way through the mountains.",
+    "The baker sells fresh bread and sweet rolls every morning.",
+    "My sister painted the kitchen a bright shade of yellow.",
+    "The doctor asked him to drink more water and sleep early.",
+    "Snow covered the roads, so the school stayed closed all day.",
+    "The band played three new songs at the concert last night.",
+    "Turn left at the bank and walk two blocks to the post office.",
+    "The cat slept on the warm window sill all afternoon.",
+    "They planted twenty trees along the new road in spring.",
+    "Dinner will be ready in about fifteen minutes.",
+    "The pilot told the passengers to fasten their seat belts.",
+    "I forgot my umbrella and got wet on the way home.",
+    "The students wrote a short report about the solar system.",
+    "Fresh fruit and vegetables are sold at the market on Saturday.",
+)
+#: The tests' three sentences by name.
+SENTENCES = dict(zip(("fox", "weather", "library"), CORPUS))
+#: Silence between sentences when they are joined into one recording.
+GAP_SECONDS = 0.5
+SAMPLE_RATE = 16000
+
+
+class SpeechBank:
+    """Speech of the ``CORPUS`` sentences, made once each on first use and kept in
+    ``directory`` (thread-safe: benchmarks ask from several threads)."""
+
+    def __init__(self, directory: Path, speed: int = 120):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.speed = speed
+        self._samples: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def samples(self, i: int) -> np.ndarray:
+        from faster_whisper.audio import decode_audio
+
+        with self._lock:
+            if i not in self._samples:
+                path = speak(CORPUS[i], self.dir / f"s{i:02d}.wav", speed=self.speed)
+                self._samples[i] = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+            return self._samples[i]
+
+    def sentence_wav(self, i: int) -> bytes:
+        """One sentence as a 16 kHz mono WAV file's bytes."""
+        self.samples(i)
+        return (self.dir / f"s{i:02d}.wav").read_bytes()
+
+    def joined(self, indices: range | list[int], name: str) -> tuple[bytes, str, float]:
+        """Several sentences in one WAV with short gaps: (wav bytes, reference text, seconds)."""
+        gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
+        parts: list[np.ndarray] = []
+        for i in indices:
+            parts += [self.samples(i), gap]
+        audio = np.concatenate(parts)
+        path = write_wav(self.dir / f"{name}.wav", audio)
+        return path.read_bytes(), " ".join(CORPUS[i] for i in indices), audio.shape[0] / SAMPLE_RATE
+
+
+@functools.cache
+def _noise_block() -> bytes:
+    """4 MiB of random bytes, the same for the whole process: a stream made twice hashes
+    the same."""
+    return os.urandom(4 * 1024 * 1024)
+
+
+def wav_stream(size: int):
+    """``size`` bytes that sniff as WAV, generated as they are sent, for uploads larger than
+    memory: a RIFF header, then one 4 MiB random block over and over."""
+    block = _noise_block()
+    header = b"RIFF" + (size - 8 & 0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt "
+    yield header
+    left = size - len(header)
+    while left > 0:
+        chunk = block[:left] if left < len(block) else block
+        left -= len(chunk)
+        yield chunk
 
 
 def wer(reference: str, hypothesis: str) -> float:

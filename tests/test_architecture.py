@@ -1,6 +1,8 @@
 """Layering, enforced by import-linter with the contracts in pyproject.toml: the shared
 core imports no operator, runner or CLI code; the operator and the runner never import
-each other; the CLI is a layer of its own on top; no import cycles.
+each other; the CLI is a layer of its own on top; no import cycles. The test harness
+(harness/) imports neither the tests nor the benchmarks; benchmarks reach test processes
+only through it; product code imports none of the three.
 
 grimp builds its graph from a package's directory, and setuptools' package-dir maps the
 top-level operator/, runner/, gateway/ and cli/ folders into the kubescribe namespace; so the
@@ -16,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"operator": "operator", "runner": "runner", "gateway": "gateway", "cli": "cli"}
+#: Top-level packages beside kubescribe in the import graph (pyproject's root_packages).
+BESIDE = ("harness", "tests", "benchmarks")
 
 
 def installed_layout(dest: Path) -> Path:
@@ -24,6 +28,8 @@ def installed_layout(dest: Path) -> Path:
     shutil.copytree(ROOT / "kubescribe", pkg, ignore=ignore)
     for name, folder in MAPPED.items():
         shutil.copytree(ROOT / folder, pkg / name, ignore=ignore)
+    for name in BESIDE:
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "promtool"))
     return dest
 
 
@@ -44,17 +50,50 @@ def test_import_linter_contracts_hold(tmp_path):
 
 
 def test_the_check_sees_the_operator_runner_and_cli(tmp_path):
-    """The copy holds every mapped package, so a contract cannot pass on an empty graph."""
+    """The copy holds every mapped package and the harness, tests and benchmarks, so a
+    contract cannot pass on an empty graph."""
     tree = installed_layout(tmp_path / "src")
-    script = ("import grimp; g = grimp.build_graph('kubescribe'); "
+    script = ("import grimp; g = grimp.build_graph('kubescribe', 'harness', 'tests', 'benchmarks'); "
               "print('\\n'.join(sorted(g.modules)))")
     proc = subprocess.run([sys.executable, "-c", script], env={"PYTHONPATH": str(tree)}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     modules = set(proc.stdout.split())
     for module in ("kubescribe.operator.applier", "kubescribe.runner.pool", "kubescribe.cli.main",
-                   "kubescribe.gateway.app", "kubescribe.outcomes"):
+                   "kubescribe.gateway.app", "kubescribe.outcomes", "harness.process", "harness.envtest.cluster",
+                   "tests.fixtures.core", "benchmarks.common"):
         assert module in modules, module
+
+
+def test_the_harness_contracts_are_declared():
+    """Without these contracts the checks below would pass on nothing: the graph holds the
+    harness, tests and benchmarks, and each rule keeping them apart is in pyproject.toml."""
+    import tomllib
+
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert set(linter["root_packages"]) >= {"kubescribe", *BESIDE}, linter.get("root_packages")
+    forbidden = {(tuple(c["source_modules"]), frozenset(c["forbidden_modules"]))
+                 for c in linter["contracts"] if c["type"] == "forbidden"}
+    assert (("kubescribe",), frozenset({"harness", "tests", "benchmarks"})) in forbidden
+    assert (("harness",), frozenset({"tests", "benchmarks", "pytest"})) in forbidden
+    assert (("benchmarks",), frozenset({"tests"})) in forbidden
+
+
+def test_the_harness_importing_the_tests_is_caught(tmp_path):
+    """harness/ is what tests and benchmarks share; it never reaches back into them."""
+    tree = installed_layout(tmp_path / "src")
+    process = tree / "harness" / "process.py"
+    process.write_text(process.read_text() + "\nfrom tests.support import promql  # noqa\n")
+    proc = lint_imports(tree)
+    assert proc.returncode != 0 and "harness.process -> tests.support.promql" in proc.stdout, proc.stdout
+
+
+def test_product_code_importing_the_harness_is_caught(tmp_path):
+    tree = installed_layout(tmp_path / "src")
+    store = tree / "kubescribe" / "store.py"
+    store.write_text(store.read_text() + "\nfrom harness import speech  # noqa\n")
+    proc = lint_imports(tree)
+    assert proc.returncode != 0 and "kubescribe.store -> harness.speech" in proc.stdout, proc.stdout
 
 
 def test_a_broken_layer_is_caught(tmp_path):
@@ -90,3 +129,41 @@ def test_no_top_level_operator_package_is_installed():
     assert origin is not None and origin.startswith(sysconfig.get_paths()["stdlib"]), origin
     import kubescribe.operator.jobs  # noqa: F401  (the operator lives in the namespace)
     import kubescribe.runner.engine  # noqa: F401
+
+
+# -- room sizes and names ------------------------------------------------------------------------
+#: The declarative schemas: one field after another, read as a list, not a room to split.
+SCHEMAS = {"kubescribe/models.py", "kubescribe/settings.py"}
+MAX_FILE_LINES, MAX_CLASS_LINES = 350, 250
+
+
+def product_files() -> list[Path]:
+    return sorted(p for d in ("kubescribe", *MAPPED.values()) for p in (ROOT / d).rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+def test_no_product_room_grows_too_big():
+    """A file above 350 lines or a class above 250 has become a hub again: split it."""
+    import ast
+
+    too_big = []
+    for path in product_files():
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        if rel not in SCHEMAS and len(text.splitlines()) > MAX_FILE_LINES:
+            too_big.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
+                too_big.append(f"{rel}: class {node.name}, {node.end_lineno - node.lineno + 1} lines")
+    assert len(product_files()) > 50
+    assert not too_big, too_big
+
+
+def test_no_two_product_modules_share_a_name():
+    """A module's name says what it decides, once: `models` in the core and in the CLI would
+    make every import of one a question of which (entry points and packages excepted)."""
+    seen: dict[str, list[str]] = {}
+    for path in product_files():
+        if path.stem not in ("__init__", "main", "__main__"):
+            seen.setdefault(path.stem, []).append(path.relative_to(ROOT).as_posix())
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}

@@ -21,6 +21,7 @@ import yaml
 from kubescribe.settings import OperatorSettings
 from harness.envtest import free_port, wait_for
 from harness.envtest.helm import Helm
+from harness.process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kubescribe"
@@ -764,7 +765,7 @@ def test_the_in_chart_redis_password_is_on_no_command_line(offline_helm, tmp_pat
     # a test port; daemonize off, so the process is the one started here.
     args = [a.replace(mount, str(tmp_path)) for a in c["args"]] + ["--port", str(port), "--dir", str(tmp_path)]
     env = {"PATH": os.environ["PATH"], "REDISCLI_AUTH": password}
-    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = ManagedProcess("redis-server", args, tmp_path / "redis-server.out", env).start()
     try:
         probe = [*c["readinessProbe"]["exec"]["command"]]
         probe[-1] = probe[-1].replace("redis-cli", f"redis-cli -p {port}")
@@ -780,8 +781,7 @@ def test_the_in_chart_redis_password_is_on_no_command_line(offline_helm, tmp_pat
         assert password not in " ".join(probe)
         assert os.stat(tmp_path / "redis.conf").st_mode & 0o077 == 0  # umask 077
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        server.stop()
 
 
 def test_notes_tell_a_kube_prometheus_stack_user_what_to_set(offline_helm, tmp_path):

@@ -20,7 +20,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,10 @@ import pytest
 
 from kubescribe import GROUP, PLURAL, VERSION
 from harness.envtest.s3 import bucket_name
-from harness.gateway import WRITER_RULES, Callers, GatewayProcess, make_namespace
+from harness.envtest.cluster import make_namespace
+from harness.gateway import WRITER_RULES, Callers, GatewayProcess
+from harness.memory import RssSampler, reset_peak, status_kib
+from harness.speech import wav_stream
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -39,60 +41,6 @@ MIB = 1024 * 1024
 SIZE = 2048 * MIB
 BOUND = 100 * MIB
 PREFIX = "ks/"
-BLOCK = os.urandom(4 * MIB)
-
-
-def status_kib(pid: int, field: str) -> int:
-    """A ``Vm*`` line of /proc/<pid>/status, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak(pid: int) -> None:
-    """Set the process's RSS high-water mark to its current RSS (Linux >= 4.0)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-class RssSampler:
-    """psutil samples of a process's RSS every 50 ms, on a thread, until stopped."""
-
-    def __init__(self, pid: int):
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except Exception:  # the process ended
-                return
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def wav_stream(size: int):
-    """``size`` bytes that sniff as WAV, generated as they are sent: a RIFF header, then
-    a 4 MiB random block over and over."""
-    header = b"RIFF" + (size - 8 & 0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt "
-    yield header
-    left = size - len(header)
-    while left > 0:
-        chunk = BLOCK[:left] if left < len(BLOCK) else BLOCK
-        left -= len(chunk)
-        yield chunk
 
 
 def sha256_of(chunks) -> str:

@@ -5,12 +5,14 @@ structural schema and CEL rules, RBAC authorizes every request, the Job controll
 retries pods and applies ``podFailurePolicy``, and the garbage collector deletes a Job
 when the TranscriptionRequest that owns it goes away. Nothing runs pods except the
 fake kubelet (see ``kubelet.py``), which handles runner Jobs only.
+
+Certificates come from ``harness.certs``, processes are ``harness.process.ManagedProcess``
+and the audit log is read by ``audit.py``.
 """
 
 from __future__ import annotations
 
 import atexit
-import datetime as dt
 import ipaddress
 import os
 import shutil
@@ -23,13 +25,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
-from . import find_tool, free_port, log_tail, wait_for
+from harness.certs import ClusterPki, cluster_pki
+from harness.envtest import find_tool, free_port, wait_for
+from harness.process import ManagedProcess, ProcessError
 
 # Controllers the tests need, and why (names as in `kube-controller-manager --help`):
 # job-controller                runner Jobs: pods, retries, backoffLimit, podFailurePolicy,
@@ -52,219 +56,13 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "root-ca-certificate-publisher-controller",
 )
 
-#: Audit policy recording who wrote (create, update, patch, delete) TranscriptionRequests,
-#: Jobs and Events at Metadata level (no bodies), status patches of requests with their
-#: request body (small: what changed), and nothing else.
-WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
-WRITES_AUDIT_POLICY: dict[str, Any] = {
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    "omitStages": ["RequestReceived"],
-    "rules": [
-        {"level": "Request", "verbs": ["patch", "update"],
-         "resources": [{"group": "kubescribe.io", "resources": ["transcriptionrequests/status"]}]},
-        {"level": "Metadata", "verbs": WRITE_VERBS,
-         "resources": [{"group": "kubescribe.io", "resources": ["transcriptionrequests"]},
-                       {"group": "batch", "resources": ["jobs"]},
-                       {"group": "", "resources": ["events"]},
-                       {"group": "events.k8s.io", "resources": ["events"]}]},
-        {"level": "None"},
-    ],
-}
-
-
-
-@dataclass(frozen=True)
-class AuditWrite:
-    """One write from the audit log: who, what, where."""
-
-    user: str
-    verb: str
-    resource: str  # "transcriptionrequests", "transcriptionrequests/status", "jobs", "events"
-    namespace: str
-    name: str
-    code: int
-    body: Optional[dict[str, Any]] = None  # the request body, where the policy records it
-
-    @property
-    def status_fields(self) -> frozenset[str]:
-        """The status fields a status patch set (empty for other writes)."""
-        return frozenset(((self.body or {}).get("status") or {}))
-
-
-def audit_writes(events: Iterable[dict[str, Any]], *, user: Optional[str] = None,
-                 namespace: Optional[str] = None) -> list[AuditWrite]:
-    """The successful writes (2xx) among audit ``events``, by ``user`` and in ``namespace``
-    when given. A refused or conflicting write (4xx) changed nothing in etcd."""
-    out = []
-    for ev in events:
-        ref = ev.get("objectRef") or {}
-        if ev.get("verb") not in WRITE_VERBS or ev.get("stage") != "ResponseComplete":
-            continue
-        code = int((ev.get("responseStatus") or {}).get("code") or 0)
-        if not 200 <= code < 300:
-            continue
-        who = (ev.get("user") or {}).get("username", "")
-        if (user is not None and who != user) or (namespace is not None and ref.get("namespace") != namespace):
-            continue
-        resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        out.append(AuditWrite(who, ev["verb"], resource, ref.get("namespace", ""), ref.get("name", ""), code,
-                              ev.get("requestObject")))
-    return out
-
-
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "kubescribe-admin"
 
 
-class ClusterStartError(RuntimeError):
+class ClusterStartError(ProcessError):
     """A control-plane process did not come up; the message carries its log tail."""
-
-
-# --------------------------------------------------------------------------- certificates
-
-
-@dataclass
-class _Pki:
-    dir: Path
-    ca_cert: Path = field(init=False)
-    ca_key: Path = field(init=False)
-    serving_cert: Path = field(init=False)
-    serving_key: Path = field(init=False)
-    admin_cert: Path = field(init=False)
-    admin_key: Path = field(init=False)
-    sa_key: Path = field(init=False)
-    sa_pub: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        for name in ("ca", "serving", "admin"):
-            setattr(self, f"{name}_cert", self.dir / f"{name}.crt")
-            setattr(self, f"{name}_key", self.dir / f"{name}.key")
-        self.sa_key = self.dir / "sa.key"
-        self.sa_pub = self.dir / "sa.pub"
-
-
-def _generate_pki(
-    directory: Path,
-    *,
-    host: str = "127.0.0.1",
-    service_cidr: str = SERVICE_CLUSTER_IP_RANGE,
-) -> _Pki:
-    """A throwaway CA, API server serving cert, admin client cert and SA key pair.
-
-    TLS keys are EC P-256 (milliseconds to make); the ServiceAccount signing key is RSA
-    because that is what clusters use and what token verifiers expect by default.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = _Pki(directory)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=2)
-
-    def write_key(path: Path, key: Any) -> None:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-
-    def name(cn: str, org: Optional[str] = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attrs)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("kubescribe-envtest-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_key(pki.ca_key, ca_key)
-
-    def leaf(cn: str, org: Optional[str], usage: x509.ObjectIdentifier, sans: Sequence[x509.GeneralName]):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn, org))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    service_ip = next(ipaddress.ip_network(service_cidr).hosts())  # 10.96.0.1 by default
-    hosts = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address(host), service_ip}
-    serving, serving_key = leaf(
-        "kube-apiserver",
-        None,
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [
-            *(x509.IPAddress(ip) for ip in sorted(hosts)),
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes"),
-            x509.DNSName("kubernetes.default"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.DNSName("kubernetes.default.svc.cluster.local"),
-        ],
-    )
-    pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
-    write_key(pki.serving_key, serving_key)
-
-    admin, admin_key = leaf(ADMIN_USER, "system:masters", ExtendedKeyUsageOID.CLIENT_AUTH, [])
-    pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
-    write_key(pki.admin_key, admin_key)
-
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_key(pki.sa_key, sa_key)
-    pki.sa_pub.write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return pki
 
 
 def write_kubeconfig(
@@ -296,6 +94,16 @@ def write_kubeconfig(
     return str(path)
 
 
+def make_namespace(core, prefix: str) -> str:
+    """A fresh test namespace, returned once its default ServiceAccount exists (pods and
+    TokenRequests need it)."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"kubescribe.io/test": "true"}}})
+    wait_for(lambda: core.read_namespaced_service_account("default", ns), timeout=30, interval=0.05,
+             description=f"ServiceAccount {ns}/default", ignore=(Exception,))
+    return ns
+
+
 def local_healthz_ok(port: int) -> bool:
     """``https://127.0.0.1:<port>/healthz`` answers 200: the probe of a control-plane
     component that serves it with a self-signed certificate (not verified: loopback only)."""
@@ -307,75 +115,6 @@ def local_healthz_ok(port: int) -> bool:
             return resp.status == 200
     except urllib.error.HTTPError:
         return False
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fork
-    """Ask Linux to SIGTERM the child if the test process dies without cleaning up."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-class ManagedProcess:
-    """One long-running binary with its output in a log file."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Optional[dict[str, str]] = None):
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.env = env
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        try:
-            # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only ask for
-            # it from the main thread (where pytest fixtures run).
-            preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
-        finally:
-            log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise ClusterStartError(
-                f"{self.name} exited with code {self.proc.returncode}\n"
-                f"command: {' '.join(self.argv)}\n--- {self.log_path} ---\n{log_tail(self.log_path)}"
-            )
-
-    def stop(self, grace: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------- cluster
@@ -461,7 +200,7 @@ class KubeCluster:
         self.ca_path = ""
         self.admin_cert_path = ""
         self.admin_key_path = ""
-        self.pki: Optional[_Pki] = None
+        self.pki: Optional[ClusterPki] = None
         self.startup_seconds: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopped = False
@@ -483,7 +222,8 @@ class KubeCluster:
         atexit.register(self.stop)
         t0 = time.monotonic()
         try:
-            self.pki = _generate_pki(self.workdir / "pki", host=self.host, service_cidr=self.service_cidr)
+            self.pki = cluster_pki(self.workdir / "pki", host=self.host, service_cidr=self.service_cidr,
+                                   admin_user=ADMIN_USER)
             self.ca_path = str(self.pki.ca_cert)
             self.admin_cert_path = str(self.pki.admin_cert)
             self.admin_key_path = str(self.pki.admin_key)
@@ -552,11 +292,11 @@ class KubeCluster:
                 "--log-level=warn",
             ],
             self.logs_dir / "etcd.log",
+            error=ClusterStartError,
         )
         self.etcd.start()
 
         def healthy() -> bool:
-            self.etcd.check_alive()  # type: ignore[union-attr]
             with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as resp:
                 return b'"health":"true"' in resp.read()
 
@@ -608,11 +348,11 @@ class KubeCluster:
                 *self.apiserver_args,
             ],
             self.logs_dir / "kube-apiserver.log",
+            error=ClusterStartError,
         )
         self.apiserver.start()
 
         def ready() -> bool:
-            self.apiserver.check_alive()  # type: ignore[union-attr]
             # 500 while post-start hooks (RBAC bootstrap roles, priority levels...) finish
             return self._admin_get("/readyz") == 200
 
@@ -660,11 +400,11 @@ class KubeCluster:
                 *self.controller_manager_args,
             ],
             self.logs_dir / "kube-controller-manager.log",
+            error=ClusterStartError,
         )
         self.controller_manager.start()
 
         def healthy() -> bool:
-            self.controller_manager.check_alive()  # type: ignore[union-attr]
             return local_healthz_ok(port)
 
         self._await("kube-controller-manager", healthy, self.controller_manager)
@@ -673,8 +413,7 @@ class KubeCluster:
             # The controllers run once "default/default" exists: the ServiceAccount
             # controller has synced and created it, so Job pods will be admitted.
             def default_sa() -> bool:
-                self.controller_manager.check_alive()  # type: ignore[union-attr]
-                return self._admin_get("/api/v1/namespaces/default/serviceaccounts/default") == 200
+                    return self._admin_get("/api/v1/namespaces/default/serviceaccounts/default") == 200
 
             self._await("kube-controller-manager (default ServiceAccount)", default_sa, self.controller_manager)
 
@@ -692,16 +431,8 @@ class KubeCluster:
             return exc.code
 
     def _await(self, what: str, probe: Any, proc: ManagedProcess) -> None:
-        try:
-            wait_for(
-                probe,
-                timeout=self.startup_timeout,
-                interval=0.1,
-                description=f"{what} to become ready",
-                ignore=(OSError, urllib.error.URLError, ssl.SSLError),
-            )
-        except TimeoutError as exc:
-            raise ClusterStartError(f"{exc}\n--- {proc.log_path} ---\n{log_tail(proc.log_path)}") from None
+        proc.wait_ready(probe, timeout=self.startup_timeout, description=f"{what} to become ready",
+                        ignore=(OSError, urllib.error.URLError, ssl.SSLError))
 
     # ----------------------------------------------------------------- clients
 

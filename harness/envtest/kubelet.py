@@ -11,20 +11,18 @@ that into Job status, retries, ``podFailurePolicy`` and conditions.
 What a kubelet would do and this does not: images, init and sidecar containers (only
 ``containers[0]`` runs), volumes, probes, resource limits, restarts in place
 (``restartPolicy: OnFailure`` behaves like ``Never``), ``kubectl logs`` (use ``logs()``).
+
+The container's environment and its final status are worked out in ``pods.py``; each
+container is a ``harness.process.ManagedProcess``.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,18 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from harness.envtest.pods import (ConfigError, container_env, expand_vars, terminal_status, termination_message,
+                                  timestamp)
+from harness.process import ManagedProcess
+
 log = logging.getLogger(__name__)
 
 CommandOverride = Callable[[dict], Optional[Sequence[str]]]
 
-TERMINATION_MESSAGE_LIMIT = 4096  # bytes, as the kubelet truncates /dev/termination-log
-FALLBACK_LOG_LINES = 80  # FallbackToLogsOnError: the kubelet's tail size...
-FALLBACK_LOG_BYTES = 2048  # ...and byte cap
 DEFAULT_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi", "nvidia.com/gpu": "4"}
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _owned_by_job(pod: dict) -> bool:
@@ -52,25 +47,6 @@ def _owned_by_job(pod: dict) -> bool:
         if ref.get("kind") == "Job" and str(ref.get("apiVersion", "")).startswith("batch/"):
             return True
     return False
-
-
-_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
-
-
-def expand_vars(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: ``$$`` escapes, unknown references stay as written."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        return env[name] if name in env else m.group(0)
-
-    return _VAR_REF.sub(sub, text)
-
-
-class _ConfigError(Exception):
-    """The container's environment cannot be built yet (CreateContainerConfigError)."""
 
 
 @dataclass
@@ -289,7 +265,7 @@ class FakeKubelet:
     def _register_node(self) -> None:
         from kubernetes.client.rest import ApiException
 
-        now = _now()
+        now = timestamp()
         node = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -510,83 +486,10 @@ class FakeKubelet:
         return False
 
     def _resolve_env(self, pod: dict, container: dict) -> dict[str, str]:
-        from kubernetes.client.rest import ApiException
-
-        meta = pod["metadata"]
-        ns = meta["namespace"]
-        cache: dict[tuple[str, str], Optional[dict]] = {}
-
-        def source(kind: str, name: str, optional: bool) -> Optional[dict]:
-            if (kind, name) not in cache:
-                try:
-                    if kind == "secret":
-                        obj = self._raw(self._core.read_namespaced_secret, name, ns)
-                        cache[(kind, name)] = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (obj.get("data") or {}).items()}
-                    else:
-                        obj = self._raw(self._core.read_namespaced_config_map, name, ns)
-                        cache[(kind, name)] = dict(obj.get("data") or {})
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
-                    cache[(kind, name)] = None
-            data = cache[(kind, name)]
-            if data is None and not optional:
-                raise _ConfigError(f'{kind} "{name}" not found')
-            return data
-
-        env: dict[str, str] = {}
-        for src in container.get("envFrom") or []:
-            prefix = src.get("prefix", "")
-            for kind, key in (("secret", "secretRef"), ("configmap", "configMapRef")):
-                ref = src.get(key)
-                if ref:
-                    data = source(kind, ref["name"], bool(ref.get("optional")))
-                    for k, v in (data or {}).items():
-                        env[prefix + k] = v
-
-        def field_value(path: str) -> str:
-            m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-            if m:
-                return (meta.get(m.group(1)) or {}).get(m.group(2), "")
-            values = {
-                "metadata.name": meta.get("name", ""),
-                "metadata.namespace": ns,
-                "metadata.uid": meta.get("uid", ""),
-                "spec.nodeName": self.node_name,
-                "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-                "status.podIP": "127.0.0.1",
-                "status.podIPs": "127.0.0.1",
-                "status.hostIP": "127.0.0.1",
-                "status.hostIPs": "127.0.0.1",
-            }
-            if path not in values:
-                raise _ConfigError(f"unsupported fieldRef {path!r}")
-            return values[path]
-
-        for var in container.get("env") or []:
-            name = var["name"]
-            if "value" in var or not var.get("valueFrom"):
-                env[name] = expand_vars(var.get("value", ""), env)
-                continue
-            vf = var["valueFrom"]
-            if "secretKeyRef" in vf or "configMapKeyRef" in vf:
-                kind, ref = ("secret", vf["secretKeyRef"]) if "secretKeyRef" in vf else ("configmap", vf["configMapKeyRef"])
-                optional = bool(ref.get("optional"))
-                data = source(kind, ref["name"], optional)
-                if data is None or ref["key"] not in data:
-                    if optional:
-                        continue
-                    raise _ConfigError(f"couldn't find key {ref['key']} in {kind} {ns}/{ref['name']}")
-                env[name] = data[ref["key"]]
-            elif "fieldRef" in vf:
-                env[name] = field_value(vf["fieldRef"]["fieldPath"])
-            elif "resourceFieldRef" in vf:
-                res = vf["resourceFieldRef"]["resource"]  # e.g. limits.cpu
-                section, _, key = res.partition(".")
-                env[name] = str(((container.get("resources") or {}).get(section) or {}).get(key, ""))
-            else:
-                raise _ConfigError(f"unsupported valueFrom for {name}: {sorted(vf)}")
-        return env
+        ns = pod["metadata"]["namespace"]
+        return container_env(pod, container, self.node_name,
+                             secret=lambda name: self._raw(self._core.read_namespaced_secret, name, ns),
+                             config_map=lambda name: self._raw(self._core.read_namespaced_config_map, name, ns))
 
     def _process_env(self, pod: dict, pod_env: dict[str, str], run: PodRun) -> dict[str, str]:
         env = dict(os.environ)
@@ -623,7 +526,7 @@ class FakeKubelet:
             "imageID": f"kubescribe-fake://{image}",
             "restartCount": 0,
         }
-        start_time = _now()
+        start_time = timestamp()
 
         # 1. Environment; missing Secrets/ConfigMaps keep the pod Pending, like a kubelet.
         last_msg = None
@@ -631,7 +534,7 @@ class FakeKubelet:
             try:
                 pod_env = self._resolve_env(pod, container)
                 break
-            except _ConfigError as exc:
+            except ConfigError as exc:
                 msg = str(exc)
                 if msg != last_msg:
                     last_msg = msg
@@ -658,31 +561,15 @@ class FakeKubelet:
         run.command = argv
         env = self._process_env(pod, pod_env, run)
         run.termination_log.touch()
-        logf = open(run.log_path, "ab")
-        run.started_at = _now()
+        run.started_at = timestamp()
+        if not argv:
+            return self._start_error(run, base_status, start_time, argv,
+                                     "container has no command: the fake kubelet cannot run an image entrypoint")
+        proc = ManagedProcess(f"pod {run.namespace}/{run.name}", argv, run.log_path, env, cwd=pod_dir)
         try:
-            if not argv:
-                raise FileNotFoundError("container has no command: the fake kubelet cannot run an image entrypoint")
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=str(pod_dir),
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc.start()
         except OSError as exc:
-            logf.close()
-            run.exit_code, run.reason = 128, "StartError"
-            run.finished_at = _now()
-            self._patch_status(run, self._terminal_status(
-                run, base_status, start_time, 128, "StartError", f"failed to start {argv[:1]}: {exc}"
-            ))
-            return
-        finally:
-            if not logf.closed:
-                logf.close()
+            return self._start_error(run, base_status, start_time, argv, exc)
         run.pid = proc.pid
 
         # 3. Running (a pod deleted meanwhile is gone: stop the process).
@@ -706,13 +593,13 @@ class FakeKubelet:
             run.request_kill("deleted", 0.0)
 
         # 4. Wait for exit, deletion or the pod's activeDeadlineSeconds.
-        waiter = threading.Thread(target=lambda: (proc.wait(), run.wake.set()), daemon=True)
+        waiter = threading.Thread(target=lambda: (proc.proc.wait(), run.wake.set()), daemon=True)  # type: ignore[union-attr]
         waiter.start()
         deadline_s = pod["spec"].get("activeDeadlineSeconds")
         deadline = time.monotonic() + float(deadline_s) if deadline_s else None
-        while proc.poll() is None:
+        while proc.running:
             if run.kill_reason:
-                self._kill(proc, run.kill_grace)
+                proc.stop(grace=max(0.0, min(run.kill_grace, self.max_grace_seconds)))
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 run.request_kill("DeadlineExceeded", 0.0)
@@ -720,16 +607,16 @@ class FakeKubelet:
             run.wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             run.wake.clear()
         waiter.join()
-        rc = proc.returncode
+        rc = proc.proc.returncode  # type: ignore[union-attr]
         exit_code = rc if rc >= 0 else 128 + (-rc)
         run.exit_code = exit_code
-        run.finished_at = _now()
+        run.finished_at = timestamp()
         run.reason = "Completed" if exit_code == 0 else "Error"
 
         if run.kill_reason == "stopping":
             return
-        message = self._termination_message(run, container, exit_code)
-        status = self._terminal_status(run, base_status, start_time, exit_code, run.reason, message, proc.pid)
+        message = termination_message(run.termination_log, run.log_path, container, exit_code)
+        status = terminal_status(run, base_status, start_time, exit_code, run.reason, message, proc.pid)
         if run.kill_reason == "DeadlineExceeded":
             status["phase"] = "Failed"
             status["reason"] = "DeadlineExceeded"
@@ -741,75 +628,13 @@ class FakeKubelet:
             self._confirm_deletion(pod)
 
     def _finish_killed_before_start(self, run: PodRun, pod: dict) -> None:
-        run.finished_at = _now()
+        run.finished_at = timestamp()
         if run.kill_reason == "deleted":
             self._confirm_deletion(pod)
 
-    def _kill(self, proc: subprocess.Popen[bytes], grace: float) -> None:
-        grace = max(0.0, min(grace, self.max_grace_seconds))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-        try:
-            proc.wait(timeout=grace if grace > 0 else 10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        # The process group may have outlived its leader (a runner's children).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def _termination_message(self, run: PodRun, container: dict, exit_code: int) -> str:
-        try:
-            data = run.termination_log.read_bytes()[:TERMINATION_MESSAGE_LIMIT]
-        except OSError:
-            data = b""
-        message = data.decode("utf-8", "replace")
-        if not message.strip() and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            try:
-                lines = run.log_path.read_bytes().splitlines()[-FALLBACK_LOG_LINES:]
-                message = b"\n".join(lines)[-FALLBACK_LOG_BYTES:].decode("utf-8", "replace")
-            except OSError:
-                pass
-        return message
-
-    def _terminal_status(
-        self,
-        run: PodRun,
-        base_status: dict,
-        start_time: str,
-        exit_code: int,
-        reason: str,
-        message: str,
-        pid: Optional[int] = None,
-    ) -> dict:
-        finished = run.finished_at or _now()
-        terminated: dict[str, Any] = {
-            "exitCode": exit_code,
-            "reason": reason,
-            "startedAt": run.started_at or finished,
-            "finishedAt": finished,
-        }
-        if message:
-            terminated["message"] = message
-        if pid is not None:
-            terminated["containerID"] = f"kubescribe-fake://{pid}"
-        phase = "Succeeded" if exit_code == 0 else "Failed"
-        return {
-            "phase": phase,
-            "startTime": start_time,
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
-            "conditions": [
-                {"type": "PodReadyToStartContainers", "status": "False", "lastTransitionTime": finished},
-                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished},
-                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished},
-            ],
-            "containerStatuses": [{
-                **base_status,
-                **({"containerID": f"kubescribe-fake://{pid}"} if pid is not None else {}),
-                "ready": False,
-                "started": False,
-                "state": {"terminated": terminated},
-            }],
-        }
+    def _start_error(self, run: PodRun, base_status: dict, start_time: str, argv: list[str], error: object) -> None:
+        """The container could not start: exit 128, reason StartError, as the kubelet says."""
+        run.exit_code, run.reason = 128, "StartError"
+        run.finished_at = timestamp()
+        self._patch_status(run, terminal_status(
+            run, base_status, start_time, 128, "StartError", f"failed to start {argv[:1]}: {error}"))

@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -43,8 +42,10 @@ from typing import Any, Optional
 
 import yaml
 
-from . import find_tool, free_port, log_tail, wait_for
-from .cluster import ClusterStartError, ManagedProcess
+from harness.certs import serving_cert
+from harness.envtest import find_tool, free_port, log_tail
+from harness.envtest.cluster import ClusterStartError
+from harness.process import ManagedProcess
 
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"
@@ -64,43 +65,6 @@ def kueue_config_dir(binary: str) -> Path:
             f"{path} lacks Kueue's CRDs or webhooks; run `hack/build-test-binaries.sh kueue` "
             f"(it copies them from the Go module next to the binary)")
     return path
-
-
-def _generate_serving_pki(directory: Path) -> tuple[bytes, Path, Path]:
-    """A throwaway CA and a serving certificate for 127.0.0.1; returns (CA PEM, cert, key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=2)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubescribe-envtest-kueue-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(until)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-webhook")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    (directory / "ca.crt").write_bytes(ca_pem)
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return ca_pem, cert_path, key_path
 
 
 def _valid_for_a_day(path: Path) -> bool:
@@ -180,8 +144,9 @@ class KueueManager:
         binary = find_tool("kueue")
         config_dir = kueue_config_dir(binary)
         try:
-            ca_pem, cert, key = _generate_serving_pki(self.workdir / "certs")
-            self._ensure_metrics_cert(cert, key)
+            certs = serving_cert(self.workdir / "certs")
+            ca_pem, cert = certs.ca_pem, certs.cert
+            self._ensure_metrics_cert(cert, certs.key)
             port, health_port = free_port(), free_port()
             self.webhook_url = f"https://127.0.0.1:{port}"
             self._install_crds(config_dir / "crd", ca_pem)
@@ -194,6 +159,7 @@ class KueueManager:
                  "--zap-log-level=2", "--zap-devel=false"],
                 self.log_path,
                 env=dict(os.environ, KUBECONFIG=self.cluster.kubeconfig_path),
+                error=ClusterStartError,
             )
             self.process.start()
             self._await_ready(health_port)
@@ -288,19 +254,14 @@ class KueueManager:
 
     def _await_ready(self, health_port: int) -> None:
         def ready() -> bool:
-            assert self.process is not None
-            self.process.check_alive()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=2) as resp:
                     return resp.status == 200
             except urllib.error.HTTPError:
                 return False
 
-        try:
-            wait_for(ready, timeout=self.startup_timeout, interval=0.1, description="Kueue's manager /readyz",
-                     ignore=(OSError,))
-        except TimeoutError as exc:
-            raise ClusterStartError(f"{exc}\n--- {self.log_path} ---\n{log_tail(self.log_path)}") from None
+        assert self.process is not None
+        self.process.wait_ready(ready, timeout=self.startup_timeout, description="Kueue's manager /readyz")
 
     def _await_webhooks(self) -> None:
         """Until Kueue's Job webhook answers: a server-side dry run of a Job that names a
@@ -315,16 +276,12 @@ class KueueManager:
                                                 "containers": [{"name": "c", "image": "none"}]}}}}
 
         def mutated() -> bool:
-            assert self.process is not None
-            self.process.check_alive()
             job = batch.create_namespaced_job("default", probe, dry_run="All")
             return bool(job.spec.suspend)
 
-        try:
-            wait_for(mutated, timeout=self.startup_timeout, interval=0.2,
-                     description="the API server to reach Kueue's Job webhook", ignore=(ApiException,))
-        except TimeoutError as exc:
-            raise ClusterStartError(f"{exc}\n--- {self.log_path} ---\n{log_tail(self.log_path)}") from None
+        assert self.process is not None
+        self.process.wait_ready(mutated, timeout=self.startup_timeout, interval=0.2,
+                                description="the API server to reach Kueue's Job webhook", ignore=(ApiException,))
 
     # ----------------------------------------------------------------- objects
 

@@ -41,8 +41,9 @@ import yaml
 
 from kubescribe.outcomes import RunnerOutcome
 
-from . import find_tool, free_port, log_tail, wait_for
-from .cluster import ClusterStartError, KubeCluster, ManagedProcess, local_healthz_ok
+from harness.envtest import find_tool, free_port
+from harness.envtest.cluster import ClusterStartError, KubeCluster, local_healthz_ok
+from harness.process import ManagedProcess
 
 #: The annotation kwok manages nodes by (``--manage-nodes-with-annotation-selector``).
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -241,14 +242,7 @@ class KwokNodes:
         return self.logs_dir / f"{component}.log"
 
     def _await(self, what: str, probe: Any, proc: ManagedProcess) -> None:
-        def alive_and(probe=probe) -> Any:
-            proc.check_alive()
-            return probe()
-
-        try:
-            wait_for(alive_and, timeout=self.startup_timeout, interval=0.2, description=what, ignore=(OSError,))
-        except TimeoutError as exc:
-            raise ClusterStartError(f"{exc}\n--- {proc.log_path} ---\n{log_tail(proc.log_path)}") from None
+        proc.wait_ready(probe, timeout=self.startup_timeout, interval=0.2, description=what)
 
     def _start_scheduler(self, binary: str) -> None:
         kc, port = self.cluster.kubeconfig_path, free_port()
@@ -258,7 +252,7 @@ class KwokNodes:
             f"--cert-dir={self.workdir / 'scheduler-certs'}", "--v=1",
             # Bind at the rate the pods arrive; the default 50 QPS would pace the burst.
             "--kube-api-qps=2000", "--kube-api-burst=4000",
-        ], self.log_path("kube-scheduler"))
+        ], self.log_path("kube-scheduler"), error=ClusterStartError)
         self.scheduler.start()
         self._await("kube-scheduler /healthz", lambda: local_healthz_ok(port), self.scheduler)
 
@@ -275,7 +269,7 @@ class KwokNodes:
             f"--server-address=127.0.0.1:{port}",
             # Pod and node addresses are strings in a status here: nothing dials them.
             "--cidr=10.128.0.0/12", "--node-ip=10.127.0.1",
-        ], self.log_path("kwok"), env=dict(os.environ, HOME=str(self.workdir)))
+        ], self.log_path("kwok"), env=dict(os.environ, HOME=str(self.workdir)), error=ClusterStartError)
         self.kwok.start()
         self._await("kwok /healthz", lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), self.kwok)
 
@@ -300,8 +294,6 @@ class KwokNodes:
                         raise
 
             def all_ready() -> bool:
-                assert self.kwok is not None
-                self.kwok.check_alive()
                 ready = 0
                 for n in core.list_node(label_selector="type=kwok").items:
                     conds = {c.type: c.status for c in n.status.conditions or []}
@@ -309,13 +301,9 @@ class KwokNodes:
                         ready += 1
                 return ready >= self.nodes
 
-            try:
-                wait_for(all_ready, timeout=self.startup_timeout, interval=0.5,
-                         description=f"{self.nodes} kwok nodes Ready with {GPU_RESOURCE}")
-            except TimeoutError as exc:
-                assert self.kwok is not None
-                raise ClusterStartError(f"{exc}\n--- {self.kwok.log_path} ---\n{log_tail(self.kwok.log_path)}") \
-                    from None
+            assert self.kwok is not None
+            self.kwok.wait_ready(all_ready, timeout=self.startup_timeout, interval=0.5, ignore=(),
+                                 description=f"{self.nodes} kwok nodes Ready with {GPU_RESOURCE}")
             # The API server taints a new node not-ready; the node lifecycle controller lifts
             # the taint once the node reports Ready. That controller is not run here (it
             # would want a heartbeat lease per node every 10 s: load a scale test is not

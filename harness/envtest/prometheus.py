@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from . import find_tool, free_port, log_tail, wait_for
-from .cluster import ManagedProcess
+from harness.envtest import find_tool, free_port, log_tail, wait_for
+from harness.process import ManagedProcess
 
 Target = Union[str, tuple[str, Mapping[str, str]], Mapping[str, Any]]
 
@@ -163,12 +163,11 @@ class PrometheusServer:
                 "--log.level=warn",
             ],
             self.log_path,
+            error=PrometheusError,
         )
         self.process.start()
 
         def ready() -> bool:
-            if not self.process.running:  # type: ignore[union-attr]
-                raise PrometheusError(f"prometheus exited:\n{log_tail(self.log_path)}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
                     return resp.status == 200
@@ -176,7 +175,7 @@ class PrometheusServer:
                 return False  # 503 while the TSDB opens
 
         try:
-            wait_for(ready, timeout=self.startup_timeout, description="prometheus /-/ready", ignore=(OSError,))
+            self.process.wait_ready(ready, timeout=self.startup_timeout, description="prometheus /-/ready")
         except BaseException:
             self.stop()
             raise

@@ -25,13 +25,15 @@ import json
 import re
 import shutil
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from . import find_tool, free_port, log_tail, wait_for
-from .cluster import KubeCluster, ManagedProcess
+from harness.envtest import find_tool, free_port, log_tail, wait_for
+from harness.envtest.cluster import KubeCluster
+from harness.process import ManagedProcess
 
 #: A node label no node has: the operator's StatefulSet pod stays Pending.
 UNSCHEDULABLE = {"kubescribe.io/prometheus-runs-on-the-host": "true"}
@@ -87,19 +89,15 @@ class PrometheusOperator:
             f"--key-file={pki.admin_key}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log-level=info",
-        ], self.log_path)
+        ], self.log_path, error=PrometheusOperatorError)
         self.process.start()
 
         def ready() -> bool:
-            if not self.process.running:  # type: ignore[union-attr]
-                raise PrometheusOperatorError(f"prometheus-operator exited:\n{log_tail(self.log_path)}")
-            import urllib.request
-
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:
                 return resp.status == 200
 
         try:
-            wait_for(ready, timeout=60, interval=0.25, description="prometheus-operator /healthz", ignore=(OSError,))
+            self.process.wait_ready(ready, timeout=60, interval=0.25, description="prometheus-operator /healthz")
         except BaseException:
             self.stop()
             raise

@@ -39,8 +39,9 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from . import REPO_ROOT, find_tool, log_tail, wait_for
-from .cluster import ClusterStartError, KubeCluster, ManagedProcess, local_healthz_ok
+from harness.envtest import REPO_ROOT, find_tool, wait_for
+from harness.envtest.cluster import KubeCluster, local_healthz_ok
+from harness.process import ManagedProcess
 
 IMAGES_SCRIPT = REPO_ROOT / "hack" / "build-images.sh"
 
@@ -367,26 +368,14 @@ class RealNode:
     # ------------------------------------------------------------------ components
 
     def _spawn(self, name: str, argv: Sequence[str], env: Optional[dict[str, str]] = None) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, self.logs_dir / f"{name}.log", env=env)
-        proc.start()
+        proc = ManagedProcess(name, argv, self.logs_dir / f"{name}.log", env=env, error=RealNodeError).start()
         self.procs[name] = proc
         return proc
 
     def _await(self, name: str, probe: Any, timeout: Optional[float] = None) -> None:
-        proc = self.procs.get(name)
-
-        def check() -> Any:
-            if proc is not None:
-                proc.check_alive()
-            return probe()
-
-        try:
-            # OSError (connection refused, TLS not up yet) means "not yet", as in KubeCluster.
-            wait_for(check, timeout=timeout or self.startup_timeout, interval=0.1,
-                     description=f"{name} to become ready", ignore=(OSError,))
-        except (TimeoutError, ClusterStartError) as exc:
-            tail = log_tail(proc.log_path) if proc is not None else ""
-            raise RealNodeError(f"{exc}\n--- {self.logs_dir / (name + '.log')} ---\n{tail}") from None
+        # OSError (connection refused, TLS not up yet) means "not yet", as in KubeCluster.
+        self.procs[name].wait_ready(probe, timeout=timeout or self.startup_timeout,
+                                    description=f"{name} to become ready")
 
     def _stop_proc(self, name: str) -> None:
         proc = self.procs.get(name)

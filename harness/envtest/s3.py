@@ -32,8 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from . import ToolNotFoundError, find_tool, free_port, log_tail, wait_for
-from .cluster import ManagedProcess
+from harness.envtest import ToolNotFoundError, find_tool, free_port
+from harness.process import ManagedProcess
 
 #: The path versitygw answers ``200 OK`` on without authentication (``--health``).
 HEALTH_PATH = "/health"
@@ -113,20 +113,17 @@ class S3Server:
              f"--health={HEALTH_PATH}", "posix", str(self.data_dir)],
             self.log_path,
             env=env,
+            error=S3ServerError,
         )
         self.process.start()
 
         def healthy() -> bool:
-            if not self.running:
-                raise S3ServerError(
-                    f"versitygw exited with code {self.process.proc.returncode}:\n"  # type: ignore[union-attr]
-                    f"--- {self.log_path} ---\n{log_tail(self.log_path)}")
             with urllib.request.urlopen(self.endpoint + HEALTH_PATH, timeout=2) as resp:
                 return resp.status == 200
 
         try:
-            wait_for(healthy, timeout=self.startup_timeout, interval=0.05,
-                     description=f"versitygw on {self.endpoint}", ignore=(OSError,))
+            self.process.wait_ready(healthy, timeout=self.startup_timeout, interval=0.05,
+                                    description=f"versitygw on {self.endpoint}")
         except BaseException:
             self.stop()
             raise
