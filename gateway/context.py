@@ -12,6 +12,8 @@ from typing import Any
 from starlette.requests import Request
 
 from kubescribe.gateway.http_metrics import GatewayMetrics
+from kubescribe.modeldir import ModelInfo, available
+from kubescribe.models import DEFAULT_MODEL
 from kubescribe.settings import GatewaySettings
 from kubescribe.store import Store
 
@@ -74,6 +76,11 @@ class Gateway:
                 self._in_flight[ident.user] = left
             else:
                 del self._in_flight[ident.user]
+
+    def models(self) -> list[ModelInfo]:
+        """What the runners can load: the bundled tiny.en, the declared models and those on
+        the model volume if the gateway mounts it."""
+        return available(self.settings.gateway_model_dir, [DEFAULT_MODEL, *self.settings.gateway_models])
 
     async def caller(self, request: Request, verb: str, name: str | None = None) -> tuple[Identity, str]:
         """Who calls, in which namespace, allowed to ``verb`` there (401/400/403 if not)."""

@@ -12,9 +12,10 @@ checked, 0..1; faster-whisper decodes with its own fallback temperatures, as Ope
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubescribe.modeldir import ModelInfo, choose
 from kubescribe.models import DEFAULT_MODEL
 from kubescribe.render import to_srt, to_vtt
 
@@ -54,8 +55,11 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 
 
 def build_spec(fields: Mapping[str, Any], *, task: str, aliases: Mapping[str, str], audio: dict[str, str],
-               priority: int = 0) -> tuple[dict[str, Any], str]:
+               priority: int = 0, models: Sequence[ModelInfo] = ()) -> tuple[dict[str, Any], str]:
     """The TranscriptionRequest spec for OpenAI form ``fields``, and the response format.
+
+    An alias becomes the first model of its list that is in ``models`` (what the runners
+    can load) and can do the task and language (:func:`kubescribe.modeldir.choose`).
 
     ``fields`` maps a field name to its value, or for ``timestamp_granularities[]`` to
     the list of values. Raises :class:`BadField` for a value OpenAI's API would refuse.
@@ -84,10 +88,13 @@ def build_spec(fields: Mapping[str, Any], *, task: str, aliases: Mapping[str, st
     model = str(fields.get("model") or "").strip()
     if not model:
         raise BadField("model", "model is required (whisper-1, or a faster-whisper model name)")
+    language = str(fields.get("language") or "").strip().lower()
+    if model in aliases:
+        model = choose([m.strip() for m in aliases[model].split(",") if m.strip()], models, task, language)
     spec: dict[str, Any] = {
         "audio": audio,
-        "model": aliases.get(model, model) or DEFAULT_MODEL,
-        "language": str(fields.get("language") or "").strip().lower(),
+        "model": model or DEFAULT_MODEL,
+        "language": language,
         "task": task,
         "wordTimestamps": "word" in granularities,
         "initialPrompt": str(fields.get("prompt") or ""),

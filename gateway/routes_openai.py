@@ -1,11 +1,13 @@
 """OpenAI's routes: ``/v1/audio/transcriptions`` and ``/v1/audio/translations`` wait for
 the request they create and answer in ``response_format``; ``/v1/models`` lists the
-aliases. Unmodified OpenAI clients work against them."""
+models the runners can load and the aliases. Unmodified OpenAI clients work against them."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from kubescribe.modeldir import choose
 
 from . import openai
 from .context import Timing, gateway_of
@@ -38,7 +40,16 @@ async def translations(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
+    """OpenAI's model list: every model the runners can load (``kubescribe.source``: bundled,
+    volume, declared or how it was pulled) and every alias, with what it becomes for a
+    transcription and for a translation."""
     gw = gateway_of(request)
     await gw.auth.authenticate(request.headers.get("authorization"))
-    names = sorted(set(gw.settings.gateway_model_aliases) | set(gw.settings.gateway_model_aliases.values()))
-    return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "kubescribe"} for n in names]})
+    have = gw.models()
+    data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "kubescribe",
+             "kubescribe": {"source": m.source, "multilingual": m.multilingual}} for m in have]
+    for alias, value in sorted(gw.settings.gateway_model_aliases.items()):
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        data.append({"id": alias, "object": "model", "created": 0, "owned_by": "kubescribe",
+                     "kubescribe": {"alias": {task: choose(names, have, task, "") for task in ("transcribe", "translate")}}})
+    return JSONResponse({"object": "list", "data": data})

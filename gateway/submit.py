@@ -131,7 +131,7 @@ def _spec(gw: Gateway, fields: dict[str, Any], audio: Audio, task: str, priority
         source = {"redisKey": audio_key(audio.sha256), "sha256": audio.sha256}
     try:
         spec, fmt = openai.build_spec(fields, task=task, aliases=gw.settings.gateway_model_aliases,
-                                      audio=source, priority=priority)
+                                      audio=source, priority=priority, models=gw.models())
         parse_spec(spec)
     except openai.BadField as exc:
         raise HttpError(400, str(exc), param=exc.param) from None

@@ -630,10 +630,25 @@ class GatewaySettings(RedisSettings, ObjectStoreSettings, ApiServerSettings, Kub
         "more get 429. Keeps one client from holding every connection and upload buffer.",
     )
     gateway_model_aliases: dict[str, str] = Field(
-        default_factory=lambda: {"whisper-1": "tiny.en"},
+        default_factory=lambda: {"whisper-1": "large-v3,medium,small,base,tiny,tiny.en"},
         description="OpenAI model names mapped to faster-whisper models (JSON object); a name "
-        "not in the table is passed through as the model. whisper-1 maps to the bundled "
-        "default so that unmodified OpenAI clients work.",
+        "not in the table is passed through as the model. A value may list models in order of "
+        "preference, comma-separated: the alias becomes the first of them the runners have "
+        "(KUBESCRIBE_GATEWAY_MODELS, KUBESCRIBE_GATEWAY_MODEL_DIR, the bundled tiny.en) that can "
+        "do the call's task and language, so whisper-1 translates wherever a multilingual "
+        "model is installed and still works with tiny.en alone; English-only models are "
+        "refused translation only when no listed model can do it.",
+    )
+    gateway_models: list[str] = Field(
+        default_factory=list,
+        description="Models the runners' model volume holds (JSON list), for aliases and GET "
+        "/v1/models when the gateway does not mount the volume: the chart sets it from "
+        "models.preload. The bundled tiny.en is always there.",
+    )
+    gateway_model_dir: str | None = Field(
+        None,
+        description="The runners' model volume, if mounted into the gateway (read-only): its "
+        "models count as installed, as KUBESCRIBE_GATEWAY_MODELS does.",
     )
     gateway_api_keys_file: str | None = Field(
         None,

@@ -258,3 +258,25 @@ def test_a_burst_with_one_token_costs_one_token_review_and_one_access_review():
     assert {i.user for i in idents} == {"alice"} and all(allowed)
     assert all(isinstance(r, AuthError) and r.status == 401 for r in refused)
     assert reviews == {"token": 2, "access": 1}  # good once, bad once (refusals are not cached)
+
+
+def test_an_alias_becomes_the_first_installed_model_that_can_do_the_task():
+    from kubescribe.modeldir import ModelInfo
+
+    tiny = ModelInfo("tiny.en", "", False, 0, "bundled")
+    base = ModelInfo("base", "", True, 0, "volume")
+    aliases = {"whisper-1": "large-v3,base,tiny.en"}
+    translate, _ = openai.build_spec({"model": "whisper-1"}, task="translate", aliases=aliases, audio=AUDIO,
+                                     models=[tiny, base])
+    assert translate["model"] == "base"
+    # With tiny.en alone the alias still works for English, and translation is refused by
+    # the spec's own rule (the 400 an OpenAI client sees), not by a missing model.
+    english, _ = openai.build_spec({"model": "whisper-1"}, task="transcribe", aliases=aliases, audio=AUDIO,
+                                   models=[tiny])
+    assert english["model"] == "tiny.en"
+    alone, _ = openai.build_spec({"model": "whisper-1"}, task="translate", aliases=aliases, audio=AUDIO,
+                                 models=[tiny])
+    assert alone["model"] == "tiny.en"
+    spanish, _ = openai.build_spec({"model": "whisper-1", "language": "es"}, task="transcribe", aliases=aliases,
+                                   audio=AUDIO, models=[tiny, base])
+    assert spanish["model"] == "base"
