@@ -12,16 +12,17 @@ import threading
 import time
 from pathlib import Path
 
+from harness.memory import RssSampler
+from harness.speech import CORPUS as SENTENCES
 from kubescribe import GROUP, PLURAL, VERSION
 from kubescribe.cache_layout import AUDIO_PREFIX
 
-from .common import (REPO, SENTENCES, Context, Outcome, RequestWatch, RssSampler, log, median, mib, ms,
-                     percentile, secs)
+from .common import REPO, Context, Outcome, RequestWatch, log, median, mib, ms, percentile, secs
 
 
 def _requests(api, namespace):
-    """tests.support.operator.Requests: create/get/list TranscriptionRequests in one namespace."""
-    from tests.support.operator import Requests
+    """harness.operator.Requests: create/get/list TranscriptionRequests in one namespace."""
+    from harness.operator import Requests
 
     return Requests(api, namespace)
 
@@ -351,8 +352,8 @@ def pool_mode_available() -> tuple[bool, str]:
 
 def _run_mode(ctx: Context, mode: str, indices: list[int], timeout: float) -> dict:
     from kubescribe.store import Store
-    from tests.envtest.kubelet import FakeKubelet
-    from tests.support.core import wer
+    from harness.envtest.kubelet import FakeKubelet
+    from harness.speech import wer
 
     cluster = ctx.cluster()
     store = Store(ctx.redis().client())

@@ -20,44 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+from harness.envtest.cluster import make_namespace
+from harness.operator import install_crd
+from harness.speech import SpeechBank
 
 REPO = Path(__file__).resolve().parents[1]
-CRD = REPO / "crds" / "kubescribe.io_transcriptionrequests.yaml"
-SAMPLE_RATE = 16000
-
-#: Known text for the generated speech. Short, plain sentences that espeak-ng says
-#: clearly, so WER measures the decoder and not the voice. The first twelve make the
-#: ~65 s "minute"; all twenty-four are distinct short requests for pooled_vs_per_job.
-SENTENCES = (
-    "The quick brown fox jumps over the lazy dog.",
-    "The weather today is sunny with a light breeze from the west.",
-    "We will meet at the library on Monday afternoon.",
-    "Please remember to bring your notebook and a pen to the meeting.",
-    "The train to the city leaves every twenty minutes from platform four.",
-    "Our garden has tomatoes, beans and a small apple tree near the fence.",
-    "She reads the morning paper while her coffee is still warm.",
-    "The children played football in the park until it was dark.",
-    "He fixed the old bicycle and rode it down to the river.",
-    "The museum opens at nine and closes at five on weekdays.",
-    "A good map helps travellers find their way through the mountains.",
-    "The baker sells fresh bread and sweet rolls every morning.",
-    "My sister painted the kitchen a bright shade of yellow.",
-    "The doctor asked him to drink more water and sleep early.",
-    "Snow covered the roads, so the school stayed closed all day.",
-    "The band played three new songs at the concert last night.",
-    "Turn left at the bank and walk two blocks to the post office.",
-    "The cat slept on the warm window sill all afternoon.",
-    "They planted twenty trees along the new road in spring.",
-    "Dinner will be ready in about fifteen minutes.",
-    "The pilot told the passengers to fasten their seat belts.",
-    "I forgot my umbrella and got wet on the way home.",
-    "The students wrote a short report about the solar system.",
-    "Fresh fruit and vegetables are sold at the market on Saturday.",
-)
-
-#: Silence between sentences when they are joined into one recording.
-GAP_SECONDS = 0.5
 
 
 def log(msg: str) -> None:
@@ -120,48 +87,6 @@ def mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-# ------------------------------------------------------------------------ speech
-
-
-class Speech:
-    """espeak-ng speech (speed 120) for the known sentences, made once per run."""
-
-    def __init__(self, workdir: Path):
-        self.dir = workdir / "speech"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._samples: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def samples(self, i: int) -> np.ndarray:
-        from faster_whisper.audio import decode_audio
-
-        from harness.speech import speak
-
-        with self._lock:
-            if i not in self._samples:
-                path = speak(SENTENCES[i], self.dir / f"s{i:02d}.wav", speed=120)
-                self._samples[i] = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
-            return self._samples[i]
-
-    def sentence_wav(self, i: int) -> bytes:
-        """One sentence as a 16 kHz mono WAV file's bytes."""
-        self.samples(i)
-        return (self.dir / f"s{i:02d}.wav").read_bytes()
-
-    def joined(self, indices: range | list[int], name: str) -> tuple[bytes, str, float]:
-        """Several sentences in one WAV with short gaps: (wav bytes, reference text, seconds)."""
-        from harness.speech import write_wav
-
-        gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
-        parts: list[np.ndarray] = []
-        for i in indices:
-            parts += [self.samples(i), gap]
-        audio = np.concatenate(parts)
-        path = write_wav(self.dir / f"{name}.wav", audio)
-        text = " ".join(SENTENCES[i] for i in indices)
-        return path.read_bytes(), text, audio.shape[0] / SAMPLE_RATE
-
-
 # ------------------------------------------------------------------------ context
 
 
@@ -175,7 +100,7 @@ class Context:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubescribe-bench-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep = keep
-        self.speech = Speech(self.workdir)
+        self.speech = SpeechBank(self.workdir / "speech")
         self.shared: dict[str, Any] = {}  # results one benchmark hands to another
         self._redis = None
         self._cluster = None
@@ -229,8 +154,7 @@ class Context:
             cluster = KubeCluster(workdir=self.workdir / "cluster", keep_workdir=True)
             self.stack.callback(cluster.stop)
             cluster.start()
-            cluster.kubectl("apply", "--server-side", "-f", str(CRD), check=True)
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRD), check=True)
+            install_crd(cluster)
             self._cluster = cluster
             log(f"Kubernetes control plane up in {time.monotonic() - t0:.1f}s at {cluster.server_url}")
         return self._cluster
@@ -238,22 +162,12 @@ class Context:
     def namespace(self, prefix: str) -> str:
         """A fresh namespace whose default ServiceAccount exists (pods can be created)."""
         from kubernetes import client
-        from kubernetes.client.rest import ApiException
 
-        from harness.envtest import wait_for
-
-        cluster = self.cluster()
-        self._namespaces += 1
-        name = f"{prefix}-{self._namespaces}"
-        api = cluster.api_client()
+        api = self.cluster().api_client()
         try:
-            core = client.CoreV1Api(api)
-            core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-            wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30, interval=0.05,
-                     description=f"ServiceAccount {name}/default", ignore=(ApiException,))
+            return make_namespace(client.CoreV1Api(api), prefix)
         finally:
             api.close()
-        return name
 
     def operator(self, stack: contextlib.ExitStack, namespace: str, **settings: Any):
         """The real operator (harness.operator.OperatorProcess) in ``namespace``; stopped with ``stack``."""
@@ -346,41 +260,6 @@ class LoadMonitor:
         self._thread.join(5)
         cpus = os.cpu_count() or 1
         return self.foreign / (self.elapsed * cpus) if self.elapsed else 0.0
-
-
-class RssSampler:
-    """Samples a process' RSS in a thread; ``peak`` is the largest seen."""
-
-    def __init__(self, pid: int, interval: float = 0.05):
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                rss = self.proc.memory_info().rss
-            except psutil.Error:
-                return
-            self.peak = max(self.peak, rss)
-            self.samples += 1
-            self._stop.wait(self.interval)
-
-    def start(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(5)
-        return self.peak
 
 
 # ------------------------------------------------------------------------ watching

@@ -36,7 +36,7 @@ def runner_overhead(ctx: Context) -> Outcome:
     from kubescribe.runner.engine import resolve_model
     from kubescribe.runner.task import run_task
     from kubescribe.store import Store
-    from tests.support.core import wer
+    from harness.speech import wer
 
     out = Outcome("runner_overhead", "Runner overhead: kubescribe's runner path vs plain faster-whisper")
     rounds = 3 if ctx.quick else 15

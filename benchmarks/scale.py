@@ -4,7 +4,7 @@ Everything but the kubelets and the transcription is real: etcd, kube-apiserver 
 audit log of every write), kube-controller-manager (Jobs, TTL, garbage collection),
 kube-scheduler, Redis and the operator as a process under its own ServiceAccount. kwok
 runs each runner pod for a simulated duration and ends it with a runner's termination
-message (tests/envtest/kwok.py says what that skips).
+message (harness/envtest/kwok.py says what that skips).
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from kubescribe import GROUP, PLURAL, VERSION
 from kubescribe.cache_layout import AUDIO_PREFIX
 
 from .cluster import _create_all
-from .common import CRD, Context, Outcome, RequestWatch, RssSampler, log, mib, secs
+from harness.memory import RssSampler
+from harness.operator import CRD
+
+from .common import Context, Outcome, RequestWatch, log, mib, secs
 
 #: Phases a request is in once the operator has taken it in, and once it was admitted.
 SEEN = {"Queued", "Running", "Succeeded", "Failed"}
@@ -97,9 +100,10 @@ def apiserver_requests(api, resource: str) -> collections.Counter:
 def scale_10k(ctx: Context) -> Outcome:
     import psutil
 
-    from tests.envtest.cluster import WRITES_AUDIT_POLICY, KubeCluster, audit_writes
-    from tests.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
-    from tests.support.operator import OperatorProcess, operator_identity
+    from harness.envtest.audit import WRITES_AUDIT_POLICY, audit_writes
+    from harness.envtest.cluster import KubeCluster
+    from harness.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
+    from harness.operator import OperatorProcess, operator_identity
 
     nodes_n, n = (50, 600) if ctx.quick else (1000, 10000)
     gpus_per_node, run_s, ttl_s, threads = 4, 5.0, 60, 8
@@ -148,7 +152,7 @@ def scale_10k(ctx: Context) -> Outcome:
 
         ns = "scale"
         client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
-        from tests.envtest import wait_for
+        from harness.envtest import wait_for
 
         wait_for(lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns), timeout=60,
                  interval=0.1, description="scale/default ServiceAccount", ignore=(client.exceptions.ApiException,))

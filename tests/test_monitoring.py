@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.envtest import wait_for
-from tests.envtest.prometheus import promtool_check_config, promtool_check_rules, promtool_test_rules
+from harness.envtest import wait_for
+from harness.envtest.prometheus import promtool_check_config, promtool_check_rules, promtool_test_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "kubescribe.json"

@@ -13,7 +13,7 @@ from kubescribe.objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
 from kubescribe.settings import ObjectStoreSettings
 from kubescribe.cache_layout import RESULT_PREFIX, Owner, result_key
 from kubescribe.store import Store, gone_message
-from tests.envtest import wait_for
+from harness.envtest import wait_for
 
 RESULT = {"text": "The quick brown fox.", "language": "en", "audio_duration_seconds": 2.0,
           "segments": [{"id": 1, "start": 0.0, "end": 2.0, "text": "The quick brown fox."}]}
@@ -71,7 +71,7 @@ def test_a_result_whose_cache_entry_expired_is_read_from_the_bucket(store, redis
 
 
 def test_without_redis_a_result_is_still_written_and_read(objects, redis_server, tmp_path):
-    from tests.support.core import RedisServer
+    from harness.redis_servers import RedisServer
 
     down = RedisServer(tmp_path)  # never started: connections are refused
     store = Store(down.client(), objects=objects)

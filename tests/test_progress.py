@@ -12,8 +12,8 @@ from kubescribe.operator.progress_writes import RUNNING_CAP, progress_to_write
 from kubescribe.progress import CHECKPOINT_PREFIX, Progress, ProgressReporter, RunBoard
 from kubescribe.runner.task import run_task
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.support.core import SENTENCES, wer, write_wav
+from harness.envtest import wait_for
+from harness.speech import SENTENCES, wer, write_wav
 
 
 # -- when the operator writes status.progress: a specification ------------------------------

@@ -28,8 +28,8 @@ from kubescribe.runner.task import Prepared, TaskError, TaskOutcome, fetch_audio
 from kubescribe.settings import AudioInputSettings, ObjectStoreSettings
 from kubescribe.cache_layout import Owner, cache_key
 from kubescribe.store import Store
-from tests.envtest.s3 import S3Server
-from tests.support.core import SENTENCES, wer
+from harness.envtest.s3 import S3Server
+from harness.speech import SENTENCES, wer
 
 AUDIO = b"RIFF" + bytes(range(256)) * 40
 SHA = hashlib.sha256(AUDIO).hexdigest()

@@ -3,7 +3,7 @@ from the API server's audit log, and finished requests deleted after their TTL.
 
 The control plane, scheduler, Job controller and garbage collector are real; kwok plays
 the kubelets and finishes each runner pod after a second with a runner's termination
-message (tests/envtest/kwok.py says what that skips). The operator runs as its own
+message (harness/envtest/kwok.py says what that skips). The operator runs as its own
 ServiceAccount, so the audit log tells its writes from everyone else's.
 """
 
@@ -22,10 +22,11 @@ from kubescribe.models import parse_spec
 from kubescribe.operator.admitter import POSITION_PERIOD
 from kubescribe.cache_layout import known_cache_key
 from kubescribe.store import Store
-from tests.envtest import wait_for
-from tests.envtest.cluster import WRITES_AUDIT_POLICY, KubeCluster, audit_writes
-from tests.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
-from tests.support.operator import OperatorProcess, Requests, operator_identity
+from harness.envtest import wait_for
+from harness.envtest.audit import WRITES_AUDIT_POLICY, audit_writes
+from harness.envtest.cluster import KubeCluster
+from harness.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
+from harness.operator import OperatorProcess, Requests, operator_identity
 
 pytestmark = pytest.mark.kube
 

@@ -9,7 +9,7 @@ from kubescribe.metrics import Metrics
 from kubescribe.models import parse_spec
 from kubescribe.cache_layout import cache_key, decode_result, encode_result, result_key, sha256_hex
 from kubescribe.store import AudioNotFound, MemoryStore, Store, StoreError, connect
-from tests.support.core import RedisServer
+from harness.redis_servers import RedisServer
 
 KEY = "kubescribe:audio:" + "a" * 64
 
@@ -150,7 +150,7 @@ def test_memory_store_behaves_like_redis():
 
 
 def test_rediss_tls_with_private_ca_and_password(tmp_path):
-    from tests.support.core import TlsRedisServer
+    from harness.redis_servers import TlsRedisServer
 
     server = TlsRedisServer(tmp_path, password="tls-pass").start()
     try:

@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from kubescribe import GROUP, PLURAL, VERSION
-from tests.envtest import wait_for
-from tests.envtest.s3 import bucket_name
-from tests.support.gateway import WRITER_RULES, Callers, GatewayProcess, make_namespace
+from harness.envtest import wait_for
+from harness.envtest.cluster import make_namespace
+from harness.envtest.s3 import bucket_name
+from harness.gateway import WRITER_RULES, Callers, GatewayProcess
 
 pytestmark = pytest.mark.kube
 
