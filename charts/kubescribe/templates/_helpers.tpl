@@ -55,6 +55,13 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) }}
 {{- end }}
 
+{{/* The names of runner.modelCache.preload, as a JSON list. */}}
+{{- define "kubescribe.preloadNames" -}}
+{{- $names := list }}
+{{- range .Values.runner.modelCache.preload }}{{ $names = append $names .name }}{{ end }}
+{{- toJson $names }}
+{{- end }}
+
 {{- define "kubescribe.runnerImage" -}}
 {{- printf "%s:%s" .Values.runner.image.repository (default .Chart.AppVersion .Values.runner.image.tag) }}
 {{- end }}
