@@ -19,7 +19,7 @@ from .errors import exception_handlers
 from .middleware import MetricsMiddleware, route_labels
 from .routes_admin import admin_clear, admin_stats, health, readyz
 from .routes_async import (analysis_async, create_async, create_upload, delete_async, events_async, get_async,
-                           result_async)
+                           notification_key, result_async)
 from .routes_openai import models, transcriptions, translations
 
 __all__ = ["Gateway", "ROUTES", "ROUTE_LABELS", "build_app"]
@@ -30,6 +30,7 @@ ROUTES = [
     Route("/v1/models", models, methods=["GET"]),
     Route("/v1/transcriptions", create_async, methods=["POST"]),
     Route("/v1/uploads", create_upload, methods=["POST"]),
+    Route("/v1/notifications/key", notification_key, methods=["GET"]),
     Route("/v1/transcriptions/{name}", get_async, methods=["GET"]),
     Route("/v1/transcriptions/{name}", delete_async, methods=["DELETE"]),
     Route("/v1/transcriptions/{name}/result", result_async, methods=["GET"]),

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from kubescribe.cache_layout import analysis_key
+from kubescribe.sinks import caller_key
 from kubescribe.store import gone_message
 
 from . import events, openai
@@ -33,11 +34,24 @@ async def create_async(request: Request) -> Response:
     with gw.slot(ident):
         if request.query_params.get("task") == "translate":
             task = "translate"
-        obj, _, _ = await submit(gw, request, ident, ns, task=task, priority_field=True)
+        obj, _, _ = await submit(gw, request, ident, ns, task=task, priority_field=True, callbacks=True)
     name = obj["metadata"]["name"]
     base = f"/v1/transcriptions/{name}"
     return JSONResponse({**state_of(obj), "status_url": base, "result_url": f"{base}/result",
                          "events_url": f"{base}/events"}, status_code=202, headers={"Location": base})
+
+
+async def notification_key(request: Request) -> Response:
+    """The caller's own key for verifying its callbacks (``callback_url``): derived from
+    the install's key and the caller's identity, so it verifies this caller's callbacks
+    only. The same right as creating a transcription."""
+    gw = gateway_of(request)
+    ident, _ = await gw.caller(request, "create")
+    if not gw.settings.notify_signing_key:
+        raise HttpError(501, "callbacks are off: the gateway has no install signing key (chart value "
+                             "notifications.signingSecret)", code="callbacks_not_configured")
+    return JSONResponse({"key": caller_key(gw.settings.notify_signing_key, ident.user),
+                         "scheme": "Standard Webhooks v1 (HMAC-SHA256)", "caller": ident.user})
 
 
 async def create_upload(request: Request) -> Response:

@@ -121,8 +121,15 @@ def _priority(fields: dict[str, Any], allowed: bool) -> int:
         raise HttpError(400, "priority must be an integer", param="priority") from None
 
 
-def _spec(gw: Gateway, fields: dict[str, Any], audio: Audio, task: str, priority: int) -> tuple[dict[str, Any], str]:
-    """The request's spec and the response format, checked as the API server will (400)."""
+#: The async create's form field for a completion callback (spec.notify, signed with the
+#: caller's key: kubescribe.sinks).
+CALLBACK_FIELD = "callback_url"
+
+
+def _spec(gw: Gateway, fields: dict[str, Any], audio: Audio, task: str, priority: int,
+          caller: str | None = None) -> tuple[dict[str, Any], str]:
+    """The request's spec and the response format, checked as the API server will (400).
+    With ``caller``, a ``callback_url`` field becomes a sink signed with that caller's key."""
     if audio.stored:
         source: dict[str, Any] = {"s3": {"bucket": audio.bucket, "key": audio.key}}
         if audio.sha256:
@@ -132,6 +139,12 @@ def _spec(gw: Gateway, fields: dict[str, Any], audio: Audio, task: str, priority
     try:
         spec, fmt = openai.build_spec(fields, task=task, aliases=gw.settings.gateway_model_aliases,
                                       audio=source, priority=priority, models=gw.models())
+        callback = str(fields.get(CALLBACK_FIELD) or "") if caller is not None else ""
+        if callback:
+            if not gw.settings.notify_signing_key:
+                raise HttpError(400, "callback_url needs the install's signing key, which this gateway lacks "
+                                     "(chart value notifications.signingSecret)", param=CALLBACK_FIELD)
+            spec["notify"] = [{"url": callback, "caller": caller}]
         parse_spec(spec)
     except openai.BadField as exc:
         raise HttpError(400, str(exc), param=exc.param) from None
@@ -141,10 +154,12 @@ def _spec(gw: Gateway, fields: dict[str, Any], audio: Audio, task: str, priority
 
 
 async def submit(gw: Gateway, request: Request, ident: Identity, ns: str, *, task: str, priority_field: bool,
-                 wait: bool = False, timing: Timing | None = None) -> tuple[dict[str, Any], str, bool]:
+                 wait: bool = False, timing: Timing | None = None,
+                 callbacks: bool = False) -> tuple[dict[str, Any], str, bool]:
     """Check the upload, store it and create the request: (object, format, words).
 
-    With ``wait``, return the request once it is terminal (504 at the deadline).
+    With ``wait``, return the request once it is terminal (504 at the deadline). With
+    ``callbacks``, a ``callback_url`` field is delivered the finished request's event.
     """
     timing = timing or Timing()
     fields, audio = await read_upload(gw, request)
@@ -156,7 +171,8 @@ async def submit(gw: Gateway, request: Request, ident: Identity, ns: str, *, tas
         if audio is None:
             audio = await presigned_audio(gw, str(fields[form.UPLOAD_FIELD]))
         timing.mark("upload")
-        spec, fmt = _spec(gw, fields, audio, task, _priority(fields, priority_field))
+        spec, fmt = _spec(gw, fields, audio, task, _priority(fields, priority_field),
+                          caller=ident.user if callbacks else None)
         # The gateway names the request (rather than generateName) so that a waiting call
         # subscribes to the namespace's watch before the request exists. A presigned
         # upload names it after its id: the operator deletes an upload with the request

@@ -312,6 +312,17 @@ class SecretKeyRef(_Model):
 class NotifySink(_Model):
     """Where the operator sends a signed CloudEvent when the request finishes."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.signingSecretRef) != has(self.caller)",
+                    "message": "set exactly one of notify[].signingSecretRef and notify[].caller",
+                },
+            ]
+        }
+    )
+
     url: Annotated[
         str,
         Field(min_length=1, max_length=2048, pattern=_SINK_URL,
@@ -320,11 +331,18 @@ class NotifySink(_Model):
               "operator's KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS allows it); redirects are not followed."),
     ]
     signing_secret_ref: Annotated[
-        SecretKeyRef,
+        SecretKeyRef | None,
         Field(description="The Standard Webhooks signing key, read from this Secret in the "
               "request's namespace: whsec_ followed by base64 (or the base64 alone), as the "
               "standardwebhooks libraries take it; make one with `echo whsec_$(openssl rand -base64 32)`."),
-    ]
+    ] = None
+    caller: Annotated[
+        str | None,
+        Field(min_length=1, max_length=512,
+              description="Instead of signingSecretRef: sign with this gateway caller's key, derived from "
+              "the install's key (the gateway sets it for callback_url and tells each caller its key "
+              "at GET /v1/notifications/key)."),
+    ] = None
     events: Annotated[
         list[NotifyEvent],
         Field(min_length=1, max_length=2, json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -333,6 +351,12 @@ class NotifySink(_Model):
     mode: Annotated[
         NotifyMode, Field(description="structured (one JSON document) or binary (ce-* headers).")
     ] = NotifyMode.structured
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "NotifySink":
+        if (self.signing_secret_ref is None) == (self.caller is None):
+            raise ValueError("set exactly one of notify[].signingSecretRef and notify[].caller")
+        return self
 
 
 class TranscriptionSpec(_Model):

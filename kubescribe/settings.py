@@ -316,8 +316,21 @@ class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, Poo
     )
 
 
+class NotifyKeySettings(_Settings):
+    """The install's notification signing key, which the operator signs with and the
+    gateway derives its callers' keys from (kubescribe.sinks)."""
+
+    notify_signing_key: str = Field(
+        "",
+        description="The install's Standard Webhooks key (whsec_ and base64): it signs the "
+        "install-wide sinks' events, and each gateway caller's callback_url key is derived from "
+        "it. From the Secret of chart value notifications.signingSecret. Empty: no install-wide "
+        "sink is delivered to and the gateway takes no callback_url.",
+    )
+
+
 class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, PoolIdleSettings, StreamSettings,
-                       ProcessSettings):
+                       ProcessSettings, NotifyKeySettings):
     instance: str = Field(
         "",
         description="Release name, copied to runner Jobs as app.kubernetes.io/instance so two "
@@ -511,12 +524,6 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
         "request's Succeeded/Failed event goes there too (a Knative Broker, an Argo Events "
         "webhook), signed with KUBESCRIBE_NOTIFY_SIGNING_KEY. Chart value notifications.sinks.",
     )
-    notify_signing_key: str = Field(
-        "",
-        description="The install's Standard Webhooks key (whsec_ and base64) for the install-wide "
-        "sinks and the gateway's callback_url; from the Secret of chart value "
-        "notifications.signingSecret. Empty: no install-wide sink is delivered to.",
-    )
     notify_workers: int = Field(
         4,
         ge=1,
@@ -556,7 +563,8 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
         return self
 
 
-class GatewaySettings(RedisSettings, ObjectStoreSettings, ApiServerSettings, KubeconfigSettings, ProcessSettings):
+class GatewaySettings(RedisSettings, ObjectStoreSettings, ApiServerSettings, KubeconfigSettings, ProcessSettings,
+                      NotifyKeySettings):
     """What ``kubescribe-gateway`` (kubescribe.gateway) reads from the environment."""
 
     gateway_host: str = Field(

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 
 from kubescribe.models import TERMINAL_PHASES, NotificationRecord, NotifySink, parse_spec
 from kubescribe.settings import OperatorSettings
+from kubescribe.sinks import caller_key, sink_refusal
 from kubescribe.url_guard import URLRefused, UrlGuard, open_url
 
 from . import notify_plan as plan
@@ -185,10 +186,15 @@ class Notifier:
 
     def _attempt(self, body: dict, sink: plan.Sink, eid: str) -> plan.Answer:
         """One signed POST; what the sink answered."""
-        refused = plan.sink_refusal(sink.url, self.guard.allow)
+        refused = sink_refusal(sink.url, self.guard.allow)
         if refused:
             return plan.Answer(error=refused, refused=True)
-        if sink.secret is None:
+        if sink.caller is not None:
+            try:
+                key = caller_key(self.signing_key, sink.caller)
+            except ValueError as exc:
+                return plan.Answer(error=str(exc), refused=True)
+        elif sink.secret is None:
             key = self.signing_key
         else:
             try:

@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlsplit
 
 from kubescribe.models import (
     NotificationRecord,
@@ -31,24 +30,25 @@ from kubescribe.models import (
     SecretKeyRef,
     TranscriptionSpec,
 )
-from kubescribe.url_guard import ALLOW_SETTING, IPNetwork, refusal
+from kubescribe.sinks import sink_refusal
+from kubescribe.url_guard import IPNetwork
 
 EVENT_TYPES = {Phase.Succeeded.value: "io.kubescribe.transcription.succeeded",
                Phase.Failed.value: "io.kubescribe.transcription.failed"}
-#: Names that are loopback without asking a resolver (RFC 6761).
-_LOCAL_NAMES = ("localhost", "localhost.")
 #: The namespace of event ids: uuid5 of the request's uid, generation and phase.
 _ID_NAMESPACE = uuid.UUID("6f1d3f0e-5b7c-4b7e-9a53-1c0de5c1b0a7")
 
 
 @dataclass(frozen=True)
 class Sink:
-    """A place to deliver to. ``secret`` None: signed with the install's key."""
+    """A place to deliver to, signed with the key of ``secret``, or of a gateway
+    ``caller``, or (neither: an install-wide sink) the install's key."""
 
     url: str
     events: tuple[str, ...] = (Phase.Succeeded.value, Phase.Failed.value)
     mode: str = "structured"
     secret: SecretKeyRef | None = None
+    caller: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,32 +82,11 @@ def sinks_for(notify: Iterable[NotifySink], install: Iterable[Sink], phase: str)
     """The sinks that hear of ``phase``: the request's ``spec.notify``, then the install's;
     one per URL."""
     found: dict[str, Sink] = {}
-    own = [Sink(s.url, tuple(s.events), s.mode, s.signing_secret_ref) for s in notify]
+    own = [Sink(s.url, tuple(s.events), s.mode, s.signing_secret_ref, s.caller) for s in notify]
     for sink in [*own, *install]:
         if phase in sink.events and sink.url not in found:
             found[sink.url] = sink
     return list(found.values())
-
-
-def sink_refusal(url: str, allow: Iterable[IPNetwork] = ()) -> str | None:
-    """Why the operator will not deliver to ``url``, decided from the URL alone; None if
-    it may try (a host name is resolved and checked again when the POST connects).
-
-    Refused: another scheme, and a destination the audio URL guard refuses that the URL
-    names itself: a literal address (loopback, link-local, metadata, ...) or localhost.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{url!r} is not an http(s) URL"
-    host = parts.hostname
-    address = "127.0.0.1" if host.lower() in _LOCAL_NAMES or host.lower().endswith(".localhost") else host
-    try:
-        why = refusal([address], allow=allow)
-    except ValueError:
-        return None
-    if why is None or why.endswith("is not an IP address"):
-        return None
-    return f"{url} is refused: {why}; {ALLOW_SETTING} on the operator can allow its range"
 
 
 def admission_refusal(spec: TranscriptionSpec, allow: Iterable[IPNetwork] = ()) -> str | None:

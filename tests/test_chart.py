@@ -1147,7 +1147,9 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
     names = {f"KUBESCRIBE_{n.upper()}" for n, f in GatewaySettings.model_fields.items() if not f.validation_alias}
     assert {n for n in plain if n.startswith("KUBESCRIBE_")} <= names
     # The sentinels' password only with redis.sentinel.passwordSecret (tested with the sentinel values).
-    not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE", "KUBESCRIBE_REDIS_SENTINEL_PASSWORD"}
+    # The notification key only with notifications.signingSecret (tests/test_chart_notifications.py).
+    not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE", "KUBESCRIBE_REDIS_SENTINEL_PASSWORD",
+                      "KUBESCRIBE_NOTIFY_SIGNING_KEY"}
     assert names - set(plain) - refs - not_from_chart == set()
     for name in list(os.environ):
         if name.startswith("KUBESCRIBE_"):

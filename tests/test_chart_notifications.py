@@ -50,6 +50,13 @@ def test_install_wide_sinks_and_key_reach_the_operator_settings(offline_helm, mo
     assert "KUBESCRIBE_NOTIFY_SIGNING_KEY" not in default and "KUBESCRIBE_NOTIFY_SINKS" in default
 
 
+def test_the_gateway_gets_the_install_key_for_its_callers_keys(offline_helm):
+    values = {"gateway": {"enabled": True}, "notifications": {"signingSecret": {"name": "notify-key"}}}
+    dep = kinds(render(offline_helm, values))[("Deployment", "ks-kubescribe-gateway")]
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBESCRIBE_NOTIFY_SIGNING_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "notify-key", "key": "key"}}
+
+
 def test_the_operator_policy_opens_sink_ranges_only_when_listed(offline_helm):
     base = {"networkPolicy": {"enabled": True, "apiServerCidrs": ["172.18.0.2/32"]}}
     closed = kinds(render(offline_helm, base))[("NetworkPolicy", "ks-kubescribe-operator")]["spec"]["egress"]

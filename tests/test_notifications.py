@@ -190,3 +190,37 @@ def test_a_sink_the_guard_refuses_fails_the_request_at_admission(operator_factor
     assert status["reason"] == "InvalidSpec"
     assert "spec.notify[0].url" in status["message"] and "loopback" in status["message"]
     assert "KUBESCRIBE_AUDIO_URL_ALLOW_CIDRS" in status["message"]
+
+
+def test_the_gateway_s_callback_url_gets_an_event_signed_with_the_caller_s_own_key(
+        operator_factory, kube_cluster, kube_api, kube_namespace, redis_server, speech_dir, receivers, tmp_path):
+    import httpx
+
+    from harness.gateway import WRITER_RULES, Callers, GatewayProcess
+
+    operator_factory(notify_signing_key=KEY, **FAST)
+    gw = GatewayProcess(str(kube_cluster.kubeconfig_path), redis_server.url, tmp_path, notify_signing_key=KEY,
+                        gateway_auth_cache_seconds="0").start()
+    callers = Callers(kube_api, kube_namespace)
+    try:
+        writer, other = callers.token("writer", rules=WRITER_RULES), callers.token("other", rules=WRITER_RULES)
+        auth = {"Authorization": f"Bearer {writer}", "X-Kubescribe-Namespace": kube_namespace}
+        key = httpx.get(f"{gw.url}/v1/notifications/key", headers=auth).json()["key"]
+        theirs = httpx.get(f"{gw.url}/v1/notifications/key", headers={
+            "Authorization": f"Bearer {other}", "X-Kubescribe-Namespace": kube_namespace}).json()["key"]
+        assert key.startswith("whsec_") and key not in (theirs, KEY)
+        sink = receivers().start()
+        with open(speech_dir / "fox.wav", "rb") as f:
+            r = httpx.post(f"{gw.url}/v1/transcriptions", headers=auth, files={"file": ("fox.wav", f)},
+                           data={"model": "tiny.en", "callback_url": sink.url}, timeout=60)
+        assert r.status_code == 202, r.text
+        got = sink.wait_count(1, timeout=180)[0]
+        Webhook(key).verify(got.body, got.headers)  # the caller's own key verifies it...
+        for wrong in (theirs, KEY):  # ...another caller's and the install's do not
+            with pytest.raises(Exception):
+                Webhook(wrong).verify(got.body, got.headers)
+        event = from_http_event(HTTPMessage(got.headers, got.body))
+        assert event.get_subject() == r.json()["name"] and event.get_data()["phase"] == "Succeeded"
+    finally:
+        gw.stop()
+        callers.cleanup()

@@ -180,3 +180,25 @@ def test_a_record_of_an_older_event_is_replaced_and_merging_keeps_one_per_sink()
     new = record_for(Sink("https://a.example/"), [old], "id-2", "Failed")
     assert new.state == NotificationState.Pending.value and new.event_id == "id-2"
     assert merged([old], [new]) == [new]
+
+
+def test_a_sink_is_signed_by_exactly_one_key():
+    caller = spec({"url": "https://a.example/", "caller": "system:serviceaccount:media:uploader"}).notify[0]
+    assert caller.caller and caller.signing_secret_ref is None
+    for both_or_none in ({"url": "https://a.example/"},
+                         {"url": "https://a.example/", "caller": "me", "signingSecretRef": REF}):
+        with pytest.raises(InvalidSpec, match="exactly one of notify\\[\\].signingSecretRef and notify\\[\\].caller"):
+            spec(both_or_none)
+
+
+def test_a_caller_s_key_is_its_own_and_needs_the_install_key():
+    from standardwebhooks import Webhook
+
+    from kubescribe.sinks import caller_key
+
+    install = "whsec_aW5zdGFsbC1rZXktZm9yLXRlc3Rz"
+    a, b = caller_key(install, "alice"), caller_key(install, "bob")
+    assert a == caller_key(install, "alice") and a != b and install not in (a, b)
+    Webhook(a)  # a valid Standard Webhooks key
+    with pytest.raises(ValueError, match="notifications.signingSecret"):
+        caller_key("", "alice")
