@@ -23,9 +23,9 @@ class GatewayProcess(ServiceProcess):
         self.port, metrics_port = free_port(), free_port()
         env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_REDIS_URL=redis_url,
                    KUBESCRIBE_GATEWAY_HOST="127.0.0.1", KUBESCRIBE_GATEWAY_PORT=str(self.port),
-                   KUBESCRIBE_GATEWAY_METRICS_PORT=str(metrics_port), KUBESCRIBE_LOG_LEVEL="INFO",
-                   **settings_env(settings))
+                   KUBESCRIBE_GATEWAY_METRICS_PORT=str(metrics_port), KUBESCRIBE_LOG_LEVEL="INFO")
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        env.update(settings_env(settings))  # a setting given wins over the defaults above
         super().__init__(env, workdir / f"gateway-{self.port}.log", workdir, metrics_port)
 
     def use_object_store(self, s3_server, bucket: str, prefix: str = "ks/") -> "GatewayProcess":

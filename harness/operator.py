@@ -25,7 +25,8 @@ class OperatorProcess(ServiceProcess):
         port = free_port()
         env = dict(os.environ, KUBECONFIG=kubeconfig, KUBESCRIBE_NAMESPACE=namespace, KUBESCRIBE_REDIS_URL=redis_url,
                    KUBESCRIBE_METRICS_PORT=str(port), KUBESCRIBE_RUNNER_IMAGE="kubescribe-runner:test",
-                   KUBESCRIBE_LOG_LEVEL="INFO", KUBESCRIBE_RESYNC_SECONDS="3", **settings_env(settings))
+                   KUBESCRIBE_LOG_LEVEL="INFO", KUBESCRIBE_RESYNC_SECONDS="3")
+        env.update(settings_env(settings))  # a setting given wins over the defaults above
         super().__init__(env, workdir / f"operator-{namespace}.log", workdir, port)
 
 

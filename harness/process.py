@@ -13,9 +13,11 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
@@ -37,6 +39,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fo
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def http_ok(url: str, *, context: Optional[ssl.SSLContext] = None) -> bool:
+    """A health URL's probe: True on 200, False on another status (503 while starting); a
+    refused connection raises OSError, which ``wait_ready`` counts as "not yet"."""
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 class ManagedProcess:
@@ -94,7 +106,8 @@ class ManagedProcess:
     def wait_ready(self, probe: Callable[[], T], *, timeout: float, interval: float = 0.1,
                    description: str = "", ignore: tuple[type[BaseException], ...] = (OSError,)) -> T:
         """``probe()`` until it returns something truthy; fails at once if the process exits,
-        and with the log tail on timeout. Exceptions in ``ignore`` mean "not yet"."""
+        and with the log tail on timeout (stopping the process). Exceptions in ``ignore``
+        mean "not yet"."""
 
         def alive_and_ready() -> T:
             self.check_alive()
@@ -104,6 +117,7 @@ class ManagedProcess:
             return wait_for(alive_and_ready, timeout=timeout, interval=interval,
                             description=description or f"{self.name} to become ready", ignore=ignore)
         except TimeoutError as exc:
+            self.stop()  # not ready is not wanted; its log stays
             raise self.error(f"{exc}\n--- {self.log_path} ---\n{log_tail(self.log_path)}") from None
 
     def logs(self) -> str:
@@ -163,16 +177,7 @@ class ServiceProcess(ManagedProcess):
 
     def start(self) -> "ServiceProcess":
         super().start()
-
-        def healthy() -> bool:
-            with urllib.request.urlopen(self.health_url(), timeout=2) as r:
-                return r.status == 200
-
-        try:
-            self.wait_ready(healthy, timeout=60, description=f"{self.name} {self.health_path}")
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_ready(lambda: http_ok(self.health_url()), timeout=60, description=f"{self.name} {self.health_path}")
         return self
 
     def metrics_text(self) -> str:

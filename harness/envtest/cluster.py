@@ -33,7 +33,7 @@ import yaml
 
 from harness.certs import ClusterPki, cluster_pki
 from harness.envtest import find_tool, free_port, wait_for
-from harness.process import ManagedProcess, ProcessError
+from harness.process import ManagedProcess, ProcessError, http_ok
 
 # Controllers the tests need, and why (names as in `kube-controller-manager --help`):
 # job-controller                runner Jobs: pods, retries, backoffLimit, podFailurePolicy,
@@ -110,11 +110,7 @@ def local_healthz_ok(port: int) -> bool:
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=insecure, timeout=2) as resp:
-            return resp.status == 200
-    except urllib.error.HTTPError:
-        return False
+    return http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure)
 
 
 # --------------------------------------------------------------------------- cluster

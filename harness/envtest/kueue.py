@@ -35,8 +35,6 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,7 +43,7 @@ import yaml
 from harness.certs import serving_cert
 from harness.envtest import find_tool, free_port, log_tail
 from harness.envtest.cluster import ClusterStartError
-from harness.process import ManagedProcess
+from harness.process import ManagedProcess, http_ok
 
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"
@@ -253,15 +251,9 @@ class KueueManager:
                                     f"--- {self.log_path} ---\n{log_tail(self.log_path)}")
 
     def _await_ready(self, health_port: int) -> None:
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=2) as resp:
-                    return resp.status == 200
-            except urllib.error.HTTPError:
-                return False
-
         assert self.process is not None
-        self.process.wait_ready(ready, timeout=self.startup_timeout, description="Kueue's manager /readyz")
+        self.process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{health_port}/readyz"),
+                                timeout=self.startup_timeout, description="Kueue's manager /readyz")
 
     def _await_webhooks(self) -> None:
         """Until Kueue's Job webhook answers: a server-side dry run of a Job that names a

@@ -43,7 +43,7 @@ from kubescribe.outcomes import RunnerOutcome
 
 from harness.envtest import find_tool, free_port
 from harness.envtest.cluster import ClusterStartError, KubeCluster, local_healthz_ok
-from harness.process import ManagedProcess
+from harness.process import ManagedProcess, http_ok
 
 #: The annotation kwok manages nodes by (``--manage-nodes-with-annotation-selector``).
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -271,7 +271,7 @@ class KwokNodes:
             "--cidr=10.128.0.0/12", "--node-ip=10.127.0.1",
         ], self.log_path("kwok"), env=dict(os.environ, HOME=str(self.workdir)), error=ClusterStartError)
         self.kwok.start()
-        self._await("kwok /healthz", lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), self.kwok)
+        self._await("kwok /healthz", lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), self.kwok)
 
     def _create_nodes(self) -> None:
         from kubernetes import client
@@ -312,10 +312,3 @@ class KwokNodes:
                 core.patch_node(name, {"spec": {"taints": None}})
         finally:
             api.close()
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return resp.status == 200

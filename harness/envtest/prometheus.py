@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import yaml
 
 from harness.envtest import find_tool, free_port, log_tail, wait_for
-from harness.process import ManagedProcess
+from harness.process import ManagedProcess, http_ok
 
 Target = Union[str, tuple[str, Mapping[str, str]], Mapping[str, Any]]
 
@@ -167,15 +167,9 @@ class PrometheusServer:
         )
         self.process.start()
 
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    return resp.status == 200
-            except urllib.error.HTTPError:
-                return False  # 503 while the TSDB opens
-
-        try:
-            self.process.wait_ready(ready, timeout=self.startup_timeout, description="prometheus /-/ready")
+        try:  # /-/ready is 503 while the TSDB opens
+            self.process.wait_ready(lambda: http_ok(f"{self.url}/-/ready"), timeout=self.startup_timeout,
+                                    description="prometheus /-/ready")
         except BaseException:
             self.stop()
             raise

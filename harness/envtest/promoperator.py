@@ -25,7 +25,6 @@ import json
 import re
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,7 +32,7 @@ import yaml
 
 from harness.envtest import find_tool, free_port, log_tail, wait_for
 from harness.envtest.cluster import KubeCluster
-from harness.process import ManagedProcess
+from harness.process import ManagedProcess, http_ok
 
 #: A node label no node has: the operator's StatefulSet pod stays Pending.
 UNSCHEDULABLE = {"kubescribe.io/prometheus-runs-on-the-host": "true"}
@@ -92,12 +91,9 @@ class PrometheusOperator:
         ], self.log_path, error=PrometheusOperatorError)
         self.process.start()
 
-        def ready() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:
-                return resp.status == 200
-
         try:
-            self.process.wait_ready(ready, timeout=60, interval=0.25, description="prometheus-operator /healthz")
+            self.process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{self.port}/healthz"), timeout=60,
+                                    interval=0.25, description="prometheus-operator /healthz")
         except BaseException:
             self.stop()
             raise

@@ -32,8 +32,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -41,7 +39,7 @@ import yaml
 
 from harness.envtest import REPO_ROOT, find_tool, wait_for
 from harness.envtest.cluster import KubeCluster, local_healthz_ok
-from harness.process import ManagedProcess
+from harness.process import ManagedProcess, http_ok
 
 IMAGES_SCRIPT = REPO_ROOT / "hack" / "build-images.sh"
 
@@ -154,14 +152,6 @@ def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comp
     if check and proc.returncode != 0:
         raise RealNodeError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class RealNode:
@@ -503,7 +493,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 }}
 """)
         self._spawn("coredns", [find_tool("coredns"), "-conf", str(corefile)])
-        self._await("coredns", lambda: _http_ok(f"http://127.0.0.1:{COREDNS_READY_PORT}/ready"), 60)
+        self._await("coredns", lambda: http_ok(f"http://127.0.0.1:{COREDNS_READY_PORT}/ready"), 60)
 
     def _kubelet_config(self) -> dict[str, Any]:
         assert self.cluster is not None
@@ -551,7 +541,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet-pki'}",
             f"--node-ip={NODE_IP}", f"--hostname-override={NODE_NAME}", "--v=1",
         ])
-        self._await("kubelet", lambda: _http_ok(f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"))
+        self._await("kubelet", lambda: http_ok(f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"))
 
         def ready() -> bool:
             proc = self.cluster.kubectl(  # type: ignore[union-attr]
@@ -582,7 +572,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
             "--conntrack-tcp-timeout-close-wait=0", "--v=1",
         ])
-        self._await("kube-proxy", lambda: _http_ok(f"http://127.0.0.1:{PROXY_HEALTHZ_PORT}/healthz"), 60)
+        self._await("kube-proxy", lambda: http_ok(f"http://127.0.0.1:{PROXY_HEALTHZ_PORT}/healthz"), 60)
 
     # ------------------------------------------------------------------ NetworkPolicy
 
@@ -606,7 +596,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         ])
         # Healthy once its first sync ran; later policies reach the rules asynchronously, as
         # in any cluster, so callers wait for their effect.
-        self._await("kube-router", lambda: _http_ok(f"http://127.0.0.1:{NETPOL_HEALTH_PORT}/healthz"), 90)
+        self._await("kube-router", lambda: http_ok(f"http://127.0.0.1:{NETPOL_HEALTH_PORT}/healthz"), 90)
 
     def stop_network_policies(self) -> None:
         """Stop kube-router and remove its chains, the jumps to them and its ipsets."""

@@ -28,12 +28,11 @@ import re
 import secrets
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
 from harness.envtest import ToolNotFoundError, find_tool, free_port
-from harness.process import ManagedProcess
+from harness.process import ManagedProcess, http_ok
 
 #: The path versitygw answers ``200 OK`` on without authentication (``--health``).
 HEALTH_PATH = "/health"
@@ -117,16 +116,8 @@ class S3Server:
         )
         self.process.start()
 
-        def healthy() -> bool:
-            with urllib.request.urlopen(self.endpoint + HEALTH_PATH, timeout=2) as resp:
-                return resp.status == 200
-
-        try:
-            self.process.wait_ready(healthy, timeout=self.startup_timeout, interval=0.05,
-                                    description=f"versitygw on {self.endpoint}")
-        except BaseException:
-            self.stop()
-            raise
+        self.process.wait_ready(lambda: http_ok(self.endpoint + HEALTH_PATH), timeout=self.startup_timeout,
+                                interval=0.05, description=f"versitygw on {self.endpoint}")
         return self
 
     def stop(self) -> None:
