@@ -79,48 +79,44 @@ def test_the_harness_contracts_are_declared():
     assert (("benchmarks",), frozenset({"tests"})) in forbidden
 
 
+def broken_by(tmp_path, path: str, line: str) -> str:
+    """lint-imports' report on the installed layout with ``line`` added to ``path``; it
+    must fail."""
+    tree = installed_layout(tmp_path / "src")
+    target = tree / path
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    proc = lint_imports(tree)
+    assert proc.returncode != 0, proc.stdout
+    return proc.stdout
+
+
 def test_the_harness_importing_the_tests_is_caught(tmp_path):
     """harness/ is what tests and benchmarks share; it never reaches back into them."""
-    tree = installed_layout(tmp_path / "src")
-    process = tree / "harness" / "process.py"
-    process.write_text(process.read_text() + "\nfrom tests.support import promql  # noqa\n")
-    proc = lint_imports(tree)
-    assert proc.returncode != 0 and "harness.process -> tests.support.promql" in proc.stdout, proc.stdout
+    report = broken_by(tmp_path, "harness/process.py", "from tests.support import promql")
+    assert "harness.process -> tests.support.promql" in report, report
 
 
 def test_product_code_importing_the_harness_is_caught(tmp_path):
-    tree = installed_layout(tmp_path / "src")
-    store = tree / "kubescribe" / "store.py"
-    store.write_text(store.read_text() + "\nfrom harness import speech  # noqa\n")
-    proc = lint_imports(tree)
-    assert proc.returncode != 0 and "kubescribe.store -> harness.speech" in proc.stdout, proc.stdout
+    report = broken_by(tmp_path, "kubescribe/store.py", "from harness import speech")
+    assert "kubescribe.store -> harness.speech" in report, report
 
 
 def test_a_broken_layer_is_caught(tmp_path):
     """The core importing the operator fails the check."""
-    tree = installed_layout(tmp_path / "src")
-    models = tree / "kubescribe" / "models.py"
-    models.write_text(models.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
-    proc = lint_imports(tree)
-    assert proc.returncode != 0 and "kubescribe.models -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
+    report = broken_by(tmp_path, "kubescribe/models.py", "from kubescribe.operator import jobs")
+    assert "kubescribe.models -> kubescribe.operator.jobs" in report, report
 
 
 def test_the_gateway_importing_the_operator_is_caught(tmp_path):
     """The gateway talks to the operator only through TranscriptionRequests."""
-    tree = installed_layout(tmp_path / "src")
-    app = tree / "kubescribe" / "gateway" / "app.py"
-    app.write_text(app.read_text() + "\nfrom kubescribe.operator import jobs  # noqa\n")
-    proc = lint_imports(tree)
-    assert proc.returncode != 0 and "kubescribe.gateway.app -> kubescribe.operator.jobs" in proc.stdout, proc.stdout
+    report = broken_by(tmp_path, "kubescribe/gateway/app.py", "from kubescribe.operator import jobs")
+    assert "kubescribe.gateway.app -> kubescribe.operator.jobs" in report, report
 
 
 def test_the_operators_api_calls_importing_a_decision_is_caught(tmp_path):
     """kube.py (I/O) takes Kueue's names from kueue_api.py, never from the decisions."""
-    tree = installed_layout(tmp_path / "src")
-    kube = tree / "kubescribe" / "operator" / "kube.py"
-    kube.write_text(kube.read_text() + "\nfrom kubescribe.operator import kueue  # noqa\n")
-    proc = lint_imports(tree)
-    assert proc.returncode != 0 and "kubescribe.operator.kube -> kubescribe.operator.kueue" in proc.stdout, proc.stdout
+    report = broken_by(tmp_path, "kubescribe/operator/kube.py", "from kubescribe.operator import kueue")
+    assert "kubescribe.operator.kube -> kubescribe.operator.kueue" in report, report
 
 
 def test_no_top_level_operator_package_is_installed():
