@@ -15,11 +15,14 @@ gzip_vs_zstd                result size and encode/decode speed of the two codec
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
 burst_1000                  1,000 requests at once: time to admit/queue, operator CPU/RSS
+notify_slow_sink            1,000 cached requests with a sink answering after 10 s vs no sink
 scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, throughput,
                             writes per request (audit log), etcd object counts with the TTL
 gateway_cache_hit_overhead  gateway HTTP round trip vs creating the request directly (hits)
 gateway_concurrent_uploads  200 concurrent small uploads through the gateway, its peak RSS
 gateway_upload_throughput   1 GiB through the gateway into the object store vs a direct PUT
+wer_by_model                WER and real-time factor of tiny.en and base by language (base:
+                            hack/setup.sh models), against tiny.en on the same English clips
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -33,10 +36,12 @@ NAMES = (
     "resume_after_kill",
     "pool_cross_request_batching",
     "long_memory",
+    "wer_by_model",
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",
     "burst_1000",
+    "notify_slow_sink",
     "scale_10k",
     "gateway_cache_hit_overhead",
     "gateway_concurrent_uploads",

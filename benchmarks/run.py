@@ -34,8 +34,12 @@ def _load(name: str):
     elif name in ("long_batched_vs_sequential", "no_invented_text", "resume_after_kill",
                   "pool_cross_request_batching", "long_memory"):
         from . import long_audio as mod
+    elif name == "wer_by_model":
+        from . import languages as mod
     elif name == "gzip_vs_zstd":
         from . import codec as mod
+    elif name == "notify_slow_sink":
+        from . import notify as mod
     elif name == "scale_10k":
         from . import scale as mod
     elif name.startswith("gateway_"):
