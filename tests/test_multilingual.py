@@ -114,3 +114,17 @@ def test_tiny_en_refuses_to_translate_and_base_is_found_in_the_model_directory()
     with pytest.raises(InvalidSpec, match="English-only models"):
         parse_spec({"audio": {"redisKey": "k"}, "model": "tiny.en", "task": "translate"})
     assert resolve_model("base", str(models_dir())) == str(models_dir() / "base")
+
+
+def test_kubescribe_transcribe_model_base_finds_the_setup_model_and_detects_spanish(tmp_path):
+    import os
+    import sys
+
+    clip = say("es", "Mañana vamos a la playa con mis primos.", tmp_path / "playa.wav")
+    env = {k: v for k, v in os.environ.items() if k != "KUBESCRIBE_MODEL_DIR"}
+    if str(models_dir()) != str(user_models_dir()):  # the setup put it elsewhere: say where
+        env["KUBESCRIBE_MODEL_DIR"] = str(models_dir())
+    proc = subprocess.run([sys.executable, "-m", "kubescribe.cli", "transcribe", str(clip), "--model", "base"],
+                          capture_output=True, text=True, timeout=300, env={**env, "KUBESCRIBE_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "language es" in proc.stderr and "playa" in proc.stdout.lower(), (proc.stdout, proc.stderr)
