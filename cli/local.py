@@ -47,7 +47,7 @@ class Progress:
 def cmd_transcribe(args) -> int:
     from kubescribe.runner.engine import Engine, EngineOptions
 
-    from .models import models_dir
+    from .model_pull import models_dir
     from kubescribe.runner.task import TaskError, run_task
 
     path = sample_path() if args.sample else Path(args.file) if args.file else None

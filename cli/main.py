@@ -38,7 +38,7 @@ from .cluster import cmd_analyze, cmd_history, cmd_result, cmd_submit
 from .history import PHASE_FILTERS
 from .common import CliError
 from .local import cmd_cache, cmd_crd, cmd_transcribe
-from . import models as models_cmd
+from . import model_pull as models_cmd
 
 
 def _add_request_options(p: argparse.ArgumentParser) -> None:
