@@ -8,10 +8,9 @@ the files and never on a command line. Failure detection is tuned down
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from harness.envtest import free_port, require_binary
+from harness.envtest import free_port, require_binary, wait_for
 from harness.process import ManagedProcess
 
 SERVICE = "kubescribe"
@@ -119,17 +118,19 @@ class SentinelCluster:
     def wait_for_new_primary(self, old_port: int, timeout: float = 30.0) -> int:
         """The new primary's port once every live sentinel reports a node other than
         ``old_port`` and that node says it is a primary."""
-        deadline = time.monotonic() + timeout
-        while True:
-            reported = {self._reported_primary(s) for s in self.sentinel_ports if self._alive(s)}
-            if len(reported) == 1:
-                (port,) = reported
-                if port and port != old_port and self.role(port) == "master":
-                    return port
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no new primary after {timeout} s (sentinels report {reported}, "
-                                   f"old primary :{old_port})\n{self.logs()}")
-            time.sleep(0.05)
+        reported: set[int | None] = set()
+
+        def new_primary() -> int | None:
+            reported.clear()
+            reported.update(self._reported_primary(s) for s in self.sentinel_ports if self._alive(s))
+            port = next(iter(reported)) if len(reported) == 1 else None
+            return port if port and port != old_port and self.role(port) == "master" else None
+
+        try:
+            return wait_for(new_primary, timeout=timeout, interval=0.05, description="a new primary")
+        except TimeoutError:
+            raise TimeoutError(f"no new primary after {timeout} s (sentinels report {reported}, "
+                               f"old primary :{old_port})\n{self.logs()}") from None
 
     def logs(self, tail: int = 20) -> str:
         out = []
@@ -208,43 +209,48 @@ class SentinelCluster:
                 raise RuntimeError(f"process on :{port} exited with {proc.proc.returncode}\n{self.logs()}")
 
     def _wait(self, ready, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
+        def alive_and_ready() -> bool:
             self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} after {timeout} s\n{self.logs()}")
-            time.sleep(0.05)
+            return ready()
+
+        try:
+            wait_for(alive_and_ready, timeout=timeout, interval=0.05, description=what)
+        except TimeoutError:
+            raise TimeoutError(f"no {what} after {timeout} s\n{self.logs()}") from None
 
     def _wait_ready(self, primary: int, timeout: float) -> None:
         """Every sentinel reports the primary, sees every replica up and the other sentinels;
         every replica's link to the primary is up (a failover needs a synced replica)."""
-        deadline = time.monotonic() + timeout
         want_replicas = len(self.data_ports) - 1
         want_sentinels = len(self.sentinel_ports) - 1
-        problem = ""
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             self._check_alive()
-            try:
-                for port in self.data_ports[1:]:
-                    if self.node(port).info("replication").get("master_link_status") != "up":
-                        raise LookupError(f"replica :{port} not in sync")
-                for s in self.sentinel_ports:
-                    client = self.sentinel(s)
-                    if self._reported_primary(s) != primary:
-                        raise LookupError(f"sentinel :{s} does not report :{primary}")
-                    replicas = [r for r in client.execute_command("SENTINEL", "replicas", SERVICE)
-                                if "s_down" not in _fields(r).get("flags", "")
-                                and "disconnected" not in _fields(r).get("flags", "")]
-                    if len(replicas) < want_replicas:
-                        raise LookupError(f"sentinel :{s} sees {len(replicas)} of {want_replicas} replicas")
-                    seen = len(client.execute_command("SENTINEL", "sentinels", SERVICE))
-                    if seen < want_sentinels:
-                        raise LookupError(f"sentinel :{s} sees {seen} of {want_sentinels} other sentinels")
-                return
-            except Exception as exc:  # not yet: servers still starting, or a LookupError above
-                problem = str(exc)
-            time.sleep(0.1)
-        raise TimeoutError(f"sentinel cluster not ready after {timeout} s: {problem}\n{self.logs()}")
+            for port in self.data_ports[1:]:
+                if self.node(port).info("replication").get("master_link_status") != "up":
+                    raise LookupError(f"replica :{port} not in sync")
+            for s in self.sentinel_ports:
+                client = self.sentinel(s)
+                if self._reported_primary(s) != primary:
+                    raise LookupError(f"sentinel :{s} does not report :{primary}")
+                replicas = [r for r in client.execute_command("SENTINEL", "replicas", SERVICE)
+                            if "s_down" not in _fields(r).get("flags", "")
+                            and "disconnected" not in _fields(r).get("flags", "")]
+                if len(replicas) < want_replicas:
+                    raise LookupError(f"sentinel :{s} sees {len(replicas)} of {want_replicas} replicas")
+                seen = len(client.execute_command("SENTINEL", "sentinels", SERVICE))
+                if seen < want_sentinels:
+                    raise LookupError(f"sentinel :{s} sees {seen} of {want_sentinels} other sentinels")
+            return True
+
+        import redis
+
+        # LookupError above, or a server still starting: not yet. A process that exited is final.
+        try:
+            wait_for(ready, timeout=timeout, interval=0.1, description="the sentinel cluster ready",
+                     ignore=(LookupError, redis.RedisError, OSError))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.logs()}") from None
 
 
 def _fields(reply) -> dict[str, str]:
