@@ -1148,8 +1148,10 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
     assert {n for n in plain if n.startswith("KUBESCRIBE_")} <= names
     # The sentinels' password only with redis.sentinel.passwordSecret (tested with the sentinel values).
     # The notification key only with notifications.signingSecret (tests/test_chart_notifications.py).
+    # The chart's gateway does not mount the models volume (a ReadWriteOnce claim may be on
+    # another node): it is told runner.modelCache.preload's names instead.
     not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE", "KUBESCRIBE_REDIS_SENTINEL_PASSWORD",
-                      "KUBESCRIBE_NOTIFY_SIGNING_KEY"}
+                      "KUBESCRIBE_NOTIFY_SIGNING_KEY", "KUBESCRIBE_GATEWAY_MODEL_DIR"}
     assert names - set(plain) - refs - not_from_chart == set()
     for name in list(os.environ):
         if name.startswith("KUBESCRIBE_"):
@@ -1160,6 +1162,7 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
     assert s.gateway_namespaces == ["team-a"] and s.gateway_default_namespace == "team-a"
     assert (s.gateway_max_upload_bytes, s.gateway_wait_seconds, s.gateway_max_concurrent_per_identity) == (1048576, 42.5, 3)
     assert s.gateway_model_aliases == {"whisper-1": "small", "fast": "tiny.en"} and s.gateway_auth_cache_seconds == 0
+    assert s.gateway_models == []
     assert (s.gateway_audio_ttl_seconds, s.gateway_analysis_ttl_seconds) == (3600, 7200)
     assert (s.gateway_port, s.gateway_metrics_port, s.log_level) == (9000, 9001, "DEBUG")
     assert (s.s3_bucket, s.s3_endpoint, s.s3_prefix) == ("transcripts", "https://s3.example", "kubescribe/media/ks/")
