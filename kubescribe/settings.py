@@ -269,6 +269,14 @@ class EngineSettings(_Settings):
         "2 s keeps the pauses of conversation inside clips: every clip costs a full 30 s "
         "window, so shorter clips are slower.",
     )
+    keep_models: int = Field(
+        2,
+        ge=1,
+        description="Models a runner keeps loaded at once (a pooled runner serves requests for "
+        "several); the least recently used is unloaded when another is needed. Two: tiny.en "
+        "and base together held 184 MiB of RSS and each loads in about a second "
+        "(BENCHMARKS.md, wer_by_model), so a pool alternating between them reloads nothing.",
+    )
 
 
 class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, PoolIdleSettings, StreamSettings,

@@ -106,7 +106,7 @@ class EngineOptions:
     local_files_only: bool = field(default_factory=lambda: EngineSettings().offline)
     cpu_threads: int = field(default_factory=lambda: EngineSettings().cpu_threads)
     num_workers: int = 1
-    keep_models: int = 1
+    keep_models: int = field(default_factory=lambda: EngineSettings().keep_models)
     batched_min_seconds: float = field(default_factory=lambda: EngineSettings().batched_min_seconds)
     clip_gap_seconds: float = field(default_factory=lambda: EngineSettings().clip_gap_seconds)
     piece_seconds: float = field(default_factory=lambda: EngineSettings().piece_seconds)
@@ -132,7 +132,7 @@ class Engine:
         device = pick_device(device)
         compute_type = pick_compute_type(compute_type, device)
         path = resolve_model(name, self.options.model_dir)
-        if self.options.local_files_only and path == name:
+        if self.options.local_files_only and not Path(path).is_dir():
             raise ModelNotFound(not_found_message(name, self.options.model_dir))
         key = (path, device, compute_type)
         with self._lock:
@@ -159,8 +159,11 @@ class Engine:
             except Exception as exc:
                 raise ModelLoadError(f"cannot load model {name!r} ({path}) on {device}/{compute_type}: {exc}") from exc
             self.loads += 1
+            took = time.perf_counter() - t0
+            log.info("loaded model %s (%s, %s/%s) in %.2f s; %d loaded, at most %d", name, path, device,
+                     compute_type, took, len(self._models) + 1, self.options.keep_models)
             if self.metrics is not None:
-                self.metrics.model_load_seconds.labels(model=name).observe(time.perf_counter() - t0)
+                self.metrics.model_load_seconds.labels(model=name).observe(took)
             self._models[key] = m
             return m
 

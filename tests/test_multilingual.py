@@ -128,3 +128,26 @@ def test_kubescribe_transcribe_model_base_finds_the_setup_model_and_detects_span
                           capture_output=True, text=True, timeout=300, env={**env, "KUBESCRIBE_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "language es" in proc.stderr and "playa" in proc.stdout.lower(), (proc.stdout, proc.stderr)
+
+
+def test_a_runner_keeps_two_models_loaded_and_unloads_the_least_recently_used(tmp_path):
+    """A pooled runner serving tiny.en and base in turn loads each once; a third model
+    unloads the one used longest ago (KUBESCRIBE_KEEP_MODELS, 2 by default)."""
+    import shutil
+
+    from kubescribe.modeldir import bundled_model_path
+    from kubescribe.runner.engine import Engine, EngineOptions
+
+    third = tmp_path / "tiny-copy"
+    shutil.copytree(bundled_model_path(), third)
+    engine = Engine(EngineOptions(model_dir=str(models_dir()), local_files_only=True))
+    assert engine.options.keep_models == 2
+    for name in ("tiny.en", "base", "tiny.en", "base"):
+        engine.model(name, "cpu", "int8")
+    assert engine.loads == 2
+    engine.model(str(third), "cpu", "int8")  # base is the more recent: tiny.en goes
+    engine.model("base", "cpu", "int8")
+    assert engine.loads == 3
+    engine.model("tiny.en", "cpu", "int8")
+    assert engine.loads == 4
+    engine.unload()
