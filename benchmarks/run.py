@@ -21,7 +21,8 @@ import traceback
 from pathlib import Path
 
 from . import NAMES
-from .common import Context, LoadMonitor, Outcome, install_signal_handlers, log, machine_facts
+from .common import Context, Outcome, install_signal_handlers, log
+from .machine import LoadMonitor, machine_facts
 
 #: Cluster benchmarks last: the inference ones want the CPUs to themselves, and the
 #: control plane, once up, keeps using some CPU.
