@@ -92,3 +92,47 @@ def test_a_message_signed_long_ago_is_refused_by_the_receiver():
     old = signed_message(SUCCEEDED, "id", KEY, at=datetime.now(timezone.utc) - timedelta(hours=1))
     with pytest.raises(WebhookVerificationError):
         Webhook(KEY).verify(old.body, old.headers)
+
+
+def test_the_readme_receiver_verifies_and_parses_a_delivery(tmp_path):
+    """The README's receiver, run as written (on a free port), given a signed delivery."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from harness.envtest import wait_for
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("A receiver, with the same two packages"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 16, "the README's receiver should stay about ten lines"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "receiver.py"
+    script.write_text(code.replace('HTTPServer(("", 8000)', f'HTTPServer(("127.0.0.1", {port})'))
+    log = tmp_path / "receiver.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-u", str(script)], stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, KEY=KEY))
+    try:
+        msg = signed_message(SUCCEEDED, event_id("0f1e", 1, "Succeeded"), KEY)
+
+        def listening() -> bool:
+            assert proc.poll() is None, log.read_text()  # exited: fail at once, with its output
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, timeout=30, description="the README receiver listening")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=msg.body, headers=msg.headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 204
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    printed = log.read_text()
+    assert "io.kubescribe.transcription.succeeded episode-12" in printed and "Hello there" in printed, printed
