@@ -88,7 +88,24 @@ def stale_job(body: dict) -> str | None:
     return status.get("jobName") if status.get("phase") in (Phase.Running.value, Phase.Queued.value) else None
 
 
-def seconds_until_expiry(body: dict, default_ttl: int, now: datetime | None = None) -> float | None:
+def _notifying(body: dict, install_events: frozenset[str]) -> bool:
+    """A sink (the request's, or the install's: ``install_events``) is to hear of the
+    request's finished phase and its delivery is not final yet (the Notified condition is
+    missing, or False with reason Delivering)."""
+    phase = (body.get("status") or {}).get("phase")
+    sinks = (body.get("spec") or {}).get("notify") or []
+    wanted = phase in install_events or any(
+        phase in (s.get("events") or ("Succeeded", "Failed")) for s in sinks if isinstance(s, dict))
+    if not wanted:
+        return False
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Notified":
+            return c.get("status") != "True" and c.get("reason") != "DeliveryFailed"
+    return True
+
+
+def seconds_until_expiry(body: dict, default_ttl: int, now: datetime | None = None,
+                         install_events: frozenset[str] = frozenset()) -> float | None:
     """How long until a finished request may be deleted (``<= 0``: now), or ``None``
     when it must stay: it has not finished (Pending, Queued, Running, or a spec edited
     since it finished and not yet reconciled), its TTL is off, or its completion time is
@@ -99,12 +116,18 @@ def seconds_until_expiry(body: dict, default_ttl: int, now: datetime | None = No
     means never. Counted from ``status.completedAt``, as the Job TTL counts from the
     Job's completion. Only the request goes: its transcript stays in Redis under the
     cache TTL, readable by anyone who kept its ``resultKey``.
+
+    A request whose event is still being delivered stays until the delivery is final
+    (``status.notifications`` is the record that makes delivery at-least-once; deleting
+    the request would drop it). ``install_events``: the phases the install's sinks hear of.
     """
     status, spec = body.get("status") or {}, body.get("spec") or {}
     if status.get("phase") not in (Phase.Succeeded.value, Phase.Failed.value):
         return None
     if status.get("observedGeneration") != body["metadata"].get("generation"):
         return None  # edited after it finished: it runs again
+    if _notifying(body, install_events):
+        return None  # its event is not delivered yet
     ttl = spec.get("ttlSecondsAfterFinished")
     if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
         if default_ttl <= 0:

@@ -58,6 +58,10 @@ class Resync:
         self.synced = synced
         self.pool = settings.mode == "pool"
         self.kueue = settings.admission_engine == "kueue"
+        # The phases the install's sinks hear of (they are delivered to only with a key):
+        # a finished request stays past its TTL until their delivery is final.
+        self.install_events = frozenset(e for sink in settings.notify_sinks for e in sink.get("events") or
+                                        ("Succeeded", "Failed")) if settings.notify_signing_key else frozenset()
         self._workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="resync")
 
     def run(self) -> None:
@@ -126,7 +130,7 @@ class Resync:
     def _one(self, body: dict, now: datetime, quiet: Quiet) -> None:
         entry = entry_from_body(body)
         try:
-            left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now)
+            left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now, self.install_events)
             if left is not None and left <= 0:
                 self.expire(body)
             elif needs_reconcile(entry):

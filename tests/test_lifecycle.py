@@ -397,3 +397,28 @@ def test_a_request_edited_after_it_finished_does_not_expire_it_runs_again():
 
 def test_an_unreadable_completion_time_keeps_the_request():
     assert seconds_until_expiry(finished_request(completed="yesterday", ttl=0), 1, AT) is None
+
+
+def notified(body, status=None, reason=""):
+    if status is not None:
+        body["status"]["conditions"] = [{"type": "Notified", "status": status, "reason": reason}]
+    return body
+
+
+def test_a_request_whose_event_is_not_delivered_yet_stays_past_its_ttl():
+    sink = {"url": "https://a.example/", "signingSecretRef": {"name": "s", "key": "k"}}
+    pending = finished_request(ttl=0)
+    pending["spec"]["notify"] = [sink]
+    assert seconds_until_expiry(pending, 1, AT) is None  # not tried yet
+    assert seconds_until_expiry(notified(pending, "False", "Delivering"), 1, AT) is None
+    assert seconds_until_expiry(notified(pending, "True", "Delivered"), 1, AT) == -60
+    assert seconds_until_expiry(notified(pending, "False", "DeliveryFailed"), 1, AT) == -60
+    # A sink that does not hear of this phase does not hold it.
+    other = finished_request(ttl=0)
+    other["spec"]["notify"] = [dict(sink, events=["Failed"])]
+    assert seconds_until_expiry(other, 1, AT) == -60
+    # The install's sinks hold it too.
+    plain = finished_request(ttl=0)
+    assert seconds_until_expiry(plain, 1, AT, frozenset({"Succeeded"})) is None
+    assert seconds_until_expiry(plain, 1, AT, frozenset({"Failed"})) == -60
+
