@@ -50,6 +50,7 @@ async def models(request: Request) -> Response:
              "kubescribe": {"source": m.source, "multilingual": m.multilingual}} for m in have]
     for alias, value in sorted(gw.settings.gateway_model_aliases.items()):
         names = [n.strip() for n in value.split(",") if n.strip()]
+        becomes = {task: choose(names, have, task, "") for task in ("transcribe", "translate")}
         data.append({"id": alias, "object": "model", "created": 0, "owned_by": "kubescribe",
-                     "kubescribe": {"alias": {task: choose(names, have, task, "") for task in ("transcribe", "translate")}}})
+                     "kubescribe": {"alias": becomes}})
     return JSONResponse({"object": "list", "data": data})
