@@ -11,9 +11,11 @@ The baseline is tiny.en on the same English clips, in the same run.
 
 from __future__ import annotations
 
-import subprocess
 import time
+import wave
 from pathlib import Path
+
+from harness.speech import wer
 
 from .common import Context, Outcome, log, median
 
@@ -49,24 +51,12 @@ RUNS = (("tiny.en", "en"), ("base", "en"), ("base", "es"), ("base", "fr"), ("bas
 
 
 def _clip(voice: str, text: str, path: Path) -> tuple[bytes, float]:
-    from faster_whisper.audio import decode_audio
+    from harness.speech import speak
 
-    from harness.speech import write_wav
-
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text], check=True)
-    samples = decode_audio(str(raw), sampling_rate=16000)
-    raw.unlink()
-    write_wav(path, samples)
-    return path.read_bytes(), samples.shape[0] / 16000
-
-
-def _corpus_wer(references: list[str], hypotheses: list[str]) -> float:
-    import jiwer
-
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
-    return jiwer.wer(references, hypotheses, reference_transform=norm, hypothesis_transform=norm)
+    speak(text, path, speed=150, voice=voice)
+    with wave.open(str(path)) as w:
+        seconds = w.getnframes() / w.getframerate()
+    return path.read_bytes(), seconds
 
 
 def wer_by_model(ctx: Context) -> Outcome:
@@ -108,7 +98,7 @@ def wer_by_model(ctx: Context) -> Outcome:
             right += r["language"] == lang
             rtf.append(r["processing_seconds"] / seconds)
             given.append(engine.transcribe(data, parse_spec({**spec, "language": lang}))["text"])
-        f = {"wer_detected": _corpus_wer(refs, detected), "wer_given": _corpus_wer(refs, given),
+        f = {"wer_detected": wer(refs, detected), "wer_given": wer(refs, given),
              "detected_right": right, "rtf": median(rtf)}
         figures[f"{model}/{lang}"] = f
         log(f"{model} {lang}: {f}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.speech import CORPUS, SAMPLE_RATE
+from harness.speech import CORPUS, SAMPLE_RATE, speak
 
 from .common import REPO, Context, Outcome, log, median, mib, secs
 from .inference import _spec
@@ -33,8 +33,7 @@ def _say(ctx: Context, text: str, voice: str, speed: int, index: int) -> np.ndar
 
     path = ctx.workdir / "speech" / f"long-{index:04d}.wav"
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True)
-    samples = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+    samples = decode_audio(str(speak(text, path, speed=speed, voice=voice)), sampling_rate=SAMPLE_RATE)
     path.unlink()
     return samples
 

@@ -4,6 +4,7 @@ WAV streams of any size, and the word error rate a transcript is judged by."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import subprocess
 import threading
@@ -15,11 +16,14 @@ import numpy as np
 from harness.envtest import require_binary
 
 
-def speak(text: str, path: Path, speed: int = 120) -> Path:
-    """Speech from espeak-ng, resampled to a 16 kHz mono WAV."""
+def speak(text: str, path: Path, speed: int = 120, voice: str | None = None) -> Path:
+    """Speech from espeak-ng at ``speed`` words a minute in ``voice`` (an espeak-ng voice:
+    "es", "en-gb", "en-us+f3"; its default English when None), resampled to a 16 kHz
+    mono WAV at ``path``."""
     require_binary("espeak-ng", "espeak-ng")
     raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(raw), text], check=True)
+    subprocess.run(["espeak-ng", *(["-v", voice] if voice else []), "-s", str(speed), "-w", str(raw), text],
+                   check=True)
     from faster_whisper.audio import decode_audio
 
     samples = decode_audio(str(raw), sampling_rate=16000)
@@ -72,6 +76,7 @@ SENTENCES = dict(zip(("fox", "weather", "library"), CORPUS))
 #: Silence between sentences when they are joined into one recording.
 GAP_SECONDS = 0.5
 SAMPLE_RATE = 16000
+NOISE_BLOCK = 4 * 1024 * 1024
 
 
 class SpeechBank:
@@ -110,17 +115,20 @@ class SpeechBank:
         return path.read_bytes(), " ".join(CORPUS[i] for i in indices), audio.shape[0] / SAMPLE_RATE
 
 
-@functools.cache
-def _noise_block() -> bytes:
-    """4 MiB of random bytes, the same for the whole process: a stream made twice hashes
-    the same."""
-    return os.urandom(4 * 1024 * 1024)
+@functools.lru_cache(maxsize=4)
+def _noise_block(seed: int | None) -> bytes:
+    """4 MiB of noise: random once per process when ``seed`` is None, else derived from
+    the seed (distinct seeds, distinct uploads: distinct cache keys)."""
+    if seed is None:
+        return os.urandom(NOISE_BLOCK)
+    return hashlib.shake_256(f"kubescribe-{seed}".encode()).digest(NOISE_BLOCK)
 
 
-def wav_stream(size: int):
+def wav_stream(size: int, seed: int | None = None):
     """``size`` bytes that sniff as WAV, generated as they are sent, for uploads larger than
-    memory: a RIFF header, then one 4 MiB random block over and over."""
-    block = _noise_block()
+    memory: a RIFF header, then one 4 MiB noise block over and over. The same ``size``
+    and ``seed`` give the same bytes within a process (with a seed, in every process)."""
+    block = _noise_block(seed)
     header = b"RIFF" + (size - 8 & 0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt "
     yield header
     left = size - len(header)
@@ -130,7 +138,14 @@ def wav_stream(size: int):
         yield chunk
 
 
-def wer(reference: str, hypothesis: str) -> float:
+def wav_bytes(size: int, seed: int | None = None) -> bytes:
+    """``wav_stream`` in one piece."""
+    return b"".join(wav_stream(size, seed))
+
+
+def wer(reference: str | list[str], hypothesis: str | list[str]) -> float:
+    """Word error rate, case and punctuation aside: of one transcript, or of a corpus given
+    as two lists (errors over all its words)."""
     import jiwer
 
     norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),

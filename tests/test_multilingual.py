@@ -9,7 +9,8 @@ neun Uhr. Wir treffen uns am Montagnachmittag." was detected as Welsh (cy, 0.25)
 written as Welsh-looking nonsense (forced to de: WER 0.3 to 0.64 between runs of the
 engine and of faster-whisper alone), and the Brazilian Portuguese voice as Thai (th,
 0.64); told the language (``spec.language``), base writes the Portuguese with most words
-right (WER 0.46). Italian is detected but written badly (WER 0.73 on its "café" sentence). At 130 words a minute the longer "train" sentences in French
+right (WER 0.46). Italian is detected but written badly (WER 0.73 on its "café"
+sentence). At 130 words a minute the longer "train" sentences in French
 and German were misdetected too (la, yi). Translation is good on the Spanish "café"
 sentence, poor on others ("La biblioteca abre a las nueve" became "The real car is the
 new one"): tests/test_multilingual asserts only what holds.
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.envtest import require_binary
-from harness.speech import wer, write_wav
+from harness.speech import speak, wer
 from kubescribe.modeldir import user_models_dir
 from kubescribe.models import parse_spec
 from kubescribe.settings import EngineSettings
@@ -47,22 +47,10 @@ def models_dir() -> Path:
     return d
 
 
-def say(voice: str, text: str, path: Path) -> Path:
-    """espeak-ng speech in ``voice`` at 150 words a minute, as a 16 kHz mono WAV."""
-    require_binary("espeak-ng", "espeak-ng")
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text], check=True)
-    from faster_whisper.audio import decode_audio
-
-    samples = decode_audio(str(raw), sampling_rate=16000)
-    raw.unlink()
-    return write_wav(path, samples)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("languages")
-    out = {lang: say(voice, text, d / f"{lang}.wav") for lang, (voice, text) in CAFE.items()}
+    out = {lang: speak(text, d / f"{lang}.wav", speed=150, voice=voice) for lang, (voice, text) in CAFE.items()}
     return out
 
 
@@ -120,7 +108,7 @@ def test_kubescribe_transcribe_model_base_finds_the_setup_model_and_detects_span
     import os
     import sys
 
-    clip = say("es", "Mañana vamos a la playa con mis primos.", tmp_path / "playa.wav")
+    clip = speak("Mañana vamos a la playa con mis primos.", tmp_path / "playa.wav", speed=150, voice="es")
     env = {k: v for k, v in os.environ.items() if k != "KUBESCRIBE_MODEL_DIR"}
     if str(models_dir()) != str(user_models_dir()):  # the setup put it elsewhere: say where
         env["KUBESCRIBE_MODEL_DIR"] = str(models_dir())

@@ -24,20 +24,13 @@ from harness.envtest import wait_for
 from harness.envtest.cluster import make_namespace
 from harness.envtest.s3 import bucket_name
 from harness.gateway import WRITER_RULES, Callers, GatewayProcess
+from harness.speech import wav_bytes
 
 pytestmark = pytest.mark.kube
 
 MIB = 1024 * 1024
 LIMIT = 32 * MIB
 PREFIX = "ks/"
-
-
-def wav_bytes(size: int, seed: int = 0) -> bytes:
-    """``size`` bytes that sniff as WAV: a RIFF header, then pseudo-random bytes."""
-    header = b"RIFF" + (size - 8).to_bytes(4, "little") + b"WAVEfmt "
-    body = hashlib.shake_256(f"kubescribe-{seed}".encode()).digest(size - len(header)) if size < 64 * MIB \
-        else os.urandom(size - len(header))
-    return header + body
 
 
 def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "ksboundary0123456789") -> tuple[bytes, dict]:
