@@ -11,7 +11,7 @@ import ipaddress
 import sys
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -324,6 +324,18 @@ class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, Poo
     )
 
 
+class InstallSink(BaseModel):
+    """One install-wide notification sink (KUBESCRIBE_NOTIFY_SINKS), checked at start so a
+    bad entry is a one-line settings error, not a failure on the first delivery."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(max_length=2048, pattern=r"^https?://[^/?#\s]+\S*$", description="http(s) URL.")
+    events: list[Literal["Succeeded", "Failed"]] = Field(["Succeeded", "Failed"], min_length=1,
+                                                        description="Finished phases it hears of.")
+    mode: Literal["structured", "binary"] = Field("structured", description="CloudEvents HTTP content mode.")
+
+
 class NotifyKeySettings(_Settings):
     """The install's notification signing key, which the operator signs with and the
     gateway derives its callers' keys from (kubescribe.sinks)."""
@@ -526,7 +538,7 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
         "as many admissions at once: events and admissions of many requests proceed while one "
         "waits on the API server."
     )
-    notify_sinks: list[dict[str, Any]] = Field(
+    notify_sinks: list[InstallSink] = Field(
         [],
         description="Install-wide notification sinks, a JSON list of {url, events, mode}: every "
         "request's Succeeded/Failed event goes there too (a Knative Broker, an Argo Events "

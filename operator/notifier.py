@@ -77,7 +77,7 @@ class Notifier:
         self.guard = UrlGuard.from_settings(settings, purpose="Notification sinks")
         self.timeout = settings.notify_timeout_seconds
         self.signing_key = settings.notify_signing_key
-        self.install = [plan.Sink(s["url"], tuple(s.get("events") or plan.EVENT_TYPES), s.get("mode", "structured"))
+        self.install = [plan.Sink(s.url, tuple(s.events), s.mode)
                         for s in settings.notify_sinks] if settings.notify_signing_key else []
         self.backoff = plan.Backoff(base=settings.notify_backoff_seconds, cap=settings.notify_backoff_cap_seconds,
                                     max_attempts=settings.notify_max_attempts)

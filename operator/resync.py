@@ -60,8 +60,8 @@ class Resync:
         self.kueue = settings.admission_engine == "kueue"
         # The phases the install's sinks hear of (they are delivered to only with a key):
         # a finished request stays past its TTL until their delivery is final.
-        self.install_events = frozenset(e for sink in settings.notify_sinks for e in sink.get("events") or
-                                        ("Succeeded", "Failed")) if settings.notify_signing_key else frozenset()
+        self.install_events = frozenset(e for sink in settings.notify_sinks for e in sink.events) \
+            if settings.notify_signing_key else frozenset()
         self._workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="resync")
 
     def run(self) -> None:

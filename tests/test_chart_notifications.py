@@ -43,7 +43,7 @@ def test_install_wide_sinks_and_key_reach_the_operator_settings(offline_helm, mo
     for name, value in plain.items():
         monkeypatch.setenv(name, value)
     s = OperatorSettings()
-    assert s.notify_sinks == SINKS
+    assert [x.model_dump(exclude_unset=True) for x in s.notify_sinks] == SINKS
     assert (s.notify_workers, s.notify_timeout_seconds, s.notify_max_attempts) == (8, 2.5, 4)
     assert (s.notify_backoff_seconds, s.notify_backoff_cap_seconds) == (60, 3600)
     default = {e["name"] for e in deployment_env(render(offline_helm))}
@@ -73,3 +73,14 @@ def test_the_operator_policy_opens_sink_ranges_only_when_listed(offline_helm):
 def test_the_schema_refuses_a_bad_sink(offline_helm, sink):
     with pytest.raises(Exception):
         render(offline_helm, {"notifications": {"sinks": [sink]}})
+
+
+def test_a_bad_install_sink_is_a_settings_error(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("KUBESCRIBE_NOTIFY_SINKS", '[{"events": ["Succeeded"]}]')
+    with pytest.raises(ValidationError, match="url"):
+        OperatorSettings()
+    monkeypatch.setenv("KUBESCRIBE_NOTIFY_SINKS", '[{"url": "ftp://x/y"}]')
+    with pytest.raises(ValidationError, match="url"):
+        OperatorSettings()
