@@ -31,6 +31,10 @@ SIZE_BUCKETS = tuple(16384 * 4**i for i in range(9))
 RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 #: Queue wait buckets (seconds) from creation to runner Job.
 WAIT_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600)
+#: Phase buckets (seconds): a Redis GET of a few ms up to an hour of transcription.
+PHASE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+#: Where a request's seconds go, in order (kubescribe_request_phase_seconds).
+PHASES = ("queue", "pod_start", "startup", "model_load", "fetch", "transcription")
 
 @dataclass
 class RunnerMetrics:
@@ -142,6 +146,16 @@ class Metrics(RunnerMetrics):
             buckets=RTF_BUCKETS,
             registry=r,
         )
+        self.request_phase_seconds = Histogram(
+            "kubescribe_request_phase_seconds",
+            "Where a request's seconds go. phase: " + "|".join(PHASES) + ": queue (creation to "
+            "admission), pod_start (runner Job created to runner process started), startup (process "
+            "start to work: Python, imports), model_load (0 when a pooled runner had it), fetch (cache "
+            "check and audio opened), transcription (audio decoding included).",
+            ["phase"],
+            buckets=PHASE_BUCKETS,
+            registry=r,
+        )
         self._zero_known_labels()
 
     def _zero_known_labels(self) -> None:
@@ -152,6 +166,11 @@ class Metrics(RunnerMetrics):
         for op, results in (("get", ("hit", "miss", "error")), ("set", ("ok", "error"))):
             for result in results:
                 self.cache_operations_total.labels(operation=op, result=result)
+        for phase in PHASES:
+            self.request_phase_seconds.labels(phase=phase)
+
+    def observe_phase(self, phase: str, seconds: float) -> None:
+        self.request_phase_seconds.labels(phase=phase).observe(max(0.0, seconds))
 
     def error(self, kind: str) -> None:
         self.errors_total.labels(type=kind).inc()
@@ -159,9 +178,12 @@ class Metrics(RunnerMetrics):
     def observe_outcome(self, model: str, outcome: RunnerOutcome) -> None:
         """Count one finished request: its status, and for a transcription (not a cache
         answer) its processing time, audio length, real-time factor and file size; for a
-        failure, its error type from the reason table."""
+        failure, its error type from the reason table. The phases the runner timed count
+        for any outcome that carries them (a cache answer found by a runner too)."""
         status = "succeeded" if outcome.ok else "failed"
         self.transcriptions_total.labels(status=status, model=model).inc()
+        for phase, seconds in (outcome.timings.phases() if outcome.timings is not None else {}).items():
+            self.observe_phase(phase, seconds)
         if not outcome.ok:
             self.error(outcome.error_type)
             return

@@ -95,6 +95,36 @@ def reason(name: str | None) -> Reason:
     return Reason(name or "RunnerFailed", "job_failed", False, False, "")
 
 
+class Timings(BaseModel):
+    """Where a runner's seconds went, in seconds (milliseconds kept), for the operator's
+    ``kubescribe_request_phase_seconds``. ``startedAt`` is the runner process's start
+    (Unix time, psutil's create_time): the operator subtracts the Job's creation from it
+    for the pod start. A pooled runner leaves ``startedAt`` and ``startup`` out (its
+    start-up is not the request's) and reports ``modelLoad`` 0 once the model is loaded.
+    The audio is decoded as it is transcribed, so decoding counts in ``transcription``;
+    ``fetch`` is the cache check and the opening of the audio (a Redis GET, a first
+    chunk of a URL or a bucket)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    started_at: float | None = None
+    startup: float | None = None
+    model_load: float | None = None
+    fetch: float | None = None
+    transcription: float | None = None
+
+    def phases(self) -> dict[str, float]:
+        """The durations given, by the ``phase`` label of their histogram."""
+        named = {"startup": self.startup, "model_load": self.model_load, "fetch": self.fetch,
+                 "transcription": self.transcription}
+        return {k: max(0.0, v) for k, v in named.items() if v is not None}
+
+
+def timings(**seconds: float | None) -> Timings:
+    """Timings rounded to milliseconds: the outcome stays small."""
+    return Timings(**{k: (round(v, 3) if v is not None else None) for k, v in seconds.items()})
+
+
 class RunnerOutcome(BaseModel):
     """How a runner's task ended: the summary of a result, or a failure reason.
 
@@ -129,6 +159,8 @@ class RunnerOutcome(BaseModel):
     #: hit or miss when the runner's own lookup counted (the audio hash was unknown to
     #: the operator before the download); None when the operator's lookup counted.
     cache_lookup: str | None = None
+    #: where the runner's seconds went (:class:`Timings`); about 120 bytes on the wire.
+    timings: Timings | None = None
 
     @classmethod
     def failure(cls, name: str, message: str) -> "RunnerOutcome":

@@ -101,6 +101,9 @@ class Applier:
             m.jobs_total.labels(outcome=t.job_outcome).inc()
         if t.queue_wait is not None:
             m.queue_wait_seconds.observe(t.queue_wait)
+            m.observe_phase("queue", t.queue_wait)
+        if t.pod_start is not None:
+            m.observe_phase("pod_start", t.pod_start)
         if t.admission_hit:
             m.admission_cache_hits_total.inc()
         if t.cache_lookup is not None:

@@ -41,6 +41,7 @@ class Transition:
             durations, file size) under ``model``.
         job_outcome: a runner Job ended (``succeeded``/``failed``): ``jobs_total``.
         queue_wait: seconds from creation to admission, observed once per request.
+        pod_start: seconds from the runner Job's creation to its runner process's start.
         cache_lookup: the request's one cache lookup, hit (True) or miss (False).
         admission_hit: answered from the cache by the operator, with no Job.
         errors: error types counted even when nothing is patched (Redis down).
@@ -55,6 +56,7 @@ class Transition:
     model: str = "unknown"
     job_outcome: str | None = None
     queue_wait: float | None = None
+    pod_start: float | None = None
     cache_lookup: bool | None = None
     admission_hit: bool = False
     errors: tuple[str, ...] = ()
@@ -159,7 +161,8 @@ def fail(body: dict, reason: str, message: str, *, attempts: int | None = None, 
         model=model_of(body), job_outcome=job_outcome, delete_job=delete_job)
 
 
-def succeed(body: dict, outcome: RunnerOutcome, *, by: str, attempts: int, job_outcome: str | None = None) -> Transition:
+def succeed(body: dict, outcome: RunnerOutcome, *, by: str, attempts: int, job_outcome: str | None = None,
+            pod_start: float | None = None) -> Transition:
     """Running -> Succeeded with a runner's outcome."""
     rtf = outcome.realtime_factor
     message = (f"transcribed {outcome.audio_duration_seconds or 0:.1f}s of {outcome.language or '?'} audio"
@@ -167,4 +170,4 @@ def succeed(body: dict, outcome: RunnerOutcome, *, by: str, attempts: int, job_o
     return Transition(
         status=st.succeeded(body, outcome, message=f"transcribed by {by}", attempts=max(attempts, 1)),
         registry={"phase": Phase.Succeeded.value}, event=Event("Normal", "Succeeded", message),
-        finished=outcome, model=model_of(body), job_outcome=job_outcome)
+        finished=outcome, model=model_of(body), job_outcome=job_outcome, pod_start=pod_start)

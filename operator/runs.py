@@ -10,7 +10,7 @@ from the one reason table (kubescribe.outcomes).
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from kubescribe.models import Phase
@@ -70,6 +70,19 @@ def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
 
 
+def pod_start(job: dict[str, Any], outcome: RunnerOutcome) -> float | None:
+    """Seconds from the Job's creation to its runner process's start, from the outcome's
+    ``timings.startedAt``; None without it. creationTimestamp has whole seconds, so the
+    figure is up to a second long (and a node's clock may differ from the API server's:
+    clamped at 0)."""
+    started = outcome.timings.started_at if outcome.timings is not None else None
+    created = (job.get("metadata") or {}).get("creationTimestamp")
+    if started is None or not created:
+        return None
+    age = age_seconds(created, datetime.fromtimestamp(started, timezone.utc))
+    return None if age is None else round(age, 3)
+
+
 def owns(body: dict, job: dict[str, Any]) -> bool:
     """The request is Running on this very Job (not finished, not on an older Job)."""
     status = body.get("status") or {}
@@ -117,7 +130,8 @@ def on_job(body: dict, job: dict[str, Any], *, deleted: bool, last: RunnerOutcom
         outcome = last if last is not None and last.ok else stored
         if outcome is None:
             return fail(body, "NoResult", "the runner finished but left no result summary and no result in Redis")
-        return succeed(body, outcome, by=f"Job {name}", attempts=attempts, job_outcome="succeeded")
+        return succeed(body, outcome, by=f"Job {name}", attempts=attempts, job_outcome="succeeded",
+                       pod_start=pod_start(job, outcome))
     if "Failed" in conds:
         return _job_failed(body, conds["Failed"], last, attempts, failed)
     if stuck is not None:

@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import sys
+import time
 
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import InvalidSpec, parse_spec
@@ -33,7 +34,7 @@ from kubescribe.store import store_from_settings
 
 from .engine import Engine, EngineOptions
 from .pool import cmd_pool
-from .resources import Nvml, refresh_resource_gauges, release_memory, start_metrics_server
+from .resources import Nvml, process_start_time, refresh_resource_gauges, release_memory, start_metrics_server
 from .task import TaskError, run_task
 
 #: Kubernetes truncates termination messages at 4096 bytes.
@@ -83,8 +84,12 @@ def cmd_run(settings: RunnerSettings) -> int:
         try:
             # The operator counted this request's cache lookup at admission.
             owner = Owner(settings.request_uid, settings.request or "") if settings.request_uid else None
+            started = process_start_time()
+            startup = round(time.time() - started, 3)  # Python, imports, settings, the metrics server
             outcome = run_task(store, engine, spec, metrics=metrics, count_known_lookup=False, board=board,
                                progress=progress, owner=owner).outcome
+            outcome = outcome.model_copy(update={"timings": outcome.timings.model_copy(
+                update={"started_at": round(started, 3), "startup": startup})})
         except TaskError as exc:
             return _finish(settings, exc.outcome())
         engine.unload()

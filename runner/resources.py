@@ -13,6 +13,8 @@ import ctypes
 import gc
 import importlib.util
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -33,6 +35,23 @@ class GpuReading:
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
+
+
+def process_start_time() -> float:
+    """When this process started, as Unix time, to 10 ms.
+
+    psutil's ``create_time`` adds the start (clock ticks since boot) to the boot time,
+    which Linux gives in whole seconds, so it can be off by up to a second: too coarse for
+    a start-up of a second or two. Here the start is placed against the boot clock read
+    now instead; psutil's answer where that clock or /proc is missing.
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rpartition(")")[2].split()[19])
+        since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since_start
+    except (OSError, ValueError, IndexError, AttributeError):
+        return psutil.Process().create_time()
 
 
 def _malloc_trim() -> None:

@@ -9,13 +9,14 @@ whoever sees the request end counts it (the operator, or the CLI).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import TranscriptionSpec
 from kubescribe.objectstore import ObjectStore
-from kubescribe.outcomes import RunnerOutcome
+from kubescribe.outcomes import RunnerOutcome, timings
 from kubescribe.progress import RunBoard
 from kubescribe.cache_layout import Owner, cache_key, known_cache_key, result_key
 from kubescribe.store import Store
@@ -180,10 +181,17 @@ def run_task(
 
     ``objects`` reads ``spec.audio.s3`` and writes ``spec.output.s3``; by default the
     store's object store, or a client made from the environment (:func:`buckets.client`).
+
+    The outcome's ``timings`` say where the task's seconds went: fetch (the cache check
+    and the audio opened), model load (0 when the engine had it) and transcription
+    (decoding included); the runner's entry point adds its own start-up.
     """
+    t0 = time.perf_counter()
     p = prepare(store, spec, audio=audio, count_known_lookup=count_known_lookup, owner=owner, objects=objects)
+    fetched = time.perf_counter()
     if isinstance(p, TaskOutcome):
-        return p
+        return _timed(p, timings(fetch=fetched - t0))
+    loaded_before = engine.load_seconds
     try:
         with task_errors():
             if metrics is not None:
@@ -202,4 +210,10 @@ def run_task(
                     metrics.active_workers.dec()
     finally:
         p.close()  # the audio's stream: nothing more is read from it
-    return store_result(store, p, result, board, objects=objects)
+    load = engine.load_seconds - loaded_before
+    spent = timings(fetch=fetched - t0, model_load=load, transcription=time.perf_counter() - fetched - load)
+    return _timed(store_result(store, p, result, board, objects=objects), spent)
+
+
+def _timed(done: TaskOutcome, spent) -> TaskOutcome:
+    return TaskOutcome(done.result, done.outcome.model_copy(update={"timings": spent}))
