@@ -11,8 +11,8 @@ from harness.envtest import wait_for
 from harness.envtest.cluster import make_namespace
 from harness.gateway import WRITER_RULES, Callers, GatewayProcess
 from harness.operator import OperatorProcess
-from harness.speech import wer
-from tests.test_multilingual import CAFE, models_dir, say
+from harness.speech import speak, wer
+from tests.test_multilingual import CAFE, models_dir
 
 pytestmark = pytest.mark.kube
 
@@ -32,7 +32,8 @@ def env(kube_cluster, kube_api, redis_server, crd_installed, fake_kubelet, tmp_p
                          runner_env={"KUBESCRIBE_MODEL_DIR": models, "KUBESCRIBE_OFFLINE": "1"}).start()
     gw = GatewayProcess(str(kube_cluster.kubeconfig_path), redis_server.url, workdir,
                         gateway_model_dir=models, gateway_auth_cache_seconds="0").start()
-    clips = {lang: say(CAFE[lang][0], CAFE[lang][1], workdir / f"{lang}.wav") for lang in ("en", "es")}
+    clips = {lang: speak(CAFE[lang][1], workdir / f"{lang}.wav", speed=150, voice=CAFE[lang][0])
+             for lang in ("en", "es")}
     try:
         yield {"gateway": gw, "token": callers.token("writer", rules=WRITER_RULES), "clips": clips}
     finally:
