@@ -604,6 +604,23 @@ class Condition(_Model):
     ] = ""
 
 
+class PhaseSeconds(_Model):
+    """Where a transcribed request's seconds went after admission (the queue is
+    ``startedAt`` minus the creation), from the runner's timings and the operator's clock."""
+
+    model_config = ConfigDict(frozen=False)
+
+    pod_start: Annotated[float | None, Field(ge=0, description="Runner Job created to runner process "
+                                             "started (whole-second precision of creationTimestamp); "
+                                             "job mode only.")] = None
+    startup: Annotated[float | None, Field(ge=0, description="Runner process start to work: Python, "
+                                           "imports, settings; job mode only.")] = None
+    model_load: Annotated[float | None, Field(ge=0, description="Importing faster-whisper and loading "
+                                              "the model; 0 when a pooled runner had it.")] = None
+    fetch: Annotated[float | None, Field(ge=0, description="Cache check and audio opened.")] = None
+    transcription: Annotated[float | None, Field(ge=0, description="Decoding and transcription.")] = None
+
+
 class TranscriptionStatus(_Model):
     """What kubescribe observed and did."""
 
@@ -664,6 +681,10 @@ class TranscriptionStatus(_Model):
         list[Annotated[str, Field(description="s3://bucket/key of one file.")]] | None,
         Field(description="s3:// URLs of the transcript files written for spec.output: json "
               "first, then spec.formats. Set once they are all written."),
+    ] = None
+    timings: Annotated[
+        PhaseSeconds | None, Field(description="Where the request's seconds went, in seconds (a "
+                                   "transcribed request; kubescribe_request_phase_seconds has them all).")
     ] = None
     notifications: Annotated[
         list[NotificationRecord] | None,

@@ -168,6 +168,7 @@ def succeed(body: dict, outcome: RunnerOutcome, *, by: str, attempts: int, job_o
     message = (f"transcribed {outcome.audio_duration_seconds or 0:.1f}s of {outcome.language or '?'} audio"
                + (f" at {rtf:.3f}x real time" if isinstance(rtf, (int, float)) else ""))
     return Transition(
-        status=st.succeeded(body, outcome, message=f"transcribed by {by}", attempts=max(attempts, 1)),
+        status=st.succeeded(body, outcome, message=f"transcribed by {by}", attempts=max(attempts, 1),
+                            pod_start=pod_start),
         registry={"phase": Phase.Succeeded.value}, event=Event("Normal", "Succeeded", message),
         finished=outcome, model=model_of(body), job_outcome=job_outcome, pod_start=pod_start)

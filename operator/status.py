@@ -71,7 +71,7 @@ def queued(body: dict, *, cache_key: str | None, audio_sha: str | None, position
         phase=Phase.Queued, reason="Queued", message="waiting for a runner slot in the GPU budget",
         observed_generation=gen, queued_at=status.get("queuedAt") if same_generation else now_rfc3339(),
         queue_position=position, cache_key=cache_key, audio_sha256=audio_sha, conditions=conds,
-        job_name=None, started_at=None, completed_at=None, cached=None, outputs=None,
+        job_name=None, started_at=None, completed_at=None, cached=None, outputs=None, timings=None,
     )
 
 
@@ -99,7 +99,8 @@ def failed(body: dict, reason: str, message: str, *, attempts: int | None = None
     return patch(**fields)
 
 
-def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int | None = None) -> dict:
+def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int | None = None,
+              pod_start: float | None = None) -> dict:
     gen = body["metadata"].get("generation")
     cached = outcome.cached
     conds = set_condition(_status(body).get("conditions"), READY, True, "Succeeded", message, gen)
@@ -116,6 +117,13 @@ def succeeded(body: dict, outcome: RunnerOutcome, *, message: str, attempts: int
         value = getattr(outcome, name)
         if value is not None:
             fields[name] = value
+    t = outcome.timings
+    if t is not None and not cached:  # what a runner's task timed; null: an earlier run's are gone
+        spent = {"pod_start": pod_start, "startup": t.startup, "model_load": t.model_load, "fetch": t.fetch,
+                 "transcription": t.transcription}
+        fields["timings"] = {k: v for k, v in spent.items() if v is not None}
+    else:
+        fields["timings"] = None
     if fields.get("text_preview"):
         fields["text_preview"] = fields["text_preview"][:200]
     if attempts is not None:

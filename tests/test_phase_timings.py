@@ -122,3 +122,28 @@ def test_a_real_runner_process_reports_where_its_seconds_went(redis_server, spee
     assert t.startup + t.model_load + t.fetch + t.transcription <= ended - t.started_at
     assert set(json.loads(term.read_text())["timings"]) == {"startedAt", "startup", "modelLoad", "fetch",
                                                             "transcription"}
+
+
+def test_a_transcribed_request_status_carries_the_breakdown_and_a_cache_answer_clears_it():
+    from kubescribe.operator import status as st
+
+    body = {"metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 1}, "status": {}}
+    outcome = RunnerOutcome(ok=True, timings=timings(started_at=5.0, startup=0.4, model_load=1.0, fetch=0.01,
+                                                     transcription=2.0))
+    doc = st.succeeded(body, outcome, message="m", pod_start=1.5)
+    assert doc["timings"] == {"podStart": 1.5, "startup": 0.4, "modelLoad": 1.0, "fetch": 0.01, "transcription": 2.0}
+    pooled = RunnerOutcome(ok=True, timings=timings(model_load=0.0, fetch=0.01, transcription=2.0))
+    assert st.succeeded(body, pooled, message="m")["timings"] == {"modelLoad": 0.0, "fetch": 0.01,
+                                                                   "transcription": 2.0}
+    assert st.succeeded(body, RunnerOutcome(ok=True, cached=True), message="m")["timings"] is None
+    assert st.queued(body, cache_key=None, audio_sha=None)["timings"] is None  # a re-run starts clean
+
+
+def test_the_dashboard_row_reads_the_phase_histogram():
+    from tests.test_monitoring import dashboard
+
+    d = dashboard()
+    row = next(i for i, p in enumerate(d["panels"]) if p["type"] == "row" and p["title"] == "Where the time goes")
+    under = d["panels"][row + 1:row + 3]
+    assert [p["title"] for p in under] == ["Seconds per request by phase", "Phase p95"]
+    assert all("kubescribe_request_phase_seconds" in t["expr"] for p in under for t in p["targets"])
