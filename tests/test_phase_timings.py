@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from kubescribe.metrics import PHASES, Metrics, OperatorMetrics
 from kubescribe.outcomes import RunnerOutcome, Timings, timings
 from kubescribe.store import Store
-from harness.envtest import free_port
+from harness.envtest import free_port, wait_for
 
 
 def _count(metrics: Metrics, phase: str) -> float:
@@ -147,3 +149,21 @@ def test_the_dashboard_row_reads_the_phase_histogram():
     under = d["panels"][row + 1:row + 3]
     assert [p["title"] for p in under] == ["Seconds per request by phase", "Phase p95"]
     assert all("kubescribe_request_phase_seconds" in t["expr"] for p in under for t in p["targets"])
+
+
+@pytest.mark.kube
+def test_a_job_mode_request_ends_with_its_breakdown_in_status_and_metrics(
+        operator_factory, requests_api, redis_server, speech_dir):
+    """The real operator on the real API server, the runner Job's pod run as a process."""
+    redis_server.client().flushdb()
+    op = operator_factory(gpu_budget="1")
+    key = Store(redis_server.client()).put_audio((speech_dir / "fox.wav").read_bytes())
+    requests_api.create("timed", {"audio": {"redisKey": key}, "language": "en", "device": "cpu"})
+    status = requests_api.wait_phase("timed", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    t = status["timings"]
+    assert set(t) == {"podStart", "startup", "modelLoad", "fetch", "transcription"}, t
+    assert t["startup"] > 0 and t["modelLoad"] > 0 and t["transcription"] > 0 and t["podStart"] >= 0
+    wanted = [f'kubescribe_request_phase_seconds_count{{phase="{p}"}} 1.0' for p in PHASES]
+    wait_for(lambda: (lambda text: text if all(w in text for w in wanted) else None)(op.metrics_text()),
+             timeout=30, description="one observation of every phase")
