@@ -54,8 +54,7 @@ def _spec(audio: bytes) -> tuple[dict, str]:
 def gateway_cache_hit_overhead(ctx: Context) -> Outcome:
     import httpx
 
-    from kubescribe.cache_layout import known_cache_key
-    from kubescribe.store import Store  # noqa: F401
+    from kubescribe.store import Store
 
     out = Outcome("gateway_cache_hit_overhead", "Gateway round trip vs creating the request directly (cache hits)")
     n = 5 if ctx.quick else 30
