@@ -492,6 +492,47 @@ def test_the_gateway_from_the_chart_answers_openai_and_curl_with_a_service_accou
     assert anonymous.stdout.rsplit("\n", 1)[1] == "401"
 
 
+def test_one_request_on_tiny_en_and_one_on_base_from_the_models_volume(release: Release, speech_dir: Path):
+    """The base model (the test setup's copy) on a models PersistentVolume (hostPath, bound to
+    a claim in the runners' namespace) that the chart mounts read-only into runner pods; one
+    request on the baked-in tiny.en and one on base, in Spanish, each in its own runner pod."""
+    import shutil
+    import tempfile
+
+    from harness.speech import speak
+    from tests.test_multilingual import CAFE, models_dir
+
+    host = Path(tempfile.mkdtemp(prefix="kubescribe-models-"))
+    shutil.copytree(models_dir() / "base", host / "base")
+    for p in (host, host / "base", *(host / "base").iterdir()):
+        p.chmod(0o755 if p.is_dir() else 0o644)  # the runner's non-root user reads them
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "kubescribe-test-models"},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                   "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(host), "type": "Directory"}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": USER_NS},
+           "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "kubescribe-test-models",
+                    "resources": {"requests": {"storage": "1Gi"}}}}
+    for obj in (pv, pvc):
+        release.node.kubectl("apply", "-f", "-", input=json.dumps(obj), check=True)
+    try:
+        release.upgrade(**{"operator.mode": "job", "runner.modelCache.existingClaim": "models"})
+        spanish = speak(CAFE["es"][1], host.parent / f"{host.name}-es.wav", speed=150, voice="es")
+        create_request(release, "on-base", {"audio": {"redisKey": upload(release, spanish)}, "model": "base"})
+        create_request(release, "on-tiny", {"audio": {"redisKey": upload(release, speech_dir / "library.wav")},
+                                            "model": "tiny.en", "cache": {"enabled": False}})
+        for name, lang, reference in (("on-base", "es", CAFE["es"][1]), ("on-tiny", "en", SENTENCES["library"])):
+            status = wait_phase(release, name, "Succeeded", "Failed")
+            assert status["phase"] == "Succeeded" and status["language"] == lang, status
+            result = release.store().read_result_key(status["resultKey"])
+            assert result["model"] == ("base" if lang == "es" else "tiny.en")
+            assert wer(reference, result["text"]) <= 0.25, result["text"]
+            assert len(job_pods(release, status["jobName"])) == 1
+    finally:
+        release.upgrade(**{"runner.modelCache.existingClaim": ""})
+        release.node.kubectl("delete", "pvc", "models", "-n", USER_NS, "--wait=false")
+        release.node.kubectl("delete", "pv", "kubescribe-test-models", "--wait=false")
+
+
 def test_object_storage_s3_audio_and_spec_output_on_the_real_node(release: Release, speech_dir: Path, tmp_path: Path):
     """`helm upgrade` with storage.s3 pointing at a real S3 server (versitygw on the node's
     bridge address, which pods reach); a runner pod reads `s3://` audio with the Secret's
