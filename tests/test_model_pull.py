@@ -130,3 +130,26 @@ def test_the_hub_is_refused_offline_and_an_unknown_model_names_the_fix(tmp_path)
                          env={"KUBESCRIBE_MODEL_DIR": str(tmp_path), "KUBESCRIBE_OFFLINE": "1"})
     assert missing.returncode == 65, missing.stderr
     assert "kubescribe models pull small --from" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_pull_from_an_object_store_fetches_only_what_it_lacks(model_files, s3_server, s3_bucket, tmp_path):
+    """--from s3 against a real S3 server (versitygw): the model's files under a prefix, the
+    credentials and endpoint from the standard AWS variables; an object already whole in the
+    partial directory is not fetched again."""
+    _, files, whole = model_files
+    client = s3_server.client()
+    for name, data in files.items():
+        client.put_object(Bucket=s3_bucket, Key=f"models/tiny/{name}", Body=data)
+    download = tmp_path / ".tiny-s3.partial" / "download"
+    download.mkdir(parents=True)
+    (download / "model.bin.part2").write_bytes(files["model.bin.part2"])
+    client.put_object(Bucket=s3_bucket, Key="models/tiny/model.bin.part2", Body=b"not fetched: the copy is whole " +
+                      files["model.bin.part2"][31:])  # same size: a refetch would corrupt model.bin
+    proc = kubescribe("models", "pull", "tiny-s3", "--from", "s3", "--url", f"s3://{s3_bucket}/models/tiny/",
+                      "--dir", str(tmp_path), env=s3_server.env())
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "tiny-s3" / "kubescribe-model.json").read_text())
+    assert manifest["source"] == "s3" and manifest["files"]["model.bin"]["sha256"] == whole
+    empty = kubescribe("models", "pull", "none", "--from", "s3", "--url", f"s3://{s3_bucket}/nothing/",
+                       "--dir", str(tmp_path), env=s3_server.env())
+    assert empty.returncode == 65 and "no objects under it" in empty.stderr
