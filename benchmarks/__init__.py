@@ -23,6 +23,8 @@ gateway_concurrent_uploads  200 concurrent small uploads through the gateway, it
 gateway_upload_throughput   1 GiB through the gateway into the object store vs a direct PUT
 wer_by_model                WER and real-time factor of tiny.en and base by language (base:
                             hack/setup.sh models), against tiny.en on the same English clips
+job_mode_breakdown          one runner Job's seconds by phase (runner timings, watch); VAD on
+                            vs off alternating, transcription vs a warm engine
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -40,6 +42,7 @@ NAMES = (
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",
+    "job_mode_breakdown",
     "burst_1000",
     "notify_slow_sink",
     "scale_10k",

@@ -41,6 +41,8 @@ def _load(name: str):
         from . import codec as mod
     elif name == "notify_slow_sink":
         from . import notify as mod
+    elif name == "job_mode_breakdown":
+        from . import breakdown as mod
     elif name == "scale_10k":
         from . import scale as mod
     elif name.startswith("gateway_"):
