@@ -7,6 +7,7 @@ with a baseline measured in the same run, on the same machine, a moment apart:
 ==========================  ==============================================================
 runner_overhead             runner.task.run_task vs plain faster-whisper, same audio/model
 long_batched_vs_sequential  batched-by-default vs sequential on >= 10 min of speech
+long_batched_vs_sequential_base  the same on the multilingual base model (hack/setup.sh models)
 no_invented_text            60 s of silence, noise and tones: words with the defaults
 resume_after_kill           a long request killed at 60 %: retry from checkpoint vs whole run
 pool_cross_request_batching 20 short requests: shared batches vs one at a time, warm model
@@ -34,6 +35,7 @@ job_mode_breakdown          one runner Job's seconds by phase (runner timings, w
 NAMES = (
     "runner_overhead",
     "long_batched_vs_sequential",
+    "long_batched_vs_sequential_base",
     "no_invented_text",
     "resume_after_kill",
     "pool_cross_request_batching",

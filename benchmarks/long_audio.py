@@ -66,13 +66,31 @@ def long_recording(ctx: Context) -> tuple[bytes, str, float]:
 
 
 def long_batched_vs_sequential(ctx: Context) -> Outcome:
+    return _batched_vs_sequential(ctx, ctx.engine(), "tiny.en", Outcome(
+        "long_batched_vs_sequential", "Batched by default vs sequential on 10 minutes of speech"))
+
+
+def long_batched_vs_sequential_base(ctx: Context) -> Outcome:
+    """The same recording and target on the multilingual base model (hack/setup.sh models)."""
+    from kubescribe.modeldir import user_models_dir
+    from kubescribe.runner.engine import Engine, EngineOptions
+    from kubescribe.settings import EngineSettings
+
+    out = Outcome("long_batched_vs_sequential_base", "Batched by default vs sequential on 10 minutes, base model")
+    models = Path(EngineSettings().model_dir or user_models_dir())
+    if not (models / "base" / "model.bin").is_file():
+        out.status, out.headline = "NOT RUN", f"no base model in {models}: hack/setup.sh models"
+        return out
+    engine = Engine(EngineOptions(model_dir=str(models), local_files_only=True))
+    return _batched_vs_sequential(ctx, engine, "base", out)
+
+
+def _batched_vs_sequential(ctx: Context, engine, model: str, out: Outcome) -> Outcome:
     from harness.speech import wer
 
-    out = Outcome("long_batched_vs_sequential", "Batched by default vs sequential on 10 minutes of speech")
     wav, ref, seconds = long_recording(ctx)
-    engine = ctx.engine()
-    engine.model("tiny.en", "cpu", "int8")
-    specs = {"batched (default)": _spec(), "sequential": _spec(decoding="sequential")}
+    engine.model(model, "cpu", "int8")
+    specs = {"batched (default)": _spec(model=model), "sequential": _spec(model=model, decoding="sequential")}
     short = ctx.speech.joined(range(0, 3), "warmup")[0]
     for s in specs.values():  # warm-up, not timed
         engine.transcribe(short, s)
@@ -89,7 +107,7 @@ def long_batched_vs_sequential(ctx: Context) -> Outcome:
             times[name].append(time.perf_counter() - t0)
             c1 = os.times()
             cpu[name].append((c1.user - c0.user) + (c1.system - c0.system))
-            log(f"long_batched_vs_sequential round {r + 1}/{rounds}: {name} {times[name][-1]:.1f}s")
+            log(f"{out.name} round {r + 1}/{rounds}: {name} {times[name][-1]:.1f}s")
     med = {k: median(v) for k, v in times.items()}
     errs = {k: wer(ref, results[k]["text"]) for k in specs}
     b, s = "batched (default)", "sequential"
@@ -98,7 +116,7 @@ def long_batched_vs_sequential(ctx: Context) -> Outcome:
     out.measured = (
         f"A {seconds:.0f} s recording of espeak-ng speech (known text) in {len(VOICES)} voices "
         f"({', '.join(VOICES)}) at {'/'.join(map(str, SPEEDS))} words per minute, with pauses of 0.3-1.5 s "
-        "between sentences and 3-4 s after every ninth; tiny.en on CPU, int8, beam size 5, language en, "
+        f"between sentences and 3-4 s after every ninth; {model} on CPU, int8, beam size 5, language en, "
         "through `runner.engine.Engine.transcribe` (what the runner calls). **kubescribe**: the default spec "
         "(`decoding: auto` picks batched above 60 s: faster-whisper's `BatchedInferencePipeline`, batch size 8, "
         "over VAD-cut speech clips of up to 30 s); **baseline**: `decoding: sequential` (faster-whisper's "
@@ -116,7 +134,7 @@ def long_batched_vs_sequential(ctx: Context) -> Outcome:
               [[k, secs(med[k]), ", ".join(f"{t:.1f}" for t in times[k]), f"{med[k] / seconds:.3f}",
                 f"{median(cpu[k]):.1f} s", f"{median(cpu[k]) / med[k]:.2f}", f"{errs[k]:.3f}",
                 len(results[k]["segments"])] for k in specs])
-    per1, per8 = _encoder_seconds(engine, 1), _encoder_seconds(engine, 8)
+    per1, per8 = _encoder_seconds(engine, 1, model=model), _encoder_seconds(engine, 8, model=model)
     windows = len(results[b]["segments"])  # batched decoding: one segment per speech clip
     out.table("The encoder's share (same run)", ["what", "value"], [
         ["encoder, one 30 s window at batch size 1", secs(per1)],
@@ -136,11 +154,11 @@ def long_batched_vs_sequential(ctx: Context) -> Outcome:
     return out
 
 
-def _encoder_seconds(engine, batch: int, repeats: int = 3) -> float:
-    """Seconds the loaded tiny.en encoder takes per 30 s window at ``batch`` windows a call."""
+def _encoder_seconds(engine, batch: int, repeats: int = 3, model: str = "tiny.en") -> float:
+    """Seconds the loaded ``model``'s encoder takes per 30 s window at ``batch`` windows a call."""
     import ctranslate2
 
-    model = engine.model("tiny.en", "cpu", "int8")
+    model = engine.model(model, "cpu", "int8")
     mels = getattr(model.model, "n_mels", 80)
     features = ctranslate2.StorageView.from_array(np.zeros((batch, mels, 3000), dtype=np.float32))
     model.model.encode(features, to_cpu=False)  # warm-up

@@ -32,7 +32,7 @@ ORDER = NAMES
 def _load(name: str):
     if name == "runner_overhead":
         from . import inference as mod
-    elif name in ("long_batched_vs_sequential", "no_invented_text", "resume_after_kill",
+    elif name in ("long_batched_vs_sequential", "long_batched_vs_sequential_base", "no_invented_text", "resume_after_kill",
                   "pool_cross_request_batching", "long_memory"):
         from . import long_audio as mod
     elif name == "wer_by_model":
