@@ -62,6 +62,20 @@ class Outcome:
         self.tables.append((caption, header, rows))
 
 
+def engine_with_base(out: "Outcome", **options):
+    """A runner engine on the test setup's model directory (hack/setup.sh models), or None
+    with ``out`` marked NOT RUN when the base model is not there."""
+    from kubescribe.modeldir import user_models_dir
+    from kubescribe.runner.engine import Engine, EngineOptions
+    from kubescribe.settings import EngineSettings
+
+    models = Path(EngineSettings().model_dir or user_models_dir())
+    if not (models / "base" / "model.bin").is_file():
+        out.status, out.headline = "NOT RUN", f"no base model in {models}: hack/setup.sh models"
+        return None
+    return Engine(EngineOptions(model_dir=str(models), local_files_only=True, **options))
+
+
 # ------------------------------------------------------------------------ statistics
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.speech import wer
 
-from .common import Context, Outcome, log, median
+from .common import Context, Outcome, engine_with_base, log, median
 
 #: language -> (espeak-ng voice, sentences)
 SPEECH = {
@@ -62,15 +62,11 @@ def _clip(voice: str, text: str, path: Path) -> tuple[bytes, float]:
 def wer_by_model(ctx: Context) -> Outcome:
     import psutil
 
-    from kubescribe.modeldir import user_models_dir
     from kubescribe.models import parse_spec
-    from kubescribe.runner.engine import Engine, EngineOptions
-    from kubescribe.settings import EngineSettings
 
     out = Outcome("wer_by_model", "Word error rate and real-time factor by model and language")
-    models = Path(EngineSettings().model_dir or user_models_dir())
-    if not (models / "base" / "model.bin").is_file():
-        out.status, out.headline = "NOT RUN", f"no base model in {models}: hack/setup.sh models"
+    engine = engine_with_base(out, keep_models=2)
+    if engine is None:
         return out
     out.measured = (
         "4 espeak-ng sentences per language (150 words a minute, 2.9-5.5 s each, no numbers), CPU, int8, beam "
@@ -81,7 +77,6 @@ def wer_by_model(ctx: Context) -> Outcome:
         "tiny.en on the same English clips.")
     clips = {lang: [_clip(voice, text, ctx.workdir / f"{lang}-{i}.wav") for i, text in enumerate(texts)]
              for lang, (voice, texts) in SPEECH.items()}
-    engine = Engine(EngineOptions(model_dir=str(models), local_files_only=True, keep_models=2))
     proc = psutil.Process()
     loads: dict[str, tuple[float, float]] = {}
     rows, figures = [], {}

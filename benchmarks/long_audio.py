@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.speech import CORPUS, SAMPLE_RATE, speak
 
-from .common import REPO, Context, Outcome, log, median, mib, secs
+from .common import REPO, Context, Outcome, engine_with_base, log, median, mib, secs
 from .inference import _spec
 
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3")
@@ -72,17 +72,9 @@ def long_batched_vs_sequential(ctx: Context) -> Outcome:
 
 def long_batched_vs_sequential_base(ctx: Context) -> Outcome:
     """The same recording and target on the multilingual base model (hack/setup.sh models)."""
-    from kubescribe.modeldir import user_models_dir
-    from kubescribe.runner.engine import Engine, EngineOptions
-    from kubescribe.settings import EngineSettings
-
     out = Outcome("long_batched_vs_sequential_base", "Batched by default vs sequential on 10 minutes, base model")
-    models = Path(EngineSettings().model_dir or user_models_dir())
-    if not (models / "base" / "model.bin").is_file():
-        out.status, out.headline = "NOT RUN", f"no base model in {models}: hack/setup.sh models"
-        return out
-    engine = Engine(EngineOptions(model_dir=str(models), local_files_only=True))
-    return _batched_vs_sequential(ctx, engine, "base", out)
+    engine = engine_with_base(out)
+    return out if engine is None else _batched_vs_sequential(ctx, engine, "base", out)
 
 
 def _batched_vs_sequential(ctx: Context, engine, model: str, out: Outcome) -> Outcome:
