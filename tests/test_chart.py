@@ -70,6 +70,17 @@ def deployment_env(docs: list[dict]) -> list[dict]:
     return dep["spec"]["template"]["spec"]["containers"][0]["env"]
 
 
+def settings_from(monkeypatch, env: dict[str, str], cls=OperatorSettings):
+    """``cls`` read from ``env`` alone, as the container would: every KUBESCRIBE_ variable of
+    this process is removed first."""
+    for name in list(os.environ):
+        if name.startswith("KUBESCRIBE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return cls()
+
+
 # --------------------------------------------------------------------------- offline
 
 
@@ -206,12 +217,7 @@ def test_admission_by_kueue_reads_workloads_and_reaches_the_operator(offline_hel
         assert workload_rules(docs, kind) == [{"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
                                                "verbs": ["list", "watch"]}]
     env = {e["name"]: e["value"] for e in deployment_env(render(offline_helm, values)) if "value" in e}
-    for name in list(os.environ):
-        if name.startswith("KUBESCRIBE_"):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    s = OperatorSettings()
+    s = settings_from(monkeypatch, env)
     assert (s.admission_engine, s.kueue_default_queue) == ("kueue", "gpu")
 
 
@@ -273,12 +279,7 @@ def test_every_env_var_is_a_setting_and_parses_back(offline_helm, monkeypatch):
     missing = fields - set_by_chart - set(NOT_FROM_CHART)
     assert not missing, f"OperatorSettings fields the chart does not set: {sorted(missing)}"
 
-    for name in list(os.environ):
-        if name.startswith("KUBESCRIBE_"):
-            monkeypatch.delenv(name)
-    for name, value in plain.items():
-        monkeypatch.setenv(name, value)
-    s = OperatorSettings()
+    s = settings_from(monkeypatch, plain)
     assert (s.namespace, s.gpu_budget, s.mode, s.pool_size_max, s.requests_per_runner) == ("work", 6, "pool", 3, 2)
     assert (s.pool_gpus, s.pool_idle_seconds, s.pool_namespace) == (2, 45.0, "work")
     assert s.max_audio_bytes == 1073741824 and s.redis_url == "rediss://redis.cache.svc:6380/2"
@@ -867,12 +868,8 @@ def test_sentinel_values_build_the_url_and_pass_the_sentinel_password(offline_he
         assert env["KUBESCRIBE_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "redis-auth", "key": "redis-password"}}
         assert env["KUBESCRIBE_REDIS_SENTINEL_PASSWORD"] == sentinel_ref, name
     env = {e["name"]: e.get("value") for e in deployment_env(list(objs.values()))}
-    for name in list(os.environ):
-        if name.startswith("KUBESCRIBE_"):
-            monkeypatch.delenv(name)
-    for name in ("KUBESCRIBE_REDIS_URL", "KUBESCRIBE_REDIS_SENTINEL_SECRET_NAME", "KUBESCRIBE_REDIS_SENTINEL_SECRET_KEY"):
-        monkeypatch.setenv(name, env[name])
-    s = OperatorSettings()
+    s = settings_from(monkeypatch, {name: env[name] for name in (
+        "KUBESCRIBE_REDIS_URL", "KUBESCRIBE_REDIS_SENTINEL_SECRET_NAME", "KUBESCRIBE_REDIS_SENTINEL_SECRET_KEY")})
     assert (s.redis_sentinel_secret_name, s.redis_sentinel_secret_key) == ("sentinel-auth", "pw")
     target = parse_redis_url(s.redis_url)
     assert (target.service, target.db, target.sentinels[1], target.sentinels[2]) == (
@@ -1153,12 +1150,7 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
     not_from_chart = {"KUBESCRIBE_GATEWAY_HOST", "KUBESCRIBE_REDIS_CA_FILE", "KUBESCRIBE_REDIS_SENTINEL_PASSWORD",
                       "KUBESCRIBE_NOTIFY_SIGNING_KEY", "KUBESCRIBE_GATEWAY_MODEL_DIR"}
     assert names - set(plain) - refs - not_from_chart == set()
-    for name in list(os.environ):
-        if name.startswith("KUBESCRIBE_"):
-            monkeypatch.delenv(name)
-    for name, value in plain.items():
-        monkeypatch.setenv(name, value)
-    s = GatewaySettings()
+    s = settings_from(monkeypatch, plain, GatewaySettings)
     assert s.gateway_namespaces == ["team-a"] and s.gateway_default_namespace == "team-a"
     assert (s.gateway_max_upload_bytes, s.gateway_wait_seconds, s.gateway_max_concurrent_per_identity) == (1048576, 42.5, 3)
     assert s.gateway_model_aliases == {"whisper-1": "small", "fast": "tiny.en"} and s.gateway_auth_cache_seconds == 0

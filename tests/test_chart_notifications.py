@@ -5,12 +5,11 @@ sink that is not an http(s) URL."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from kubescribe.settings import OperatorSettings
-from tests.test_chart import deployment_env, kinds, offline_helm, render  # noqa: F401 (a fixture)
+from tests.test_chart import deployment_env, kinds, offline_helm, render, settings_from  # noqa: F401 (a fixture)
 
 SINKS = [{"url": "http://broker-ingress.knative-eventing.svc.cluster.local/media/default"},
          {"url": "https://hooks.example.com/k", "events": ["Failed"], "mode": "binary"}]
@@ -37,12 +36,7 @@ def test_install_wide_sinks_and_key_reach_the_operator_settings(offline_helm, mo
     plain = {e["name"]: e["value"] for e in env if "value" in e}
     refs = {e["name"]: e["valueFrom"] for e in env if "valueFrom" in e}
     assert refs["KUBESCRIBE_NOTIFY_SIGNING_KEY"] == {"secretKeyRef": {"name": "notify-key", "key": "whsec"}}
-    for name in list(os.environ):
-        if name.startswith("KUBESCRIBE_"):
-            monkeypatch.delenv(name)
-    for name, value in plain.items():
-        monkeypatch.setenv(name, value)
-    s = OperatorSettings()
+    s = settings_from(monkeypatch, plain)
     assert [x.model_dump(exclude_unset=True) for x in s.notify_sinks] == SINKS
     assert (s.notify_workers, s.notify_timeout_seconds, s.notify_max_attempts) == (8, 2.5, 4)
     assert (s.notify_backoff_seconds, s.notify_backoff_cap_seconds) == (60, 3600)
