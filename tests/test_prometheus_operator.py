@@ -278,15 +278,17 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
     prom.wait_for(total, lambda r: r and float(r[0]["value"][1]) == 5, timeout=30)
 
     # Every query of release A's dashboard has data over the test's time range (GPU panels
-    # excepted: no GPU here; and the gateway row, since these releases run no gateway:
-    # tests/test_gateway.py gives those panels data. Both must evaluate without error).
+    # excepted: no GPU here; the gateway row, since these releases run no gateway:
+    # tests/test_gateway.py gives those panels data; and the notification row, since these
+    # releases configure no sink: tests/test_monitoring.py delivers an event for it. All must
+    # evaluate without error).
     _, queries = dashboard_queries(node, release, ns)
     # A range query evaluates at start, start + step, ... up to end, so its last point can fall
     # up to a step before the scrape that saw the fifth transcription. The range ends on a
     # whole second after that scrape and starts a whole number of steps before its end.
     end = math.ceil(time.time())
     t0 = end - 2 * math.ceil((end - t0) / 2)
-    no_gpu, no_gateway = [], []
+    no_gpu, no_gateway, no_sink = [], [], []
     for title, expr in queries:
         result = prom.query_range(expr, t0, end, step="2s")  # raises on a PromQL error
         if re.search(r"kubescribe_gpu_(utilization_percent|memory_used_bytes)", expr):
@@ -295,11 +297,15 @@ def test_runner_metrics_arrive_through_the_pod_monitor_and_each_dashboard_shows_
         if 'component="gateway"' in expr:
             no_gateway.append(title)
             continue
+        if "kubescribe_notification" in expr:
+            no_sink.append(title)
+            continue
         if not finite_samples(result):  # a scrape or rule evaluation behind: allow a minute
             wait_for(lambda: finite_samples(prom.query_range(expr, t0, time.time(), step="2s")), timeout=60,
                      interval=1, description=f"panel {title!r} of {ns}/{release}: data for {expr}")
     assert sorted(set(no_gpu)) == ["GPU memory", "GPU utilisation"]
     assert len(set(no_gateway)) == 5
+    assert sorted(set(no_sink)) == ["Notification delivery p50 / p95", "Notifications by outcome"]
 
     # Release B's dashboard shows B: its operator, none of A's requests.
     _, b_queries = dashboard_queries(node, *B)
