@@ -11,10 +11,13 @@ long_batched_vs_sequential_base  the same on the multilingual base model (hack/s
 no_invented_text            60 s of silence, noise and tones: words with the defaults
 resume_after_kill           a long request killed at 60 %: retry from checkpoint vs whole run
 pool_cross_request_batching 20 short requests: shared batches vs one at a time, warm model
+long_vs_faster_whisper      10 minutes: kubescribe transcribe vs faster-whisper's batched and
+                            plain paths, each a fresh process
 long_memory                 peak RSS: a 3-hour recording vs 10 minutes, piece by piece
 gzip_vs_zstd                result size and encode/decode speed of the two codecs
 cache_hit_latency           create -> watch sees Succeeded for a cached result
 pooled_vs_per_job           20 short requests: warm pooled runners vs one Job each
+pooled_vs_bound             20 short requests on a warm pool vs the same clips on warm engines
 burst_1000                  1,000 requests at once: time to admit/queue, operator CPU/RSS
 notify_slow_sink            1,000 cached requests with a sink answering after 10 s vs no sink
 scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, throughput,
@@ -39,11 +42,13 @@ NAMES = (
     "no_invented_text",
     "resume_after_kill",
     "pool_cross_request_batching",
+    "long_vs_faster_whisper",
     "long_memory",
     "wer_by_model",
     "gzip_vs_zstd",
     "cache_hit_latency",
     "pooled_vs_per_job",
+    "pooled_vs_bound",
     "job_mode_breakdown",
     "burst_1000",
     "notify_slow_sink",

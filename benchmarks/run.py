@@ -41,6 +41,10 @@ def _load(name: str):
         from . import codec as mod
     elif name == "notify_slow_sink":
         from . import notify as mod
+    elif name == "long_vs_faster_whisper":
+        from . import versus as mod
+    elif name == "pooled_vs_bound":
+        from . import pool_bound as mod
     elif name == "job_mode_breakdown":
         from . import breakdown as mod
     elif name == "scale_10k":

@@ -194,6 +194,12 @@ class PoolIdleSettings(_Settings):
         description="A pooled runner exits after this long with no work: long enough to "
         "absorb a burst's stragglers, short enough to give the GPU back.",
     )
+    pool_preload_model: str = Field(
+        "tiny.en",
+        description="A pooled runner loads this model (with spec's default device and compute "
+        "type) before it takes work, so the requests it takes first do not wait for a model load "
+        "while another runner could have had them; empty: load on first use.",
+    )
 
 
 class AudioUrlSettings(ApiServerSettings):
@@ -314,6 +320,15 @@ class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, Poo
         "into shared 30 s decoding windows (each keeps its own result and status). The "
         "operator sets it on its pooled runners to its KUBESCRIBE_REQUESTS_PER_RUNNER (4); "
         "1, the default of a runner started by hand, takes one request at a time.",
+    )
+    pool_batch_wait_ms: int = Field(
+        0,
+        ge=0,
+        le=5000,
+        description="Once a pooled runner has a request, it waits up to this long for each "
+        "further one, until it has KUBESCRIBE_POOL_BATCH_MAX: requests that arrive a few "
+        "milliseconds apart (a burst being admitted) share windows instead of the first being "
+        "decoded alone. 0: take only what is queued at that moment.",
     )
     consumer: str | None = Field(
         None, description="Consumer name in the stream group; defaults to the pod name."

@@ -230,7 +230,8 @@ def build_pool_job(settings: OperatorSettings, namespace: str, name: str) -> dic
         LABEL_POOL: "true",
         **_instance(settings),
     }
-    env = _base_env(settings) + [{"name": "KUBESCRIBE_POOL_IDLE_SECONDS", "value": str(settings.pool_idle_seconds)}]
+    env = _base_env(settings) + [{"name": "KUBESCRIBE_POOL_IDLE_SECONDS", "value": str(settings.pool_idle_seconds)},
+                                 {"name": "KUBESCRIBE_POOL_PRELOAD_MODEL", "value": settings.pool_preload_model}]
     if "KUBESCRIBE_POOL_BATCH_MAX" not in settings.runner_env:
         # A runner takes as many queued requests at once as the pool sizing gives it, and
         # packs the short ones into shared windows (runner.engine.Engine.transcribe_many).

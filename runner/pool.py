@@ -20,7 +20,7 @@ import threading
 import time
 
 from kubescribe.metrics import RunnerMetrics
-from kubescribe.models import InvalidSpec, parse_spec
+from kubescribe.models import InvalidSpec, TranscriptionSpec, parse_spec
 from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
 from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings
@@ -176,6 +176,20 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
         process(queue, store, engine, metrics, consumer, d, report_every)
 
 
+def preload(engine: Engine, model: str) -> None:
+    """Load ``model`` as a request with spec's default device and compute type would, before
+    the first take: a runner that took work and then loaded would hold requests a warm one
+    could serve. A model that cannot load is only logged: requests naming it fail on their
+    own, with their reason."""
+    if not model:
+        return
+    fields = TranscriptionSpec.model_fields
+    try:
+        engine.model(model, fields["device"].default.value, fields["compute_type"].default.value)
+    except Exception as exc:  # noqa: BLE001 - the requests report their own failure
+        log.warning("could not preload model %s: %s", model, exc)
+
+
 def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_tasks: int | None = None) -> int:
     idle = settings.pool_idle_seconds if idle_seconds is None else idle_seconds
     consumer = settings.consumer or settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
@@ -184,6 +198,7 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
     store = store_from_settings(settings)
     queue = WorkQueue(store.client, claim_idle_ms=settings.claim_idle_ms)
     engine = Engine(EngineOptions(), metrics=metrics)
+    preload(engine, settings.pool_preload_model)
     last_work = time.monotonic()
     done = 0
     backoff = 0.5
@@ -209,7 +224,8 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
             batch = [delivery]
             room = settings.pool_batch_max if max_tasks is None else min(settings.pool_batch_max, max_tasks - done)
             while len(batch) < room:
-                more = queue.take(consumer, block_ms=None)  # what is queued now; no waiting
+                # what is queued now, or arrives within the wait (0 would block for ever in Redis)
+                more = queue.take(consumer, block_ms=settings.pool_batch_wait_ms or None)
                 if more is None or any(more.entry_id == d.entry_id for d in batch):
                     break  # nothing more, or our own entry reclaimed back (claim_idle_ms 0)
                 batch.append(more)

