@@ -45,6 +45,9 @@ KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-pr
 # No DWARF from the compiler: the binaries are stripped (-s -w) anyway, so it was work thrown
 # away at link time.
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -gcflags=all=-dwarf=false" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+# The compiler and linker collect garbage less often: a cold kube-score build took 62 s
+# instead of 75 s (user CPU 99 s instead of 123 s) for 1.7x the peak RSS (600 MiB), on 2 cores.
+export GOGC="${GOGC:-400}"
 
 log() { printf '[build-test-binaries] %s\n' "$*" >&2; }
 
