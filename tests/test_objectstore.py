@@ -233,3 +233,35 @@ def test_the_sweep_deletes_uploads_no_request_names_once_they_are_old(store, obj
     assert objects.keys(mine) == [mine]
     pending = objects.client.list_multipart_uploads(Bucket=objects.bucket, Prefix=f"{objects.prefix}uploads/")
     assert cut_off["UploadId"] not in [u["UploadId"] for u in pending.get("Uploads") or ()]
+
+
+def test_a_part_refused_is_final_at_once_and_a_server_gone_is_tried_again_then_unavailable(objects, aws_env):
+    """Parts go up as presigned PUTs (kubescribe.uploads.PartWriter): a 4xx answer is
+    classified from the server's error document without a second try; a server that is
+    gone is tried PART_ATTEMPTS times, then ObjectStoreUnavailable. The object written in
+    parts and completed reads back byte for byte."""
+    from kubescribe.uploads import PartWriter, upload_key, new_upload_id
+
+    writer = PartWriter(objects, upload_key(objects, new_upload_id()))
+    writer.begin()
+    first, second = b"a" * (5 * 1024 * 1024), b"tail"
+    writer.put_part(1, first)
+    writer.finish(second)
+    assert objects.get(writer.key) == first + second
+
+    refused = PartWriter(objects, upload_key(objects, new_upload_id()))
+    refused.begin()
+    objects.client.abort_multipart_upload(Bucket=refused.bucket, Key=refused.key, UploadId=refused.upload_id)
+    with pytest.raises(ObjectStoreError) as err:
+        refused.put_part(1, b"x" * 1024)
+    assert err.value.reason == "ObjectStoreUnavailable" and "NoSuchUpload" in str(err.value), err.value
+
+    gone = PartWriter(objects, upload_key(objects, new_upload_id()))
+    gone.begin()
+    aws_env.stop()
+    try:
+        with pytest.raises(ObjectStoreError) as err:
+            gone.put_part(1, b"x" * 1024)
+        assert err.value.reason == "ObjectStoreUnavailable" and "(part 1)" in str(err.value)
+    finally:
+        aws_env.start()
