@@ -533,6 +533,118 @@ def test_one_request_on_tiny_en_and_one_on_base_from_the_models_volume(release: 
         release.node.kubectl("delete", "pv", "kubescribe-test-models", "--wait=false")
 
 
+# ------------------------------------------------------------------------------ notifications
+
+#: A webhook receiver as a user would run one: a pod that prints every POST it gets (path,
+#: headers, body) as one JSON line, for the test to read back with ``kubectl logs``.
+RECEIVER = r"""
+import base64, http.server, json
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        print(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                          "body": base64.b64encode(body).decode()}), flush=True)
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("", 8080), Hook).serve_forever()  # one at a time: one line per POST
+"""
+OWN_KEY = "whsec_" + base64.b64encode(b"kubescribe-real-node-request-key").decode()
+INSTALL_KEY = "whsec_" + base64.b64encode(b"kubescribe-real-node-install-key").decode()
+
+
+def received_by(rel: Release, pod: str) -> list[dict]:
+    proc = rel.node.kubectl("logs", pod, "-n", USER_NS, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def notified(rel: Release, name: str, sinks: set[str]) -> dict:
+    def done() -> dict | None:
+        status = status_of(rel, name)
+        states = {r["sink"]: r["state"] for r in status.get("notifications") or []}
+        return status if all(states.get(s) == "Delivered" for s in sinks) else None
+
+    return wait_for(done, timeout=300, interval=0.5, description=f"{name} delivered to {sorted(sinks)}")
+
+
+def test_a_receiver_pod_behind_a_service_gets_signed_cloudevents_from_the_operator_pod(
+        release: Release, speech_dir: Path):
+    """`spec.notify` with a Secret in the request's namespace (notifications.readSigningSecrets)
+    and an install-wide sink (notifications.sinks, signed with notifications.signingSecret),
+    both a receiver pod reached through its Service's DNS name from the operator's pod: one
+    Succeeded and one Failed request, each event verified with standardwebhooks and parsed
+    with the cloudevents SDK, as the README's receiver does."""
+    from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    release.node.kubectl("create", "secret", "generic", "hook", "-n", USER_NS, f"--from-literal=key={OWN_KEY}",
+                         check=True)
+    release.node.kubectl("create", "secret", "generic", "ks-notify", "-n", SYSTEM_NS,
+                         f"--from-literal=key={INSTALL_KEY}", check=True)
+    restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    manifests = [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "receiver", "namespace": USER_NS,
+                                                          "labels": {"app": "receiver"}},
+         "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                      "seccompProfile": {"type": "RuntimeDefault"}},
+                  "terminationGracePeriodSeconds": 1,
+                  "containers": [{"name": "hook", "image": release.node.images["operator"],
+                                  "command": ["python", "-c", RECEIVER],
+                                  "ports": [{"containerPort": 8080, "name": "http"}],
+                                  "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                                  "securityContext": restricted}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "receiver", "namespace": USER_NS},
+         "spec": {"selector": {"app": "receiver"}, "ports": [{"port": 80, "targetPort": "http"}]}},
+    ]
+    as_list = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+    proc = release.node.kubectl("apply", "-f", "-", input=as_list)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        release.node.kubectl("wait", "--for=condition=Ready", "pod/receiver", "-n", USER_NS, "--timeout=120s",
+                             check=True, timeout=130)
+        own, install = f"http://receiver.{USER_NS}.svc/own", f"http://receiver.{USER_NS}.svc/install"
+        release.upgrade(**{"notifications.readSigningSecrets": True, "notifications.sinks": [{"url": install}],
+                           "notifications.signingSecret.name": "ks-notify"})
+        notify = [{"url": own, "signingSecretRef": {"name": "hook", "key": "key"}}]
+        create_request(release, "told", {"audio": {"redisKey": upload(release, speech_dir / "fox.wav")},
+                                         "notify": notify})
+        create_request(release, "told-lost", {"audio": {"redisKey": "kubescribe:audio:" + "7" * 64},
+                                              "notify": notify})
+        ok = notified(release, "told", {own, install})
+        lost = notified(release, "told-lost", {own, install})
+        assert ok["phase"] == "Succeeded" and lost["phase"] == "Failed", (ok.get("reason"), ok.get("message"))
+        assert {c["type"]: c["status"] for c in ok["conditions"]}["Notified"] == "True"
+
+        events = {}
+        for post in received_by(release, "receiver"):
+            body = base64.b64decode(post["body"])
+            Webhook(OWN_KEY if post["path"] == "/own" else INSTALL_KEY).verify(body, post["headers"], json_parse=False)
+            event = from_http_event(HTTPMessage(post["headers"], body))
+            assert event.get_id() == post["headers"]["webhook-id"]
+            assert event.get_source() == f"/apis/{GROUP}/{VERSION}/namespaces/{USER_NS}/{PLURAL}"
+            if event.get_subject() in ("told", "told-lost"):  # the install-wide sink hears every request
+                events[(post["path"], event.get_subject())] = (event.get_type(), event.get_data())
+        assert set(events) == {(p, n) for p in ("/own", "/install") for n in ("told", "told-lost")}, sorted(events)
+        for path in ("/own", "/install"):
+            kind, data = events[(path, "told")]
+            data = json.loads(data) if isinstance(data, (bytes, str)) else data
+            assert kind == "io.kubescribe.transcription.succeeded" and data["phase"] == "Succeeded"
+            assert wer(SENTENCES["fox"], data["textPreview"]) <= 0.25, data
+            kind, data = events[(path, "told-lost")]
+            data = json.loads(data) if isinstance(data, (bytes, str)) else data
+            assert kind == "io.kubescribe.transcription.failed" and data["reason"] == "AudioNotFound", data
+        # A tampered body does not verify.
+        post = next(p for p in received_by(release, "receiver") if p["path"] == "/own")  # told or told-lost
+        tampered = base64.b64decode(post["body"]).replace(b"told", b"toad")
+        with pytest.raises(WebhookVerificationError):
+            Webhook(OWN_KEY).verify(tampered, post["headers"], json_parse=False)
+    finally:
+        release.node.kubectl("delete", "-f", "-", "--wait=false", input=as_list)
+
+
 def test_object_storage_s3_audio_and_spec_output_on_the_real_node(release: Release, speech_dir: Path, tmp_path: Path):
     """`helm upgrade` with storage.s3 pointing at a real S3 server (versitygw on the node's
     bridge address, which pods reach); a runner pod reads `s3://` audio with the Secret's
