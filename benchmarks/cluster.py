@@ -350,8 +350,7 @@ def pool_mode_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _run_mode(ctx: Context, mode: str, indices: list[int], timeout: float, warm: int = 0,
-              **operator_settings: str) -> dict:
+def _run_mode(ctx: Context, mode: str, indices: list[int], timeout: float, warm: int = 0) -> dict:
     """The requests of ``indices`` created back to back in a fresh namespace with its own
     operator in ``mode``; with ``warm``, that many other requests (sentences the measured
     ones do not use) are run to the end first, so pooled runners are up and loaded."""
@@ -369,7 +368,7 @@ def _run_mode(ctx: Context, mode: str, indices: list[int], timeout: float, warm:
                               workdir=ctx.workdir / f"kubelet-{ns}")
         stack.callback(kubelet.stop)
         kubelet.start()
-        op = ctx.operator(stack, ns, **{"gpu_budget": "2", "mode": mode, **operator_settings})
+        op = ctx.operator(stack, ns, gpu_budget="2", mode=mode)
         api = cluster.api_client()
         stack.callback(api.close)
         reqs = _requests(api, ns)
@@ -379,7 +378,7 @@ def _run_mode(ctx: Context, mode: str, indices: list[int], timeout: float, warm:
         warm_at = _warm_up(ctx, store, reqs, watch, kubelet, indices, warm, timeout) if warm else None
 
         def finished(w: RequestWatch) -> bool:
-            return all(w.phase.get(nm) in ("Succeeded", "Failed") for nm in names)
+            return _all_ended(w, names)
 
         t0 = time.perf_counter()
         for nm, i in names.items():
@@ -409,6 +408,10 @@ def _run_mode(ctx: Context, mode: str, indices: list[int], timeout: float, warm:
     return res
 
 
+def _all_ended(watch: RequestWatch, names) -> bool:
+    return all(watch.phase.get(nm) in ("Succeeded", "Failed") for nm in names)
+
+
 def _warm_up(ctx: Context, store, reqs, watch, kubelet, indices: list[int], n: int,
              timeout: float) -> int:
     """Run ``n`` requests to the end before the measured ones: sentences those do not use,
@@ -422,7 +425,7 @@ def _warm_up(ctx: Context, store, reqs, watch, kubelet, indices: list[int], n: i
         reqs.create(f"warm-{k:02d}", {"audio": {"redisKey": store.put_audio(ctx.speech.sentence_wav(i))},
                                       "model": "tiny.en", "language": "en", "device": "cpu",
                                       "beamSize": 5 - k // len(spare)})
-    if not watch.wait(lambda w: all(w.phase.get(nm) in ("Succeeded", "Failed") for nm in warm), timeout=timeout):
+    if not watch.wait(lambda w: _all_ended(w, warm), timeout=timeout):
         raise RuntimeError(f"warm-up requests not finished after {timeout:.0f}s: "
                            f"{ {nm: watch.phase.get(nm) for nm in warm} }")
     return len(kubelet.running())
