@@ -207,9 +207,11 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
             op.stop()
 
     # Nothing started before Kueue admitted it: Kueue admitted each Workload into the
-    # ClusterQueue, and every runner pod and every Running came after the Job was
-    # unsuspended (the Job controller resets startTime on resume; the operator never
-    # unsuspends a Job, only Kueue does).
+    # ClusterQueue, and every runner pod and every Running came after that admission
+    # (Kueue sets the Workload's Admitted condition, then unsuspends the Job; the operator
+    # never unsuspends a Job). The Job's own startTime is no bound: the Job controller
+    # creates the pods of a resumed Job first and stamps startTime after, so a pod can be
+    # a second older than it.
     custom = client.CustomObjectsApi(kube_api)
     for api, names in ((a, ("a1", "a2", "a3")), (b, ("b1", "b2"))):
         workloads = custom.list_namespaced_custom_object(GROUP, VERSION, api.namespace, "workloads")["items"]
@@ -217,13 +219,14 @@ def test_kueue_admits_each_namespace_its_fair_share_and_nothing_starts_before_ad
             s = api.status(name)
             job = api.batch.read_namespaced_job(s["jobName"], api.namespace)
             wl = next(w for w in workloads if w["metadata"]["labels"].get("kueue.x-k8s.io/job-uid") == job.metadata.uid)
-            conds = {c["type"]: c["status"] for c in wl["status"]["conditions"]}
-            assert conds.get("Finished") == "True", (name, conds)
-            if wl["status"].get("admission"):
-                assert wl["status"]["admission"]["clusterQueue"] == gpu_queues
-            resumed = job.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+            conds = {c["type"]: c for c in wl["status"]["conditions"]}
+            assert conds.get("Finished", {}).get("status") == "True", (name, conds)
+            assert conds.get("Admitted", {}).get("status") == "True", (name, conds)
+            assert wl["status"]["admission"]["clusterQueue"] == gpu_queues
+            admitted = conds["Admitted"]["lastTransitionTime"]
+            assert job.status.start_time is not None, name  # the Job was unsuspended
             for pod in pods(api, name):
                 created = pod.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
-                assert created >= resumed, (name, created, resumed)
-            assert s["startedAt"] >= resumed, (name, s["startedAt"], resumed)
+                assert created >= admitted, (name, created, admitted)
+            assert s["startedAt"] >= admitted, (name, s["startedAt"], admitted)
             api.wait_reasons(name, "SubmittedToKueue", "AdmittedByKueue", "Succeeded")
