@@ -30,4 +30,7 @@ phase "Go test tools ready"
 # -P and PYTHONSAFEPATH: neither pytest nor the Python processes the tests start put the
 # repository root on sys.path, where operator/ would hide the standard library's.
 export PYTHONSAFEPATH=1
-"$PY" -P -m pytest "$@"
+# Two workers, a test file each at a time, the real node's files as one unit
+# (tests/support/workers.py): the suite waits on servers and pods about half the time, so
+# a second worker fills the idle core. KUBESCRIBE_TEST_WORKERS=0 runs it in one process.
+"$PY" -P -m pytest -n "${KUBESCRIBE_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -5,4 +5,4 @@ import os
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 pytest_plugins = ["tests.fixtures.core", "tests.fixtures.envtest", "tests.fixtures.operator", "tests.fixtures.gateway",
-                  "tests.fixtures.sentinel", "tests.support.durations"]
+                  "tests.fixtures.sentinel", "tests.support.durations", "tests.support.workers"]
