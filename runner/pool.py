@@ -21,7 +21,7 @@ import time
 
 from kubescribe.metrics import RunnerMetrics
 from kubescribe.models import InvalidSpec, TranscriptionSpec, parse_spec
-from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome
+from kubescribe.outcomes import EXIT_OK, EXIT_TRANSIENT, RunnerOutcome, timings
 from kubescribe.progress import ProgressReporter, RunBoard
 from kubescribe.settings import RunnerSettings
 from kubescribe.cache_layout import Owner
@@ -107,11 +107,13 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
     """Several queued requests at once: cache answers and failures are finished one by one;
     short misses of one namespace that can share a batch (:func:`~.packing.batch_key`) are
     packed into shared windows by :meth:`~.engine.Engine.transcribe_many`; the rest run alone, as :func:`process`
-    runs them. Every request gets its own result, outcome and status."""
+    runs them. Every request gets its own result, outcome and status; a packed request's
+    timings are its own fetch and the batch's model load and transcription, the seconds it
+    waited for its result."""
     if len(deliveries) == 1:
         process(queue, store, engine, metrics, consumer, deliveries[0], report_every)
         return
-    groups: dict[tuple, list[tuple[Delivery, Prepared, object]]] = {}
+    groups: dict[tuple, list[tuple[Delivery, Prepared, object, float]]] = {}
     alone: list[Delivery] = []
     keys: set[str] = set()
     with contextlib.ExitStack() as beats:
@@ -128,6 +130,7 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
                 alone.append(d)
                 continue
             try:
+                t0 = time.perf_counter()
                 p = prepare(store, spec, count_known_lookup=False, owner=_owner(d.item))
                 if isinstance(p, TaskOutcome):
                     queue.finish(d.entry_id, d.item, d.item.attempt + 1, p.outcome)
@@ -147,26 +150,31 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
                 continue
             keys.add(p.key)
             # One namespace per batch: requests sharing a window condition each other's text.
-            groups.setdefault((d.item.namespace, key), []).append((d, p, samples))
+            groups.setdefault((d.item.namespace, key), []).append((d, p, samples, time.perf_counter() - t0))
         for members in groups.values():
             if len(members) == 1:
                 alone.append(members[0][0])
                 continue
             if metrics is not None:
                 metrics.active_workers.inc()
+            loaded_before, started = engine.load_seconds, time.perf_counter()
             try:
                 with task_errors():
-                    results = engine.transcribe_many([(samples, p.spec, p.audio.sha256) for _, p, samples in members])
+                    results = engine.transcribe_many([(samples, p.spec, p.audio.sha256)
+                                                      for _, p, samples, _ in members])
             except TaskError as exc:
                 log.warning("batch of %d failed (%s): each request runs alone", len(members), exc.message)
-                alone += [d for d, _, _ in members]
+                alone += [d for d, _, _, _ in members]
                 continue
             finally:
                 if metrics is not None:
                     metrics.active_workers.dec()
-            for (d, p, _), result in zip(members, results):
+            load = engine.load_seconds - loaded_before
+            decoded = time.perf_counter() - started - load
+            for (d, p, _, fetch), result in zip(members, results):
                 try:
-                    outcome = store_result(store, p, result).outcome
+                    outcome = store_result(store, p, result).outcome.model_copy(update={
+                        "timings": timings(fetch=fetch, model_load=load, transcription=decoded)})
                 except TaskError as exc:
                     _failed(queue, d, p.spec, exc)
                     continue

@@ -111,9 +111,12 @@ def test_queued_short_requests_are_decoded_in_one_batch_each_with_its_own_outcom
         del engine.transcribe_many
     assert calls == [3]
     got = outcomes(client)
+    shared = {(got[n].outcome.timings.model_load, got[n].outcome.timings.transcription) for n in SENTENCES}
+    assert len(shared) == 1 and next(iter(shared))[1] > 0, shared  # the one batch's seconds, each
     for n, text in SENTENCES.items():
         o = got[n].outcome
         assert o.ok and not o.cached and o.decoding == "batched", o
+        assert o.timings.fetch is not None and o.timings.fetch >= 0, o.timings
         result = store.read_result_key(o.result_key)
         assert wer(text, result["text"]) <= 0.25, (n, result["text"])
         assert result["decoding"]["shared_with"] == 2
