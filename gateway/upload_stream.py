@@ -19,6 +19,11 @@ from kubescribe.uploads import IN_FLIGHT, Audio, PartWriter, new_upload_id, part
 __all__ = ["Audio", "AudioStream", "TooLarge", "new_upload_id", "upload_key"]
 
 
+def _update(digest, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        digest.update(piece)
+
+
 class TooLarge(Exception):
     """The upload passed its limit; nothing of it is kept."""
 
@@ -65,7 +70,7 @@ class AudioStream:
         self._chunks.append(data)
         self._buffered += len(data)
         if self.objects is not None and self.size > self.threshold and self._buffered >= self.part_size:
-            part = self._take()
+            part = self._take()  # the pieces as they came: hashed and sent without a join
             await self._digest(part)
             while len(self._pending) >= IN_FLIGHT:
                 await self._pending.popleft()
@@ -75,18 +80,17 @@ class AudioStream:
             self._sent += 1
             self._pending.append(asyncio.ensure_future(asyncio.to_thread(writer.put_part, self._sent, part)))
 
-    def _take(self) -> bytes:
-        part = b"".join(self._chunks)
-        self._chunks, self._buffered = [], 0
+    def _take(self) -> list[bytes]:
+        part, self._chunks, self._buffered = self._chunks, [], 0
         return part
 
-    async def _digest(self, part: bytes) -> None:
+    async def _digest(self, part: list[bytes]) -> None:
         """Hash ``part`` after the parts before it; at most one part waits to be hashed."""
         if self._hasher is None:
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
         if self._hashing is not None:
             await self._hashing
-        self._hashing = asyncio.get_running_loop().run_in_executor(self._hasher, self._hash.update, part)
+        self._hashing = asyncio.get_running_loop().run_in_executor(self._hasher, _update, self._hash, part)
 
     def _start(self) -> PartWriter:
         if self._writer is None:
@@ -114,7 +118,8 @@ class AudioStream:
         object it was streamed into, complete."""
         last = self._take()
         if self._writer is None and (self.objects is None or self.size <= self.threshold):
-            return Audio(self.size, hashlib.sha256(last).hexdigest(), data=last)
+            data = b"".join(last)  # kept whole: at most the threshold, or no object store
+            return Audio(self.size, hashlib.sha256(data).hexdigest(), data=data)
         await self._digest(last)
         await self._settle()
         writer = self._start()

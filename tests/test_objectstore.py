@@ -248,6 +248,13 @@ def test_a_part_refused_is_final_at_once_and_a_server_gone_is_tried_again_then_u
     writer.put_part(1, first)
     writer.finish(second)
     assert objects.get(writer.key) == first + second
+    # a part given as the pieces it arrived in (the gateway's): sent in order, never joined
+    pieces = [bytes([65 + i]) * (256 * 1024 + i) for i in range(21)]
+    joined = PartWriter(objects, upload_key(objects, new_upload_id()))
+    joined.begin()
+    joined.put_part(1, pieces)
+    joined.finish([b"end", b"!"])
+    assert objects.get(joined.key) == b"".join(pieces) + b"end!"
 
     refused = PartWriter(objects, upload_key(objects, new_upload_id()))
     refused.begin()
