@@ -86,12 +86,8 @@ GO
   rm -rf "$w"
 }
 
-module_dir() {  # module_dir MODULE@VERSION: the module's source in the module cache
-  go mod download -json "$1" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
-}
-
-module_gomod() {  # module_gomod MODULE@VERSION: the module's go.mod in the module cache
-  go mod download -json "$1" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])'
+module_path() {  # module_path Dir|GoMod MODULE@VERSION: its source or go.mod in the module cache
+  go mod download -json "$2" | python3 -I -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
 
 adopt_directives() {  # adopt_directives GOMOD: copy its exclude and non-local replace lines here
@@ -148,7 +144,7 @@ build_k8s_1_34() {  # the Kubernetes control plane and node, Helm, CoreDNS
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
   # local paths; point each one at the published release instead. The list comes from
   # the module's own go.mod so a version bump needs no edit here.
-  local gomod; gomod=$(cd "$w" && module_gomod "k8s.io/kubernetes@$K8S_VERSION")
+  local gomod; gomod=$(cd "$w" && module_path GoMod "k8s.io/kubernetes@$K8S_VERSION")
   local mods; mods=$(grep -E '^\s*k8s\.io/[a-z0-9./-]+ v0\.0\.0\s*$' "$gomod" | awk '{print $1}' | sort -u)
   (
     cd "$w"
@@ -221,7 +217,7 @@ build_k8s_1_35() {  # Prometheus and promtool, the Kueue manager, kube-linter
       -require "sigs.k8s.io/kueue@$KUEUE_VERSION" \
       -require "$lm@$KUBE_LINTER_VERSION" -replace "$lm=github.com/stackrox/kube-linter@$KUBE_LINTER_VERSION"
     # Prometheus pins some dependencies with exclude/replace lines.
-    adopt_directives "$(module_gomod "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION")"
+    adopt_directives "$(module_path GoMod "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION")"
     tools_go github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool \
       sigs.k8s.io/kueue/cmd/kueue "$lm/cmd/kube-linter"
     go mod tidy
@@ -242,7 +238,7 @@ build_k8s_1_35() {  # Prometheus and promtool, the Kueue manager, kube-linter
     # Kueue's CRDs and webhook manifests of the same release, copied out of the module
     # source so the tests need neither the module cache nor kustomize
     # (harness/envtest/kueue.py rewrites the webhooks to the local manager's URL).
-    local src; src=$(module_dir "sigs.k8s.io/kueue@$KUEUE_VERSION")
+    local src; src=$(module_path Dir "sigs.k8s.io/kueue@$KUEUE_VERSION")
     rm -rf "$kueue/config" && mkdir -p "$kueue/config/crd"
     cp "$src"/config/components/crd/bases/*.yaml "$kueue/config/crd/"
     cp "$src/config/components/webhook/manifests.yaml" "$kueue/config/webhooks.yaml"
@@ -273,22 +269,13 @@ build_prometheus_operator() {
     go mod edit -require "$m@$PROMETHEUS_OPERATOR_VERSION" \
       -require "$m/pkg/apis/monitoring@$PROMETHEUS_OPERATOR_VERSION" \
       -require "$m/pkg/client@$PROMETHEUS_OPERATOR_VERSION"
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "github.com/prometheus-operator/prometheus-operator/cmd/operator"
-	_ "github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader"
-)
-GO
+    tools_go "$m/cmd/operator" "$m/cmd/prometheus-config-reloader"
     go mod tidy
     local ld="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v}"
     go build -trimpath -ldflags "$ld" -o "$out/bin/" "$m/cmd/operator" "$m/cmd/prometheus-config-reloader"
     # The CRDs (ServiceMonitor, PodMonitor, PrometheusRule, Prometheus, ...) of the same
     # release, from the module source, for the test cluster.
-    local src; src=$(module_dir "$m@$PROMETHEUS_OPERATOR_VERSION")
+    local src; src=$(module_path Dir "$m@$PROMETHEUS_OPERATOR_VERSION")
     rm -rf "$out/crds" && mkdir -p "$out/crds" && cp "$src"/example/prometheus-operator-crd/*.yaml "$out/crds/"
   )
   rm -rf "$w"

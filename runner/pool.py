@@ -31,7 +31,7 @@ from kubescribe.streams import HEARTBEAT_SECONDS, Delivery, WorkItem, WorkQueue
 from .engine import Engine, EngineOptions
 from .packing import batch_key, short_samples
 from .resources import Nvml, release_memory, start_metrics_server
-from .task import Prepared, TaskError, TaskOutcome, prepare, run_task, store_result, task_errors
+from .task import Prepared, TaskError, TaskOutcome, _timed, prepare, run_task, store_result, task_errors
 
 log = logging.getLogger("kubescribe.runner.pool")
 
@@ -173,8 +173,8 @@ def process_batch(queue: WorkQueue, store: Store, engine: Engine, metrics: Runne
             decoded = time.perf_counter() - started - load
             for (d, p, _, fetch), result in zip(members, results):
                 try:
-                    outcome = store_result(store, p, result).outcome.model_copy(update={
-                        "timings": timings(fetch=fetch, model_load=load, transcription=decoded)})
+                    outcome = _timed(store_result(store, p, result),
+                                     timings(fetch=fetch, model_load=load, transcription=decoded)).outcome
                 except TaskError as exc:
                     _failed(queue, d, p.spec, exc)
                     continue
