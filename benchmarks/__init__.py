@@ -22,6 +22,8 @@ burst_1000                  1,000 requests at once: time to admit/queue, operato
 notify_slow_sink            1,000 cached requests with a sink answering after 10 s vs no sink
 scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, throughput,
                             writes per request (audit log), etcd object counts with the TTL
+pool_burst_10k              10,000 short requests in pool mode, runners simulated: time to
+                            dispatch all, operator CPU/RSS, writes per request
 gateway_cache_hit_overhead  gateway HTTP round trip vs creating the request directly (hits)
 gateway_concurrent_uploads  200 concurrent small uploads through the gateway, its peak RSS
 gateway_upload_throughput   1 GiB through the gateway into the object store vs a direct PUT
@@ -53,6 +55,7 @@ NAMES = (
     "burst_1000",
     "notify_slow_sink",
     "scale_10k",
+    "pool_burst_10k",
     "gateway_cache_hit_overhead",
     "gateway_concurrent_uploads",
     "gateway_upload_throughput",

@@ -49,6 +49,8 @@ def _load(name: str):
         from . import breakdown as mod
     elif name == "scale_10k":
         from . import scale as mod
+    elif name == "pool_burst_10k":
+        from . import pool_burst as mod
     elif name.startswith("gateway_"):
         from . import gateway as mod
     else:

@@ -115,6 +115,32 @@ class SpeechBank:
         return path.read_bytes(), " ".join(CORPUS[i] for i in indices), audio.shape[0] / SAMPLE_RATE
 
 
+#: espeak-ng voices that talk at once in :func:`crosstalk`.
+CROSSTALK_VOICES = ("en-us+m3", "en+f3", "en-gb+m1", "en-us+f2")
+
+
+def crosstalk(directory: Path, sentences_each: int = 8) -> np.ndarray:
+    """Four voices talking at once (16 kHz samples, peak 0.9): each says its own corpus
+    sentences at its own pace with its own pauses. Nobody could transcribe it, and on it
+    tiny.en's batched pipeline loops ("going to be going to be ...")."""
+    from faster_whisper.audio import decode_audio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tracks = []
+    for k, voice in enumerate(CROSSTALK_VOICES):
+        parts = []
+        for j in range(sentences_each):
+            path = speak(CORPUS[(k * 6 + j) % len(CORPUS)], directory / f"crosstalk-{k}-{j}.wav", speed=150 + 10 * k,
+                         voice=voice)
+            parts += [decode_audio(str(path), sampling_rate=SAMPLE_RATE),
+                      np.zeros(int(0.3 * SAMPLE_RATE * (k + 1)), np.float32)]
+        tracks.append(np.concatenate(parts))
+    mix = np.zeros(max(t.shape[0] for t in tracks), np.float32)
+    for t in tracks:
+        mix[:t.shape[0]] += t
+    return mix * (0.9 / float(np.abs(mix).max()))
+
+
 @functools.lru_cache(maxsize=4)
 def _noise_block(seed: int | None) -> bytes:
     """4 MiB of noise: random once per process when ``seed`` is None, else derived from

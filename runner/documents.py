@@ -17,7 +17,8 @@ from kubescribe.models import TranscriptionSpec, now_rfc3339
 
 def document(segments: list[dict[str, Any]], spec: TranscriptionSpec, *, language: str, language_probability: float,
              duration: float, after_vad: float, elapsed: float, mode: str, audio_sha256: str | None,
-             resumed_at: float | None = None, shared_with: int | None = None) -> dict[str, Any]:
+             resumed_at: float | None = None, shared_with: int | None = None, guards: Any = None
+             ) -> dict[str, Any]:
     """The result document of one request.
 
     Args:
@@ -28,12 +29,16 @@ def document(segments: list[dict[str, Any]], spec: TranscriptionSpec, *, languag
         mode: ``batched`` or ``sequential``, as :func:`.engine.choose_decoding` chose.
         resumed_at: where a resumed run started decoding (None: from the start).
         shared_with: how many other requests shared the windows (None: decoded alone).
+        guards: what sequential decoding's hallucination guards did to batched segments
+            (:class:`.guards.GuardCounts`: dropped as silence, decoded again).
     """
     decoding: dict[str, Any] = {"mode": mode, "requested": spec.decoding,
                                 "batch_size": spec.batch_size if mode == "batched" else None,
                                 "resumed_at_seconds": None if resumed_at is None else round(resumed_at, 3)}
     if shared_with is not None:
         decoding["shared_with"] = shared_with
+    if guards is not None:
+        decoding.update(guards.as_dict())
     return {
         "text": " ".join(s["text"] for s in segments if s["text"]),
         "segments": segments,

@@ -31,6 +31,7 @@ from .packing import Item, transcribe_packed
 from .pieces import MIN_PIECE_SECONDS, cut_point
 from .resources import cuda_device_count, release_memory
 from .documents import document, segment
+from .guards import GuardCounts, guarded
 from .vad import CLIP_SECONDS, pack_clips, speech_regions
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ class Engine:
             initial_prompt=spec.initial_prompt or None,
         )
         out_segments = list(done)
+        counts = GuardCounts()
         info = None
         after_vad = 0.0
         while True:
@@ -264,7 +266,7 @@ class Engine:
             # segment times stay on the speech.
             clips = pack_clips([[(a, min(b, cut)) for a, b in regions if a < cut]], CLIP_SECONDS,
                                self.options.clip_gap_seconds) if mode == "batched" else []
-            segments, got = _decode_part(model, part, mode, spec, kwargs, clips)
+            segments, got = _decode_part(model, part, mode, spec, kwargs, clips, counts)
             if got is not None and info is None:
                 info = got
                 kwargs["language"] = kwargs["language"] or got.language  # one language for every piece
@@ -294,7 +296,8 @@ class Engine:
         language = info.language if info is not None else (spec.language or "en")
         return document(out_segments, spec, language=language, duration=duration, after_vad=after_vad,
                         language_probability=float(info.language_probability) if info is not None else 1.0,
-                        elapsed=elapsed, mode=mode, audio_sha256=audio_sha256, resumed_at=offset if done else None)
+                        elapsed=elapsed, mode=mode, audio_sha256=audio_sha256, resumed_at=offset if done else None,
+                        guards=counts if mode == "batched" else None)
 
     def transcribe_many(self, items: list[Item]) -> list[dict[str, Any]]:
         """Several short requests with the same :func:`~.packing.batch_key`, packed into
@@ -317,15 +320,17 @@ def choose_decoding(requested: str, duration: float, batched_min_seconds: float)
 
 
 def _decode_part(model, part: np.ndarray, mode: str, spec: TranscriptionSpec, kwargs: dict[str, Any],
-                 clips: list[tuple[float, float]]) -> tuple[Any, Any]:
-    """(segments, info) of one piece; segments is a generator: nothing is decoded yet."""
+                 clips: list[tuple[float, float]], counts: GuardCounts) -> tuple[Any, Any]:
+    """(segments, info) of one piece; segments is a generator: nothing is decoded yet.
+    Batched segments pass sequential decoding's hallucination guards (:mod:`.guards`)."""
     if mode == "batched":
         if clips:
             from faster_whisper import BatchedInferencePipeline
 
-            return BatchedInferencePipeline(model).transcribe(
+            segments, info = BatchedInferencePipeline(model).transcribe(
                 part, batch_size=spec.batch_size, vad_filter=False,
                 clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
+            return guarded(segments, model, part, kwargs, counts), info
     elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
         return model.transcribe(part, vad_filter=spec.vad, **kwargs)
     return iter(()), None

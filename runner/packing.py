@@ -23,6 +23,7 @@ from kubescribe.models import TranscriptionSpec
 
 from .audio import SAMPLE_RATE, AudioStream, BadAudio
 from .documents import document, word_run
+from .guards import GuardCounts, guarded
 from .vad import CLIP_SECONDS, Regions, pack_clips, speech_regions
 
 #: (audio: bytes or 16 kHz samples, spec, audio SHA-256) of one packed request.
@@ -151,15 +152,18 @@ def transcribe_packed(load_model: Callable[[TranscriptionSpec], Any], items: lis
     model = load_model(first)
     language = first.language or "en"
     per: list[list[dict[str, Any]]] = [[] for _ in items]
+    counts = GuardCounts()
     t0 = time.perf_counter()
     if clips:
         from faster_whisper import BatchedInferencePipeline
 
+        kwargs: dict[str, Any] = dict(language=language, task=first.task, beam_size=first.beam_size,
+                                      word_timestamps=True, initial_prompt=first.initial_prompt or None)
         segments, _info = BatchedInferencePipeline(model).transcribe(
-            shared.samples, batch_size=first.batch_size, vad_filter=False, language=language, task=first.task,
-            beam_size=first.beam_size, word_timestamps=True, initial_prompt=first.initial_prompt or None,
-            clip_timestamps=[{"start": a, "end": b} for a, b in clips])
-        for seg in segments:  # a generator: the decoding happens here
+            shared.samples, batch_size=first.batch_size, vad_filter=False,
+            clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
+        # a generator: the decoding happens here; sequential decoding's guards held (.guards)
+        for seg in guarded(segments, model, shared.samples, kwargs, counts):
             for i, words in shared.split(seg):
                 per[i].append(word_run(words, seg, len(per[i]) + 1, -shared.offsets[i], shared.durations[i],
                                        first.word_timestamps))
@@ -168,5 +172,5 @@ def transcribe_packed(load_model: Callable[[TranscriptionSpec], Any], items: lis
     return [document(per[i], spec, language=language, language_probability=1.0, duration=shared.durations[i],
                      after_vad=sum(b - a for a, b in shared.regions[i]),
                      elapsed=elapsed * shared.durations[i] / total,  # this request's share of the batch's time
-                     mode="batched", audio_sha256=sha, shared_with=len(items) - 1)
+                     mode="batched", audio_sha256=sha, shared_with=len(items) - 1, guards=counts)
             for i, (_, spec, sha) in enumerate(items)]

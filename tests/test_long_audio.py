@@ -61,7 +61,7 @@ def test_long_audio_is_batched_by_default_and_says_so_in_result_and_outcome(redi
     out = run_task(redis_store, engine, parse_spec({"audio": {"redisKey": key}, "device": "cpu"}))
     assert out.result["audio_duration_seconds"] > 60
     assert out.result["decoding"] == {"mode": "batched", "requested": "auto", "batch_size": 8,
-                                      "resumed_at_seconds": None}
+                                      "resumed_at_seconds": None, "dropped_segments": 0, "redecoded_segments": 0}
     assert out.outcome.decoding == "batched"
     # VAD-cut chunks: segments sit on the speech, not on 30 s windows of silence
     assert wer(text, out.result["text"]) <= 0.25, out.result["text"]

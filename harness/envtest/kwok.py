@@ -58,11 +58,12 @@ CONTROLLER_MANAGER_SCALE_ARGS = ("--kube-api-qps=2000", "--kube-api-burst=4000",
 APISERVER_SCALE_ARGS = ("--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000")
 
 
-def simulated_outcome(run_seconds: float) -> RunnerOutcome:
-    """The outcome every simulated runner leaves: success, with the simulation said."""
+def simulated_outcome(run_seconds: float, by: str = "kwok") -> RunnerOutcome:
+    """The outcome every simulated runner leaves (kwok's pods, harness.simulated_pool's
+    consumers): success, with the simulation said."""
     return RunnerOutcome(ok=True, language="en", language_probability=1.0, audio_duration_seconds=10.0,
                          processing_seconds=run_seconds, realtime_factor=run_seconds / 10.0,
-                         text_preview="(simulated by kwok: nothing was transcribed)", exit_code=0)
+                         text_preview=f"(simulated by {by}: nothing was transcribed)", exit_code=0)
 
 
 def _stages(run_seconds: float) -> list[dict[str, Any]]:
