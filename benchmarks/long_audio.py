@@ -191,17 +191,61 @@ def no_invented_text(ctx: Context) -> Outcome:
         words_old += n_old
         rows.append([name, n_new, repr(new["text"]), f"{t_new:.1f} s", n_old, repr(old["text"][:60]),
                      f"{t_old:.1f} s"])
+    crosstalk_rows, loops = _crosstalk(ctx, engine)
     out.measured = ("60 s each of digital silence, pink noise, a 440 Hz sine and a C major chord, made by sox; "
                     "tiny.en on CPU, int8. **kubescribe**: the default spec (VAD on, decoding auto); "
-                    "**baseline**: the previous defaults (no VAD, sequential decoding).")
+                    "**baseline**: the previous defaults (no VAD, sequential decoding). Then four espeak-ng voices "
+                    "talking at once (`harness.speech.crosstalk`), batched by kubescribe (with sequential "
+                    "decoding's guards, `runner/guards.py`), by faster-whisper's own batched pipeline on the same "
+                    "clips, and sequentially: the longest loop is the highest compression ratio of a segment's "
+                    "text (sequential decoding decodes again above 2.4).")
     out.headline = f"{words_default} words in 4 minutes of non-speech"
     out.baseline = f"previous defaults: {words_old} words"
     out.ratio = "-"
     out.target = "no words at all"
     out.status = "PASS" if words_default == 0 else "MISS"
     out.table("Inputs", ["input", "words", "text", "time", "words (no VAD)", "text (no VAD)", "time (no VAD)"], rows)
-    out.data = {"words": words_default, "words_previous_defaults": words_old}
+    out.table("Four voices at once", ["path", "words", "highest compression ratio", "time", "text"], crosstalk_rows)
+    if loops:
+        out.notes.append("kubescribe's batched path let a loop through on the voices at once (compression ratio "
+                         "above 2.4).")
+    out.data = {"words": words_default, "words_previous_defaults": words_old, "crosstalk": crosstalk_rows}
     return out
+
+
+def _crosstalk(ctx: Context, engine) -> tuple[list[list], bool]:
+    """Four voices at once through kubescribe's batched path, the library's batched
+    pipeline on the same clips, and sequential decoding: rows, and whether kubescribe's
+    own output looped."""
+    import zlib
+
+    from faster_whisper import BatchedInferencePipeline
+
+    from harness.speech import crosstalk
+    from kubescribe.runner.vad import CLIP_SECONDS, pack_clips, speech_regions
+
+    def ratio(text: str) -> float:
+        return len(text.encode()) / len(zlib.compress(text.encode())) if text else 0.0
+
+    samples = crosstalk(ctx.workdir / "crosstalk")
+    model = engine.model("tiny.en", "cpu", "int8")
+    rows, ours_loops = [], False
+    for name in ("kubescribe batched", "faster-whisper batched", "sequential"):
+        t0 = time.perf_counter()
+        if name == "faster-whisper batched":
+            clips = pack_clips([speech_regions(samples)], CLIP_SECONDS, 2.0)
+            segs, _ = BatchedInferencePipeline(model).transcribe(
+                samples, language="en", vad_filter=False, clip_timestamps=[{"start": a, "end": b} for a, b in clips])
+            texts = [s.text.strip() for s in segs]
+        else:
+            doc = engine.transcribe(samples, _spec(decoding="batched" if name.startswith("kubescribe") else "sequential"))
+            texts = [s["text"] for s in doc["segments"]]
+        took = time.perf_counter() - t0
+        worst = max((ratio(t) for t in texts), default=0.0)
+        ours_loops |= name.startswith("kubescribe") and worst > 2.4
+        text = " ".join(texts)
+        rows.append([name, len(text.split()), f"{worst:.2f}", f"{took:.1f} s", repr(text[:80])])
+    return rows, ours_loops
 
 
 class _Killed(Exception):
