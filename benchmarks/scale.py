@@ -97,6 +97,19 @@ def apiserver_requests(api, resource: str) -> collections.Counter:
     return counts
 
 
+def write_kinds(writes) -> collections.Counter:
+    """The operator's writes by kind: status patches that only move a queue position apart
+    from those that change a phase, other writes by resource and verb."""
+    position = frozenset({"queuePosition", "reason", "message"})
+    kinds: collections.Counter = collections.Counter()
+    for w in writes:
+        if w.resource == "transcriptionrequests/status":
+            kinds["status: queue position" if w.status_fields == position else "status: phase"] += 1
+        else:
+            kinds[f"{w.resource} {w.verb}"] += 1
+    return kinds
+
+
 def scale_10k(ctx: Context) -> Outcome:
     import psutil
 
@@ -198,13 +211,7 @@ def scale_10k(ctx: Context) -> Outcome:
 
     cpu_work = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     cpu_all = (cpu2.user + cpu2.system) - (cpu0.user + cpu0.system)
-    position = frozenset({"queuePosition", "reason", "message"})
-    kinds = collections.Counter()
-    for w in writes:
-        if w.resource == "transcriptionrequests/status":
-            kinds["status: queue position" if w.status_fields == position else "status: phase"] += 1
-        else:
-            kinds[f"{w.resource} {w.verb}"] += 1
+    kinds = write_kinds(writes)
     # The budget is per request: its phase writes and Events. Queue positions are a cost of
     # the queue, not of a request (at most KUBESCRIBE_QUEUE_POSITIONS per 5 s whatever the
     # burst), and the TTL's deletion is the feature itself: both reported on their own.

@@ -28,8 +28,22 @@ from kubescribe.streams import QUEUE_STREAM, RUNNERS_GROUP, WorkQueue
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _join(client, consumer: str) -> None:
+    """The consumer made in the stream's group at once (a take that finds nothing makes
+    none), so that ``SimulatedPool.start`` can count the runners ready."""
+    import redis
+
+    try:
+        client.xgroup_create(QUEUE_STREAM, RUNNERS_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+    client.xgroup_createconsumer(QUEUE_STREAM, RUNNERS_GROUP, consumer)
+
+
 def _consume(queue: WorkQueue, consumer: str, run_seconds: float, batch_max: int, stop: threading.Event) -> None:
     outcome = simulated_outcome(run_seconds, "a simulated pooled runner")
+    _join(queue.client, consumer)
     while not stop.is_set():
         first = queue.take(consumer, block_ms=1000)
         if first is None:
@@ -80,12 +94,11 @@ class SimulatedPool:
                  run_seconds: float = 0.5, batch_max: int = 4):
         self.redis_url = redis_url
         self.total = processes * consumers
-        env = dict(os.environ, PYTHONPATH=str(REPO))
         self.procs = [ManagedProcess(f"simulated pool {k}",
                                      [sys.executable, "-P", "-m", "harness.simulated_pool", "--redis-url", redis_url,
                                       "--consumers", str(consumers), "--run-seconds", str(run_seconds),
                                       "--batch-max", str(batch_max), "--name", f"sim{k}"],
-                                     workdir / f"simulated-pool-{k}.log", env, cwd=REPO, stop_grace=5.0)
+                                     workdir / f"simulated-pool-{k}.log", cwd=REPO, stop_grace=5.0)
                       for k in range(processes)]
 
     def pids(self) -> list[int]:
