@@ -22,6 +22,8 @@ burst_1000                  1,000 requests at once: time to admit/queue, operato
 notify_slow_sink            1,000 cached requests with a sink answering after 10 s vs no sink
 scale_10k                   10,000 requests on 1,000 kwok GPU nodes: admission, throughput,
                             writes per request (audit log), etcd object counts with the TTL
+scale_vs_bare_jobs          10,000 requests through the operator vs 10,000 plain runner Jobs
+                            on the same kwok cluster: wall time, CPU per component
 pool_burst_10k              10,000 short requests in pool mode, runners simulated: time to
                             dispatch all, operator CPU/RSS, writes per request
 gateway_cache_hit_overhead  gateway HTTP round trip vs creating the request directly (hits)
@@ -55,6 +57,7 @@ NAMES = (
     "burst_1000",
     "notify_slow_sink",
     "scale_10k",
+    "scale_vs_bare_jobs",
     "pool_burst_10k",
     "gateway_cache_hit_overhead",
     "gateway_concurrent_uploads",

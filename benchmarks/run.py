@@ -51,6 +51,8 @@ def _load(name: str):
         from . import scale as mod
     elif name == "pool_burst_10k":
         from . import pool_burst as mod
+    elif name == "scale_vs_bare_jobs":
+        from . import scale_bare as mod
     elif name.startswith("gateway_"):
         from . import gateway as mod
     else:
