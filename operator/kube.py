@@ -238,7 +238,10 @@ class Kube:
         return self.to_dict(pods.items)
 
     def pool_jobs(self, namespace: str) -> list[dict]:
-        return self.to_dict(self.batch.list_namespaced_job(namespace, label_selector=f"{LABEL_POOL}=true").items)
+        """The pooled runner Jobs as plain JSON (no client models: a pool's Jobs carry the
+        whole pod template, and building models of them cost more than the request)."""
+        resp = self.batch.list_namespaced_job(namespace, label_selector=f"{LABEL_POOL}=true", _preload_content=False)
+        return json.loads(resp.data)["items"]
 
     def create_pool_job(self, namespace: str, job: dict) -> None:
         self.batch.create_namespaced_job(namespace, job)

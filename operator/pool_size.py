@@ -18,8 +18,12 @@ def active_pool_jobs(jobs: list[dict[str, Any]]) -> int:
                                           for c in (j.get("status") or {}).get("conditions") or []))
 
 
+def desired_runners(entries: list[Entry], max_runners: int, per_runner: int) -> int:
+    """Pooled runners the dispatched work asks for, within the budget."""
+    outstanding = sum(1 for e in entries if e.phase == Phase.Running.value and not e.job_name)
+    return min(max_runners, math.ceil(outstanding / per_runner))
+
+
 def pool_shortfall(entries: list[Entry], active: int, max_runners: int, per_runner: int) -> int:
     """Pooled runners to start: enough for the dispatched work, within the budget."""
-    outstanding = sum(1 for e in entries if e.phase == Phase.Running.value and not e.job_name)
-    desired = min(max_runners, math.ceil(outstanding / per_runner))
-    return max(0, desired - active)
+    return max(0, desired_runners(entries, max_runners, per_runner) - active)

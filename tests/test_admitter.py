@@ -107,3 +107,45 @@ def test_a_request_deleted_or_moved_on_since_the_plan_is_not_admitted(gone):
     assert kube.jobs == [] and asked == []
     entry = a.registry.get("uid-moved")
     assert (entry is None) if gone else (entry.phase == "Running")
+
+
+class PoolKube(FakeCluster):
+    """Pooled runner Jobs: each list counted, each create remembered as a running Job."""
+
+    def __init__(self):
+        super().__init__([])
+        self.lists, self.pool = 0, []
+
+    def pool_jobs(self, ns):
+        self.lists += 1
+        return [{"metadata": {"name": n}, "status": {}} for n in self.pool]
+
+    def create_pool_job(self, ns, job):
+        self.pool.append(job["metadata"]["name"])
+
+
+def dispatched(n):
+    bodies = [queued_request(f"p{i}", f"2026-01-01T00:00:{i:02d}Z") for i in range(n)]
+    for b in bodies:
+        b["status"] = {**b["status"], "phase": "Running"}  # on the stream, no Job of its own
+    return bodies
+
+
+def test_the_pool_is_listed_only_when_the_work_may_want_more_runners(monkeypatch):
+    kube = PoolKube()
+    a, adm, _ = build(kube, mode="pool", gpu_budget=3, requests_per_runner=2)
+    queue(a, dispatched(3))  # 3 dispatched: 2 runners wanted
+    clock = [1000.0]
+    monkeypatch.setattr(admitter_module.time, "monotonic", lambda: clock[0])
+    adm.ensure_pool()
+    assert (kube.lists, len(kube.pool)) == (1, 2)
+    for _ in range(50):  # a burst's passes: no list while the pool listed a moment ago is enough
+        adm.ensure_pool()
+    assert (kube.lists, len(kube.pool)) == (1, 2)
+    queue(a, dispatched(6))  # more work than 2 runners take: listed again, a third started
+    adm.ensure_pool()
+    assert (kube.lists, len(kube.pool)) == (2, 3)
+    kube.pool.pop()  # a runner ended; after the period the list sees it and replaces it
+    clock[0] += admitter_module.POOL_LIST_PERIOD + 0.1
+    adm.ensure_pool()
+    assert (kube.lists, len(kube.pool)) == (3, 3)
