@@ -33,6 +33,8 @@ wer_by_model                WER and real-time factor of tiny.en and base by lang
                             hack/setup.sh models), against tiny.en on the same English clips
 job_mode_breakdown          one runner Job's seconds by phase (runner timings, watch); VAD on
                             vs off alternating, transcription vs a warm engine
+realnode_pod_start          a runner Job's pod, creation to Running on the real node (root),
+                            against the same Job with the pause image
 ==========================  ==============================================================
 
 ``benchmarks.run --only NAME[,NAME]`` runs a subset and ``--quick`` shrinks the sizes
@@ -54,6 +56,7 @@ NAMES = (
     "pooled_vs_per_job",
     "pooled_vs_bound",
     "job_mode_breakdown",
+    "realnode_pod_start",
     "burst_1000",
     "notify_slow_sink",
     "scale_10k",

@@ -47,6 +47,8 @@ def _load(name: str):
         from . import pool_bound as mod
     elif name == "job_mode_breakdown":
         from . import breakdown as mod
+    elif name == "realnode_pod_start":
+        from . import pod_start as mod
     elif name == "scale_10k":
         from . import scale as mod
     elif name == "pool_burst_10k":

@@ -31,7 +31,7 @@ from .packing import Item, transcribe_packed
 from .pieces import MIN_PIECE_SECONDS, cut_point
 from .resources import cuda_device_count, release_memory
 from .documents import document, segment
-from .guards import GuardCounts, guarded
+from .guards import GuardCounts, batched
 from .vad import CLIP_SECONDS, pack_clips, speech_regions
 
 log = logging.getLogger(__name__)
@@ -325,12 +325,7 @@ def _decode_part(model, part: np.ndarray, mode: str, spec: TranscriptionSpec, kw
     Batched segments pass sequential decoding's hallucination guards (:mod:`.guards`)."""
     if mode == "batched":
         if clips:
-            from faster_whisper import BatchedInferencePipeline
-
-            segments, info = BatchedInferencePipeline(model).transcribe(
-                part, batch_size=spec.batch_size, vad_filter=False,
-                clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
-            return guarded(segments, model, part, kwargs, counts), info
+            return batched(model, part, clips, spec.batch_size, kwargs, counts)
     elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
         return model.transcribe(part, vad_filter=spec.vad, **kwargs)
     return iter(()), None

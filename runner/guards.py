@@ -121,3 +121,16 @@ def guarded(segments: Iterable[Any], model: Any, samples: np.ndarray, kwargs: di
             yield from redecode(model, samples, seg, kwargs, counts)
         else:
             yield seg
+
+
+def batched(model: Any, samples: np.ndarray, clips: list[tuple[float, float]], batch_size: int,
+            kwargs: dict[str, Any], counts: GuardCounts) -> tuple[Iterator[Any], Any]:
+    """(segments, info) of faster-whisper's batched pipeline over ``clips`` (seconds) of
+    ``samples``, the segments held to the guards. The clips are the VAD's already, so the
+    pipeline runs none of its own. Lazy: nothing is decoded before the segments are read."""
+    from faster_whisper import BatchedInferencePipeline
+
+    segments, info = BatchedInferencePipeline(model).transcribe(
+        samples, batch_size=batch_size, vad_filter=False,
+        clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
+    return guarded(segments, model, samples, kwargs, counts), info

@@ -23,7 +23,7 @@ from kubescribe.models import TranscriptionSpec
 
 from .audio import SAMPLE_RATE, AudioStream, BadAudio
 from .documents import document, word_run
-from .guards import GuardCounts, guarded
+from .guards import GuardCounts, batched
 from .vad import CLIP_SECONDS, Regions, pack_clips, speech_regions
 
 #: (audio: bytes or 16 kHz samples, spec, audio SHA-256) of one packed request.
@@ -155,15 +155,10 @@ def transcribe_packed(load_model: Callable[[TranscriptionSpec], Any], items: lis
     counts = GuardCounts()
     t0 = time.perf_counter()
     if clips:
-        from faster_whisper import BatchedInferencePipeline
-
         kwargs: dict[str, Any] = dict(language=language, task=first.task, beam_size=first.beam_size,
                                       word_timestamps=True, initial_prompt=first.initial_prompt or None)
-        segments, _info = BatchedInferencePipeline(model).transcribe(
-            shared.samples, batch_size=first.batch_size, vad_filter=False,
-            clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
-        # a generator: the decoding happens here; sequential decoding's guards held (.guards)
-        for seg in guarded(segments, model, shared.samples, kwargs, counts):
+        segments, _info = batched(model, shared.samples, clips, first.batch_size, kwargs, counts)
+        for seg in segments:  # a generator: the decoding happens here
             for i, words in shared.split(seg):
                 per[i].append(word_run(words, seg, len(per[i]) + 1, -shared.offsets[i], shared.durations[i],
                                        first.word_timestamps))
