@@ -17,7 +17,6 @@ import contextlib
 import json
 import time
 
-from harness.speech import CORPUS as SENTENCES
 
 from .common import Context, Outcome, RequestWatch, log, median, secs
 

@@ -470,7 +470,7 @@ def pooled_vs_per_job(ctx: Context) -> Outcome:
         "flushed before every run), created back to back; each mode measured "
         + ("once" if ctx.quick else "twice, in the order job, pool, pool, job (medians)")
         + "; wall time from the first create to the watch seeing "
-        f"the last one Succeeded. Real control plane, real operator with gpu budget 2, the fake kubelet running each "
+        "the last one Succeeded. Real control plane, real operator with gpu budget 2, the fake kubelet running each "
         "runner pod as a local process (the pod's own command and environment), real Redis and faster-whisper "
         "tiny.en on CPU. **Baseline**: job mode (`KUBESCRIBE_MODE=job`, one runner Job per request, each runner "
         "process imports faster-whisper and loads the model). **kubescribe pooled**: `KUBESCRIBE_MODE=pool` "

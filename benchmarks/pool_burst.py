@@ -11,17 +11,13 @@ is measured is how fast the operator moves a burst of short clips through the po
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from typing import Any
 
-from kubescribe.cache_layout import AUDIO_PREFIX
-
 from .cluster import _create_all
 from .common import Context, Outcome, RequestWatch, log, mib, secs
-from .scale import ADMITTED, CountSampler, write_kinds
+from .scale import ADMITTED, CountSampler, distinct_requests, named_namespaces, scale_cluster, write_kinds
 from harness.memory import RssSampler
-from harness.operator import CRD
 
 
 def _cpu(proc) -> float:
@@ -33,10 +29,7 @@ def pool_burst_10k(ctx: Context) -> Outcome:
     import psutil
     from kubernetes import client
 
-    from harness.envtest import wait_for
-    from harness.envtest.audit import WRITES_AUDIT_POLICY, audit_writes
-    from harness.envtest.cluster import KubeCluster
-    from harness.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS
+    from harness.envtest.audit import audit_writes
     from harness.operator import OperatorProcess, operator_identity
     from harness.simulated_pool import SimulatedPool
 
@@ -44,9 +37,7 @@ def pool_burst_10k(ctx: Context) -> Outcome:
     runners, per_runner, run_s, threads = 64, 4, 0.5, 8
     timeout = 300 if ctx.quick else 1200
     out = Outcome("pool_burst_10k", f"Pool mode: {n:,} short requests in a burst, runners simulated")
-    specs = {f"clip-{i:05d}": {"audio": {"redisKey": AUDIO_PREFIX + hashlib.sha256(f"clip-{i}".encode()).hexdigest()},
-                               "model": "tiny.en", "language": "en"}
-             for i in range(n)}
+    specs = distinct_requests("clip", n)
     redis = ctx.redis()
     redis.client().flushdb()
     state: dict[str, Any] = {"dispatched": set(), "done": set(), "failed": set(), "t_dispatched": None,
@@ -66,9 +57,7 @@ def pool_burst_10k(ctx: Context) -> Outcome:
             state["t_done"] = t
 
     with contextlib.ExitStack() as stack:
-        cluster = KubeCluster(audit_policy=WRITES_AUDIT_POLICY, crds=[CRD], workdir=ctx.workdir / "pool-burst-cluster",
-                              controller_manager_args=CONTROLLER_MANAGER_SCALE_ARGS,
-                              apiserver_args=APISERVER_SCALE_ARGS)
+        cluster = scale_cluster(ctx, "pool-burst-cluster")
         stack.callback(cluster.stop)
         cluster.start()
         kubeconfig, user = operator_identity(cluster)
@@ -76,10 +65,7 @@ def pool_burst_10k(ctx: Context) -> Outcome:
         stack.callback(api.close)
         core = client.CoreV1Api(api)
         ns, base_ns = "burst", "burst-create-only"
-        for name in (ns, base_ns):
-            core.create_namespace({"metadata": {"name": name}})
-            wait_for(lambda name=name: core.read_namespaced_service_account("default", name), timeout=60,
-                     interval=0.1, description=f"{name}/default ServiceAccount", ignore=(client.exceptions.ApiException,))
+        named_namespaces(core, ns, base_ns)
         # Baseline: the same creates into a namespace no operator watches, before anything runs.
         _t, base_s, _lat = _create_all(cluster, base_ns, specs, threads)
         log(f"pool_burst_10k baseline: {n} creates in {base_s:.1f}s")

@@ -97,6 +97,37 @@ def apiserver_requests(api, resource: str) -> collections.Counter:
     return counts
 
 
+def distinct_requests(prefix: str, n: int) -> dict[str, dict]:
+    """``n`` request specs by name, each naming audio of its own (distinct cache keys, so no
+    request waits for an identical one); nothing reads the audio in these runs."""
+    return {f"{prefix}-{i:05d}": {"audio": {"redisKey": AUDIO_PREFIX + hashlib.sha256(f"{prefix}-{i}".encode()).hexdigest()},
+                                  "model": "tiny.en", "language": "en"}
+            for i in range(n)}
+
+
+def scale_cluster(ctx: Context, name: str):
+    """A control plane (not started) with an audit log of every write and the client
+    limits a production control plane lifts (harness/envtest/kwok.py's ``*_SCALE_ARGS``)."""
+    from harness.envtest.audit import WRITES_AUDIT_POLICY
+    from harness.envtest.cluster import KubeCluster
+    from harness.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS
+
+    return KubeCluster(audit_policy=WRITES_AUDIT_POLICY, crds=[CRD], workdir=ctx.workdir / name, keep_workdir=True,
+                       controller_manager_args=CONTROLLER_MANAGER_SCALE_ARGS, apiserver_args=APISERVER_SCALE_ARGS)
+
+
+def named_namespaces(core, *names: str) -> None:
+    """Namespaces by these names, each returned once its default ServiceAccount exists."""
+    from kubernetes import client
+
+    from harness.envtest import wait_for
+
+    for name in names:
+        core.create_namespace({"metadata": {"name": name}})
+        wait_for(lambda name=name: core.read_namespaced_service_account("default", name), timeout=60, interval=0.1,
+                 description=f"{name}/default ServiceAccount", ignore=(client.exceptions.ApiException,))
+
+
 def write_kinds(writes) -> collections.Counter:
     """The operator's writes by kind: status patches that only move a queue position apart
     from those that change a phase, other writes by resource and verb."""
@@ -113,18 +144,15 @@ def write_kinds(writes) -> collections.Counter:
 def scale_10k(ctx: Context) -> Outcome:
     import psutil
 
-    from harness.envtest.audit import WRITES_AUDIT_POLICY, audit_writes
-    from harness.envtest.cluster import KubeCluster
-    from harness.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
+    from harness.envtest.audit import audit_writes
+    from harness.envtest.kwok import KwokNodes
     from harness.operator import OperatorProcess, operator_identity
 
     nodes_n, n = (50, 600) if ctx.quick else (1000, 10000)
     gpus_per_node, run_s, ttl_s, threads = 4, 5.0, 60, 8
     timeout = 600 if ctx.quick else 1800
     out = Outcome("scale_10k", f"Scale: {n:,} requests in a burst on {nodes_n:,} simulated GPU nodes (kwok)")
-    specs = {f"scale-{i:05d}": {"audio": {"redisKey": AUDIO_PREFIX + hashlib.sha256(f"scale-{i}".encode()).hexdigest()},
-                                "model": "tiny.en", "language": "en"}
-             for i in range(n)}
+    specs = distinct_requests("scale", n)
     redis = ctx.redis()
     redis.client().flushdb()
 
@@ -147,9 +175,7 @@ def scale_10k(ctx: Context) -> Outcome:
 
     with contextlib.ExitStack() as stack:
         t_setup = time.perf_counter()
-        cluster = KubeCluster(audit_policy=WRITES_AUDIT_POLICY, crds=[CRD], workdir=ctx.workdir / "scale-cluster",
-                              keep_workdir=True, controller_manager_args=CONTROLLER_MANAGER_SCALE_ARGS,
-                              apiserver_args=APISERVER_SCALE_ARGS)
+        cluster = scale_cluster(ctx, "scale-cluster")
         stack.callback(cluster.stop)
         cluster.start()
         nodes = KwokNodes(cluster, nodes=nodes_n, gpus_per_node=gpus_per_node, run_seconds=run_s,
@@ -164,11 +190,7 @@ def scale_10k(ctx: Context) -> Outcome:
         from kubernetes import client
 
         ns = "scale"
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
-        from harness.envtest import wait_for
-
-        wait_for(lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns), timeout=60,
-                 interval=0.1, description="scale/default ServiceAccount", ignore=(client.exceptions.ApiException,))
+        named_namespaces(client.CoreV1Api(api), ns)
         op = OperatorProcess(kubeconfig, "", redis.url, ctx.workdir, gpu_budget=str(nodes.gpus),
                              request_ttl_seconds=str(ttl_s), resync_seconds="30",
                              log_level="WARNING")

@@ -10,18 +10,14 @@ request burst achieved, by a plain client, once the requests' namespace is gone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
 from typing import Any
 
-from kubescribe.cache_layout import AUDIO_PREFIX
-
 from .cluster import _create_all
 from .common import Context, Outcome, RequestWatch, log, mib, secs
-from .scale import CountSampler, write_kinds
+from .scale import CountSampler, distinct_requests, named_namespaces, scale_cluster, write_kinds
 from harness.memory import RssSampler
-from harness.operator import CRD
 
 
 class JobWatch:
@@ -137,9 +133,8 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
     from kubernetes import client
 
     from harness.envtest import wait_for
-    from harness.envtest.audit import WRITES_AUDIT_POLICY, audit_writes
-    from harness.envtest.cluster import KubeCluster
-    from harness.envtest.kwok import APISERVER_SCALE_ARGS, CONTROLLER_MANAGER_SCALE_ARGS, KwokNodes
+    from harness.envtest.audit import audit_writes
+    from harness.envtest.kwok import KwokNodes
     from harness.operator import OperatorProcess, operator_identity
     from kubescribe.models import parse_spec
     from kubescribe.operator.jobs import build_job
@@ -149,9 +144,7 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
     gpus_per_node, run_s, threads = 4, 5.0, 8
     timeout = 600 if ctx.quick else 1800
     out = Outcome("scale_vs_bare_jobs", f"{n:,} requests through the operator vs {n:,} plain runner Jobs (kwok)")
-    specs = {f"req-{i:05d}": {"audio": {"redisKey": AUDIO_PREFIX + hashlib.sha256(f"bare-{i}".encode()).hexdigest()},
-                              "model": "tiny.en", "language": "en"}
-             for i in range(n)}
+    specs = distinct_requests("req", n)
     redis = ctx.redis()
     redis.client().flushdb()
     state: dict[str, Any] = {"done": set(), "failed": set(), "t_done": None}
@@ -166,9 +159,7 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
 
     with contextlib.ExitStack() as stack:
         t_setup = time.perf_counter()
-        cluster = KubeCluster(audit_policy=WRITES_AUDIT_POLICY, crds=[CRD], workdir=ctx.workdir / "bare-cluster",
-                              controller_manager_args=CONTROLLER_MANAGER_SCALE_ARGS,
-                              apiserver_args=APISERVER_SCALE_ARGS)
+        cluster = scale_cluster(ctx, "bare-cluster")
         stack.callback(cluster.stop)
         cluster.start()
         nodes = KwokNodes(cluster, nodes=nodes_n, gpus_per_node=gpus_per_node, run_seconds=run_s,
@@ -181,10 +172,7 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
         stack.callback(api.close)
         core = client.CoreV1Api(api)
         req_ns, bare_ns = "requests", "bare"
-        for name in (req_ns, bare_ns):
-            core.create_namespace({"metadata": {"name": name}})
-            wait_for(lambda name=name: core.read_namespaced_service_account("default", name), timeout=60,
-                     interval=0.1, description=f"{name}/default ServiceAccount", ignore=(client.exceptions.ApiException,))
+        named_namespaces(core, req_ns, bare_ns)
         procs = {"kube-apiserver": cluster.apiserver.pid, "etcd": cluster.etcd.pid,
                  "kube-controller-manager": cluster.controller_manager.pid, "kube-scheduler": nodes.scheduler.pid,
                  "kwok": nodes.kwok.pid}
