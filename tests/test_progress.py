@@ -181,17 +181,27 @@ def test_a_long_request_shows_rising_progress_to_100_and_resumes_after_its_runne
             seen.append(status["progress"])
         return status
 
-    # Kill the runner once about a third of the segments are checkpointed and progress is shown.
+    # Freeze the runner once about a third of the segments are checkpointed, wait for the
+    # operator to show its progress, then kill it. Freezing (SIGSTOP), not waiting for both
+    # at once: a fast machine decodes this recording in 6 s, before the operator's first
+    # progress period (5 s) has passed, and the checkpoints are gone with the result.
     def third_done():
+        status = watch(requests_api.status("long"))
+        ck = status.get("cacheKey")
+        return ck if ck and len(board.checkpointed(ck)) >= 8 else None
+
+    cache_key = wait_for(third_done, timeout=600, interval=0.05, description="a third of the segments checkpointed")
+    run = next(r for r in fake_kubelet.runs(requests_api.namespace) if r.pid and r.exit_code is None)
+    os.kill(run.pid, signal.SIGSTOP)
+    saved = board.checkpointed(cache_key)
+
+    def shown():
         status = watch(requests_api.status("long"))
         if status.get("phase") == "Running" and 'name="long"' in op.metrics_text():
             gauge_seen.append(True)
-        ck = status.get("cacheKey")
-        return ck if ck and len(board.checkpointed(ck)) >= 8 and seen else None
+        return bool(seen and gauge_seen)
 
-    cache_key = wait_for(third_done, timeout=600, interval=0.2, description="a third of the segments checkpointed")
-    run = next(r for r in fake_kubelet.runs(requests_api.namespace) if r.pid and r.exit_code is None)
-    saved = board.checkpointed(cache_key)
+    wait_for(shown, timeout=60, interval=0.2, description="the frozen runner's progress shown")
     os.kill(run.pid, signal.SIGKILL)
     assert run.done.wait(30)
 
