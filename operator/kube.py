@@ -234,8 +234,11 @@ class Kube:
         return items[0] if items else None
 
     def job_pods(self, namespace: str, job: str) -> list[dict]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
-        return self.to_dict(pods.items)
+        """A Job's pods as plain JSON, as ``pool_jobs`` reads Jobs: read on every runner
+        Job's end, and client models of a runner pod cost more than the request."""
+        resp = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job}",
+                                             _preload_content=False)
+        return json.loads(resp.data)["items"]
 
     def pool_jobs(self, namespace: str) -> list[dict]:
         """The pooled runner Jobs as plain JSON (no client models: a pool's Jobs carry the
