@@ -217,15 +217,11 @@ def _crosstalk(ctx: Context, engine) -> tuple[list[list], bool]:
     """Four voices at once through kubescribe's batched path, the library's batched
     pipeline on the same clips, and sequential decoding: rows, and whether kubescribe's
     own output looped."""
-    import zlib
-
     from faster_whisper import BatchedInferencePipeline
+    from faster_whisper.transcribe import get_compression_ratio
 
     from harness.speech import crosstalk
     from kubescribe.runner.vad import CLIP_SECONDS, pack_clips, speech_regions
-
-    def ratio(text: str) -> float:
-        return len(text.encode()) / len(zlib.compress(text.encode())) if text else 0.0
 
     samples = crosstalk(ctx.workdir / "crosstalk")
     model = engine.model("tiny.en", "cpu", "int8")
@@ -241,7 +237,7 @@ def _crosstalk(ctx: Context, engine) -> tuple[list[list], bool]:
             doc = engine.transcribe(samples, _spec(decoding="batched" if name.startswith("kubescribe") else "sequential"))
             texts = [s["text"] for s in doc["segments"]]
         took = time.perf_counter() - t0
-        worst = max((ratio(t) for t in texts), default=0.0)
+        worst = max((get_compression_ratio(t) for t in texts if t), default=0.0)
         ours_loops |= name.startswith("kubescribe") and worst > 2.4
         text = " ".join(texts)
         rows.append([name, len(text.split()), f"{worst:.2f}", f"{took:.1f} s", repr(text[:80])])

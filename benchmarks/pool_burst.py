@@ -16,13 +16,8 @@ from typing import Any
 
 from .cluster import _create_all
 from .common import Context, Outcome, RequestWatch, log, mib, secs
-from .scale import ADMITTED, CountSampler, distinct_requests, named_namespaces, scale_cluster, write_kinds
+from .scale import ADMITTED, CountSampler, cpu_seconds, distinct_requests, named_namespaces, scale_cluster, write_kinds
 from harness.memory import RssSampler
-
-
-def _cpu(proc) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
 
 
 def pool_burst_10k(ctx: Context) -> Outcome:
@@ -41,14 +36,13 @@ def pool_burst_10k(ctx: Context) -> Outcome:
     redis = ctx.redis()
     redis.client().flushdb()
     state: dict[str, Any] = {"dispatched": set(), "done": set(), "failed": set(), "t_dispatched": None,
-                             "t_done": None, "t_first_done": None}
+                             "t_done": None}
 
     def on_event(name: str, phase: str | None, t: float, status: dict) -> None:
         if phase in ADMITTED:  # Running: on the stream (the operator writes the stream first)
             state["dispatched"].add(name)
         if phase == "Succeeded":
             state["done"].add(name)
-            state["t_first_done"] = state["t_first_done"] or t
         elif phase == "Failed":
             state["failed"].add(name)
         if state["t_dispatched"] is None and len(state["dispatched"]) >= n:
@@ -84,9 +78,6 @@ def pool_burst_10k(ctx: Context) -> Outcome:
                  "kube-controller-manager": psutil.Process(cluster.controller_manager.pid),
                  "simulated runners": [psutil.Process(p) for p in pool.pids()]}
 
-        def cpu_now() -> dict[str, float]:
-            return {k: sum(_cpu(p) for p in v) if isinstance(v, list) else _cpu(v) for k, v in procs.items()}
-
         time.sleep(1.0)  # the operator's first resync and list are not the burst's
         idle_rss = procs["operator"].memory_info().rss
         sampler = RssSampler(op.proc.pid).start()
@@ -95,12 +86,12 @@ def pool_burst_10k(ctx: Context) -> Outcome:
         stack.callback(watch.stop)
         counts = CountSampler(cluster, ns).start()
         stack.callback(counts.stop)
-        cpu0 = cpu_now()
+        cpu0 = cpu_seconds(procs)
         t0, create_s, _lat = _create_all(cluster, ns, specs, threads)
         t_burst_end = t0 + create_s
         log(f"pool_burst_10k: {n} creates in {create_s:.1f}s; waiting for all to succeed")
         finished = watch.wait(lambda w: state["t_done"] is not None, timeout=timeout)
-        cpu1 = cpu_now()
+        cpu1 = cpu_seconds(procs)
         peak = sampler.stop()
         counts.stop()
         writes = audit_writes(cluster.iter_audit_events(), user=user, namespace=ns)

@@ -128,6 +128,14 @@ def named_namespaces(core, *names: str) -> None:
                  description=f"{name}/default ServiceAccount", ignore=(client.exceptions.ApiException,))
 
 
+def cpu_seconds(procs: dict[str, Any]) -> dict[str, float]:
+    """User+system CPU seconds so far of each named psutil process (or list of them)."""
+    def one(p) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+    return {k: sum(one(p) for p in v) if isinstance(v, list) else one(v) for k, v in procs.items()}
+
+
 def write_kinds(writes) -> collections.Counter:
     """The operator's writes by kind: status patches that only move a queue position apart
     from those that change a phase, other writes by resource and verb."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from .cluster import _create_all
 from .common import Context, Outcome, RequestWatch, log, mib, secs
-from .scale import CountSampler, distinct_requests, named_namespaces, scale_cluster, write_kinds
+from .scale import CountSampler, cpu_seconds, distinct_requests, named_namespaces, scale_cluster, write_kinds
 from harness.memory import RssSampler
 
 
@@ -32,7 +32,7 @@ class JobWatch:
         self.namespace = namespace
         self.complete: set[str] = set()
         self.failed: set[str] = set()
-        self.t_last: float | None = None
+        self.ended_at: dict[str, float] = {}  # when each Job was first seen Complete or Failed
         self.cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"jobs-{namespace}", daemon=True)
@@ -58,7 +58,9 @@ class JobWatch:
                             self.complete.add(job.metadata.name)
                         elif conds.get("Failed") == "True":
                             self.failed.add(job.metadata.name)
-                        self.t_last = time.perf_counter()
+                        else:
+                            continue
+                        self.ended_at.setdefault(job.metadata.name, time.perf_counter())
                         self.cond.notify_all()
                     if self._stop.is_set():
                         break
@@ -71,12 +73,12 @@ class JobWatch:
         """perf_counter when ``n`` Jobs had ended, or None on timeout."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while len(self.complete) + len(self.failed) < n:
+            while len(self.ended_at) < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self.cond.wait(min(left, 1.0))
-            return self.t_last
+            return sorted(self.ended_at.values())[n - 1]
 
     def stop(self) -> None:
         self._stop.set()
@@ -121,11 +123,6 @@ def _create_jobs_paced(cluster, namespace: str, jobs: list[dict], threads: int, 
     if errors:
         raise errors[0]
     return t0_box[0], elapsed
-
-
-def _cpu(proc) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
 
 
 def scale_vs_bare_jobs(ctx: Context) -> Outcome:
@@ -178,9 +175,6 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
                  "kwok": nodes.kwok.pid}
         ps = {k: psutil.Process(v) for k, v in procs.items()}
 
-        def cpu_now() -> dict[str, float]:
-            return {k: _cpu(p) for k, p in ps.items()}
-
         # (b) the requests, through the operator
         op = OperatorProcess(kubeconfig, req_ns, redis.url, ctx.workdir, gpu_budget=str(nodes.gpus),
                              resync_seconds="30", log_level="WARNING")
@@ -192,11 +186,11 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
         stack.callback(sampler.stop)
         watch = RequestWatch(cluster, req_ns, on_event=on_event).start()
         stack.callback(watch.stop)
-        cpu0 = cpu_now()
+        cpu0 = cpu_seconds(ps)
         t0, req_create_s, _lat = _create_all(cluster, req_ns, specs, threads)
         log(f"scale_vs_bare_jobs: {n} requests created in {req_create_s:.1f}s; waiting for all to succeed")
         watch.wait(lambda w: state["t_done"] is not None, timeout=timeout)
-        cpu1 = cpu_now()
+        cpu1 = cpu_seconds(ps)
         peak = sampler.stop()
         watch.stop()
         req_wall = state["t_done"] - t0 if state["t_done"] else None
@@ -222,11 +216,11 @@ def scale_vs_bare_jobs(ctx: Context) -> Outcome:
         rate = n / req_create_s
         jw = JobWatch(cluster, bare_ns).start()
         stack.callback(jw.stop)
-        cpu2 = cpu_now()
+        cpu2 = cpu_seconds(ps)
         t0b, bare_create_s = _create_jobs_paced(cluster, bare_ns, jobs, threads, rate)
         log(f"scale_vs_bare_jobs: {n} plain Jobs created in {bare_create_s:.1f}s; waiting for all to complete")
         t_end = jw.wait(n, timeout)
-        cpu3 = cpu_now()
+        cpu3 = cpu_seconds(ps)
         bare_wall = t_end - t0b if t_end else None
         bare_failed = len(jw.failed)
         jw.stop()

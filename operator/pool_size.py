@@ -23,7 +23,3 @@ def desired_runners(entries: list[Entry], max_runners: int, per_runner: int) -> 
     outstanding = sum(1 for e in entries if e.phase == Phase.Running.value and not e.job_name)
     return min(max_runners, math.ceil(outstanding / per_runner))
 
-
-def pool_shortfall(entries: list[Entry], active: int, max_runners: int, per_runner: int) -> int:
-    """Pooled runners to start: enough for the dispatched work, within the budget."""
-    return max(0, desired_runners(entries, max_runners, per_runner) - active)

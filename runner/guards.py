@@ -104,11 +104,10 @@ def redecode(model: Any, samples: np.ndarray, seg: Any, kwargs: dict[str, Any], 
 
 
 def guarded(segments: Iterable[Any], model: Any, samples: np.ndarray, kwargs: dict[str, Any],
-            counts: GuardCounts | None = None) -> Iterator[Any]:
+            counts: GuardCounts) -> Iterator[Any]:
     """The batched ``segments`` of ``samples`` with the sequential thresholds held:
     silent ones dropped, doubtful ones decoded again (``kwargs``: language, task, beam,
     word timestamps, prompt, as the batched call had them). Lazy, like the segments."""
-    counts = counts if counts is not None else GuardCounts()
     for seg in segments:
         if silent(seg):
             counts.dropped += 1

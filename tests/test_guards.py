@@ -6,10 +6,10 @@ nothing."""
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import numpy as np
 import pytest
+from faster_whisper.transcribe import get_compression_ratio as compression_ratio
 
 from harness.speech import SENTENCES, crosstalk, speak, wer
 from kubescribe.models import parse_spec
@@ -33,11 +33,6 @@ class Seg:
     no_speech_prob: float = 0.1
     compression_ratio: float = 1.5
     words: list | None = None
-
-
-def compression_ratio(text: str) -> float:
-    raw = text.encode()
-    return len(raw) / len(zlib.compress(raw))
 
 
 def test_the_thresholds_are_sequential_decodings():

@@ -131,9 +131,9 @@ def test_pool_size_follows_the_dispatched_work_within_the_budget():
     def running(i):
         return Entry("ns", f"p{i}", f"u{i}", 1, "Running", 1, 0, "", 1)
     entries = [running(i) for i in range(9)]
-    assert pool_size.pool_shortfall(entries, active=0, max_runners=2, per_runner=4) == 2
-    assert pool_size.pool_shortfall(entries[:4], active=1, max_runners=2, per_runner=4) == 0
-    assert pool_size.pool_shortfall([], active=0, max_runners=2, per_runner=4) == 0
+    assert pool_size.desired_runners(entries, max_runners=2, per_runner=4) == 2  # 3 wanted, 2 allowed
+    assert pool_size.desired_runners(entries[:4], max_runners=2, per_runner=4) == 1  # one runner, busy enough
+    assert pool_size.desired_runners([], max_runners=2, per_runner=4) == 0
     finished = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     assert pool_size.active_pool_jobs([finished, {"status": {}}]) == 1
 
