@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from kubescribe.objectstore import ObjectStoreError
@@ -70,6 +70,15 @@ async def on_object_store_error(request: Request, exc: Exception) -> Response:
                           else f"the object store is not answering ({exc}): retry", "storage_unavailable")
 
 
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The caller went away before its body was read: nothing of it was kept (the upload
+    was discarded); one line, counted as 499 (nginx's code for it); no one reads the answer."""
+    log.info("%s %s: the client closed the connection before sending its whole body; nothing was kept",
+             request.method, request.url.path)
+    return error_response(499, "the client closed the connection before sending its whole body",
+                          "client_closed_request")
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"unexpected error ({type(exc).__name__}); the gateway log has the details",
@@ -82,4 +91,4 @@ def exception_handlers() -> dict[Any, Any]:
 
     return {HttpError: on_http_error, AuthError: on_auth_error, KubeError: on_kube_error,
             redis.exceptions.RedisError: on_redis_error, ObjectStoreError: on_object_store_error,
-            Exception: on_unexpected}
+            ClientDisconnect: on_client_disconnect, Exception: on_unexpected}

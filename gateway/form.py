@@ -71,6 +71,13 @@ class FormReader:
         self._head = bytearray()
         self._sniffed = False
         self._charset = "utf-8"
+        # For the file's length, forecast from the body's: the chunk being parsed, the
+        # body's bytes before it, the body's length and the closing delimiter's.
+        self._chunk = b""
+        self._before = 0
+        self._length: int | None = None
+        self._closing = 0
+        self._file_started = False
 
     # -- python-multipart callbacks (synchronous) ---------------------------------------
     def _on_part_begin(self) -> None:
@@ -110,6 +117,12 @@ class FormReader:
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
         if part.name == FILE_FIELD:
+            if not self._file_started:
+                self._file_started = True
+                if self._length is not None and data is self._chunk:
+                    # Right when the file is the form's last part (clients put files after
+                    # fields) and the form ends "--boundary--" CRLF, as clients write it.
+                    self._events.append(("expect", self._length - self._before - start - self._closing))
             self._events.append(("file", data[start:end]))
         else:
             if len(part.data) + end - start > FORM_OVERHEAD:
@@ -146,9 +159,13 @@ class FormReader:
             "on_part_end": self._on_part_end, "on_header_field": self._on_header_field,
             "on_header_value": self._on_header_value, "on_header_end": self._on_header_end,
             "on_headers_finished": self._on_headers_finished})
+        length = self.request.headers.get("content-length", "")
+        self._length = int(length) if length.isdigit() else None
+        self._closing = len(b"\r\n--" + boundary + b"--\r\n")
         seen = 0
         try:
             async for chunk in self.request.stream():
+                self._before, self._chunk = seen, chunk
                 seen += len(chunk)
                 if seen > limit + FORM_OVERHEAD:
                     raise too_large(limit)
@@ -172,7 +189,9 @@ class FormReader:
     async def _drain(self) -> None:
         events, self._events = self._events, []
         for kind, value in events:
-            if kind == "file":
+            if kind == "expect":
+                self.sink.expect(value)
+            elif kind == "file":
                 if self._sniffed:
                     await self.sink.write(value)
                 else:

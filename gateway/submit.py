@@ -49,7 +49,8 @@ async def read_upload(gw: Gateway, request: Request) -> tuple[dict[str, Any], Au
     already streamed into it (:mod:`.uploads`). None: the form names a presigned
     ``upload_id`` instead."""
     conf = gw.settings
-    sink = AudioStream(gw.store.objects, limit=conf.gateway_max_upload_bytes, threshold=conf.gateway_stream_upload_bytes)
+    sink = AudioStream(gw.store.objects, limit=conf.gateway_max_upload_bytes, threshold=conf.gateway_stream_upload_bytes,
+                       single_put=conf.gateway_single_put_bytes)
     return await form.read_upload(request, sink, conf.gateway_max_upload_bytes)
 
 

@@ -21,9 +21,12 @@ import hashlib
 import logging
 import re
 import secrets
+import socket
+import struct
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +195,82 @@ class PartWriter:
         except Exception as exc:  # noqa: BLE001 - cleanup after another failure
             log.warning("could not discard s3://%s/%s: %s (a lifecycle rule on uploads/ removes it)",
                         self.bucket, self.key, exc)
+
+
+#: S3's largest single PUT: a longer object must be sent in parts.
+SINGLE_PUT_MAX = 5 * 1024 ** 3
+
+
+_put_sessions: weakref.WeakKeyDictionary[ObjectStore, Any] = weakref.WeakKeyDictionary()
+
+
+def put_session(objects: ObjectStore) -> Any:
+    """An HTTP session like the store's client's own (CA bundle, proxies, timeouts, client
+    certificate) whose connections are reset when closed (SO_LINGER 0), for PUTs fed as
+    their bytes arrive (:func:`put_stream`). Such a PUT, broken off, must not end in an
+    orderly close: versitygw 1.8.0 takes that as the body's end and stores the object cut
+    short (answering 200; AWS answers IncompleteBody); a reset it drops. One per store."""
+    session = _put_sessions.get(objects)
+    if session is None:
+        from botocore.httpsession import URLLib3Session
+
+        config, own = objects.client.meta.config, objects.client._endpoint.http_session
+        session = _put_sessions[objects] = URLLib3Session(
+            verify=own._verify, proxies=config.proxies, timeout=(config.connect_timeout, config.read_timeout),
+            max_pool_connections=config.max_pool_connections, client_cert=config.client_cert,
+            proxies_config=config.proxies_config,
+            socket_options=[*own._socket_options, (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))])
+    return session
+
+
+def put_stream(objects: ObjectStore, key: str, length: int, body: Iterable[bytes],
+               content_type: str = "application/octet-stream") -> None:
+    """One PUT of exactly ``length`` bytes, taken from ``body`` as they come, to a
+    presigned URL, through :func:`put_session` (the client's CA bundle,
+    proxies and timeouts; a broken-off body resets the connection).
+
+    The server stores the object whole or not at all. Not retried: the bytes are not kept
+    here to be sent again (a caller that needs retries sends parts). One PUT costs the
+    server no assembly of parts: on versitygw a multipart upload cost 1.5x the CPU per
+    byte of one PUT (BENCHMARKS.md, gateway_upload_throughput).
+    """
+    from botocore.awsrequest import AWSRequest
+    from botocore.exceptions import ClientError
+
+    client, what = objects.client, f"PUT s3://{objects.bucket}/{key}"
+    try:
+        url = client.generate_presigned_url("put_object", ExpiresIn=PART_URL_SECONDS, Params={
+            "Bucket": objects.bucket, "Key": key, "ContentType": content_type})
+        resp = put_session(objects).send(AWSRequest("PUT", url, data=body, headers={
+            "Content-Length": str(length), "Content-Type": content_type}).prepare())
+    except Exception as exc:
+        raise classify(exc, what) from exc
+    if resp.status_code >= 300:
+        error = ClientError(_s3_error(resp.status_code, resp.content), "PutObject")
+        raise classify(error, what) from error
+
+
+def trim_object(objects: ObjectStore, key: str, length: int, extra: bytes = b"",
+                content_type: str = "application/octet-stream") -> str:
+    """A new upload object of the first ``length`` bytes of ``key`` (copied by the server,
+    at most :data:`SINGLE_PUT_MAX`), then ``extra``; ``key`` is deleted. Returns the new key.
+
+    For a streamed PUT whose length was a forecast that missed (:func:`put_stream` needs
+    it before the first byte): the object was padded to it, or ``extra`` came after it.
+    """
+    writer = PartWriter(objects, upload_key(objects, new_upload_id()), content_type)
+    writer.begin()
+    try:
+        copied = writer._call(objects.client.upload_part_copy, UploadId=writer.upload_id, PartNumber=1,
+                              CopySource={"Bucket": objects.bucket, "Key": key},
+                              CopySourceRange=f"bytes=0-{length - 1}")
+        writer.parts[1] = {"ETag": copied["CopyPartResult"]["ETag"], "PartNumber": 1}
+        writer.finish(extra)
+    except BaseException:
+        writer.discard()
+        raise
+    objects.delete([key])
+    return writer.key
 
 
 def upload_file(objects: ObjectStore, path: Path, *, max_bytes: int | None = None,

@@ -1131,7 +1131,7 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
                           "maxUploadBytes": 1048576, "waitSeconds": 42.5, "maxConcurrentPerIdentity": 3,
                           "modelAliases": {"whisper-1": "small", "fast": "tiny.en"}, "authCacheSeconds": 0,
                           "audioTtlSeconds": 3600, "analysisTtlSeconds": 7200, "port": 9000, "metricsPort": 9001,
-                          "streamUploadBytes": 16777216, "uploadUrlSeconds": 600,
+                          "streamUploadBytes": 16777216, "uploadUrlSeconds": 600, "singlePutBytes": 0,
                           "apiKeys": {"existingSecret": "keys", "key": "k.json"}, "logLevel": "DEBUG"},
               "redis": {"url": "redis://r:6379/1", "existingSecret": "redis-auth"},
               "storage": {"s3": {"bucket": "transcripts", "endpoint": "https://s3.example", "existingSecret": "s3-auth",
@@ -1158,7 +1158,7 @@ def test_every_gateway_env_var_is_a_setting_and_parses_back(offline_helm, monkey
     assert (s.gateway_audio_ttl_seconds, s.gateway_analysis_ttl_seconds) == (3600, 7200)
     assert (s.gateway_port, s.gateway_metrics_port, s.log_level) == (9000, 9001, "DEBUG")
     assert (s.s3_bucket, s.s3_endpoint, s.s3_prefix) == ("transcripts", "https://s3.example", "kubescribe/media/ks/")
-    assert (s.gateway_stream_upload_bytes, s.gateway_upload_url_seconds) == (16777216, 600)
+    assert (s.gateway_stream_upload_bytes, s.gateway_upload_url_seconds, s.gateway_single_put_bytes) == (16777216, 600, 0)
     assert s.gateway_api_keys_file == "/etc/kubescribe/api-keys/k.json" and s.redis_url == "redis://r:6379/1"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -173,6 +174,93 @@ def test_a_refused_call_after_the_upload_deletes_what_it_streamed(uploads_env):
                    data={"model": "whisper-1"}, headers=_bearer(env["writer"]), timeout=60)
     assert r.status_code == 400 and "notes.html is not audio" in r.json()["error"]["message"]
     assert _uploads(env) == []
+
+
+def _posted(env, kube_api, body, headers) -> tuple[dict, bytes]:
+    """POST a prepared form body; the created request's spec and the object it names."""
+    r = httpx.post(f"{env['gateway'].url}/v1/transcriptions", content=body, timeout=60,
+                   headers={**headers, **_bearer(env["writer"])})
+    assert r.status_code == 202, r.text
+    spec = _request(kube_api, env["namespace"], r.json()["name"])["spec"]
+    stored = env["s3"].get_object(Bucket=env["bucket"], Key=spec["audio"]["s3"]["key"])
+    return spec, stored["Body"].read()
+
+
+def _receiving(s3_server) -> list[int]:
+    """Sizes of the files the S3 server has open under its data directory (an object
+    being received is one, unlinked until it is complete)."""
+    sizes, root = [], str(s3_server.data_dir)
+    fds = f"/proc/{s3_server.process.pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(f"{fds}/{fd}").startswith(root):
+                st = os.stat(f"{fds}/{fd}")
+                if stat.S_ISREG(st.st_mode):
+                    sizes.append(st.st_size)
+        except OSError:
+            pass  # closed meanwhile
+    return sizes
+
+
+def test_a_known_length_goes_up_as_one_put_and_a_wrong_forecast_still_stores_the_exact_bytes(uploads_env, kube_api):
+    """The file's length is forecast from Content-Length when the file comes last: one
+    PUT, no parts for the server to assemble. When the forecast misses (fields after the
+    file; a form without its final CRLF) the object is trimmed to the bytes that came;
+    without a Content-Length the upload goes in parts. Each stores exactly the file."""
+    env = uploads_env
+    _clear_uploads(env)
+    audio = wav_bytes(12 * MIB + 7, seed=11)
+    sha = hashlib.sha256(audio).hexdigest()
+
+    def etag(spec) -> str:
+        return env["s3"].head_object(Bucket=env["bucket"], Key=spec["audio"]["s3"]["key"])["ETag"]
+
+    # The file last, as clients send it: one PUT (a multipart object's ETag ends "-<parts>").
+    body, headers = multipart([("model", b"whisper-1", None), ("file", audio, "a.wav")])
+    spec, stored = _posted(env, kube_api, body, headers)
+    assert stored == audio and spec["audio"]["sha256"] == sha
+    assert "-" not in etag(spec), etag(spec)
+    # Fields after the file: the PUT was padded to the forecast, then trimmed by a copy.
+    body, headers = multipart([("file", audio, "a.wav"), ("model", b"whisper-1", None),
+                               ("prompt", b"p" * 4000, None)])
+    spec, stored = _posted(env, kube_api, body, headers)
+    assert stored == audio and spec["audio"]["sha256"] == sha
+    # No CRLF after the closing delimiter: the file is 2 bytes longer than forecast.
+    body, headers = multipart([("model", b"whisper-1", None), ("file", audio, "a.wav")])
+    assert body.endswith(b"--\r\n")
+    spec, stored = _posted(env, kube_api, body[:-2], headers)
+    assert stored == audio and spec["audio"]["sha256"] == sha
+    # Chunked, no Content-Length: parts (12 MiB: two).
+    body, headers = multipart([("model", b"whisper-1", None), ("file", audio, "a.wav")])
+    spec, stored = _posted(env, kube_api, iter([body[i:i + MIB] for i in range(0, len(body), MIB)]), headers)
+    assert stored == audio and spec["audio"]["sha256"] == sha
+    assert etag(spec).strip('"').endswith("-2"), etag(spec)
+    # One object per request: the padded ones are gone, no multipart upload left open.
+    assert len(_uploads(env)) == 4 and not [k for k in _uploads(env) if k.startswith("(multipart)")]
+
+
+def test_a_client_gone_in_the_middle_of_one_put_leaves_nothing(uploads_env, s3_server):
+    import socket
+    from urllib.parse import urlsplit
+
+    env = uploads_env
+    _clear_uploads(env)
+    body, headers = multipart([("model", b"whisper-1", None), ("file", wav_bytes(20 * MIB, seed=12), "a.wav")])
+    url = urlsplit(env["gateway"].url)
+    head = (f"POST /v1/transcriptions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {headers['content-type']}\r\nAuthorization: Bearer {env['writer']}\r\n\r\n")
+    assert _receiving(s3_server) == []
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(head.encode() + body[: 12 * MIB])
+        # Past the 1 MiB threshold: the server is receiving the PUT.
+        wait_for(lambda: any(n >= 4 * MIB for n in _receiving(s3_server)), timeout=20, interval=0.05,
+                 description="the S3 server receiving 4 MiB of the gateway's PUT")
+    wait_for(lambda: _receiving(s3_server) == [], timeout=20, interval=0.1,
+             description="the server to drop the broken PUT")
+    assert _uploads(env) == []
+    log = wait_for(lambda: (text := env["gateway"].log_path.read_text()) and "closed the connection" in text and text,
+                   timeout=10, interval=0.1, description="the gateway to log the client's going")
+    assert "ClientDisconnect" not in log, "a client's going is one line, not a traceback"
 
 
 def test_the_size_limit_holds_while_streaming_and_leaves_nothing(uploads_env):
