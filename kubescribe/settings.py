@@ -249,7 +249,9 @@ class EngineSettings(_Settings):
         False, description="Never contact a model hub (air-gapped clusters); empty is false."
     )
     cpu_threads: int = Field(
-        0, ge=0, description="CTranslate2 intra-op threads; 0 lets it use every core."
+        0, ge=0, description="CTranslate2 intra-op threads; 0: the CPUs the runner may use (its "
+        "container's CPU limit, else the CPUs it may run on). faster-whisper's own default is 4 "
+        "threads whatever the machine: over a 2-CPU limit, the kernel throttles them."
     )
     batched_min_seconds: float = Field(
         60.0,
@@ -268,12 +270,14 @@ class EngineSettings(_Settings):
         "under 35 s a piece may hold no pause to cut in.",
     )
     clip_gap_seconds: float = Field(
-        2.0,
+        6.0,
         ge=0,
-        description="Batched decoding joins speech into clips of up to 30 s and ends a clip at "
-        "a pause longer than this, so segments (and subtitles) never span a long silence. "
-        "2 s keeps the pauses of conversation inside clips: every clip costs a full 30 s "
-        "window, so shorter clips are slower.",
+        description="Batched decoding joins speech into clips of up to 30 s of speech (the "
+        "pauses between its stretches left out, as faster-whisper's own batched pipeline "
+        "does) and ends a clip at a pause longer than this, so a segment (and a subtitle) "
+        "never spans a long silence. Every clip costs a full 30 s window: on a 10-minute "
+        "recording with a 3-4 s pause every ninth sentence, 6 s made 18 clips and 2 s made "
+        "24, 1.2x the time (BENCHMARKS.md, long_vs_faster_whisper).",
     )
     keep_models: int = Field(
         2,

@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,11 +29,11 @@ from kubescribe.settings import EngineSettings
 
 from .audio import SAMPLE_RATE, Source, open_audio
 from .packing import Item, transcribe_packed
-from .pieces import MIN_PIECE_SECONDS, cut_point
-from .resources import cuda_device_count, release_memory
+from .pieces import MIN_PIECE_SECONDS, resume_offset, seam
+from .resources import cuda_device_count, release_memory, usable_cpus
 from .documents import document, segment
-from .guards import GuardCounts, batched
-from .vad import CLIP_SECONDS, pack_clips, speech_regions
+from .guards import GuardCounts, decode_piece
+from .vad import CLIP_SECONDS, SpeechQueue, join_speech, speech_regions
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class EngineOptions:
     Args:
         model_dir: model volume; models are looked up and downloaded here.
         local_files_only: never contact a model hub (air-gapped clusters).
-        cpu_threads: CTranslate2 intra-op threads; 0 lets it use every core.
+        cpu_threads: CTranslate2 intra-op threads; 0: the CPUs the runner may use.
         num_workers: parallel transcriptions one loaded model may run.
         keep_models: models kept loaded at once; the least recently used is unloaded
             (and its memory released) when another is needed.
@@ -154,7 +155,7 @@ class Engine:
                     path,
                     device=device,
                     compute_type=compute_type,
-                    cpu_threads=self.options.cpu_threads,
+                    cpu_threads=self.options.cpu_threads or usable_cpus(),
                     num_workers=self.options.num_workers,
                     download_root=self.options.model_dir,
                     local_files_only=self.options.local_files_only,
@@ -218,10 +219,17 @@ class Engine:
         """
         done = list(done or [])
         with open_audio(data, start=resume_offset(done, math.inf)) as audio:  # bad audio fails before a model loads
-            model = self.model(spec.model, spec.device, spec.compute_type)
-            return self._transcribe(model, audio, spec, audio_sha256, progress, done, on_segment)
+            # The model loads on a thread while the first piece is decoded and the VAD
+            # reads it (both mostly outside the GIL): neither waits for the other.
+            with ThreadPoolExecutor(1, thread_name_prefix="model-load") as loader:
+                loading = loader.submit(self.model, spec.model, spec.device, spec.compute_type)
+                try:
+                    return self._transcribe(loading.result, audio, spec, audio_sha256, progress, done, on_segment)
+                finally:
+                    loading.cancel()
 
-    def _transcribe(self, model, audio: Source, spec: TranscriptionSpec, audio_sha256: str | None,
+    def _transcribe(self, model_of: Callable[[], Any], audio: Source, spec: TranscriptionSpec,
+                    audio_sha256: str | None,
                     progress: ProgressFn | None, done: list[dict[str, Any]], on_segment: SegmentFn | None
                     ) -> dict[str, Any]:
         t0 = time.perf_counter()  # decoding the audio counts: it is interleaved with the model's work
@@ -244,51 +252,67 @@ class Engine:
         counts = GuardCounts()
         info = None
         after_vad = 0.0
-        while True:
-            last = audio.ended
-            length = window.shape[0] / SAMPLE_RATE
-            regions = speech_regions(window) if mode == "batched" or not last else []
-            cut = length if last else cut_point(regions, length)
-            # on a whole millisecond: segment times are rounded to them, so the last one of a
-            # piece and the first one of the next never overlap by a rounding
-            part = window if last else window[:int(cut * 1000) * (SAMPLE_RATE // 1000)]
-            cut = part.shape[0] / SAMPLE_RATE
-            if mode == "sequential" and done:
-                # Sequential decoding conditions each window on the text before it; a resumed
-                # run gets the tail of the checkpointed text as that context, in its first
-                # piece (the docstring says why later pieces do not get the text before them).
-                first = at == int(round(offset * SAMPLE_RATE))
-                kwargs["initial_prompt"] = (" ".join(s["text"] for s in done[-3:])[-400:] or None if first
-                                            else spec.initial_prompt or None)
-            # Over VAD-cut speech clips, not fixed 30 s windows (which cut words in half):
-            # each clip is one segment (timestamps inside clips cost time and accuracy;
-            # the subtitle renderer cuts cues), and long silences split clips so that
-            # segment times stay on the speech.
-            clips = pack_clips([[(a, min(b, cut)) for a, b in regions if a < cut]], CLIP_SECONDS,
-                               self.options.clip_gap_seconds) if mode == "batched" else []
-            segments, got = _decode_part(model, part, mode, spec, kwargs, clips, counts)
-            if got is not None and info is None:
-                info = got
-                kwargs["language"] = kwargs["language"] or got.language  # one language for every piece
-            after_vad += sum(b - a for a, b in clips) if mode == "batched" else (
-                float(got.duration_after_vad) if got is not None else 0.0)
-            # segments is a generator: the decoding happens inside this loop.
-            for seg in segments:
-                item = segment(seg, len(out_segments) + 1, at / SAMPLE_RATE, spec.word_timestamps,
-                                (at + part.shape[0]) / SAMPLE_RATE)
-                out_segments.append(item)
-                if on_segment is not None:
-                    on_segment(item)
-                if progress is not None:
-                    _report(progress, item["end"], audio)
-            if last:
-                break
-            at += part.shape[0]
-            carried = window[part.shape[0]:]
-            del part, segments
+        def read_ahead(carried: np.ndarray) -> tuple[np.ndarray, Any]:
+            """The next piece and its VAD regions, on a thread while this piece decodes
+            (the VAD and the audio decoder run outside the GIL, beside the model's own
+            threads, which leave a core partly idle): a seam then costs no VAD wait."""
             window = np.concatenate([carried, audio.read(piece - carried.shape[0])])
-            if progress is not None:
-                _report(progress, at / SAMPLE_RATE, audio)
+            return window, speech_regions(window) if mode == "batched" or not audio.ended else []
+
+        regions = speech_regions(window) if mode == "batched" or not audio.ended else []
+        queue = SpeechQueue()  # batched: clips waiting for a full batch
+        with ThreadPoolExecutor(1, thread_name_prefix="next-piece") as ahead:
+            while True:
+                last = audio.ended
+                length = window.shape[0] / SAMPLE_RATE
+                gap = self.options.clip_gap_seconds
+                cut = length if last else seam(regions, length, join_speech(regions, CLIP_SECONDS, gap)
+                                               if mode == "batched" else None)
+                # on a whole millisecond: segment times are rounded to them, so the last one of a
+                # piece and the first one of the next never overlap by a rounding
+                part = window if last else window[:int(cut * 1000) * (SAMPLE_RATE // 1000)]
+                cut = part.shape[0] / SAMPLE_RATE
+                if mode == "sequential" and done:
+                    # Sequential decoding conditions each window on the text before it; a resumed
+                    # run gets the tail of the checkpointed text as that context, in its first
+                    # piece (the docstring says why later pieces do not get the text before them).
+                    first = at == int(round(offset * SAMPLE_RATE))
+                    kwargs["initial_prompt"] = (" ".join(s["text"] for s in done[-3:])[-400:] or None if first
+                                                else spec.initial_prompt or None)
+                # Over VAD-cut speech clips, not fixed 30 s windows (which cut words in half),
+                # each up to 30 s of speech with the pauses inside it left out: each clip is one
+                # segment (timestamps inside clips cost time and accuracy; the subtitle renderer
+                # cuts cues), and long silences split clips so that segment times stay on the
+                # speech.
+                clips = join_speech([(a, min(b, cut)) for a, b in regions if a < cut], CLIP_SECONDS,
+                                    gap) if mode == "batched" else []
+                queue.add(clips, part, at)
+                segments, got = decode_piece(model_of(), part, mode, spec, kwargs, queue, last, counts)
+                if got is not None and info is None:
+                    info = got
+                    kwargs["language"] = kwargs["language"] or got.language  # one language for every piece
+                after_vad += sum(b - a for clip in clips for a, b in clip) if mode == "batched" else (
+                    float(got.duration_after_vad) if got is not None else 0.0)
+                total = audio.total_seconds()  # read here: the audio is read on a thread meanwhile
+                upcoming = None if last else ahead.submit(read_ahead, window[part.shape[0]:])
+                # segments is a generator: the decoding happens inside this loop.
+                for seg in segments:
+                    item = segment(seg, len(out_segments) + 1, 0.0 if mode == "batched" else at / SAMPLE_RATE,
+                                   spec.word_timestamps, (at + part.shape[0]) / SAMPLE_RATE)
+                    out_segments.append(item)
+                    if on_segment is not None:
+                        on_segment(item)
+                    if progress is not None:
+                        _report(progress, item["end"], total)
+                if last:
+                    break
+                at += part.shape[0]
+                del part, segments
+                assert upcoming is not None
+                window, regions = upcoming.result()
+                if progress is not None:  # up to the first clip still waiting for its batch
+                    _report(progress, min(at / SAMPLE_RATE, math.inf if queue.start is None else queue.start),
+                            audio.total_seconds())
         duration = audio.position
         elapsed = time.perf_counter() - t0
         if progress is not None:
@@ -319,31 +343,6 @@ def choose_decoding(requested: str, duration: float, batched_min_seconds: float)
     return "batched" if duration >= batched_min_seconds else "sequential"
 
 
-def _decode_part(model, part: np.ndarray, mode: str, spec: TranscriptionSpec, kwargs: dict[str, Any],
-                 clips: list[tuple[float, float]], counts: GuardCounts) -> tuple[Any, Any]:
-    """(segments, info) of one piece; segments is a generator: nothing is decoded yet.
-    Batched segments pass sequential decoding's hallucination guards (:mod:`.guards`)."""
-    if mode == "batched":
-        if clips:
-            return batched(model, part, clips, spec.batch_size, kwargs, counts)
-    elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
-        return model.transcribe(part, vad_filter=spec.vad, **kwargs)
-    return iter(()), None
-
-
-def _report(progress: ProgressFn, done: float, audio: Source) -> None:
+def _report(progress: ProgressFn, done: float, total: float | None) -> None:
     """Progress at ``done`` seconds: of the length known so far, or of 0 (unknown)."""
-    total = audio.total_seconds()
     progress(min(done, total) if total else done, total or 0.0)
-
-
-def resume_offset(done: list[dict[str, Any]], duration: float) -> float:
-    """Where a resumed run starts decoding: the end of the last checkpointed segment.
-
-    Every checkpointed segment is kept and decoding restarts after it, so the seam has no
-    duplicated and no missing segment. Clamped to the audio (a checkpoint of other audio
-    cannot push it past the end).
-    """
-    if not done:
-        return 0.0
-    return max(0.0, min(float(done[-1]["end"]), duration))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 from kubescribe.objectstore import ObjectNotFound, ObjectStoreError
 from kubescribe.outcomes import RunnerOutcome, reason
@@ -12,10 +13,18 @@ from kubescribe.store import StoreError
 from .audio import BadAudio
 from .engine import ModelLoadError, ModelNotFound
 
-try:
-    from redis.exceptions import RedisError
-except ImportError:  # pragma: no cover - redis is a dependency of the runner
-    RedisError = OSError  # type: ignore[misc,assignment]
+
+
+class _NoRedis(Exception):
+    """Raised by nothing: what :func:`_redis_error` names while redis is not imported."""
+
+
+def _redis_error() -> type[BaseException]:
+    """redis' own error class once redis is imported (only then can one be raised);
+    importing it here would cost ``kubescribe transcribe`` 40 ms of start-up it never
+    needs without a cache. An ``except`` clause evaluates this when it is reached."""
+    module = sys.modules.get("redis.exceptions")
+    return module.RedisError if module is not None else _NoRedis
 
 
 class TaskError(Exception):
@@ -43,7 +52,7 @@ def call_store(fn, *args):
     """A Redis call whose failure is the store's (RedisUnavailable), not the caller's."""
     try:
         return fn(*args)
-    except RedisError as exc:
+    except _redis_error() as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
@@ -64,7 +73,7 @@ def task_errors():
         raise TaskError(exc.reason, exc.message) from None
     except ObjectNotFound as exc:  # audio read from a bucket, deleted while it was read
         raise TaskError("AudioNotFound", str(exc)) from None
-    except RedisError as exc:  # a checkpoint write that failed mid-transcription
+    except _redis_error() as exc:  # a checkpoint write that failed mid-transcription
         raise TaskError("RedisUnavailable", f"redis: {type(exc).__name__}: {exc}") from None
     except MemoryError:
         raise TaskError("OutOfMemory", "the runner ran out of memory") from None

@@ -30,11 +30,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from kubescribe.models import TranscriptionSpec
+
+    from .vad import JoinedSpeech, SpeechQueue
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +138,28 @@ def batched(model: Any, samples: np.ndarray, clips: list[tuple[float, float]], b
         samples, batch_size=batch_size, vad_filter=False,
         clip_timestamps=[{"start": a, "end": b} for a, b in clips], **kwargs)
     return guarded(segments, model, samples, kwargs, counts), info
+
+
+def batched_speech(model: Any, joined: JoinedSpeech, audio: np.ndarray, batch_size: int,
+                   kwargs: dict[str, Any], counts: GuardCounts) -> tuple[Iterator[Any], Any]:
+    """:func:`batched` over clips of speech regions joined without the pauses between
+    them (``audio``: :class:`.vad.JoinedSpeech`), the segment and word times mapped back
+    onto the recording. The guards see the joined audio, as the decoder did."""
+    segments, info = batched(model, audio, joined.bounds, batch_size, kwargs, counts)
+    return (joined.restore(seg) for seg in segments), info
+
+
+def decode_piece(model: Any, part: np.ndarray, mode: str, spec: TranscriptionSpec, kwargs: dict[str, Any],
+                 queue: SpeechQueue, last: bool, counts: GuardCounts) -> tuple[Any, Any]:
+    """(segments, info) of one piece, whose clips are in ``queue`` when batched: as many
+    whole batches as are waiting, or every clip left at the ``last`` piece. segments is a
+    generator: nothing is decoded yet. Batched segments pass sequential decoding's
+    hallucination guards; their times are the recording's, sequential ones the piece's."""
+    if mode == "batched":
+        n = len(queue) if last else len(queue) // spec.batch_size * spec.batch_size
+        if n:
+            joined, audio = queue.take(n)
+            return batched_speech(model, joined, audio, spec.batch_size, kwargs, counts)
+    elif part.shape[0] >= SAMPLE_RATE // 10:  # else nothing (or a click) is left after the checkpoint
+        return model.transcribe(part, vad_filter=spec.vad, **kwargs)
+    return iter(()), None

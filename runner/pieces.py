@@ -1,15 +1,15 @@
 """Where a long recording is cut into the pieces the engine transcribes one at a time.
 
 A piece that is not the recording's last ends in a pause the VAD found near its end
-(:func:`cut_point`), so no word is split at a seam; the audio after the cut is carried
-into the next piece. :func:`pieces` is the plain cut, every ``piece_seconds``.
+(:func:`cut_point`; for batched decoding, before its last clip: :func:`clip_cut`), so no
+word is split at a seam; the audio after the cut is carried into the next piece. :func:`pieces` is the plain cut, every ``piece_seconds``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -61,6 +61,29 @@ def pieces(file: BinaryIO, piece_seconds: float = PIECE_SECONDS, start: float = 
                 yield Piece(at, samples)
 
 
+def clip_cut(clips: list[list[tuple[float, float]]], advance: float = SEAM_ADVANCE_SECONDS,
+             margin: float = SEAM_MARGIN_SECONDS) -> float | None:
+    """For batched decoding, where to end a piece that is not the recording's last, given
+    its speech joined into ``clips`` (:func:`~.vad.join_speech`): in the pause before the
+    last clip, ``margin`` from its speech (less in a shorter pause: its middle), so that
+    clip, which may go on past the piece, is carried into the next piece whole and a
+    seam costs no extra 30 s window. None when there are fewer than two clips or the
+    cut would fall in the first ``advance`` seconds: then :func:`cut_point`."""
+    if len(clips) < 2:
+        return None
+    pause_start, pause_end = clips[-2][-1][1], clips[-1][0][0]
+    cut = pause_end - min((pause_end - pause_start) / 2, margin)
+    return cut if cut >= advance else None
+
+
+def seam(regions: list[tuple[float, float]], length: float, clips: list[list[tuple[float, float]]] | None
+         ) -> float:
+    """Where to end a piece of ``length`` seconds that is not the recording's last: before
+    its last clip when it is decoded in ``clips`` (:func:`clip_cut`), else in a pause near
+    its end (:func:`cut_point`)."""
+    return (clip_cut(clips) if clips else None) or cut_point(regions, length)
+
+
 def cut_point(regions: list[tuple[float, float]], length: float, tail: float = SEAM_TAIL_SECONDS,
               advance: float = SEAM_ADVANCE_SECONDS, margin: float = SEAM_MARGIN_SECONDS) -> float:
     """Where to end a piece of ``length`` seconds that is not the recording's last, given
@@ -84,3 +107,15 @@ def cut_point(regions: list[tuple[float, float]], length: float, tail: float = S
             m = min((gap_end - gap_start) / 2, margin)
             return min(max(gap_start + m, min(hi, gap_end - m), lo), hi)
     return hi
+
+
+def resume_offset(done: list[dict[str, Any]], duration: float) -> float:
+    """Where a resumed run starts decoding: the end of the last checkpointed segment.
+
+    Every checkpointed segment is kept and decoding restarts after it, so the seam has no
+    duplicated and no missing segment. Clamped to the audio (a checkpoint of other audio
+    cannot push it past the end).
+    """
+    if not done:
+        return 0.0
+    return max(0.0, min(float(done[-1]["end"]), duration))

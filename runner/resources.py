@@ -13,9 +13,11 @@ import ctypes
 import gc
 import importlib.util
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -31,6 +33,32 @@ class GpuReading:
     utilization_percent: float
     memory_used_bytes: int
     memory_total_bytes: int
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its container's CPU limit (the cgroup's CPU quota,
+    rounded up), else the CPUs it may run on. CTranslate2's own default is 4 threads
+    whatever the machine: more than a 2-CPU limit allows (the kernel throttles the
+    container) and fewer than a large node has."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of the cgroup at ``root`` in CPUs (cgroup v2 ``cpu.max``, else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None when there is none."""
+    try:
+        quota, _, period = Path(root, "cpu.max").read_text().partition(" ")
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period_us = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def rss_bytes() -> int:

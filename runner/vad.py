@@ -9,6 +9,10 @@ speech packed into shared windows (:mod:`.packing`) are joined by the same rule.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+from typing import Any
+
 import numpy as np
 
 from .audio import SAMPLE_RATE
@@ -47,3 +51,123 @@ def pack_clips(regions: list[Regions], max_seconds: float, max_gap: float) -> Re
                 clips.append((start, end))
             last_owner = i
     return clips
+
+
+def join_speech(regions: Regions, max_seconds: float, max_gap: float) -> list[Regions]:
+    """One request's speech regions, in order, grouped into clips of at most
+    ``max_seconds`` *of speech*: a clip is decoded as its regions joined end to end, the
+    pauses between them left out (faster-whisper's own batched pipeline does so:
+    ``collect_chunks``), so a window carries speech, not silence, and fewer windows
+    cover a recording. A pause longer than ``max_gap`` still ends a clip, so that a
+    segment's times never span a long silence."""
+    clips: list[Regions] = []
+    speech = 0.0
+    for start, end in regions:
+        if clips and speech + (end - start) <= max_seconds and start - clips[-1][-1][1] <= max_gap:
+            clips[-1].append((start, end))
+            speech += end - start
+        else:
+            clips.append([(start, end)])
+            speech = end - start
+    return clips
+
+
+Spans = list[tuple[int, int]]
+
+
+def in_samples(clips: list[Regions], offset: int = 0) -> list[Spans]:
+    """Clips of regions in seconds as sample spans, ``offset`` samples on."""
+    return [[(offset + int(round(a * SAMPLE_RATE)), offset + int(round(b * SAMPLE_RATE))) for a, b in clip]
+            for clip in clips]
+
+
+class JoinedSpeech:
+    """Clips of speech regions (:func:`join_speech`, as sample spans: :func:`in_samples`)
+    as one array of their regions end to end, and the way back: a time in that array to
+    the recording's own.
+
+    A segment decoded from a clip stays on that clip's regions (found by its middle); its
+    start goes with the region it opens and its end with the region it closes, so a
+    boundary between two regions never maps into the pause between them. A word goes
+    with the region its middle is in, as faster-whisper's ``restore_speech_timestamps``
+    does, and stays inside it; a segment with words starts and ends with them.
+    """
+
+    def __init__(self, clips: list[Spans]):
+        self.spans: Spans = [span for clip in clips for span in clip]  # in the recording
+        self.bounds: list[tuple[float, float]] = []  # each clip in the joined array, seconds
+        self._firsts: list[int] = []  # each clip's first region
+        self._ends: list[int] = []  # each region's end in the joined array, samples
+        at = 0
+        for clip in clips:
+            self._firsts.append(len(self._ends))
+            first = at
+            for a, b in clip:
+                at += b - a
+                self._ends.append(at)
+            self.bounds.append((first / SAMPLE_RATE, at / SAMPLE_RATE))
+        self._clip_ends = [int(round(b * SAMPLE_RATE)) for _, b in self.bounds]
+
+    def audio(self, samples: np.ndarray) -> np.ndarray:
+        """The regions of ``samples`` (the recording, or what of it the spans count from)
+        joined."""
+        return np.concatenate([samples[a:b] for a, b in self.spans]) if self.spans else samples[:0]
+
+    def _region(self, t: float, lo: int, hi: int, closing: bool) -> int:
+        x = int(round(t * SAMPLE_RATE))
+        k = (bisect.bisect_left if closing else bisect.bisect_right)(self._ends, x, lo, hi)
+        return min(k, hi - 1)
+
+    def _at(self, t: float, k: int) -> float:
+        a, b = self.spans[k]
+        start = self._ends[k] - (b - a)
+        x = min(max(int(round(t * SAMPLE_RATE)) - start, 0), b - a)
+        return round((a + x) / SAMPLE_RATE, 3)
+
+    def restore(self, seg: Any) -> Any:
+        """``seg`` (a faster-whisper segment in the joined array's time) in the
+        recording's time."""
+        c = min(bisect.bisect_right(self._clip_ends, int(round((seg.start + seg.end) / 2 * SAMPLE_RATE))),
+                len(self.bounds) - 1)
+        lo = self._firsts[c]
+        hi = self._firsts[c + 1] if c + 1 < len(self._firsts) else len(self.spans)
+        if seg.words:
+            words = []
+            for w in seg.words:
+                k = self._region((w.start + w.end) / 2, lo, hi, closing=False)
+                words.append(dataclasses.replace(w, start=self._at(w.start, k), end=self._at(w.end, k)))
+            return dataclasses.replace(seg, start=words[0].start, end=words[-1].end, words=words)
+        return dataclasses.replace(seg, start=self._at(seg.start, self._region(seg.start, lo, hi, closing=False)),
+                                   end=self._at(seg.end, self._region(seg.end, lo, hi, closing=True)))
+
+
+class SpeechQueue:
+    """Clips of a long recording waiting to fill a batch, across its pieces: a piece's
+    clips are added with their samples (copied, so the piece itself can go), and whole
+    batches are taken. A piece of nine clips would otherwise decode a batch of eight and
+    a batch of one, which costs about what a second full batch does: on a 10-minute
+    recording 18 clips in batches of 9 and 9 took 0.8 s more than 8, 8 and 2."""
+
+    def __init__(self) -> None:
+        self._clips: list[Spans] = []
+        self._audio: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    @property
+    def start(self) -> float | None:
+        """Where the first waiting clip starts in the recording, in seconds."""
+        return self._clips[0][0][0] / SAMPLE_RATE if self._clips else None
+
+    def add(self, clips: list[Regions], samples: np.ndarray, offset: int) -> None:
+        """``clips`` of ``samples``, which start ``offset`` samples into the recording."""
+        for clip in in_samples(clips):
+            self._clips.append([(a + offset, b + offset) for a, b in clip])
+            self._audio.append(np.concatenate([samples[a:b] for a, b in clip]))
+
+    def take(self, n: int) -> tuple[JoinedSpeech, np.ndarray]:
+        """The first ``n`` clips joined, and their audio."""
+        clips, self._clips = self._clips[:n], self._clips[n:]
+        audio, self._audio = self._audio[:n], self._audio[n:]
+        return JoinedSpeech(clips), (np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32))

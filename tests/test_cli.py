@@ -151,8 +151,11 @@ def test_transcribing_a_local_file_does_not_hold_its_bytes(tmp_path):
         path = tmp_path / f"{name}.wav"
         _recording(path, minutes, sentence)
         sizes[name] = path.stat().st_size
+        # Batches of 2: one sentence every 150 s is a clip of its own, and both recordings
+        # fill whole batches of 2 (10 min has 4 clips: a batch of 8, whose own memory is
+        # bounded but large, would be filled by the long one only).
         proc = subprocess.run([sys.executable, "-c", CLI_REPORTING_PEAK, "transcribe", str(path), "--language", "en",
-                               "--beam-size", "1"], capture_output=True, text=True, timeout=900)
+                               "--beam-size", "1", "--batch-size", "2"], capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.lower().count("quick") >= 0.75 * minutes * 60 / 150, proc.stdout[:500]
         peaks[name] = int(proc.stderr.rsplit("VmHWM", 1)[1].split()[0]) * 1024

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kubescribe.models import parse_spec
-from kubescribe.runner.engine import Engine, EngineOptions, choose_decoding, resume_offset
+from kubescribe.runner.engine import Engine, EngineOptions, choose_decoding
+from kubescribe.runner.pieces import resume_offset
 from kubescribe.runner.task import run_task
 from harness.envtest import require_binary
 from harness.speech import SENTENCES, wer, write_wav

@@ -268,17 +268,17 @@ def seams(monkeypatch):
     """The absolute positions where the engine cut pieces, and where the pieces would
     have ended uncut."""
     got = {"cuts": [], "ends": []}
-    real = engine_mod.cut_point
+    real = engine_mod.seam
 
-    def spy(regions, length, **kw):
-        cut = real(regions, length, **kw)
+    def spy(regions, length, clips):
+        cut = real(regions, length, clips)
         start = got["cuts"][-1] if got["cuts"] else got["start"]
         got["ends"].append(start + length)
         got["cuts"].append(start + cut)
         return cut
 
     got["start"] = 0.0
-    monkeypatch.setattr(engine_mod, "cut_point", spy)
+    monkeypatch.setattr(engine_mod, "seam", spy)
     return got
 
 
@@ -345,3 +345,33 @@ def test_a_run_stopped_in_a_later_piece_resumes_there_by_seeking(piece_engine, s
     assert doubled(resumed["text"]) == {}, resumed["text"]
     assert times_heard(resumed["text"]) == {name: ROUNDS for name in KEYWORDS}, resumed["text"]
     assert wer(reference, resumed["text"]) <= 0.3
+
+
+def test_batched_words_land_on_the_speech_they_were_said_in_and_a_long_pause_splits_segments(tmp_path):
+    """Batched clips are decoded with their pauses left out; the times come back onto the
+    recording. Pauses of 0.5 s and 3 s (inside a clip) and 10 s (past the 6 s clip gap):
+    every word lies on the sentence it was said in, never in a pause, and no segment
+    spans the 10 s silence."""
+    names = ["fox", "weather", "library", "notebook", "train", "paper"]
+    pauses = [0.5, 3.0, 10.0, 0.5, 3.0, 0.0]
+    parts, stretches, t = [], [], 0
+    for name, pause in zip(names, pauses):
+        s = whole_decode(speak(SPOKEN[name], tmp_path / f"{name}.wav").read_bytes())
+        loud = np.flatnonzero(np.abs(s) > 0.01)
+        stretches.append(((t + loud[0]) / SAMPLE_RATE, (t + loud[-1]) / SAMPLE_RATE))
+        parts += [s, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
+        t += s.shape[0] + int(pause * SAMPLE_RATE)
+    data = write_wav(tmp_path / "paused.wav", np.concatenate(parts)).read_bytes()
+    result = Engine(EngineOptions(clip_gap_seconds=6.0)).transcribe(
+        data, spec(decoding="batched", wordTimestamps=True, beamSize=5))
+    reference = " ".join(SPOKEN[n] for n in names)
+    assert wer(reference, result["text"]) <= 0.3, result["text"]
+    words = [w for s in result["segments"] for w in s["words"]]
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    # each word on speech: its middle within a sentence's stretch (half a second of slack
+    # for Whisper's word timing), never in the 3 s or 10 s pauses
+    off = [w for w in words if not any(a - 0.5 <= (w["start"] + w["end"]) / 2 <= b + 0.5 for a, b in stretches)]
+    assert not off, (off, stretches)
+    silence = (stretches[2][1], stretches[3][0])  # the 10 s pause
+    assert not [s for s in result["segments"] if s["start"] < silence[0] and s["end"] > silence[1]], result["segments"]
+    assert all(s["start"] == s["words"][0]["start"] and s["end"] == s["words"][-1]["end"] for s in result["segments"])

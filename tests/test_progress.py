@@ -93,7 +93,10 @@ def test_checkpoints_come_back_in_order_and_stop_at_a_damaged_entry(redis_server
 def three_sentences(speech_dir, tmp_path_factory):
     from faster_whisper.audio import decode_audio
 
-    gap = np.zeros(40000, dtype=np.float32)  # 2.5 s: batched decoding makes one clip per sentence
+    from kubescribe.settings import EngineSettings
+
+    # a pause past the clip gap: batched decoding makes one clip per sentence
+    gap = np.zeros(int((EngineSettings().clip_gap_seconds + 1.0) * 16000), dtype=np.float32)
     parts = []
     for name in ("fox", "weather", "library"):
         parts += [decode_audio(str(speech_dir / f"{name}.wav"), sampling_rate=16000), gap]

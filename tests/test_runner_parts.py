@@ -14,7 +14,9 @@ from kubescribe.runner.audio import BadAudio
 from kubescribe.runner import packing
 from kubescribe.runner.packing import batch_key, short_samples, transcribe_packed
 from kubescribe.runner.documents import document, segment, word_run
-from kubescribe.runner.vad import CLIP_SECONDS, pack_clips
+from kubescribe.runner.pieces import clip_cut
+from kubescribe.runner.resources import cgroup_cpu_quota, usable_cpus
+from kubescribe.runner.vad import CLIP_SECONDS, JoinedSpeech, SpeechQueue, in_samples, join_speech, pack_clips
 from harness.envtest import require_binary
 
 
@@ -51,6 +53,91 @@ def test_a_request_alone_is_clipped_as_a_batch_of_one_and_a_boundary_is_not_a_pa
     assert pack_clips([regions], 30.0, 2.0) == [(0.0, 2.0), (6.0, 8.0)]
     # the same stretch of silence between two requests joins them
     assert pack_clips([regions[:1], regions[1:]], 30.0, 2.0) == [(0.0, 8.0)]
+
+
+def test_speech_is_joined_by_its_own_length_and_a_long_pause_still_ends_a_clip():
+    regions = [(0.0, 10.0), (11.0, 21.0), (24.0, 34.0), (60.0, 65.0)]
+    # 30 s of speech fit one clip however long its pauses up to the gap: 0-34 s spans 34 s
+    assert join_speech(regions, CLIP_SECONDS, 6.0) == [[(0.0, 10.0), (11.0, 21.0), (24.0, 34.0)], [(60.0, 65.0)]]
+    # a 3 s pause over a 2 s gap ends a clip; 31 s of speech do not fit one
+    assert join_speech(regions, CLIP_SECONDS, 2.0) == [[(0.0, 10.0), (11.0, 21.0)], [(24.0, 34.0)], [(60.0, 65.0)]]
+    assert join_speech(regions + [(65.5, 86.0)], CLIP_SECONDS, 60.0) == [
+        [(0.0, 10.0), (11.0, 21.0), (24.0, 34.0)], [(60.0, 65.0), (65.5, 86.0)]]
+    assert join_speech([], CLIP_SECONDS, 2.0) == []
+
+
+def _seg(start, end, words=()):
+    from faster_whisper.transcribe import Segment, Word
+
+    return Segment(id=1, seek=0, start=start, end=end, text="x", tokens=[], avg_logprob=-0.1, compression_ratio=1.0,
+                   no_speech_prob=0.0, temperature=0.0,
+                   words=[Word(start=a, end=b, word=w, probability=0.9) for a, b, w in words] or None)
+
+
+def test_times_in_joined_speech_map_back_onto_the_recording_and_never_into_a_pause():
+    import numpy as np
+
+    clips = [[(1.0, 3.0), (5.0, 6.0)], [(10.0, 12.0)]]
+    joined = JoinedSpeech(in_samples(clips))
+    assert joined.bounds == [(0.0, 3.0), (3.0, 5.0)]
+    samples = np.arange(16000 * 13, dtype=np.float32)
+    audio = joined.audio(samples)
+    assert audio.shape[0] == 16000 * 5 and audio[0] == 16000 and audio[2 * 16000] == 5 * 16000
+    # a segment over the first clip: its start in the first region, its end in the second
+    assert (joined.restore(_seg(0.0, 3.0)).start, joined.restore(_seg(0.0, 3.0)).end) == (1.0, 6.0)
+    # the joined boundary 2.0 s opens the second region and closes the first
+    assert joined.restore(_seg(2.0, 2.5)).start == 5.0 and joined.restore(_seg(1.5, 2.0)).end == 3.0
+    # the second clip's segment stays on it: its start is not the first clip's end
+    assert (joined.restore(_seg(3.0, 5.0)).start, joined.restore(_seg(3.0, 5.0)).end) == (10.0, 12.0)
+    # words go by their middles, kept inside their region (a word that the model starts
+    # before the join starts with its region, not in the pause); the segment takes its
+    # times from them
+    got = joined.restore(_seg(0.0, 3.0, [(0.2, 0.9, "one"), (1.9, 2.4, "two")]))
+    assert [(w.start, w.end) for w in got.words] == [(1.2, 1.9), (5.0, 5.4)]
+    assert (got.start, got.end) == (1.2, 5.4)
+
+
+def test_clips_wait_across_pieces_for_a_whole_batch_and_keep_the_recordings_times():
+    import numpy as np
+
+    sr = 16000
+    recording = np.arange(sr * 40, dtype=np.float32)
+    queue = SpeechQueue()
+    assert len(queue) == 0 and queue.start is None
+    queue.add([[(1.0, 2.0)], [(3.0, 4.0), (5.0, 6.0)]], recording[:sr * 20], 0)  # a piece from 0 s
+    queue.add([[(2.0, 3.0)]], recording[sr * 20:], sr * 20)  # a piece from 20 s
+    assert len(queue) == 3 and queue.start == 1.0
+    joined, audio = queue.take(2)
+    assert joined.spans == [(sr, 2 * sr), (3 * sr, 4 * sr), (5 * sr, 6 * sr)] and audio.shape[0] == 3 * sr
+    assert audio[0] == sr and audio[sr] == 3 * sr and audio[2 * sr] == 5 * sr
+    assert len(queue) == 1 and queue.start == 22.0
+    joined, audio = queue.take(1)
+    assert audio[0] == 22 * sr and joined.restore(_seg(0.0, 1.0)).start == 22.0
+    assert len(queue) == 0 and queue.take(0)[1].shape == (0,)
+
+
+def test_a_batched_piece_ends_before_its_last_clip():
+    clips = [[(1.0, 10.0)], [(14.0, 40.0)], [(45.0, 60.0), (61.0, 70.0)]]
+    assert clip_cut(clips) == 44.0  # a second before the last clip's speech
+    assert clip_cut([[(1.0, 10.0)], [(10.4, 20.0)]]) == pytest.approx(10.2)  # a short pause: its middle
+    assert clip_cut([[(1.0, 30.0)]]) is None  # one clip: the plain cut
+    assert clip_cut([[(0.0, 0.2)], [(0.5, 30.0)]]) is None  # within the first second: no progress
+
+
+def test_the_cpus_a_runner_may_use_follow_its_cgroup_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path)) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path)) == 1.5
+    assert usable_cpus(str(tmp_path)) == min(2, len(__import__("os").sched_getaffinity(0)))
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(str(v1)) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cgroup_cpu_quota(str(v1)) == 0.5 and usable_cpus(str(v1)) == 1
+    assert usable_cpus(str(tmp_path / "none")) == len(__import__("os").sched_getaffinity(0))
 
 
 # -- what may share a batch ------------------------------------------------------------------------
