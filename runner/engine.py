@@ -252,67 +252,58 @@ class Engine:
         counts = GuardCounts()
         info = None
         after_vad = 0.0
-        def read_ahead(carried: np.ndarray) -> tuple[np.ndarray, Any]:
-            """The next piece and its VAD regions, on a thread while this piece decodes
-            (the VAD and the audio decoder run outside the GIL, beside the model's own
-            threads, which leave a core partly idle): a seam then costs no VAD wait."""
-            window = np.concatenate([carried, audio.read(piece - carried.shape[0])])
-            return window, speech_regions(window) if mode == "batched" or not audio.ended else []
-
-        regions = speech_regions(window) if mode == "batched" or not audio.ended else []
         queue = SpeechQueue()  # batched: clips waiting for a full batch
-        with ThreadPoolExecutor(1, thread_name_prefix="next-piece") as ahead:
-            while True:
-                last = audio.ended
-                length = window.shape[0] / SAMPLE_RATE
-                gap = self.options.clip_gap_seconds
-                cut = length if last else seam(regions, length, join_speech(regions, CLIP_SECONDS, gap)
-                                               if mode == "batched" else None)
-                # on a whole millisecond: segment times are rounded to them, so the last one of a
-                # piece and the first one of the next never overlap by a rounding
-                part = window if last else window[:int(cut * 1000) * (SAMPLE_RATE // 1000)]
-                cut = part.shape[0] / SAMPLE_RATE
-                if mode == "sequential" and done:
-                    # Sequential decoding conditions each window on the text before it; a resumed
-                    # run gets the tail of the checkpointed text as that context, in its first
-                    # piece (the docstring says why later pieces do not get the text before them).
-                    first = at == int(round(offset * SAMPLE_RATE))
-                    kwargs["initial_prompt"] = (" ".join(s["text"] for s in done[-3:])[-400:] or None if first
-                                                else spec.initial_prompt or None)
-                # Over VAD-cut speech clips, not fixed 30 s windows (which cut words in half),
-                # each up to 30 s of speech with the pauses inside it left out: each clip is one
-                # segment (timestamps inside clips cost time and accuracy; the subtitle renderer
-                # cuts cues), and long silences split clips so that segment times stay on the
-                # speech.
-                clips = join_speech([(a, min(b, cut)) for a, b in regions if a < cut], CLIP_SECONDS,
-                                    gap) if mode == "batched" else []
-                queue.add(clips, part, at)
-                segments, got = decode_piece(model_of(), part, mode, spec, kwargs, queue, last, counts)
-                if got is not None and info is None:
-                    info = got
-                    kwargs["language"] = kwargs["language"] or got.language  # one language for every piece
-                after_vad += sum(b - a for clip in clips for a, b in clip) if mode == "batched" else (
-                    float(got.duration_after_vad) if got is not None else 0.0)
-                total = audio.total_seconds()  # read here: the audio is read on a thread meanwhile
-                upcoming = None if last else ahead.submit(read_ahead, window[part.shape[0]:])
-                # segments is a generator: the decoding happens inside this loop.
-                for seg in segments:
-                    item = segment(seg, len(out_segments) + 1, 0.0 if mode == "batched" else at / SAMPLE_RATE,
-                                   spec.word_timestamps, (at + part.shape[0]) / SAMPLE_RATE)
-                    out_segments.append(item)
-                    if on_segment is not None:
-                        on_segment(item)
-                    if progress is not None:
-                        _report(progress, item["end"], total)
-                if last:
-                    break
-                at += part.shape[0]
-                del part, segments
-                assert upcoming is not None
-                window, regions = upcoming.result()
-                if progress is not None:  # up to the first clip still waiting for its batch
-                    _report(progress, min(at / SAMPLE_RATE, math.inf if queue.start is None else queue.start),
-                            audio.total_seconds())
+        while True:
+            last = audio.ended
+            length = window.shape[0] / SAMPLE_RATE
+            regions = speech_regions(window) if mode == "batched" or not last else []
+            gap = self.options.clip_gap_seconds
+            cut = length if last else seam(regions, length, join_speech(regions, CLIP_SECONDS, gap)
+                                           if mode == "batched" else None)
+            # on a whole millisecond: segment times are rounded to them, so the last one of a
+            # piece and the first one of the next never overlap by a rounding
+            part = window if last else window[:int(cut * 1000) * (SAMPLE_RATE // 1000)]
+            cut = part.shape[0] / SAMPLE_RATE
+            if mode == "sequential" and done:
+                # Sequential decoding conditions each window on the text before it; a resumed
+                # run gets the tail of the checkpointed text as that context, in its first
+                # piece (the docstring says why later pieces do not get the text before them).
+                first = at == int(round(offset * SAMPLE_RATE))
+                kwargs["initial_prompt"] = (" ".join(s["text"] for s in done[-3:])[-400:] or None if first
+                                            else spec.initial_prompt or None)
+            # Over VAD-cut speech clips, not fixed 30 s windows (which cut words in half),
+            # each up to 30 s of speech with the pauses inside it left out: each clip is one
+            # segment (timestamps inside clips cost time and accuracy; the subtitle renderer
+            # cuts cues), and long silences split clips so that segment times stay on the
+            # speech.
+            clips = join_speech([(a, min(b, cut)) for a, b in regions if a < cut], CLIP_SECONDS,
+                                gap) if mode == "batched" else []
+            queue.add(clips, part, at)
+            segments, got = decode_piece(model_of(), part, mode, spec, kwargs, queue, last, counts)
+            if got is not None and info is None:
+                info = got
+                kwargs["language"] = kwargs["language"] or got.language  # one language for every piece
+            after_vad += sum(b - a for clip in clips for a, b in clip) if mode == "batched" else (
+                float(got.duration_after_vad) if got is not None else 0.0)
+            total = audio.total_seconds()  # once per piece: the demuxer's position costs a call
+            # segments is a generator: the decoding happens inside this loop.
+            for seg in segments:
+                item = segment(seg, len(out_segments) + 1, 0.0 if mode == "batched" else at / SAMPLE_RATE,
+                               spec.word_timestamps, (at + part.shape[0]) / SAMPLE_RATE)
+                out_segments.append(item)
+                if on_segment is not None:
+                    on_segment(item)
+                if progress is not None:
+                    _report(progress, item["end"], total)
+            if last:
+                break
+            at += part.shape[0]
+            carried = window[part.shape[0]:]
+            del part, segments
+            window = np.concatenate([carried, audio.read(piece - carried.shape[0])])
+            if progress is not None:  # up to the first clip still waiting for its batch
+                _report(progress, min(at / SAMPLE_RATE, math.inf if queue.start is None else queue.start),
+                        audio.total_seconds())
         duration = audio.position
         elapsed = time.perf_counter() - t0
         if progress is not None:
