@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from kubescribe.objectstore import ObjectStore
-from kubescribe.uploads import (
-    IN_FLIGHT, SINGLE_PUT_MAX, Audio, PartWriter, new_upload_id, part_size_for, put_stream, trim_object, upload_key,
-)
+from kubescribe.streamed_put import SINGLE_PUT_MAX, put_stream
+from kubescribe.uploads import IN_FLIGHT, Audio, PartWriter, new_upload_id, part_size_for, trim_object, upload_key
 
 __all__ = ["Audio", "AudioStream", "TooLarge", "new_upload_id", "upload_key"]
 

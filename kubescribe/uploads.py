@@ -21,18 +21,16 @@ import hashlib
 import logging
 import re
 import secrets
-import socket
-import struct
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubescribe.objectstore import MULTIPART_BYTES, ObjectStore, classify
+from kubescribe.streamed_put import PUT_ATTEMPTS, PUT_URL_SECONDS, SINGLE_PUT_MAX, put_file, s3_error
 
 log = logging.getLogger("kubescribe.uploads")
 
@@ -46,23 +44,6 @@ MAX_PARTS = 10_000
 #: in flight moved a 1 GiB upload through the gateway no faster (BENCHMARKS.md).
 IN_FLIGHT = 2
 _MIB = 1024 * 1024
-#: Tries per part, and how long its presigned URL lasts (a part takes seconds).
-PART_ATTEMPTS = 3
-PART_URL_SECONDS = 900
-
-
-def _s3_error(status: int, body: bytes) -> dict[str, Any]:
-    """An S3 error document (``<Error><Code>..``) as botocore's error response."""
-    import xml.etree.ElementTree as ET
-
-    code, message = str(status), ""
-    try:
-        root = ET.fromstring(body or b"<Error/>")
-        code = root.findtext("Code") or code
-        message = root.findtext("Message") or ""
-    except ET.ParseError:
-        message = body[:200].decode(errors="replace")
-    return {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
 
 
 def new_upload_id() -> str:
@@ -141,7 +122,7 @@ class PartWriter:
 
     def _send_part(self, number: int, data: bytes | list[bytes]) -> str:
         """PUT one part to its presigned URL; a 5xx answer or a broken connection is tried
-        again (:data:`PART_ATTEMPTS` in all, backing off), as botocore's standard retries
+        again (:data:`PUT_ATTEMPTS` in all, backing off), as botocore's standard retries
         would. Returns the part's ETag."""
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import ClientError
@@ -149,24 +130,24 @@ class PartWriter:
         client = self.objects.client
         what = f"PUT s3://{self.bucket}/{self.key} (part {number})"
         try:  # signed here, with no request: only missing credentials fail
-            url = client.generate_presigned_url("upload_part", ExpiresIn=PART_URL_SECONDS, Params={
+            url = client.generate_presigned_url("upload_part", ExpiresIn=PUT_URL_SECONDS, Params={
                 "Bucket": self.bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number})
         except Exception as exc:
             raise classify(exc, what) from exc
         session = client._endpoint.http_session  # the client's own: CA bundle, proxies, timeouts
         size = len(data) if isinstance(data, bytes) else sum(map(len, data))
-        for attempt in range(1, PART_ATTEMPTS + 1):
+        for attempt in range(1, PUT_ATTEMPTS + 1):
             try:  # a list body is sent piece by piece (urllib3), and again from its start on a retry
                 resp = session.send(AWSRequest("PUT", url, data=data or b"",
                                                headers={"Content-Length": str(size)}).prepare())
             except Exception as exc:  # noqa: BLE001 - refused, reset, timed out: try again
-                if attempt == PART_ATTEMPTS:
+                if attempt == PUT_ATTEMPTS:
                     raise classify(exc, what) from exc
             else:
                 if resp.status_code < 300 and resp.headers.get("ETag"):
                     return resp.headers["ETag"]
-                error = ClientError(_s3_error(resp.status_code, resp.content), "UploadPart")
-                if resp.status_code < 500 or attempt == PART_ATTEMPTS:
+                error = ClientError(s3_error(resp.status_code, resp.content), "UploadPart")
+                if resp.status_code < 500 or attempt == PUT_ATTEMPTS:
                     raise classify(error, what) from error
             time.sleep(0.2 * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
@@ -197,59 +178,6 @@ class PartWriter:
                         self.bucket, self.key, exc)
 
 
-#: S3's largest single PUT: a longer object must be sent in parts.
-SINGLE_PUT_MAX = 5 * 1024 ** 3
-
-
-_put_sessions: weakref.WeakKeyDictionary[ObjectStore, Any] = weakref.WeakKeyDictionary()
-
-
-def put_session(objects: ObjectStore) -> Any:
-    """An HTTP session like the store's client's own (CA bundle, proxies, timeouts, client
-    certificate) whose connections are reset when closed (SO_LINGER 0), for PUTs fed as
-    their bytes arrive (:func:`put_stream`). Such a PUT, broken off, must not end in an
-    orderly close: versitygw 1.8.0 takes that as the body's end and stores the object cut
-    short (answering 200; AWS answers IncompleteBody); a reset it drops. One per store."""
-    session = _put_sessions.get(objects)
-    if session is None:
-        from botocore.httpsession import URLLib3Session
-
-        config, own = objects.client.meta.config, objects.client._endpoint.http_session
-        session = _put_sessions[objects] = URLLib3Session(
-            verify=own._verify, proxies=config.proxies, timeout=(config.connect_timeout, config.read_timeout),
-            max_pool_connections=config.max_pool_connections, client_cert=config.client_cert,
-            proxies_config=config.proxies_config,
-            socket_options=[*own._socket_options, (socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))])
-    return session
-
-
-def put_stream(objects: ObjectStore, key: str, length: int, body: Iterable[bytes],
-               content_type: str = "application/octet-stream") -> None:
-    """One PUT of exactly ``length`` bytes, taken from ``body`` as they come, to a
-    presigned URL, through :func:`put_session` (the client's CA bundle,
-    proxies and timeouts; a broken-off body resets the connection).
-
-    The server stores the object whole or not at all. Not retried: the bytes are not kept
-    here to be sent again (a caller that needs retries sends parts). One PUT costs the
-    server no assembly of parts: on versitygw a multipart upload cost 1.5x the CPU per
-    byte of one PUT (BENCHMARKS.md, gateway_upload_throughput).
-    """
-    from botocore.awsrequest import AWSRequest
-    from botocore.exceptions import ClientError
-
-    client, what = objects.client, f"PUT s3://{objects.bucket}/{key}"
-    try:
-        url = client.generate_presigned_url("put_object", ExpiresIn=PART_URL_SECONDS, Params={
-            "Bucket": objects.bucket, "Key": key, "ContentType": content_type})
-        resp = put_session(objects).send(AWSRequest("PUT", url, data=body, headers={
-            "Content-Length": str(length), "Content-Type": content_type}).prepare())
-    except Exception as exc:
-        raise classify(exc, what) from exc
-    if resp.status_code >= 300:
-        error = ClientError(_s3_error(resp.status_code, resp.content), "PutObject")
-        raise classify(error, what) from error
-
-
 def trim_object(objects: ObjectStore, key: str, length: int, extra: bytes = b"",
                 content_type: str = "application/octet-stream") -> str:
     """A new upload object of the first ``length`` bytes of ``key`` (copied by the server,
@@ -275,15 +203,19 @@ def trim_object(objects: ObjectStore, key: str, length: int, extra: bytes = b"",
 
 def upload_file(objects: ObjectStore, path: Path, *, max_bytes: int | None = None,
                 content_type: str = "application/octet-stream") -> Audio:
-    """Stream a file into ``<prefix>uploads/<id>`` (for ``kubescribe submit``): read in
-    parts, hashed as read, :data:`IN_FLIGHT` parts sent on threads while the next is read,
-    so memory is a few parts whatever the file's size. A failure leaves nothing behind.
+    """Stream a file into ``<prefix>uploads/<id>`` (for ``kubescribe submit``), hashed as
+    read: as one PUT up to :data:`SINGLE_PUT_MAX` (:func:`.streamed_put.put_file`), else in parts,
+    :data:`IN_FLIGHT` sent on threads while the next is read; memory is a few parts
+    whatever the file's size. A failure leaves nothing behind.
 
     ``max_bytes`` only sizes the parts (a file that grows while it is read still fits
     S3's part count); the file's own size is used when not given.
     """
     size = path.stat().st_size
     part_size = part_size_for(max(size, max_bytes or 0))
+    if part_size < size <= SINGLE_PUT_MAX:
+        key = upload_key(objects, new_upload_id())
+        return Audio(size, put_file(objects, key, path, size, content_type), bucket=objects.bucket, key=key)
     writer = PartWriter(objects, upload_key(objects, new_upload_id()), content_type)
     digest = hashlib.sha256()
     total = sent = 0

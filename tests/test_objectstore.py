@@ -238,7 +238,7 @@ def test_the_sweep_deletes_uploads_no_request_names_once_they_are_old(store, obj
 def test_a_part_refused_is_final_at_once_and_a_server_gone_is_tried_again_then_unavailable(objects, aws_env):
     """Parts go up as presigned PUTs (kubescribe.uploads.PartWriter): a 4xx answer is
     classified from the server's error document without a second try; a server that is
-    gone is tried PART_ATTEMPTS times, then ObjectStoreUnavailable. The object written in
+    gone is tried PUT_ATTEMPTS times, then ObjectStoreUnavailable. The object written in
     parts and completed reads back byte for byte."""
     from kubescribe.uploads import PartWriter, upload_key, new_upload_id
 

@@ -375,7 +375,7 @@ def test_kubescribe_submit_streams_a_large_file_and_a_refused_create_deletes_it(
     _clear_uploads(env)
     shell = cli_env(env, kube_cluster, redis_server, s3_server)
     big = tmp_path / "long.wav"
-    big.write_bytes(wav_bytes(12 * MIB + 7, seed=9))  # above the 8 MiB default: two parts
+    big.write_bytes(wav_bytes(12 * MIB + 7, seed=9))  # above the 8 MiB default
     sha = hashlib.sha256(big.read_bytes()).hexdigest()
 
     def submit(path, name):
@@ -387,8 +387,9 @@ def test_kubescribe_submit_streams_a_large_file_and_a_refused_create_deletes_it(
     audio = _request(kube_api, ns, "cli-long")["spec"]["audio"]
     assert audio["sha256"] == sha and audio["s3"]["bucket"] == env["bucket"]
     assert audio["s3"]["key"].startswith(f"{PREFIX}uploads/")
-    stored = env["s3"].get_object(Bucket=env["bucket"], Key=audio["s3"]["key"])["Body"].read()
-    assert stored == big.read_bytes()
+    stored = env["s3"].get_object(Bucket=env["bucket"], Key=audio["s3"]["key"])
+    assert stored["Body"].read() == big.read_bytes()
+    assert "-" not in stored["ETag"], stored["ETag"]  # one PUT: the file's length is known (parts: "<md5>-2")
 
     # The name is taken: the API server refuses the create and the upload is deleted.
     proc = submit(big, "cli-long")
