@@ -28,22 +28,9 @@ from kubescribe.streams import QUEUE_STREAM, RUNNERS_GROUP, WorkQueue
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _join(client, consumer: str) -> None:
-    """The consumer made in the stream's group at once (a take that finds nothing makes
-    none), so that ``SimulatedPool.start`` can count the runners ready."""
-    import redis
-
-    try:
-        client.xgroup_create(QUEUE_STREAM, RUNNERS_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-    client.xgroup_createconsumer(QUEUE_STREAM, RUNNERS_GROUP, consumer)
-
-
 def _consume(queue: WorkQueue, consumer: str, run_seconds: float, batch_max: int, stop: threading.Event) -> None:
     outcome = simulated_outcome(run_seconds, "a simulated pooled runner")
-    _join(queue.client, consumer)
+    queue.join(consumer)  # at once, so that SimulatedPool.start can count the runners ready
     while not stop.is_set():
         first = queue.take(consumer, block_ms=1000)
         if first is None:

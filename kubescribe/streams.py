@@ -142,6 +142,12 @@ class WorkQueue:
         self.client.xadd(QUEUE_STREAM, item.fields(), maxlen=MAXLEN, approximate=True)
 
     # -- runners ----------------------------------------------------------------------
+    def join(self, consumer: str) -> None:
+        """Make ``consumer`` in the runners' group now (a :meth:`take` that finds nothing
+        makes none), so that whoever counts the group's consumers sees it at once."""
+        self._ensure(QUEUE_STREAM, RUNNERS_GROUP)
+        self._guarded(self.client.xgroup_createconsumer, QUEUE_STREAM, RUNNERS_GROUP, consumer)
+
     def take(self, consumer: str, block_ms: int) -> Delivery | None:
         """A reclaimed entry of a dead runner first, else a new one, else None.
 

@@ -30,6 +30,19 @@ def outcomes(client):
     return {o.name: o for o in (Finished.from_fields(f) for _, f in client.xrange(DONE_STREAM))}
 
 
+def test_a_runner_joins_the_group_before_its_first_take_and_twice_is_once(redis_server):
+    from kubescribe.streams import WorkQueue
+
+    client = redis_server.client()
+    client.flushdb()  # no stream and no group yet: join makes both
+    queue = WorkQueue(client)
+    queue.join("runner-x")
+    queue.join("runner-x")
+    queue.join("runner-y")
+    assert sorted(c["name"] for c in client.xinfo_consumers(QUEUE_STREAM, RUNNERS_GROUP)) == [b"runner-x", b"runner-y"]
+    assert queue.take("runner-x", block_ms=None) is None
+
+
 def test_entries_of_a_dead_runner_are_reclaimed_and_finished(pool_env, speech_dir):
     from kubescribe.runner.pool import cmd_pool
 
