@@ -114,14 +114,12 @@ def put_file(objects: ObjectStore, key: str, path: Path, size: int, content_type
             with path.open("rb") as f:
                 while left:
                     chunk = f.read(min(left, _MIB))
-                    if not chunk:
-                        break
-                    digest.update(chunk)
                     left -= len(chunk)
+                    if not chunk or (not left and f.read(1)):  # shorter or longer than it was:
+                        changed = True  # broken off before the body's last byte, so nothing is kept
+                        raise _Changed()
+                    digest.update(chunk)
                     yield chunk
-                changed = bool(left) or bool(f.read(1))
-            if changed:  # broken off before its last byte is taken for the end
-                raise _Changed()
 
         try:
             put_stream(objects, key, size, body(), content_type)

@@ -449,3 +449,25 @@ def test_the_result_route_reads_the_bucket_after_redis_lost_everything(uploads_e
     analysis = httpx.get(f"{gw.url}/v1/transcriptions/{name}/analysis", headers=_bearer(env["writer"]), timeout=30)
     assert analysis.status_code == 200, analysis.text
     assert analysis.json()["word_count"] == 8
+
+
+def test_a_file_that_changes_length_while_it_is_put_is_refused_and_nothing_is_kept(uploads_env, tmp_path):
+    """``kubescribe submit`` knows a file's length before it sends it; a file longer or
+    shorter than that when read (still being written, truncated) is refused with one
+    line, and the PUT is broken off before its last byte, so the server keeps nothing."""
+    from kubescribe.objectstore import ObjectStore, ObjectStoreError
+    from kubescribe.streamed_put import put_file
+    from kubescribe.uploads import new_upload_id, upload_key
+
+    env = uploads_env
+    _clear_uploads(env)
+    objects = ObjectStore(env["s3"], env["bucket"], PREFIX)
+    path = tmp_path / "growing.wav"
+    path.write_bytes(wav_bytes(3 * MIB, seed=13))
+    for told in (3 * MIB - 100, 3 * MIB + 100):  # the file grew since; it shrank since
+        with pytest.raises(ObjectStoreError, match="changed while it was read"):
+            put_file(objects, upload_key(objects, new_upload_id()), path, told, "audio/wav")
+    assert _uploads(env) == []
+    key = upload_key(objects, new_upload_id())
+    assert put_file(objects, key, path, 3 * MIB, "audio/wav") == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert env["s3"].head_object(Bucket=env["bucket"], Key=key)["ContentLength"] == 3 * MIB
