@@ -23,6 +23,10 @@ one extra decode gets both answers at a fifth of the cost. On clean speech that 
 repeated no segment trips the thresholds, so batching keeps its speed.
 ``decoding.dropped_segments`` and ``redecoded_segments`` in the result say what the
 guards did.
+
+Every batched decode goes through here, so this is also where a piece of a recording is
+decoded (:func:`decode_piece`): batched, as clips of speech joined without their pauses
+(:func:`batched_speech`), through the guards; sequential, as faster-whisper does it.
 """
 
 from __future__ import annotations
