@@ -325,14 +325,39 @@ def _frames(container, stream) -> Iterator:
             continue
 
 
+#: Source samples grouped before they go through the resampler, as ``decode_audio`` groups
+#: them: one call per frame of a WAV (2,048 samples) cost twice the time of the decode.
+GROUP_SAMPLES = 500_000
+
+
 def _resampled(frames: Iterator) -> Iterator[np.ndarray]:
     """Frames as 16 kHz mono float32 chunks, through the resampler ``decode_audio``
-    uses (16-bit, then / 32768), flushed at the end."""
+    uses (16-bit, then / 32768), grouped into ``GROUP_SAMPLES`` first as it groups them
+    (same samples, fewer calls), flushed at the end. A stream whose format changes
+    midway (MP3s joined end to end) flushes the resampler there and goes on with a new
+    one, where a single resampler refuses the frame."""
     import av
 
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    for frame in itertools.chain(frames, [None]):
-        if frame is not None:
-            frame.pts = None  # the resampler checks timestamps for continuity; seeks break it
-        for out in resampler.resample(frame):
-            yield out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+    resampler = fifo = kind = None
+
+    def out(frame) -> Iterator[np.ndarray]:
+        for o in resampler.resample(frame):
+            yield o.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+
+    for frame in frames:
+        frame.pts = None  # the resampler and the group check timestamps for continuity; seeks break it
+        this = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if this != kind:
+            if fifo is not None:
+                if fifo.samples:
+                    yield from out(fifo.read())
+                yield from out(None)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            fifo, kind = av.AudioFifo(), this
+        fifo.write(frame)
+        if fifo.samples >= GROUP_SAMPLES:
+            yield from out(fifo.read())
+    if fifo is not None:
+        if fifo.samples:
+            yield from out(fifo.read())
+        yield from out(None)
