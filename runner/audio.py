@@ -4,8 +4,9 @@ recording (:mod:`.pieces` says where the engine cuts it).
 faster-whisper's ``decode_audio`` collects a whole file before returning it: 16 kHz
 float32 is 230 MB an hour, and its 16-bit buffer is still held when the float copy is
 made (345 MB an hour; a runner given a 2-hour FLAC peaked at 1.17 GiB). Here PyAV
-demuxes and decodes packet by packet and the resampler hands on each frame as it comes,
-so a reader holds one piece (a few minutes) and the frames in flight. The samples are the
+demuxes and decodes packet by packet, and the resampler takes the frames in groups as
+``decode_audio``'s does (:mod:`.frames`), so a reader holds one piece (a few minutes) and
+a group in flight. The samples are the
 ones ``decode_audio`` makes (the same resampler: 16-bit mono at 16 kHz, then divided by
 32768), so short and long audio, and a result made before this module, decode alike.
 
@@ -19,14 +20,16 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 import numpy as np
 
+from . import frames as frames_mod
+from .frames import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
+__all__ = ["SAMPLE_RATE", "AudioStream", "BadAudio", "SampleStream", "Source", "open_audio"]
 
 
 class BadAudio(ValueError):
@@ -116,7 +119,7 @@ class AudioStream:
         if not container.streams.audio:
             raise BadAudio("the file holds no audio stream (not audio, or a video without sound)")
         self._stream = container.streams.audio[0]
-        self._metadata = _metadata_seconds(container, self._stream)
+        self._metadata = frames_mod.metadata_seconds(container, self._stream)
         offset = self._stream.start_time
         self._stream_start = float(offset * self._stream.time_base) if offset is not None else 0.0
         return container
@@ -131,14 +134,14 @@ class AudioStream:
 
         container = self._open()
         self._buffer, self._buffered, self._exhausted, self._decoded = [], 0, False, 0
-        frames, origin = _frames(container, self._stream), 0
+        frames, origin = frames_mod.decoded_frames(container, self._stream), 0
         if seek:
             try:
-                _seek(container, want / SAMPLE_RATE)
+                frames_mod.seek(container, want / SAMPLE_RATE)
             except (av.error.FFmpegError, OSError, ValueError) as exc:
                 log.info("seek to %.3fs failed (%s): decoding from the start", want / SAMPLE_RATE, exc)
                 return False
-            frames = _frames(container, self._stream)
+            frames = frames_mod.decoded_frames(container, self._stream)
             first = next(frames, None)
             at = None if first is None or first.time is None else first.time - self._stream_start
             if at is None or at * SAMPLE_RATE > want + 1:
@@ -147,7 +150,7 @@ class AudioStream:
             origin = int(round(at * SAMPLE_RATE))
             frames = itertools.chain([first], frames)
         self._origin = origin
-        self._chunks = _resampled(frames)
+        self._chunks = frames_mod.resampled(frames)
         skip = want - origin
         while skip > 0 and self._pull():  # drop what comes before the offset, a chunk at a time
             drop = min(skip, self._buffered)
@@ -284,80 +287,3 @@ def open_audio(data: bytes | bytearray | np.ndarray | BinaryIO, start: float = 0
             raise BadAudio("audio is empty (0 bytes)")
         data = io.BytesIO(data)  # shares the bytes until written to: no copy
     return AudioStream(data, start)
-
-
-# -- the decoding pipeline ------------------------------------------------------------------
-
-def _metadata_seconds(container, stream) -> float | None:
-    """The length the container declares (header, index or bitrate estimate), if any."""
-    import av
-
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return None
-
-
-def _seek(container, seconds: float) -> None:
-    import av
-
-    container.seek(int(seconds * av.time_base))
-
-
-def _frames(container, stream) -> Iterator:
-    """Decoded frames; a damaged packet is skipped (as faster-whisper skips an invalid
-    frame), damage the demuxer cannot read past ends the stream like a truncation."""
-    import av
-
-    demux = container.demux(stream)
-    while True:
-        try:
-            packet = next(demux)
-        except StopIteration:
-            return
-        except av.error.FFmpegError as exc:
-            log.warning("audio stream damaged, read up to it: %s", exc)
-            return
-        try:
-            yield from packet.decode()
-        except av.error.InvalidDataError:
-            continue
-
-
-#: Source samples grouped before they go through the resampler, as ``decode_audio`` groups
-#: them: one call per frame of a WAV (2,048 samples) cost twice the time of the decode.
-GROUP_SAMPLES = 500_000
-
-
-def _resampled(frames: Iterator) -> Iterator[np.ndarray]:
-    """Frames as 16 kHz mono float32 chunks, through the resampler ``decode_audio``
-    uses (16-bit, then / 32768), grouped into ``GROUP_SAMPLES`` first as it groups them
-    (same samples, fewer calls), flushed at the end. A stream whose format changes
-    midway (MP3s joined end to end) flushes the resampler there and goes on with a new
-    one, where a single resampler refuses the frame."""
-    import av
-
-    resampler = fifo = kind = None
-
-    def out(frame) -> Iterator[np.ndarray]:
-        for o in resampler.resample(frame):
-            yield o.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
-
-    for frame in frames:
-        frame.pts = None  # the resampler and the group check timestamps for continuity; seeks break it
-        this = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if this != kind:
-            if fifo is not None:
-                if fifo.samples:
-                    yield from out(fifo.read())
-                yield from out(None)
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            fifo, kind = av.AudioFifo(), this
-        fifo.write(frame)
-        if fifo.samples >= GROUP_SAMPLES:
-            yield from out(fifo.read())
-    if fifo is not None:
-        if fifo.samples:
-            yield from out(fifo.read())
-        yield from out(None)

@@ -82,8 +82,9 @@ def process_start_time() -> float:
         return psutil.Process().create_time()
 
 
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the OS (glibc only); RSS otherwise stays high."""
+def malloc_trim() -> None:
+    """Hand freed heap pages back to the OS, in every malloc arena (glibc only); RSS
+    otherwise stays high."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -106,7 +107,7 @@ def release_memory() -> dict[str, int]:
                 torch.cuda.ipc_collect()
         except Exception as exc:  # a broken CUDA install must not fail the task
             log.warning("could not empty the CUDA cache: %s", exc)
-    _malloc_trim()
+    malloc_trim()
     return {"rss_before": before, "rss_after": rss_bytes()}
 
 

@@ -4,13 +4,17 @@ Whisper pads every window to 30 s, so a clip costs the same whether it holds 2 s
 speech or 30 s: speech regions are joined into clips of up to :data:`CLIP_SECONDS`, and a
 pause longer than ``max_gap`` ends a clip so that a segment never stretches over a long
 silence (its times stay on the speech). One request's speech and several requests'
-speech packed into shared windows (:mod:`.packing`) are joined by the same rule.
+speech packed into shared windows (:mod:`.packing`) are joined by the same rule. The
+speech itself is found by the Silero VAD, a long piece in parts at once, one per CPU
+(:func:`speech_regions`).
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,16 +24,106 @@ from .audio import SAMPLE_RATE
 #: Whisper's window: batched decoding joins speech into clips of at most this length.
 CLIP_SECONDS = 30.0
 
-Regions = list[tuple[float, float]]
+Regions = list[tuple[float, float]]  # seconds
+Spans = list[tuple[int, int]]  # samples
 
 
-def speech_regions(samples: np.ndarray) -> Regions:
-    """Where the Silero VAD hears speech, in seconds (regions of at most 30 s)."""
+#: Audio at least this long is searched for speech in parts, one per usable CPU, at
+#: once (:func:`speech_regions`). The Silero VAD runs on one thread, and the pipeline
+#: waits for it: on two cores, 300 s took 0.6 s in one part and 0.3 s in two.
+PARALLEL_MIN_SECONDS = 60.0
+#: Where two parts meet: in the middle of the quietest stretch of this many samples
+#: (about a second: the middle of a pause long enough that the VAD's padding of 0.4 s on
+#: either side of speech fits in it)...
+QUIET_SAMPLES = 32 * 512
+#: ...within this many seconds of the even split.
+QUIET_SEARCH_SECONDS = 15.0
+_VAD_WINDOW = 512
+
+_pool: tuple[ThreadPoolExecutor, int] | None = None  # the VAD's threads, and how many
+_pool_lock = threading.Lock()
+
+
+def _regions(samples: np.ndarray) -> Spans:
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     found = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CLIP_SECONDS,
                                                       min_silence_duration_ms=160))
-    return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in found]
+    return [(r["start"], r["end"]) for r in found]
+
+
+def split_points(samples: np.ndarray, parts: int) -> list[int]:
+    """Sample offsets that cut ``samples`` into ``parts`` parts for the VAD, start and
+    end included: each cut in the quietest :data:`QUIET_SAMPLES` within
+    :data:`QUIET_SEARCH_SECONDS` of an even split (a pause, in speech), so that no
+    speech is likely to be cut and the VAD, whose state starts afresh in each part,
+    starts it in silence, as a whole run's state would be there."""
+    n = samples.shape[0]
+    if parts < 2 or n < PARALLEL_MIN_SECONDS * SAMPLE_RATE:
+        return [0, n]
+    reach = int(QUIET_SEARCH_SECONDS * SAMPLE_RATE) // _VAD_WINDOW * _VAD_WINDOW
+    width = QUIET_SAMPLES // _VAD_WINDOW
+    cuts = [0]
+    for k in range(1, parts):
+        even = n * k // parts // _VAD_WINDOW * _VAD_WINDOW
+        lo = max(even - reach, cuts[-1] + QUIET_SAMPLES)
+        windows = (min(even + reach, n - QUIET_SAMPLES) - lo) // _VAD_WINDOW
+        if windows < width:
+            continue
+        # each window's energy, summed over every run of `width` windows (cumulative sums)
+        energy = np.square(samples[lo:lo + windows * _VAD_WINDOW]).reshape(windows, _VAD_WINDOW).sum(axis=1)
+        runs = np.cumsum(np.concatenate([[0.0], energy]))
+        quietest = int(np.argmin(runs[width:] - runs[:-width]))
+        # on a window boundary, so the windows after it line up with a whole run's
+        cuts.append(lo + (quietest + width // 2) * _VAD_WINDOW)
+    return cuts + [n]
+
+
+def joined_at(found: list[Spans], cuts: list[int]) -> Regions:
+    """The regions of each part (``found``, in samples from the part's start) on the
+    whole audio's time, in seconds. Speech that runs into the end of a part and on from
+    the start of the next is one region again, unless it would then pass
+    :data:`CLIP_SECONDS`."""
+    out: Spans = []
+    for k, spans in enumerate(found):
+        start = cuts[k]
+        for i, (a, b) in enumerate(spans):
+            a, b = a + start, b + start
+            if i == 0 and out and a <= start <= out[-1][1] and b - out[-1][0] <= CLIP_SECONDS * SAMPLE_RATE:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+    return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in out]
+
+
+def speech_regions(samples: np.ndarray, parts: int | None = None) -> Regions:
+    """Where the Silero VAD hears speech, in seconds (regions of at most 30 s).
+
+    Audio of :data:`PARALLEL_MIN_SECONDS` or more is cut in pauses (:func:`split_points`)
+    into ``parts`` (default: the CPUs this process may use) searched at once on a thread
+    each (the first on the calling thread): the VAD's model runs outside the GIL, on
+    one thread per call. The regions are a whole run's, their edges within 0.1 s
+    (tests/test_pieces.py): each part's VAD starts afresh, in a pause."""
+    from .resources import malloc_trim, usable_cpus
+
+    global _pool
+    cuts = split_points(samples, usable_cpus() if parts is None else parts)
+    if len(cuts) == 2:
+        found = [_regions(samples)]
+    else:
+        with _pool_lock:
+            if _pool is None or _pool[1] < len(cuts) - 2:
+                _pool = (ThreadPoolExecutor(len(cuts) - 2, thread_name_prefix="vad"), len(cuts) - 2)
+            pool = _pool[0]
+        rest = [pool.submit(_regions, samples[cuts[k]:cuts[k + 1]]) for k in range(1, len(cuts) - 1)]
+        found = [_regions(samples[:cuts[1]])] + [f.result() for f in rest]
+    if samples.shape[0] >= PARALLEL_MIN_SECONDS * SAMPLE_RATE:
+        # The VAD's buffers (~150 MB for 300 s) go back to the malloc arena of the
+        # thread that ran it, which keeps them for later: `kubescribe transcribe` of 10
+        # and 30 min peaked at 657 and 773 MiB with two parts at once, against 534 and
+        # 535 MiB in one; handed back here, 483-500 and 502-518 MiB.
+        malloc_trim()
+    return joined_at(found, cuts)
 
 
 def pack_clips(regions: list[Regions], max_seconds: float, max_gap: float) -> Regions:
@@ -71,8 +165,6 @@ def join_speech(regions: Regions, max_seconds: float, max_gap: float) -> list[Re
             speech = end - start
     return clips
 
-
-Spans = list[tuple[int, int]]
 
 
 def in_samples(clips: list[Regions], offset: int = 0) -> list[Spans]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kubescribe.models import parse_spec
-from kubescribe.runner import audio as audio_mod
+from kubescribe.runner import frames as frames_mod
 from kubescribe.runner import engine as engine_mod
 from kubescribe.runner import pieces as pieces_mod
 from kubescribe.runner.audio import SAMPLE_RATE, AudioStream, BadAudio, open_audio
@@ -92,8 +92,8 @@ def test_a_stream_whose_sample_rate_changes_midway_is_read_to_its_end():
 @pytest.mark.parametrize("name", FILES)
 def test_reading_from_an_offset_seeks_there_and_gives_the_rest_of_the_whole_decode(made, name, monkeypatch):
     seeks = []
-    real_seek = audio_mod._seek
-    monkeypatch.setattr(audio_mod, "_seek", lambda c, s: (seeks.append(s), real_seek(c, s)))
+    real_seek = frames_mod.seek
+    monkeypatch.setattr(frames_mod, "seek", lambda c, s: (seeks.append(s), real_seek(c, s)))
     whole = whole_decode(made[name])
     offset = 47.31234
     with AudioStream(io.BytesIO(made[name]), start=offset) as stream:
@@ -122,7 +122,7 @@ def test_without_a_usable_seek_the_offset_is_reached_by_decoding_from_the_start(
     def refuse(container, seconds):  # what FFmpeg answers for a demuxer that cannot seek
         raise av.error.PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(audio_mod, "_seek", refuse)
+    monkeypatch.setattr(frames_mod, "seek", refuse)
     whole = whole_decode(made["mix.flac"])
     with AudioStream(io.BytesIO(made["mix.flac"]), start=30.0) as stream:
         assert stream.start == 30.0
@@ -146,7 +146,7 @@ def test_the_length_comes_from_the_container_then_from_the_samples(made, monkeyp
         stream.read(10**8)
         assert stream.ended and stream.total_seconds() == whole_decode(made["mix.flac"]).shape[0] / SAMPLE_RATE
     # a container that declares no length: estimated from the bytes read so far
-    monkeypatch.setattr(audio_mod, "_metadata_seconds", lambda container, stream: None)
+    monkeypatch.setattr(frames_mod, "metadata_seconds", lambda container, stream: None)
     with AudioStream(io.BytesIO(made["mix.wav"])) as stream:
         stream.read(10 * SAMPLE_RATE)
         assert stream.total_seconds() == pytest.approx(75.0, rel=0.05)
@@ -270,6 +270,37 @@ def spoken(tmp_path_factory):
     return flac.read_bytes(), " ".join(text), stretches, t / SAMPLE_RATE
 
 
+def _covered(regions):
+    """Regions with those that touch (the VAD splits a pause shorter than its padding
+    between the two sides) made one: the speech they cover."""
+    out = []
+    for a, b in regions:
+        if out and a - out[-1][1] <= 0.001:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def test_the_vad_in_parts_at_once_finds_the_speech_a_whole_run_finds(spoken):
+    """Real speech, ~95 s with pauses of 0.4-0.6 s: searched in two and in four parts at
+    once, the speech covered is the whole run's, every edge within 0.1 s (the VAD's state
+    starts afresh in each part), and no part boundary falls inside a spoken stretch."""
+    from kubescribe.runner.vad import speech_regions, split_points
+
+    samples = whole_decode(spoken[0])
+    _flac, _text, stretches, _seconds = spoken
+    whole = _covered(speech_regions(samples, parts=1))
+    assert len(whole) >= 15
+    for parts in (2, 4):
+        cuts = split_points(samples, parts)
+        assert len(cuts) == parts + 1
+        assert not [c for c in cuts[1:-1] for a, b in stretches if a < c / SAMPLE_RATE < b]
+        split = _covered(speech_regions(samples, parts=parts))
+        assert len(split) == len(whole)
+        assert max(max(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(whole, split)) <= 0.1
+
+
 @pytest.fixture(scope="module")
 def piece_engine():
     return Engine(EngineOptions(piece_seconds=PIECE))
@@ -360,8 +391,8 @@ def test_a_run_stopped_in_a_later_piece_resumes_there_by_seeking(piece_engine, s
     assert saved and saved[-1]["end"] > PIECE, saved
 
     seeks = []
-    real_seek = audio_mod._seek
-    monkeypatch.setattr(audio_mod, "_seek", lambda c, s: (seeks.append(s), real_seek(c, s)))
+    real_seek = frames_mod.seek
+    monkeypatch.setattr(frames_mod, "seek", lambda c, s: (seeks.append(s), real_seek(c, s)))
     resumed = piece_engine.transcribe(data, spec(decoding="batched"), done=saved)
     assert seeks == [saved[-1]["end"]]
     assert resumed["decoding"]["resumed_at_seconds"] == saved[-1]["end"]

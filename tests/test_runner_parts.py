@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pytest
 
 from kubescribe import __version__
@@ -16,7 +17,8 @@ from kubescribe.runner.packing import batch_key, short_samples, transcribe_packe
 from kubescribe.runner.documents import document, segment, word_run
 from kubescribe.runner.pieces import clip_cut
 from kubescribe.runner.resources import cgroup_cpu_quota, usable_cpus
-from kubescribe.runner.vad import CLIP_SECONDS, JoinedSpeech, SpeechQueue, in_samples, join_speech, pack_clips
+from kubescribe.runner.vad import (CLIP_SECONDS, PARALLEL_MIN_SECONDS, JoinedSpeech, SpeechQueue, in_samples,
+                                  join_speech, joined_at, pack_clips, split_points)
 from harness.envtest import require_binary
 
 
@@ -114,6 +116,38 @@ def test_clips_wait_across_pieces_for_a_whole_batch_and_keep_the_recordings_time
     joined, audio = queue.take(1)
     assert audio[0] == 22 * sr and joined.restore(_seg(0.0, 1.0)).start == 22.0
     assert len(queue) == 0 and queue.take(0)[1].shape == (0,)
+
+
+def test_long_audio_is_split_for_the_vad_in_the_middle_of_its_quietest_second():
+    rate = 16000
+    noise = np.random.default_rng(3).normal(0, 0.1, 120 * rate).astype(np.float32)
+    noise[int(52.0 * rate):int(54.0 * rate)] = 0.0  # a 2 s pause 8 s before the even split
+    noise[int(64.0 * rate):int(64.5 * rate)] *= 0.01  # a shorter, quieter-than-speech stretch
+    cuts = split_points(noise, 2)
+    assert cuts[0] == 0 and cuts[-1] == noise.shape[0] and len(cuts) == 3
+    assert 52.4 <= cuts[1] / rate <= 53.6 and cuts[1] % 512 == 0  # the pause's middle, on a VAD window
+    four = split_points(noise, 4)
+    assert len(four) == 5 and four == sorted(four) and 52.4 <= four[2] / rate <= 53.6
+    assert split_points(noise, 1) == [0, noise.shape[0]]
+    short = noise[:int((PARALLEL_MIN_SECONDS - 1) * rate)]
+    assert split_points(short, 4) == [0, short.shape[0]]
+
+
+def test_speech_running_over_a_split_is_one_region_again_unless_longer_than_a_clip():
+    def at(*spans):  # seconds to samples
+        return [(int(a * 16000), int(b * 16000)) for a, b in spans]
+
+    cuts = [0, 16000 * 100, 16000 * 200]
+    # from each part's start: the first part's last region runs into its end
+    found = [at((1.0, 5.0), (90.0, 100.0)), at((0.0, 8.0), (20.0, 25.0))]
+    assert joined_at(found, cuts) == [(1.0, 5.0), (90.0, 108.0), (120.0, 125.0)]
+    # a pause at the split keeps them apart
+    assert joined_at([at((90.0, 99.5)), at((0.25, 8.0))], cuts) == [(90.0, 99.5), (100.25, 108.0)]
+    # joined, it would pass a clip's 30 s: left as two regions that touch
+    assert joined_at([at((75.0, 100.0)), at((0.0, 10.0))], cuts) == [(75.0, 100.0), (100.0, 110.0)]
+    assert CLIP_SECONDS == 30.0
+    assert joined_at([[], at((0.0, 2.0))], cuts) == [(100.0, 102.0)]
+    assert joined_at([[(1, 16001)]], [0, 32000]) == [(1 / 16000, 16001 / 16000)]  # one part: as found
 
 
 def test_a_batched_piece_ends_before_its_last_clip():
