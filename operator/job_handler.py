@@ -42,15 +42,17 @@ class JobHandler:
         self.settings = settings
         self.kueue = settings.admission_engine == "kueue"
 
-    def on_job(self, event_type: str | None, job: dict, workload: dict | None = None) -> None:
+    def on_job(self, event_type: str | None, job: dict, workload: dict | None = None, *,
+               watched: bool = True) -> None:
+        """A Job's watch event (``watched``), or the resync's look at the Job it read."""
         a = self.applier
         owner = next((o for o in job["metadata"].get("ownerReferences") or []
                       if o.get("kind") == KIND), None)
         if owner is None:
             return  # a pooled runner: it serves many requests and reports through Redis
         deleted = event_type == "DELETED" or bool(job["metadata"].get("deletionTimestamp"))
-        if not deleted and not self.kueue and runs.quiet(job):
-            return  # running and healthy: nothing to decide, no read of the request
+        if not deleted and not self.kueue and (runs.quiet(job) or (watched and runs.starting(job))):
+            return  # running and healthy, or starting (the resync looks for a stuck pod): no read
         seen = a.registry.get(owner["uid"])
         if seen is not None and seen.current and seen.phase in TERMINAL_PHASES:
             # finished on its current spec: the Job's later events (its completion seen
@@ -110,7 +112,7 @@ class JobHandler:
                     return
                 self.applier.apply(fresh, requeue(fresh, "JobLost", f"runner Job {name} no longer exists; queued again"))
             return
-        self.on_job("MODIFIED", job)
+        self.on_job("MODIFIED", job, watched=False)
 
     def on_workload_event(self, event_type: str | None, workload: dict) -> None:
         if event_type != "DELETED":

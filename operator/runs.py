@@ -97,6 +97,17 @@ def needs_pods(job: dict[str, Any]) -> bool:
     return "Complete" in conds or "Failed" in conds or failed > 0 or active > ready
 
 
+def starting(job: dict[str, Any]) -> bool:
+    """Not finished, no pod failed, a pod not ready yet: starting, or stuck. Only the
+    pod's own status tells which, and a pod's changes bring no Job event; the resync
+    reads the pods of every such Job on each pass (it is not :func:`quiet`). A watch
+    event of one arrives as its pod is made, before the pod can be stuck, so it is left
+    to the resync: reading the request and the pods for it cost two API calls per
+    request for nothing."""
+    _active, _ready, failed, _ = _counts(job)
+    return not _conditions(job) and failed == 0 and not quiet(job)
+
+
 def quiet(job: dict[str, Any]) -> bool:
     """A Job event :func:`on_job` would answer with nothing whatever the request says:
     not finished, no pod failed, every active pod ready (so none can be stuck). The

@@ -25,15 +25,20 @@ from tests.support.operator_parts import (DONE, KEY, RESULT, FakeCluster, applie
 
 
 class Counting(FakeCluster):
-    """Counts the reads of requests: a handler that needs none must make none."""
+    """Counts the reads of requests and of pods: a handler that needs none must make none."""
 
-    def __init__(self, bodies, existing=None):
+    def __init__(self, bodies, existing=None, pods=()):
         super().__init__(bodies, existing)
-        self.request_reads = 0
+        self.request_reads = self.pod_reads = 0
+        self.pods = list(pods)
 
     def get_request(self, ns, name):
         self.request_reads += 1
         return super().get_request(ns, name)
+
+    def job_pods(self, ns, name):
+        self.pod_reads += 1
+        return super().job_pods(ns, name)
 
 
 # --------------------------------------------------------------------------- requests
@@ -98,6 +103,24 @@ def test_a_pooled_runners_job_and_a_quiet_one_cost_no_read_of_a_request():
     handler.on_job("MODIFIED", pooled)
     handler.on_job("MODIFIED", job(active=1, ready=1))
     assert kube.request_reads == 0 and kube.patches == []
+
+
+def test_a_starting_jobs_event_is_left_to_the_resync_which_finds_a_stuck_pod():
+    """The watch event of a Job whose pod is not ready yet reads nothing; the resync's
+    look at the same Job reads its pods and fails the request on a pod that cannot start."""
+    body = running_body()
+    stuck = {"metadata": {"name": "job-r-abc", "creationTimestamp": "2020-01-01T00:00:00Z"},
+             "spec": {"containers": [{"name": "runner", "image": "kubescribe-runner:missing"}]},
+             "status": {"containerStatuses": [{"name": "runner", "state": {"waiting": {
+                 "reason": "ErrImageNeverPull", "message": "image not present"}}}]}}
+    kube = Counting([body], pods=[stuck])
+    a, handler = jobs_of(kube)
+    a.registry.upsert(entry_from_body(body))
+    handler.on_job("MODIFIED", job(active=1, ready=0))
+    assert kube.request_reads == 0 and kube.pod_reads == 0 and kube.patches == []
+    handler.on_job("MODIFIED", job(active=1, ready=0), watched=False)
+    assert kube.request_reads == 1 and kube.pod_reads == 1
+    assert kube.patches[0]["phase"] == "Failed" and kube.patches[0]["reason"] == "ImagePullFailed", kube.patches
 
 
 def test_a_failed_job_fails_its_request():

@@ -215,6 +215,9 @@ def test_a_job_event_for_another_job_or_a_finished_request_is_ignored():
 def test_a_running_healthy_job_is_quiet_and_needs_no_read_of_its_request():
     assert runs.quiet(job(active=1, ready=1)) and runs.quiet(job(active=0, ready=0))
     assert not runs.quiet(job(active=1, ready=0))  # a pod that may be stuck
+    assert runs.starting(job(active=1, ready=0)) and not runs.starting(job(active=1, ready=1))
+    assert not runs.starting(job(active=1, ready=0, failed=1))  # a retry to count
+    assert not runs.starting(job(active=1, ready=0, conditions=[("Complete", "", "")]))
     assert not runs.quiet(job(active=1, ready=1, failed=1))  # a retry to count
     assert not runs.quiet(job(succeeded=1, conditions=[("Complete", "", "")]))
     assert not runs.quiet(job(failed=2, conditions=[("Failed", "BackoffLimitExceeded", "")]))

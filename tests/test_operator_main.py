@@ -19,6 +19,24 @@ def test_kopf_settings_use_no_deprecated_name():
     assert settings.posting.enabled is False and settings.scanning.disabled is True
 
 
+def test_kopf_keeps_no_diff_base_and_nothing_needs_one():
+    """kopf's diff base is a deep copy of every object on every event, for change
+    handlers; the operator registers none (only ``on.event``), so it keeps none."""
+    from kubescribe.operator import main
+    from kubescribe.operator.main import NoDiffBase
+
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, OperatorSettings(redis_url="memory://"))
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, NoDiffBase)
+    body = {"metadata": {"name": "r", "annotations": {"a": "b"}}, "spec": {"model": "tiny.en"}}
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+    registry = kopf.get_default_registry()
+    assert main.request_event in [h.fn for h in registry._watching.get_all_handlers()]
+    # a change or daemon handler would get no diff: it needs kopf's own storage back
+    assert not registry._changing.get_all_handlers() and not registry._spawning.get_all_handlers()
+
+
 def test_every_part_shares_one_applier_and_the_pool_consumer_exists_only_in_pool_mode():
     from kubescribe.metrics import OperatorMetrics
     from kubescribe.operator import controllers
