@@ -533,7 +533,8 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
         description="How long a runner pod may wait in ErrImagePull/ImagePullBackOff (or a "
         "container config error) before its request fails. A registry outage of a few "
         "minutes should not fail work; a typo in the image should not leave a request "
-        "Pending for ever. ErrImageNeverPull and InvalidImageName fail at once.",
+        "Pending for ever. ErrImageNeverPull and InvalidImageName fail without the grace, at the "
+        "next resync pass (KUBESCRIBE_RESYNC_SECONDS).",
     )
     runner_metrics_port: int = Field(9400, description="Runner /metrics port (named `metrics`).")
     metrics_port: int = Field(8080, description="Operator /metrics and /healthz port.")
