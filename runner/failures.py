@@ -14,7 +14,6 @@ from .audio import BadAudio
 from .engine import ModelLoadError, ModelNotFound
 
 
-
 class _NoRedis(Exception):
     """Raised by nothing: what :func:`_redis_error` names while redis is not imported."""
 

@@ -2,7 +2,8 @@
 
 A piece that is not the recording's last ends in a pause the VAD found near its end
 (:func:`cut_point`; for batched decoding, before its last clip: :func:`clip_cut`), so no
-word is split at a seam; the audio after the cut is carried into the next piece. :func:`pieces` is the plain cut, every ``piece_seconds``.
+word is split at a seam; the audio after the cut is carried into the next piece.
+:func:`pieces` is the plain cut, every ``piece_seconds``.
 """
 
 from __future__ import annotations

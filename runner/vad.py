@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .resources import malloc_trim, usable_cpus
 
 #: Whisper's window: batched decoding joins speech into clips of at most this length.
 CLIP_SECONDS = 30.0
@@ -104,8 +105,6 @@ def speech_regions(samples: np.ndarray, parts: int | None = None) -> Regions:
     each (the first on the calling thread): the VAD's model runs outside the GIL, on
     one thread per call. The regions are a whole run's, their edges within 0.1 s
     (tests/test_pieces.py): each part's VAD starts afresh, in a pause."""
-    from .resources import malloc_trim, usable_cpus
-
     global _pool
     cuts = split_points(samples, usable_cpus() if parts is None else parts)
     if len(cuts) == 2:
