@@ -40,6 +40,9 @@ STUCK_SECONDS = 120.0
 #: The pool's Jobs are listed again after this long even when the last list showed enough
 #: runners (one may have ended since); more often only when the work asks for more.
 POOL_LIST_PERIOD = 5.0
+#: The registry's gauges are counted after a pass at most this often (and before every
+#: scrape): each count walks every request, and a burst makes many passes a second.
+GAUGE_PERIOD = 1.0
 
 #: The cache's answer for a request: (cache key, spec, body) -> answer (``cache_lookup``).
 Lookup = Callable[[str | None, TranscriptionSpec, dict], CacheAnswer]
@@ -78,6 +81,7 @@ class Admitter:
         self._pool_active = 0  # pooled runner Jobs not finished, as last listed (plus those started since)
         self._pool_listed_at = float("-inf")
         self._positions_at = float("-inf")
+        self._gauges_at = float("-inf")
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="admit")
 
     def healthy(self) -> tuple[bool, str]:
@@ -142,7 +146,9 @@ class Admitter:
                 self.ensure_pool()
             except Exception as exc:
                 log.warning("pool sizing failed: %s", exc)
-        self.gauges.update()
+        if time.monotonic() - self._gauges_at >= GAUGE_PERIOD:
+            self._gauges_at = time.monotonic()
+            self.gauges.update()
 
     def _admit_one(self, e: Entry) -> None:
         try:

@@ -280,3 +280,38 @@ def test_runner_jobs_not_yet_succeeded_are_listed_a_page_at_a_time(kube_api, kub
     assert all(j["spec"]["suspend"] is True for p in pages for j in p)  # whole Jobs, as plain dicts
     everywhere = [j["metadata"] for p in kube.job_pages("", limit=500) for j in p]
     assert {m["name"] for m in everywhere if m["namespace"] == kube_namespace} == {"r1", "r2", "r3"}
+
+
+def test_a_runner_job_is_created_adopted_or_refused_by_its_owner(kube_api, kube_namespace):
+    """Kube.create_job and read_job against the real API server, as plain JSON: a Job of
+    the request's name that exists already is adopted when it carries the request's uid,
+    refused when it carries another's, and left to a later pass while it is deleted."""
+    from kubernetes import client
+
+    from kubescribe.operator.jobs import LABEL_MANAGED_BY, LABEL_REQUEST_UID, MANAGED_BY
+    from kubescribe.operator.kube import JobGoingAway, Kube
+
+    def job(name, uid, **meta):
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_REQUEST_UID: uid}, **meta},
+                "spec": {"suspend": True, "backoffLimit": 0, "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "kubescribe-runner:test", "command": ["true"]}]}}}}
+
+    kube = Kube(kube_api)
+    assert kube.read_job(kube_namespace, "runner") is None
+    assert kube.create_job(kube_namespace, job("runner", "uid-a"), "uid-a") is True
+    read = kube.read_job(kube_namespace, "runner")
+    assert read["metadata"]["labels"][LABEL_REQUEST_UID] == "uid-a" and read["spec"]["suspend"] is True
+    assert kube.create_job(kube_namespace, job("runner", "uid-a"), "uid-a") is False  # adopted: no second Job
+    with pytest.raises(RuntimeError, match="belongs to another request"):
+        kube.create_job(kube_namespace, job("runner", "uid-b"), "uid-b")
+    hold = "kubescribe.io/test-hold"
+    kube.create_job(kube_namespace, job("leaving", "uid-c", finalizers=[hold]), "uid-c")
+    batch = client.BatchV1Api(kube_api)
+    batch.delete_namespaced_job("leaving", kube_namespace)
+    try:
+        with pytest.raises(JobGoingAway):
+            kube.create_job(kube_namespace, job("leaving", "uid-c"), "uid-c")
+    finally:
+        batch.patch_namespaced_job("leaving", kube_namespace, {"metadata": {"finalizers": None}})

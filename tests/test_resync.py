@@ -23,10 +23,11 @@ def build(kube, **given):
     return a, resync, synced
 
 
-def test_the_resync_reads_only_the_jobs_a_list_did_not_show_running_and_healthy():
+def test_the_resync_reads_only_the_jobs_a_list_did_not_show():
     """One LIST of Jobs instead of a read per Running request: a quiet Job costs nothing; a
-    Job with a failed pod, one the LIST did not show (created after it) and one that is
-    gone are read, and only the gone one re-queues its request."""
+    Job with a failed pod is looked at as listed (its pods read, not the Job again); one
+    the LIST did not show (created after it), one of an earlier request of the same name
+    and one that is gone are read, and only the gone one re-queues its request."""
     names = ["quiet", "failing", "newer", "lost", "other-owner"]
     listed = [job_of("quiet", active=1, ready=1), job_of("failing", active=1, ready=1, failed=1),
               {**job_of("other-owner", active=1, ready=1),
@@ -38,7 +39,7 @@ def test_the_resync_reads_only_the_jobs_a_list_did_not_show_running_and_healthy(
     kube = ResyncKube([running_named(n) for n in names], listed, existing)
     _, resync, synced = build(kube)
     resync.run()
-    assert sorted(kube.reads) == ["job-failing", "job-lost", "job-newer", "job-other-owner"]
+    assert sorted(kube.reads) == ["job-lost", "job-newer", "job-other-owner"]
     assert [p.get("reason") for p in kube.patches if p.get("phase")] == ["JobLost"]
     assert [p for p in kube.patches if "attempts" in p and not p.get("phase")] != []  # the failed pod: a retry
     assert synced.is_set()
