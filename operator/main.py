@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 import threading
@@ -39,6 +40,9 @@ log = logging.getLogger("kubescribe.operator")
 #: Longest the admission loop sleeps without a wake-up; queue positions refresh at
 #: least this often.
 STEP_SECONDS = 5.0
+#: The cyclic garbage collector's thresholds once started (``tune_gc``): the youngest
+#: generation is collected after 50,000 net allocations, not Python's 700.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def _api_client(workers: int):
@@ -141,6 +145,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.tasks = [asyncio.create_task(_admission_loop(parts.applier.wakeup, parts.admitter)),
                   asyncio.create_task(_every(conf.resync_seconds, parts.resync.run, "resync", first=True)),
                   asyncio.create_task(_every(conf.progress_seconds, parts.progress.report, "progress pass"))]
+    tune_gc()
+
+
+def tune_gc() -> None:
+    """Once everything is imported and built: what exists now is kept out of every later
+    collection (``gc.freeze``), and the youngest generation is collected less often.
+
+    Every watch event is decoded into thousands of dicts and lists, and Python's default
+    collects after every 700 of them, promoting whatever is alive at that moment; each
+    full collection then walked every object the imports had made (about 190,000). In a
+    burst of 600 requests the collector took 2.9 s of the operator's 17 s of CPU, its 14
+    full collections 131 ms each; frozen and with these thresholds, 0.9 s (gc.callbacks,
+    scale_vs_bare_jobs --quick). The cost: cyclic garbage lives up to 50,000 allocations
+    longer (the peak RSS of that run rose from 124 to 129 MiB)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @kopf.on.cleanup()

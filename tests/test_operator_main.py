@@ -37,6 +37,21 @@ def test_kopf_keeps_no_diff_base_and_nothing_needs_one():
     assert not registry._changing.get_all_handlers() and not registry._spawning.get_all_handlers()
 
 
+def test_once_started_what_exists_is_frozen_and_young_objects_are_collected_less_often():
+    import gc
+
+    from kubescribe.operator.main import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > before[0]
+        assert gc.get_freeze_count() > 10_000  # this test process's modules, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 def test_every_part_shares_one_applier_and_the_pool_consumer_exists_only_in_pool_mode():
     from kubescribe.metrics import OperatorMetrics
     from kubescribe.operator import controllers
