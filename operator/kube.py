@@ -53,7 +53,6 @@ class Kube:
     def __init__(self, api_client):
         from kubernetes import client
 
-        self.api_client = api_client
         self.custom = Retrying(client.CustomObjectsApi(api_client))
         self.batch = Retrying(client.BatchV1Api(api_client))
         self.core = Retrying(client.CoreV1Api(api_client))

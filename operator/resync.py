@@ -138,17 +138,17 @@ class Resync:
 
     def _one(self, body: dict, now: datetime, jobs: Listed | None) -> None:
         entry = entry_from_body(body)
+        job_key = (entry.namespace, entry.job_name, entry.uid)  # as _listed_jobs keys a Job
         try:
             left = seconds_until_expiry(body, self.settings.request_ttl_seconds, now, self.install_events)
             if left is not None and left <= 0:
                 self.expire(body)
             elif needs_reconcile(entry):
                 self.requests.reconcile(body)
-            elif entry.job_name and entry.phase == Phase.Running.value and \
-                    (jobs is None or (entry.namespace, entry.job_name, entry.uid) in jobs):
-                job = jobs.get((entry.namespace, entry.job_name, entry.uid)) if jobs is not None else None
-                if job is not None:  # listed and not quiet: looked at as listed, not read again
-                    self.jobs.on_job("MODIFIED", job, watched=False)
+            elif entry.job_name and entry.phase == Phase.Running.value and (jobs is None or job_key in jobs):
+                listed = jobs[job_key] if jobs is not None else None
+                if listed is not None:  # listed and not quiet: looked at as listed, not read again
+                    self.jobs.on_job("MODIFIED", listed, watched=False)
             elif entry.job_name and (entry.phase == Phase.Running.value
                                      or (self.kueue and entry.phase == Phase.Queued.value)):
                 self.jobs.check_job(body, entry.job_name)  # under Kueue a Queued request may wait on its Job
