@@ -326,13 +326,14 @@ class RunnerSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, Poo
         "1, the default of a runner started by hand, takes one request at a time.",
     )
     pool_batch_wait_ms: int = Field(
-        0,
+        50,
         ge=0,
         le=5000,
         description="Once a pooled runner has a request, it waits up to this long for each "
         "further one, until it has KUBESCRIBE_POOL_BATCH_MAX: requests that arrive a few "
         "milliseconds apart (a burst being admitted) share windows instead of the first being "
-        "decoded alone. 0: take only what is queued at that moment.",
+        "decoded alone, which costs nearly a whole window. A lone request starts this much "
+        "later. 0: take only what is queued at that moment.",
     )
     consumer: str | None = Field(
         None, description="Consumer name in the stream group; defaults to the pod name."
@@ -413,8 +414,10 @@ class OperatorSettings(RedisSettings, ObjectStoreSettings, AudioInputSettings, P
     requests_per_runner: int = Field(
         4, ge=1, description="Dispatched requests per pooled runner before another is started, "
         "and the most queued requests a pooled runner takes at once (its "
-        "KUBESCRIBE_POOL_BATCH_MAX, unless runner env sets that): 4 keeps a short backlog per "
-        "runner, packed into shared decoding windows, without hoarding work."
+        "KUBESCRIBE_POOL_BATCH_MAX, unless runner env sets that). Twice this many are kept "
+        "dispatched per runner: the batch it decodes and the next, ready when it finishes. 4 "
+        "keeps a short backlog per runner, packed into shared decoding windows, without "
+        "hoarding work."
     )
     pool_command: list[str] = Field(
         ["kubescribe-runner", "pool"], description="Pooled runner container command."

@@ -43,6 +43,12 @@ POOL_LIST_PERIOD = 5.0
 #: The registry's gauges are counted after a pass at most this often (and before every
 #: scrape): each count walks every request, and a burst makes many passes a second.
 GAUGE_PERIOD = 1.0
+#: Pool mode: the batches of KUBESCRIBE_REQUESTS_PER_RUNNER requests dispatched per runner,
+#: the one it decodes and the next, ready on the stream when it finishes. With only the
+#: first, a runner that finished looked at a stream the operator had not refilled yet
+#: (that waits for the outcomes) and took the one or two left: a window each, nearly the
+#: cost of a full one (pooled_vs_bound).
+POOL_BATCHES_AHEAD = 2
 
 #: The cache's answer for a request: (cache key, spec, body) -> answer (``cache_lookup``).
 Lookup = Callable[[str | None, TranscriptionSpec, dict], CacheAnswer]
@@ -95,7 +101,7 @@ class Admitter:
         if self.kueue:
             return kueue.UNLIMITED
         if self.pool:
-            return self.max_pool_runners * self.settings.requests_per_runner
+            return self.max_pool_runners * self.settings.requests_per_runner * POOL_BATCHES_AHEAD
         return self.settings.gpu_budget
 
     def step(self) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from kubescribe.models import TranscriptionSpec
 
-from .audio import SAMPLE_RATE, AudioStream, BadAudio
+from .audio import SAMPLE_RATE, AudioStream, Source
 from .documents import document, word_run
 from .guards import GuardCounts, batched
 from .vad import CLIP_SECONDS, Regions, pack_clips, speech_regions
@@ -47,37 +47,42 @@ def batch_key(spec: TranscriptionSpec) -> tuple | None:
 def decode(data: bytes | BinaryIO) -> np.ndarray:
     """Decode any container/codec PyAV reads into 16 kHz mono float32, all at once.
 
-    For short audio only (packing, the pool's look at a request's length): it holds the
-    whole recording, and faster-whisper's decoder briefly twice that.
-    :meth:`.engine.Engine.transcribe` reads its audio piece by piece instead (:mod:`.audio`).
+    For short audio only (packing): it holds the whole recording.
+    :meth:`.engine.Engine.transcribe` reads its audio piece by piece instead.
     """
-    if isinstance(data, (bytes, bytearray)):
-        if not data:
-            raise BadAudio("audio is empty (0 bytes)")
-        data = io.BytesIO(data)
-    from faster_whisper.audio import decode_audio
-
-    data.seek(0)
-    try:
-        samples = decode_audio(data, sampling_rate=SAMPLE_RATE)
-    except Exception as exc:  # av.error.InvalidDataError and friends
-        raise BadAudio(f"not a readable audio file ({type(exc).__name__}: {exc})") from None
-    if samples is None or samples.size == 0:
-        raise BadAudio("the file holds no audio samples (truncated or not audio)")
-    return samples
+    with AudioStream(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as stream:
+        return _read(stream, float("inf"))
 
 
 def short_samples(file: BinaryIO, max_seconds: float) -> np.ndarray | None:
     """The whole decode of audio shorter than ``max_seconds``, to be packed; None for
     longer audio, which is transcribed alone, piece by piece. Audio whose container
-    declares it longer (or whose first bytes show it) is not decoded here at all, so a
-    long recording is never held whole."""
+    declares it longer is not decoded at all, and audio that declares nothing is decoded
+    only until it turns out long, so a long recording is never held whole."""
     with AudioStream(file) as stream:
         declared = stream.total_seconds()
-    if declared is not None and declared >= max_seconds:
-        return None
-    samples = decode(file)
-    return samples if samples.shape[0] / SAMPLE_RATE < max_seconds else None
+        if declared is not None and declared >= max_seconds:
+            return None
+        return _read(stream, max_seconds)
+
+
+#: Samples :func:`_read` takes at a time: 30 s.
+READ_SAMPLES = 30 * SAMPLE_RATE
+
+
+def _read(stream: Source, max_seconds: float) -> np.ndarray | None:
+    """What is left of ``stream``, or None once it reaches ``max_seconds``.
+
+    The samples are faster-whisper's ``decode_audio``'s (the stream goes through the same
+    resampler), without the full garbage collection that function ends with, which was
+    most of its time on a short clip in a runner with a model loaded.
+    """
+    parts = []
+    while not stream.ended:
+        parts.append(stream.read(READ_SAMPLES))
+        if stream.position >= max_seconds:
+            return None
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class SharedAudio:

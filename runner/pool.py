@@ -13,6 +13,7 @@ results are keyed by content, and the operator ignores an outcome for a finished
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -198,6 +199,27 @@ def preload(engine: Engine, model: str) -> None:
         log.warning("could not preload model %s: %s", model, exc)
 
 
+def gather(queue: WorkQueue, consumer: str, first: Delivery, room: int, wait_ms: int) -> list[Delivery]:
+    """``first`` and the requests queued after it, up to ``room``: each further one waited
+    for up to ``wait_ms``, so that a burst still being admitted shares windows (0: only
+    what is queued at that moment)."""
+    batch = [first]
+    while len(batch) < room:
+        more = queue.take(consumer, block_ms=wait_ms or None)  # Redis would block for ever on 0
+        if more is None or any(more.entry_id == d.entry_id for d in batch):
+            break  # nothing more, or our own entry reclaimed back (claim_idle_ms 0)
+        batch.append(more)
+    return batch
+
+
+def settle() -> None:
+    """Once the model is loaded: what exists now (the imports, the model's wrappers) is kept
+    out of every later collection (``gc.freeze``), so the collection after each batch
+    (:func:`~.resources.release_memory`) walks only what the batch made."""
+    gc.collect()
+    gc.freeze()
+
+
 def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_tasks: int | None = None) -> int:
     idle = settings.pool_idle_seconds if idle_seconds is None else idle_seconds
     consumer = settings.consumer or settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
@@ -207,6 +229,7 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
     queue = WorkQueue(store.client, claim_idle_ms=settings.claim_idle_ms)
     engine = Engine(EngineOptions(), metrics=metrics)
     preload(engine, settings.pool_preload_model)
+    settle()
     last_work = time.monotonic()
     done = 0
     backoff = 0.5
@@ -229,14 +252,8 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
                     log.info("idle for %.0fs after %d task(s): exiting", idle, done)
                     break
                 continue
-            batch = [delivery]
             room = settings.pool_batch_max if max_tasks is None else min(settings.pool_batch_max, max_tasks - done)
-            while len(batch) < room:
-                # what is queued now, or arrives within the wait (0 would block for ever in Redis)
-                more = queue.take(consumer, block_ms=settings.pool_batch_wait_ms or None)
-                if more is None or any(more.entry_id == d.entry_id for d in batch):
-                    break  # nothing more, or our own entry reclaimed back (claim_idle_ms 0)
-                batch.append(more)
+            batch = gather(queue, consumer, delivery, room, settings.pool_batch_wait_ms)
             try:
                 process_batch(queue, store, engine, metrics, consumer, batch, settings.progress_report_seconds)
             except Exception as exc:  # leave them pending: another runner (or we) reclaim them
@@ -246,6 +263,7 @@ def cmd_pool(settings: RunnerSettings, idle_seconds: float | None = None, max_ta
             last_work = time.monotonic()
         return EXIT_OK
     finally:
+        gc.unfreeze()  # for a caller that goes on (tests run the pool in their own process)
         engine.unload()
         if server is not None:
             server.stop()

@@ -112,8 +112,8 @@ def test_a_request_deleted_or_moved_on_since_the_plan_is_not_admitted(gone):
 class PoolKube(FakeCluster):
     """Pooled runner Jobs: each list counted, each create remembered as a running Job."""
 
-    def __init__(self):
-        super().__init__([])
+    def __init__(self, bodies=()):
+        super().__init__(list(bodies))
         self.lists, self.pool = 0, []
 
     def pool_jobs(self, ns):
@@ -149,3 +149,25 @@ def test_the_pool_is_listed_only_when_the_work_may_want_more_runners(monkeypatch
     clock[0] += admitter_module.POOL_LIST_PERIOD + 0.1
     adm.ensure_pool()
     assert (kube.lists, len(kube.pool)) == (3, 3)
+
+
+def test_pool_mode_keeps_two_batches_dispatched_per_runner():
+    """A runner's batch and the next one, ready on the stream when it finishes: with
+    one runner of 2 requests, 4 of 5 queued requests are dispatched, the fifth waits."""
+    bodies = [queued_request(f"q{i}", f"2026-01-01T00:00:{i:02d}Z") for i in range(5)]
+    kube = PoolKube(bodies)
+    a, adm, _ = build(kube, mode="pool", gpu_budget=1, requests_per_runner=2)
+    assert adm.capacity() == 2 * admitter_module.POOL_BATCHES_AHEAD == 4
+
+    class Stream:  # what reaches the Redis stream
+        items: list = []
+
+        def dispatch(self, item):
+            self.items.append(item.name)
+
+    adm.queue = Stream()
+    queue(a, bodies)
+    adm.step()
+    assert adm.queue.items == ["q0", "q1", "q2", "q3"]  # the last in line waits in the operator's queue
+    phases = {e.name: e.phase for e in a.registry.snapshot()}
+    assert [phases[f"q{i}"] for i in range(5)] == ["Running"] * 4 + ["Queued"], phases

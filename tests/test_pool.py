@@ -3,6 +3,8 @@ reclaim from a dead runner, retries of transient failures, and poison entries.""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from kubescribe.settings import RunnerSettings
@@ -53,6 +55,7 @@ def test_entries_of_a_dead_runner_are_reclaimed_and_finished(pool_env, speech_di
     taken = client.xreadgroup(RUNNERS_GROUP, "runner-a", {QUEUE_STREAM: ">"}, count=1)
     assert taken and taken[0][1]
     assert cmd_pool(settings, idle_seconds=0.5, max_tasks=1) == 0
+    assert gc.get_freeze_count() == 0  # what the runner froze once loaded is let go when it ends
     done = outcomes(client)["orphaned"]
     assert done.outcome.ok is True and done.attempts == 1
     assert wer(SENTENCES["fox"], done.outcome.text_preview) <= 0.25
@@ -162,3 +165,38 @@ def test_a_pooled_runner_loads_its_model_before_it_takes_work_and_survives_one_t
     engine.model(spec.model, spec.device, spec.compute_type)
     assert engine.loads == 1
     engine.unload()
+
+
+def test_a_runner_holding_a_request_waits_for_the_next_one_of_a_burst(pool_env):
+    """The gather wait (KUBESCRIBE_POOL_BATCH_WAIT_MS): a request queued while the runner
+    waits joins the first one's batch; with no wait, only what is queued already does."""
+    import threading
+
+    from kubescribe.runner.pool import gather
+    from kubescribe.streams import WorkQueue
+
+    client, _ = pool_env
+    queue = WorkQueue(client, claim_idle_ms=60000)
+    spec = {"audio": {"redisKey": "kubescribe:audio:" + "0" * 64}}
+
+    def blocked_reads() -> int:
+        return sum(1 for c in client.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+
+    def queue_when_blocked(name):
+        while not blocked_reads():  # the runner is in its wait now
+            pass
+        enqueue(client, name, spec)
+
+    enqueue(client, "first", spec)
+    feeder = threading.Thread(target=queue_when_blocked, args=("second",))
+    feeder.start()
+    # a minute's wait: the second is queued once the runner waits, so the batch is full at once
+    batch = gather(queue, "runner-b", queue.take("runner-b", block_ms=None), 2, 60000)
+    feeder.join()
+    assert [d.item.name for d in batch] == ["first", "second"]
+    enqueue(client, "third", spec)
+    assert [d.item.name for d in gather(queue, "runner-b", queue.take("runner-b", block_ms=None), 4, 50)] == ["third"]
+    enqueue(client, "fourth", spec)
+    enqueue(client, "fifth", spec)
+    assert [d.item.name for d in gather(queue, "runner-b", queue.take("runner-b", block_ms=None), 4, 0)] == [
+        "fourth", "fifth"]  # what is queued already, without a wait

@@ -4,6 +4,7 @@ decoded whole for it (runner.packing), and the one result document (runner.docum
 
 from __future__ import annotations
 
+import io
 import subprocess
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from kubescribe import __version__
 from kubescribe.models import parse_spec
-from kubescribe.runner.audio import BadAudio
+from kubescribe.runner.audio import BadAudio, SampleStream
 from kubescribe.runner import packing
 from kubescribe.runner.packing import batch_key, short_samples, transcribe_packed
 from kubescribe.runner.documents import document, segment, word_run
@@ -199,22 +200,41 @@ def test_a_batch_of_mixed_settings_is_refused_and_bad_audio_fails_before_a_model
     assert loads == []
 
 
-def test_only_short_audio_is_decoded_whole_for_packing(tmp_path, monkeypatch):
-    """A long recording is not held whole to learn that it is long: its container says so."""
+def test_only_short_audio_is_decoded_whole_for_packing(tmp_path):
+    """A long recording is not held whole to learn that it is long: its container says so,
+    or, where it says nothing, decoding stops once the length is passed."""
     sox = require_binary("sox", "sox")
     for seconds in (3, 75):
         subprocess.run([sox, "-n", "-r", "16000", "-c", "1", "-b", "16", str(tmp_path / f"{seconds}.flac"), "synth",
                         str(seconds), "pinknoise", "vol", "0.2"], check=True)
-    whole = []
-    real = packing.decode
-    monkeypatch.setattr(packing, "decode", lambda data: whole.append(data) or real(data))
-    with (tmp_path / "3.flac").open("rb") as f:
+
+    class Counted(io.FileIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            self.read_bytes += len(out)
+            return out
+
+        def readinto(self, b):
+            got = super().readinto(b)
+            self.read_bytes += got or 0
+            return got
+
+    with Counted(tmp_path / "3.flac") as f:
         samples = short_samples(f, 60.0)
-    assert samples is not None and samples.shape[0] == 3 * 16000 and len(whole) == 1
-    with (tmp_path / "75.flac").open("rb") as f:
-        assert short_samples(f, 60.0) is None and len(whole) == 1, "never decoded whole"
-    with (tmp_path / "3.flac").open("rb") as f:
+    assert samples is not None and samples.shape[0] == 3 * 16000
+    with Counted(tmp_path / "3.flac") as f:
+        assert np.array_equal(packing.decode(f.read()), samples), "the same samples from bytes"
+    with Counted(tmp_path / "75.flac") as f:
+        assert short_samples(f, 60.0) is None
+        assert f.read_bytes < 0.5 * (tmp_path / "75.flac").stat().st_size, "never decoded whole"
+    with Counted(tmp_path / "3.flac") as f:
         assert short_samples(f, 2.0) is None  # 3 s is long when packing ends at 2 s
+    # a stream that declares no length is read a part at a time, until it is too long
+    stream = SampleStream(np.zeros(75 * 16000, dtype=np.float32))
+    assert packing._read(stream, 60.0) is None and stream.position == 2 * packing.READ_SAMPLES / 16000
+    assert packing._read(SampleStream(np.ones(16000, dtype=np.float32)), 60.0).shape == (16000,)
 
 
 # -- the result document ---------------------------------------------------------------------------
