@@ -167,7 +167,7 @@ def test_words_go_back_to_the_request_whose_speech_they_overlap():
     from kubescribe.runner.packing import SharedAudio
 
     parts = [np.zeros(16000 * 3, dtype=np.float32), np.zeros(16000 * 2, dtype=np.float32)]
-    shared = SharedAudio(parts, [[(0.5, 2.5)], [(0.2, 1.8)]])  # second request starts at 4.0
+    shared = SharedAudio(parts, [[(0.5, 2.5)], [(0.2, 1.8)]], gap_seconds=1.0)  # second request starts at 4.0
     assert shared.offsets == [0.0, 4.0] and shared.durations == [3.0, 2.0]
     assert shared.regions == [[(0.5, 2.5)], [(4.2, 5.8)]]
     # "The", stretched back into the silence between the requests, still goes to the
