@@ -12,7 +12,7 @@ it overlaps, on that request's own timeline. Each request gets its own result do
 
 from __future__ import annotations
 
-import io
+import math
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -21,7 +21,7 @@ import numpy as np
 
 from kubescribe.models import TranscriptionSpec
 
-from .audio import SAMPLE_RATE, AudioStream, Source
+from .audio import SAMPLE_RATE, AudioStream, Source, open_audio
 from .documents import document, word_run
 from .guards import GuardCounts, batched
 from .vad import CLIP_SECONDS, Regions, pack_clips, speech_regions
@@ -50,8 +50,8 @@ def decode(data: bytes | BinaryIO) -> np.ndarray:
     For short audio only (packing): it holds the whole recording.
     :meth:`.engine.Engine.transcribe` reads its audio piece by piece instead.
     """
-    with AudioStream(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as stream:
-        return _read(stream, float("inf"))
+    with open_audio(data) as stream:
+        return _read(stream, math.inf)
 
 
 def short_samples(file: BinaryIO, max_seconds: float) -> np.ndarray | None:

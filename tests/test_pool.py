@@ -10,6 +10,7 @@ import pytest
 from kubescribe.settings import RunnerSettings
 from kubescribe.store import Store
 from kubescribe.streams import DONE_STREAM, QUEUE_STREAM, RUNNERS_GROUP, Finished, WorkItem
+from harness.envtest import wait_for
 from harness.speech import SENTENCES, wer
 
 
@@ -183,8 +184,7 @@ def test_a_runner_holding_a_request_waits_for_the_next_one_of_a_burst(pool_env):
         return sum(1 for c in client.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
 
     def queue_when_blocked(name):
-        while not blocked_reads():  # the runner is in its wait now
-            pass
+        wait_for(blocked_reads, timeout=30, interval=0.005, description="the runner waiting in XREADGROUP")
         enqueue(client, name, spec)
 
     enqueue(client, "first", spec)
