@@ -108,6 +108,7 @@ class Admitter:
         """One admission pass: admit what fits the budget, update queue positions."""
         self.last_step = time.monotonic()
         if not self.synced.is_set():
+            self.write_held(self.applier.registry.snapshot())  # no admission yet: they wait Queued
             return
         entries = self.applier.registry.snapshot()
         if self.pool:  # every request is one unit of pool work, whatever it asked for
@@ -130,12 +131,14 @@ class Admitter:
             # kubescribe's priority-then-age order before Kueue sees it.
             for e in p.admit:
                 self._admit_one(e)
+        self.write_held(entries)
         # Queue positions are coalesced: written at most once per POSITION_PERIOD, not on
         # every pass a burst of admissions triggers (the write budget, docs/architecture.md).
         updates, more = [], False
         if time.monotonic() - self._positions_at >= POSITION_PERIOD:
             self._positions_at = time.monotonic()
-            updates, more = scheduler.position_updates(entries, p, max_position=self.settings.queue_positions,
+            updates, more = scheduler.position_updates([e for e in entries if not e.unwritten], p,
+                                                       max_position=self.settings.queue_positions,
                                                        min_wait=POSITION_PERIOD)
         for e, doc in updates:
             try:
@@ -163,11 +166,34 @@ class Admitter:
         except Exception as exc:  # one bad request must not stop the queue
             log.exception("admitting %s/%s failed: %s", e.namespace, e.name, exc)
 
+    def write_held(self, entries: list[Entry]) -> None:
+        """The Queued status of every request still held (``intake.on_seen``) after this
+        pass's admissions: it waits, so it says so. In parallel, as admissions are made: a
+        burst beyond the budget holds thousands."""
+        held = [e for e in entries if e.unwritten]
+        if held:
+            list(self._pool.map(self._write_one, held))
+
+    def _write_one(self, e: Entry) -> None:
+        try:
+            with self.applier.lock_for(e.uid):
+                now = self.applier.registry.get(e.uid)
+                if now is not None and now.unwritten:
+                    self.applier.apply(intake.held_body(now), intake.held_queued(now))
+        except Exception as exc:  # it stays held: the next pass writes it
+            log.warning("queued status of %s/%s not written: %s", e.namespace, e.name, exc)
+
     def admit(self, namespace: str, name: str, uid: str) -> None:
         body = self.kube.get_request(namespace, name)
         if body is None or body["metadata"]["uid"] != uid:
             self.applier.registry.remove(uid)
             return
+        held = self.applier.registry.get(uid)
+        queued_doc = None
+        if held is not None and held.unwritten:
+            if body.get("status") or body["metadata"].get("generation") != held.generation:
+                return  # written or edited since it was held: its watch event decides again
+            body, queued_doc = intake.with_held(body, held)
         status = body.get("status") or {}
         if status.get("phase") != Phase.Queued.value or status.get("observedGeneration") != body["metadata"].get("generation"):
             self.applier.registry.upsert(entry_from_body(body))
@@ -175,15 +201,17 @@ class Admitter:
         try:
             spec: TranscriptionSpec | InvalidSpec = parse_spec(body.get("spec") or {})
         except InvalidSpec as exc:
-            self.applier.apply(body, intake.on_admitted(body, exc, NOT_ASKED, job_name=None))
+            self.applier.apply(body, intake.carrying(intake.on_admitted(body, exc, NOT_ASKED, job_name=None),
+                                                     queued_doc))
             return
         # An identical request may have finished while this one waited.
         cache = self.lookup(status.get("cacheKey"), spec, body)
         if cache.state == "hit":
-            self.applier.apply(body, intake.on_admitted(body, spec, cache, job_name=None))
+            self.applier.apply(body, intake.carrying(intake.on_admitted(body, spec, cache, job_name=None),
+                                                     queued_doc))
             return
         if self.pool:
-            self.dispatch(body, spec)
+            self.dispatch(body, spec, queued_doc)
         else:
             # On an error the request stays Queued: the next pass re-admits it and adopts
             # the Job (409) or finds its result in the cache.
@@ -195,12 +223,14 @@ class Admitter:
             except JobGoingAway:
                 return  # the old Job is still going away; the next pass recreates it
             name = job["metadata"]["name"]
-            self.applier.apply(body, kueue.on_submitted(body, job_name=name, queue=queue) if queue
-                           else intake.on_admitted(body, spec, cache, job_name=name))
+            self.applier.apply(body, intake.carrying(
+                kueue.on_submitted(body, job_name=name, queue=queue) if queue
+                else intake.on_admitted(body, spec, cache, job_name=name), queued_doc))
 
-    def dispatch(self, body: dict, spec: TranscriptionSpec) -> None:
+    def dispatch(self, body: dict, spec: TranscriptionSpec, queued_doc: dict | None = None) -> None:
         """Send a request to the runner pool. The stream first, then the status: a crash in
-        between sends it twice (harmless: the second is a cache hit), never zero times."""
+        between sends it twice (harmless: the second is a cache hit), never zero times.
+        ``queued_doc``: a held request's Queued status, written with its Running one."""
         meta = body["metadata"]
         item = WorkItem(meta["uid"], meta["namespace"], meta["name"], meta.get("generation") or 1,
                         spec.model_dump(by_alias=True, mode="json"))
@@ -209,7 +239,8 @@ class Admitter:
         except Exception as exc:
             self.metrics.error("redis")
             raise StoreError(f"cannot queue {meta['name']} on the Redis stream: {exc}") from exc
-        self.applier.apply(body, intake.on_admitted(body, spec, CacheAnswer("miss"), job_name=None))
+        self.applier.apply(body, intake.carrying(intake.on_admitted(body, spec, CacheAnswer("miss"), job_name=None),
+                                                 queued_doc))
 
     def ensure_pool(self) -> None:
         """Size the pool from the work outstanding, within the GPU budget.

@@ -28,6 +28,11 @@ class Entry:
     job_name: str | None = None
     queue_position: int | None = None
     resource_version: int = 0
+    #: Queued here and not on the server yet: a new request's Queued status is written
+    #: only if the next admission pass does not admit it at once (``intake.held``), so
+    #: one admitted at once costs one status write less. ``audio_sha`` goes with it.
+    unwritten: bool = False
+    audio_sha: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -93,11 +98,13 @@ class Registry:
             self._entries.pop(uid, None)
 
     def merge(self, entries: Iterable[Entry]) -> None:
-        """One page of a LIST: each entry unless the registry holds a newer version."""
+        """One page of a LIST: each entry unless the registry holds a newer version, or
+        the same version with a Queued status of its own still to write."""
         with self._lock:
             for e in entries:
                 seen = self._entries.get(e.uid)
-                if seen is None or seen.resource_version <= e.resource_version:
+                if seen is None or seen.resource_version < e.resource_version or (
+                        seen.resource_version == e.resource_version and not seen.unwritten):
                     self._entries[e.uid] = e
 
     def drop_unlisted(self, listed: set[str], list_version: int = 0) -> None:

@@ -37,6 +37,9 @@ class RequestHandler:
         self.store = store
         self.retention = retention
         self.sink_allow = parse_networks(applier.settings.audio_url_allow_cidrs)
+        # A new request's Queued status waits for the admission pass (``intake.on_seen``);
+        # not under Kueue, where every request is Queued on its Job first.
+        self.hold = applier.settings.admission_engine != "kueue"
 
     def on_request(self, event_type: str | None, body: dict) -> None:
         """Every watch event of a request: keep the registry, reconcile when needed."""
@@ -78,4 +81,4 @@ class RequestHandler:
                 spec = InvalidSpec(refused)  # a notification sink the URL guard refuses
             key, sha = known_cache_key(spec) if isinstance(spec, TranscriptionSpec) else (None, None)
             cache = cache_answer(self.store, key, spec, body) if isinstance(spec, TranscriptionSpec) else NOT_ASKED
-            a.apply(body, intake.on_seen(body, spec, key, sha, cache))
+            a.apply(body, intake.on_seen(body, spec, key, sha, cache, hold=self.hold))

@@ -13,8 +13,10 @@ from kubescribe.operator.admitter import Admitter
 from kubescribe.operator.health import Gauges
 from kubescribe.operator.intake import CacheAnswer
 from kubescribe.operator.registry import entry_from_body
+from kubescribe.operator.request_handler import RequestHandler
+from kubescribe.operator.retention import Retention
 
-from tests.support.operator_parts import RESULT, FakeCluster, applier, queued_request
+from tests.support.operator_parts import RESULT, FakeCluster, applier, queued_request, request
 
 
 def build(kube, answer=CacheAnswer("miss"), synced=True, **given):
@@ -171,3 +173,96 @@ def test_pool_mode_keeps_two_batches_dispatched_per_runner():
     assert adm.queue.items == ["q0", "q1", "q2", "q3"]  # the last in line waits in the operator's queue
     phases = {e.name: e.phase for e in a.registry.snapshot()}
     assert [phases[f"q{i}"] for i in range(5)] == ["Running"] * 4 + ["Queued"], phases
+
+
+def new_request(name, created):
+    """A request as its first watch event brings it: no status."""
+    body = request()
+    body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=created)
+    return body
+
+
+def seen(kube, bodies, **given):
+    a, adm, asked = build(kube, **given)
+    handler = RequestHandler(a, kube, a.store, Retention(a.store))
+    for b in bodies:
+        handler.on_request("ADDED", b)
+    assert kube.patches == [] and all(e.unwritten for e in a.registry.snapshot())
+    return a, adm, asked
+
+
+def test_a_new_request_admitted_at_once_costs_one_status_write_and_one_that_waits_says_queued():
+    """The first fits the budget of 1: its Queued and Running statuses go as one patch.
+    The second does not: the same pass writes its Queued status, as the handler used to."""
+    bodies = [new_request("first", "2026-01-01T00:00:01Z"), new_request("second", "2026-01-01T00:00:02Z")]
+    kube = FakeCluster(bodies)
+    a, adm, asked = seen(kube, bodies, normal_events=True)
+    adm.step()
+    assert kube.jobs == [kube.jobs[0]] and kube.jobs[0].startswith("kubescribe-first-") and asked == ["first"]
+    first, second = kube.patches
+    assert first["phase"] == "Running" and first["jobName"] == kube.jobs[0] and first["observedGeneration"] == 1
+    assert first["queuedAt"] and first["startedAt"] and first["audioSha256"] == "a" * 64 and first["cacheKey"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in first["conditions"]}
+    assert conditions == {"Ready": ("False", "Running"), "Admitted": ("True", "JobCreated")}
+    assert second["phase"] == "Queued" and second["queuedAt"] and second["cacheKey"] and "jobName" in second
+    assert kube.events == ["JobCreated", "Queued"]
+    assert {e.name: (e.phase, e.unwritten) for e in a.registry.snapshot()} == {
+        "first": ("Running", False), "second": ("Queued", False)}
+    assert a.store.stats().misses == 1  # the first's lookup, counted once at its admission
+    adm.step()  # nothing left to write: the second waits, written
+    assert len(kube.patches) == 2
+
+
+def test_a_held_request_waits_queued_before_the_first_resync():
+    bodies = [new_request("early", "2026-01-01T00:00:01Z")]
+    kube = FakeCluster(bodies)
+    a, adm, _ = seen(kube, bodies, synced=False)
+    adm.step()
+    assert kube.jobs == [] and [p["phase"] for p in kube.patches] == ["Queued"]
+    assert a.registry.get("uid-early").unwritten is False
+
+
+@pytest.mark.parametrize("change", ["edited", "written"])
+def test_a_held_request_changed_on_the_server_is_left_to_its_watch_event(change):
+    """Edited since it was held (a new generation), or given a status by someone else:
+    not admitted on the old view; its watch event decides again."""
+    body = new_request("moved", "2026-01-01T00:00:01Z")
+    kube = FakeCluster([body])
+    a, adm, asked = seen(kube, [body])
+    if change == "edited":
+        kube.bodies["moved"] = {**body, "metadata": {**body["metadata"], "generation": 2}}
+    else:
+        kube.bodies["moved"] = {**body, "status": {"phase": "Queued", "observedGeneration": 1}}
+    adm.admit("ns", "moved", "uid-moved")
+    assert kube.jobs == [] and kube.patches == [] and asked == []
+    assert a.registry.get("uid-moved").unwritten
+
+
+def test_a_resync_list_of_the_same_version_keeps_a_request_held():
+    body = new_request("held", "2026-01-01T00:00:01Z")
+    kube = FakeCluster([body])
+    a, _, _ = seen(kube, [body])
+    a.registry.merge([entry_from_body(body)])  # the page of a LIST read before the admission
+    assert a.registry.get("uid-held").unwritten and a.registry.get("uid-held").phase == "Queued"
+    newer = {**body, "metadata": {**body["metadata"], "resourceVersion": "8"}}
+    a.registry.merge([entry_from_body(newer)])  # a later version: the listed view wins
+    assert not a.registry.get("uid-held").unwritten
+
+
+def test_a_held_request_dispatched_to_the_pool_carries_its_queued_status():
+    body = new_request("pooled", "2026-01-01T00:00:01Z")
+    kube = PoolKube([body])
+    a, adm, _ = seen(kube, [body], mode="pool", gpu_budget=1)
+
+    class Stream:
+        items: list = []
+
+        def dispatch(self, item):
+            self.items.append(item.name)
+
+    adm.queue = Stream()
+    adm.step()
+    assert adm.queue.items == ["pooled"]
+    (patch,) = kube.patches
+    assert patch["phase"] == "Running" and patch["reason"] == "Dispatched" and patch["queuedAt"]
+    assert patch["jobName"] is None and patch["observedGeneration"] == 1

@@ -49,12 +49,32 @@ def requests_of(kube, **given):
     return a, RequestHandler(a, kube, a.store, Retention(a.store))
 
 
-def test_a_new_request_on_a_miss_is_queued_and_wakes_admission():
+def test_a_new_request_on_a_miss_is_held_queued_and_wakes_admission():
+    """Queued in the registry, not yet on the server: the admission pass writes its
+    Queued status with its Running one, or alone if it must wait (tests/test_admitter.py)."""
     kube = FakeCluster([])
     a, handler = requests_of(kube)
     handler.on_request("ADDED", request())
-    assert kube.patches[0]["phase"] == "Queued" and a.registry.get("uid-r").phase == "Queued"
+    held = a.registry.get("uid-r")
+    assert kube.patches == [] and (held.phase, held.unwritten, held.observed_generation) == ("Queued", True, 1)
+    assert held.cache_key == known_cache_key(spec_of(request()))[0] and held.audio_sha == "a" * 64
     assert a.wakeup.is_set()
+    handler.on_request("ADDED", request())  # the same version again (a resync's LIST): still held, no lookup
+    assert a.registry.get("uid-r") == held and kube.patches == []
+
+
+@pytest.mark.parametrize("case", ["kueue", "edited"])
+def test_a_request_under_kueue_or_one_edited_after_its_first_status_is_queued_at_once(case):
+    kube = FakeCluster([])
+    if case == "kueue":
+        a, handler = requests_of(kube, admission_engine="kueue")
+        body = request()
+    else:  # Queued before, then edited: its status says Queued at the old generation until rewritten
+        a, handler = requests_of(kube)
+        body = request("Queued", generation=2, observed=1, cacheKey=KEY)
+    handler.on_request("MODIFIED", body)
+    assert kube.patches[0]["phase"] == "Queued" and kube.patches[0]["observedGeneration"] == body["metadata"]["generation"]
+    assert a.registry.get("uid-r").unwritten is False
 
 
 def test_a_new_request_with_a_cached_result_succeeds_from_the_store():

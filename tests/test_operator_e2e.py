@@ -61,7 +61,9 @@ def test_apply_example_runs_a_job_then_the_same_audio_is_cached(
     container = job.spec.template.spec.containers[0]
     assert container.resources.limits["nvidia.com/gpu"] == "1"
     assert container.security_context.read_only_root_filesystem is True
-    requests_api.wait_reasons("hello-kubescribe", "Queued", "JobCreated", "Succeeded")
+    # Admitted at once: its Queued status went with its Running one, so no Queued Event.
+    reasons = requests_api.wait_reasons("hello-kubescribe", "JobCreated", "Succeeded")
+    assert "Queued" not in reasons, reasons
 
     table = kube_cluster.kubectl("get", "tr", "-n", kube_namespace, check=True).stdout
     assert re.search(r"hello-kubescribe\s+Succeeded\s+tiny.en\s+en\s+[\d.]+\s+false", table), table

@@ -78,8 +78,8 @@ def spec(sha: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_a_burst_stays_within_the_write_budget_per_request(scale_env):
-    """20 misses on 12 GPUs (8 of them wait for a slot) and 4 cache hits: 3 writes to a
-    missed request and at most 2 to a hit one (plus queue positions only for one that
+    """20 misses on 12 GPUs (8 of them wait for a slot) and 4 cache hits: 2 writes to a
+    missed request admitted at once, 3 to one that waited, at most 2 to a hit one (plus queue positions only for one that
     waited over 5 s), no Event when nothing goes wrong, one Job per miss, none per hit."""
     ns = scale_env.namespace("budget")
     reqs = Requests(scale_env.api, ns)
@@ -106,7 +106,11 @@ def test_a_burst_stays_within_the_write_budget_per_request(scale_env):
     positions = collections.Counter(w.name for w in to_request if w.status_fields == position)
     jobs = collections.Counter(w.verb for w in writes if w.resource == "jobs")
     events = [w for w in writes if w.resource == "events"]
-    assert {n: per_request[n] for n in misses if per_request[n] != 3} == {}  # Queued, Running, Succeeded
+    # Admitted at once: Queued and Running in one patch, then Succeeded. One that waited
+    # has its Queued status written alone first.
+    waited = {w.name for w in to_request if ((w.body or {}).get("status") or {}).get("phase") == "Queued"}
+    assert {n: per_request[n] for n in misses if per_request[n] != 2 + (n in waited)} == {}
+    assert 0 < len(waited & set(misses)) < len(misses), waited  # 12 GPUs for 20: some wait, some not
     assert all(1 <= per_request[n] <= 2 for n in hits), {n: per_request[n] for n in hits}
     assert jobs == {"create": len(misses)} and events == []
     # Queue positions come on top only for a request that waited a whole period (5 s) in
