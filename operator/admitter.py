@@ -184,13 +184,17 @@ class Admitter:
             log.warning("queued status of %s/%s not written: %s", e.namespace, e.name, exc)
 
     def admit(self, namespace: str, name: str, uid: str) -> None:
-        body = self.kube.get_request(namespace, name)
+        # A held request is admitted on the body it was held on, a moment ago: a newer one
+        # (edited, deleted) would have replaced its registry entry under this same lock.
+        # Any other is read again: it may have changed since it was queued.
+        held = self.applier.registry.get(uid)
+        held = held if held is not None and held.unwritten else None
+        body = held.body if held is not None and held.body is not None else self.kube.get_request(namespace, name)
         if body is None or body["metadata"]["uid"] != uid:
             self.applier.registry.remove(uid)
             return
-        held = self.applier.registry.get(uid)
         queued_doc = None
-        if held is not None and held.unwritten:
+        if held is not None:
             if body.get("status") or body["metadata"].get("generation") != held.generation:
                 return  # written or edited since it was held: its watch event decides again
             body, queued_doc = intake.with_held(body, held)

@@ -89,7 +89,7 @@ def on_seen(body: dict, spec: TranscriptionSpec | InvalidSpec, key: str | None, 
     gen = body["metadata"].get("generation") or 1
     if hold and not body.get("status"):
         return Transition(registry={"phase": Phase.Queued.value, "observed_generation": gen, "cache_key": key,
-                                    "audio_sha": audio_sha, "unwritten": True})
+                                    "audio_sha": audio_sha, "unwritten": True, "body": body})
     return _queued(body, key, audio_sha, spec.priority)
 
 
@@ -97,7 +97,8 @@ def _queued(body: dict, key: str | None, audio_sha: str | None, priority: int) -
     gen = body["metadata"].get("generation") or 1
     return Transition(
         status=st.queued(body, cache_key=key, audio_sha=audio_sha),
-        registry={"phase": Phase.Queued.value, "observed_generation": gen, "cache_key": key, "unwritten": False},
+        registry={"phase": Phase.Queued.value, "observed_generation": gen, "cache_key": key, "unwritten": False,
+                  "body": None},
         event=Event("Normal", "Queued", f"queued for a runner (priority {priority})"))
 
 
@@ -113,9 +114,9 @@ def held_queued(entry: Entry) -> Transition:
 
 
 def with_held(body: dict, entry: Entry) -> tuple[dict, dict]:
-    """A held request about to be admitted, read from the server (``body``, no status):
-    the body as if its Queued status were written, and that status, which the admission's
-    own patch then carries (:func:`carrying`)."""
+    """A held request about to be admitted (``body``: as held, no status): the body as if
+    its Queued status were written, and that status, which the admission's own patch then
+    carries (:func:`carrying`)."""
     doc = st.queued(body, cache_key=entry.cache_key, audio_sha=entry.audio_sha)
     return {**body, "status": doc}, doc
 
@@ -125,7 +126,7 @@ def carrying(t: Transition, queued_doc: dict | None) -> Transition:
     then the request is held no more (whatever the patched object says)."""
     if not queued_doc or t.status is None:
         return t
-    return replace(t, status={**queued_doc, **t.status}, registry={**t.registry, "unwritten": False})
+    return replace(t, status={**queued_doc, **t.status}, registry={**t.registry, "unwritten": False, "body": None})
 
 
 def on_admitted(body: dict, spec: TranscriptionSpec | InvalidSpec, cache: CacheAnswer, *, job_name: str | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,12 @@ class Entry:
     queue_position: int | None = None
     resource_version: int = 0
     #: Queued here and not on the server yet: a new request's Queued status is written
-    #: only if the next admission pass does not admit it at once (``intake.held``), so
-    #: one admitted at once costs one status write less. ``audio_sha`` goes with it.
+    #: only if the next admission pass does not admit it at once (``intake.on_seen``), so
+    #: one admitted at once costs one status write less. ``audio_sha`` goes with it, and
+    #: the ``body`` it was held on, which that pass admits without reading it again.
     unwritten: bool = False
     audio_sha: str | None = None
+    body: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -222,20 +222,36 @@ def test_a_held_request_waits_queued_before_the_first_resync():
     assert a.registry.get("uid-early").unwritten is False
 
 
-@pytest.mark.parametrize("change", ["edited", "written"])
-def test_a_held_request_changed_on_the_server_is_left_to_its_watch_event(change):
-    """Edited since it was held (a new generation), or given a status by someone else:
-    not admitted on the old view; its watch event decides again."""
-    body = new_request("moved", "2026-01-01T00:00:01Z")
-    kube = FakeCluster([body])
+def test_a_held_request_is_admitted_on_its_newest_body_without_reading_it_again():
+    """Edited before the pass: its watch event, under the same lock, holds it again on the
+    new body, and the pass admits that one. Nothing is read from the server (this fake
+    has no requests to read: a GET would find it gone)."""
+    body = new_request("edited", "2026-01-01T00:00:01Z")
+    kube = FakeCluster([])
     a, adm, asked = seen(kube, [body])
-    if change == "edited":
-        kube.bodies["moved"] = {**body, "metadata": {**body["metadata"], "generation": 2}}
-    else:
-        kube.bodies["moved"] = {**body, "status": {"phase": "Queued", "observedGeneration": 1}}
-    adm.admit("ns", "moved", "uid-moved")
+    handler = RequestHandler(a, kube, a.store, Retention(a.store))
+    edited = {**body, "metadata": {**body["metadata"], "generation": 2, "resourceVersion": "8"},
+              "spec": {**body["spec"], "priority": 5}}
+    handler.on_request("MODIFIED", edited)
+    assert a.registry.get("uid-edited").generation == 2 and a.registry.get("uid-edited").unwritten
+    adm.step()
+    assert len(kube.jobs) == 1 and asked == ["edited"]
+    (patch,) = kube.patches
+    assert patch["phase"] == "Running" and patch["observedGeneration"] == 2
+
+
+def test_a_held_request_someone_else_wrote_is_read_again_before_admission():
+    """A status written meanwhile (by another operator replica on its way out): the watch
+    event replaces the held entry, and the pass reads the request as usual."""
+    body = new_request("written", "2026-01-01T00:00:01Z")
+    written = {**body, "metadata": {**body["metadata"], "resourceVersion": "8"},
+               "status": {"phase": "Running", "observedGeneration": 1, "jobName": "theirs"}}
+    kube = FakeCluster([written])
+    a, adm, asked = seen(kube, [body])
+    RequestHandler(a, kube, a.store, Retention(a.store)).on_request("MODIFIED", written)
+    adm.admit("ns", "written", "uid-written")
     assert kube.jobs == [] and kube.patches == [] and asked == []
-    assert a.registry.get("uid-moved").unwritten
+    assert a.registry.get("uid-written").phase == "Running" and not a.registry.get("uid-written").unwritten
 
 
 def test_a_resync_list_of_the_same_version_keeps_a_request_held():

@@ -67,7 +67,8 @@ def test_new_request_on_a_miss_is_queued_and_its_lookup_is_not_counted_yet():
     t = intake.on_seen(body, spec_of(body), KEY, "a" * 64, CacheAnswer("miss"))
     assert t.status["phase"] == "Queued" and t.status["cacheKey"] == KEY and t.status["observedGeneration"] == 1
     assert t.status["jobName"] is None and t.status["queuedAt"]
-    assert t.registry == {"phase": "Queued", "observed_generation": 1, "cache_key": KEY, "unwritten": False}
+    assert t.registry == {"phase": "Queued", "observed_generation": 1, "cache_key": KEY, "unwritten": False,
+                          "body": None}
     assert t.event.reason == "Queued" and t.cache_lookup is None and t.finished is None and t.wake
 
 
