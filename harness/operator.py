@@ -30,10 +30,27 @@ class OperatorProcess(ServiceProcess):
         super().__init__(env, workdir / f"operator-{namespace}.log", workdir, port)
 
 
-def install_crd(cluster) -> None:
-    """The TranscriptionRequest CRD applied to ``cluster`` and Established."""
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD), check=True)
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}", check=True)
+def install_crd(cluster, timeout: float = 120.0) -> None:
+    """The TranscriptionRequest CRD applied to ``cluster`` and Established.
+
+    Polled with a deadline rather than one ``kubectl wait``: a single failed call of that
+    (its output unseen, on a busy two-core machine) once failed the session's fixture and
+    every test behind it. What kubectl last said is in the error."""
+    proc = cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl apply of {CRD.name} failed: {proc.stderr.strip()}")
+    said: list[str] = []
+
+    def established() -> bool:
+        got = cluster.kubectl("get", f"crd/{PLURAL}.{GROUP}", "-o",
+                              "jsonpath={.status.conditions[?(@.type==\"Established\")].status}")
+        said[:] = [got.stdout.strip() or got.stderr.strip()]
+        return got.returncode == 0 and got.stdout.strip() == "True"
+
+    try:
+        wait_for(established, timeout=timeout, interval=0.2, description=f"crd/{PLURAL}.{GROUP} Established")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; kubectl last said: {said[0] if said else 'nothing'}") from None
 
 
 def operator_identity(cluster, namespace: str = "kube-system", name: str = "kubescribe-operator") -> tuple[str, str]:
