@@ -165,5 +165,6 @@ def test_transcribing_a_local_file_does_not_hold_its_bytes(tmp_path):
           f"{peaks['long'] / 2**20:.0f} MiB for {sizes['long'] / 2**20:.0f} MiB: {grown:.1%} of the extra bytes")
     # Read whole, the peak grows by at least the extra bytes (100 %; 110 % measured);
     # streamed, only by the allocator's noise over more pieces, which moves either peak by
-    # tens of MiB (-5 % to +25 % of the extra bytes over ten runs). Half is the line between.
+    # tens of MiB (-5 % to +25 % of the extra bytes over nine runs, CI's among them). Half is
+    # the line between.
     assert grown < 0.5, (peaks, sizes)
