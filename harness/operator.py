@@ -39,6 +39,12 @@ def install_crd(cluster, timeout: float = 120.0) -> None:
     proc = cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl apply of {CRD.name} failed: {proc.stderr.strip()}")
+    wait_crd_established(cluster, timeout)
+
+
+def wait_crd_established(cluster, timeout: float) -> None:
+    """The TranscriptionRequest CRD Established within ``timeout`` seconds (however it was
+    installed: by :func:`install_crd` or by Helm), or an error with what kubectl last said."""
     said: list[str] = []
 
     def established() -> bool:

@@ -126,6 +126,16 @@ class PoolKube(FakeCluster):
         self.pool.append(job["metadata"]["name"])
 
 
+class Stream:
+    """What reaches the Redis stream: the names dispatched, in order."""
+
+    def __init__(self):
+        self.items = []
+
+    def dispatch(self, item):
+        self.items.append(item.name)
+
+
 def dispatched(n):
     bodies = [queued_request(f"p{i}", f"2026-01-01T00:00:{i:02d}Z") for i in range(n)]
     for b in bodies:
@@ -160,12 +170,6 @@ def test_pool_mode_keeps_two_batches_dispatched_per_runner():
     kube = PoolKube(bodies)
     a, adm, _ = build(kube, mode="pool", gpu_budget=1, requests_per_runner=2)
     assert adm.capacity() == 2 * admitter_module.POOL_BATCHES_AHEAD == 4
-
-    class Stream:  # what reaches the Redis stream
-        items: list = []
-
-        def dispatch(self, item):
-            self.items.append(item.name)
 
     adm.queue = Stream()
     queue(a, bodies)
@@ -269,12 +273,6 @@ def test_a_held_request_dispatched_to_the_pool_carries_its_queued_status():
     body = new_request("pooled", "2026-01-01T00:00:01Z")
     kube = PoolKube([body])
     a, adm, _ = seen(kube, [body], mode="pool", gpu_budget=1)
-
-    class Stream:
-        items: list = []
-
-        def dispatch(self, item):
-            self.items.append(item.name)
 
     adm.queue = Stream()
     adm.step()

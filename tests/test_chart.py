@@ -21,6 +21,7 @@ import yaml
 from kubescribe.settings import OperatorSettings
 from harness.envtest import free_port, wait_for
 from harness.envtest.helm import Helm
+from harness.operator import wait_crd_established
 from harness.process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,8 +426,7 @@ def test_every_value_is_documented():
 
 
 def _wait_crd(kube_cluster) -> None:
-    proc = kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-    assert proc.returncode == 0, proc.stderr
+    wait_crd_established(kube_cluster, timeout=60)
 
 
 def _can_i(kube_cluster, sa: str, *args: str) -> bool:
