@@ -364,13 +364,28 @@ class KubeCluster:
 
     def _install_crds(self) -> None:
         for path in self.crds:
-            for args in (
-                ("apply", "--server-side", "-f", path),
-                ("wait", "--for=condition=Established", f"--timeout={int(self.startup_timeout)}s", "-f", path),
-            ):
-                proc = self.kubectl(*args, timeout=self.startup_timeout + 10)
-                if proc.returncode != 0:
-                    raise ClusterStartError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+            proc = self.kubectl("apply", "--server-side", "-f", path, timeout=self.startup_timeout + 10)
+            if proc.returncode != 0:
+                raise ClusterStartError(f"kubectl apply --server-side -f {path} failed:\n{proc.stderr}")
+            self.wait_established("-f", path, timeout=self.startup_timeout)
+
+    def wait_established(self, *targets: str, timeout: float) -> None:
+        """``kubectl wait --for=condition=Established`` on CRDs, until ``timeout``.
+
+        kubectl's wait fails at once, instead of waiting, on a CRD created a moment ago
+        whose status the API server has not written yet (".status.conditions accessor
+        error: <nil>"); that is retried here, anything else is a ClusterStartError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            proc = self.kubectl("wait", "--for=condition=Established", f"--timeout={left}s", *targets,
+                                timeout=left + 10)
+            if proc.returncode == 0:
+                return
+            if "accessor error" not in proc.stderr or time.monotonic() >= deadline:
+                raise ClusterStartError(f"kubectl wait --for=condition=Established {' '.join(targets)} failed:\n"
+                                        f"{proc.stderr}")
+            time.sleep(0.2)  # its status is on the way: the next wait sees it
 
     def _start_controller_manager(self, binary: str) -> None:
         assert self.pki is not None

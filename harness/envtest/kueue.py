@@ -236,12 +236,11 @@ class KueueManager:
                 docs.append(doc)
         path = self.workdir / "crds.yaml"
         path.write_text(yaml.safe_dump_all(docs))
-        for args in (("apply", "--server-side", "--force-conflicts", "-f", str(path)),
-                     ("wait", "--for=condition=Established", f"--timeout={int(self.startup_timeout)}s",
-                      "-f", str(path))):
-            proc = self.cluster.kubectl(*args, timeout=self.startup_timeout + 10)
-            if proc.returncode != 0:
-                raise ClusterStartError(f"kubectl {' '.join(args[:2])} of Kueue's CRDs failed:\n{proc.stderr}")
+        proc = self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path),
+                                    timeout=self.startup_timeout + 10)
+        if proc.returncode != 0:
+            raise ClusterStartError(f"kubectl apply of Kueue's CRDs failed:\n{proc.stderr}")
+        self.cluster.wait_established("-f", str(path), timeout=self.startup_timeout)
 
     def _kubectl_apply(self, doc: dict[str, Any]) -> None:
         proc = self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",

@@ -75,8 +75,7 @@ class PrometheusOperator:
             self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd),
                                  check=True, timeout=120)
         for crd in ("prometheuses", "servicemonitors", "podmonitors", "prometheusrules"):
-            self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                                 f"crd/{crd}.monitoring.coreos.com", check=True, timeout=90)
+            self.cluster.wait_established(f"crd/{crd}.monitoring.coreos.com", timeout=60)
         pki = self.cluster.pki
         assert pki is not None
         self.port = free_port()
